@@ -1,0 +1,69 @@
+//! Typed errors: each names the file it is about and the category of problem, and maps to
+//! the CLI's exit code (2 for anything the user's input or environment caused).
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}: cannot read image: {msg}", path.display())]
+    Image { path: PathBuf, msg: String },
+    #[error("{}: image is {w}x{h} = {} pixels, over the limit of {limit} (raise it with --max-pixels)", path.display(), *w as u64 * *h as u64)]
+    ImageTooLarge {
+        path: PathBuf,
+        w: u32,
+        h: u32,
+        limit: u64,
+    },
+    #[error("{}: invalid model file: {msg}", path.display())]
+    Model { path: PathBuf, msg: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: cannot write output: {msg}", path.display())]
+    Output { path: PathBuf, msg: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+    pub fn model(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Model {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+    pub fn image(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Image {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+    pub fn output(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        Error::Output {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+
+    /// The category, as a short word for JSON records and logs.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Image { .. } => "image",
+            Error::ImageTooLarge { .. } => "image-too-large",
+            Error::Model { .. } => "model",
+            Error::Io { .. } => "io",
+            Error::Output { .. } => "output",
+            Error::Usage(_) => "usage",
+        }
+    }
+}

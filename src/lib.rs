@@ -1,0 +1,18 @@
+//! impasto: real-time neural style transfer (Johnson, Alahi & Fei-Fei 2016).
+//!
+//! - [`model::Transformer`]: the image transformation network (`johnson` and `seed`).
+//! - [`model::Vgg16`]: the frozen loss network.
+//! - [`kernels`]: the CPU kernels everything runs on.
+//! - [`stylize`]: the pipeline from an image file to a stylized image file.
+pub mod error;
+pub mod imageio;
+pub mod io;
+pub mod kernels;
+pub mod model;
+pub mod onnx;
+pub mod stylize;
+pub mod tensor;
+#[doc(hidden)]
+pub mod testutil;
+
+pub use error::{Error, Result};

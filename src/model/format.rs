@@ -1,0 +1,210 @@
+//! The model file: safetensors with impasto's metadata.
+//!
+//! Weights are stored under PyTorch-compatible names (f32, f16 or bf16 on disk; always f32 in
+//! memory). The metadata key `impasto.config` holds the network's [`TransformerConfig`] as
+//! JSON and `impasto.provenance` how the file was made, so a model file is self-describing.
+//! Every read is validated: header, dtypes, shapes and the presence of every tensor the
+//! architecture needs, each failure reported with the file's path.
+
+use crate::error::{Error, Result};
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// Tensors by name plus the file's string metadata.
+#[derive(Clone, Debug, Default)]
+pub struct TensorFile {
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Largest model file we are willing to read (the VGG16 loss network is 59 MB).
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+
+impl TensorFile {
+    pub fn read(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(Error::model(
+                path,
+                format!("file is {} bytes, over the 1 GiB limit", meta.len()),
+            ));
+        }
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(&bytes).map_err(|msg| Error::model(path, msg))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+        if bytes.len() < 8 {
+            return Err(format!(
+                "too short to be safetensors ({} bytes)",
+                bytes.len()
+            ));
+        }
+        let (_, md) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| format!("bad safetensors header: {e}"))?;
+        let st =
+            SafeTensors::deserialize(bytes).map_err(|e| format!("bad safetensors data: {e}"))?;
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            let shape = view.shape().to_vec();
+            let data = view.data();
+            let vals: Vec<f32> = match view.dtype() {
+                Dtype::F32 => data
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                Dtype::F16 => data
+                    .chunks_exact(2)
+                    .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                    .collect(),
+                Dtype::BF16 => data
+                    .chunks_exact(2)
+                    .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+                    .collect(),
+                other => return Err(format!("tensor `{name}` has unsupported dtype {other:?}")),
+            };
+            if vals.iter().any(|v| !v.is_finite()) {
+                return Err(format!("tensor `{name}` holds NaN or infinite values"));
+            }
+            tensors.insert(name, (shape, vals));
+        }
+        let metadata = md
+            .metadata()
+            .clone()
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default();
+        Ok(TensorFile { tensors, metadata })
+    }
+
+    /// Take a tensor that must exist with exactly this shape.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> std::result::Result<Vec<f32>, String> {
+        match self.tensors.remove(name) {
+            None => Err(format!("missing tensor `{name}`")),
+            Some((s, _)) if s != shape => Err(format!(
+                "tensor `{name}` has shape {s:?}, expected {shape:?}"
+            )),
+            Some((_, v)) => Ok(v),
+        }
+    }
+
+    /// Serialise as f32 or f16 safetensors, written atomically.
+    pub fn write(&self, path: &Path, half: bool) -> Result<()> {
+        let mut names: Vec<&String> = self.tensors.keys().collect();
+        names.sort();
+        let mut bufs = Vec::new();
+        for n in &names {
+            let (shape, v) = &self.tensors[*n];
+            let bytes: Vec<u8> = if half {
+                v.iter()
+                    .flat_map(|x| f32_to_f16(*x).to_le_bytes())
+                    .collect()
+            } else {
+                v.iter().flat_map(|x| x.to_le_bytes()).collect()
+            };
+            bufs.push((n.to_string(), shape.clone(), bytes));
+        }
+        let dtype = if half { Dtype::F16 } else { Dtype::F32 };
+        let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
+            .iter()
+            .map(|(n, s, b)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(dtype, s.clone(), b)
+                        .expect("consistent view"),
+                )
+            })
+            .collect();
+        let md: HashMap<String, String> = self.metadata.clone().into_iter().collect();
+        let bytes = safetensors::serialize(views, &Some(md))
+            .map_err(|e| Error::output(path, e.to_string()))?;
+        crate::io::write_atomic(path, &bytes)
+    }
+}
+
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let man = (h & 0x3ff) as u32;
+    let bits = if exp == 0 {
+        if man == 0 {
+            sign
+        } else {
+            // subnormal
+            let mut e = 127 - 15 + 1;
+            let mut m = man;
+            while m & 0x400 == 0 {
+                m <<= 1;
+                e -= 1;
+            }
+            sign | ((e as u32) << 23) | ((m & 0x3ff) << 13)
+        }
+    } else if exp == 31 {
+        sign | 0x7f80_0000 | (man << 13)
+    } else {
+        sign | ((exp + 127 - 15) << 23) | (man << 13)
+    };
+    f32::from_bits(bits)
+}
+
+pub fn f32_to_f16(f: f32) -> u16 {
+    let x = f.to_bits();
+    let sign = ((x >> 16) & 0x8000) as u16;
+    let exp = ((x >> 23) & 0xff) as i32;
+    let man = x & 0x7f_ffff;
+    if exp == 255 {
+        return sign | 0x7c00 | if man != 0 { 0x200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 31 {
+        return sign | 0x7c00;
+    }
+    if e <= 0 {
+        if e < -10 {
+            return sign;
+        }
+        let m = man | 0x80_0000;
+        let shift = (14 - e) as u32;
+        let half = 1u32 << (shift - 1);
+        let mut r = m >> shift;
+        let rem = m & ((1 << shift) - 1);
+        if rem > half || (rem == half && (r & 1) == 1) {
+            r += 1;
+        }
+        return sign | r as u16;
+    }
+    let mut r = ((e as u32) << 10) | (man >> 13);
+    let rem = man & 0x1fff;
+    if rem > 0x1000 || (rem == 0x1000 && (r & 1) == 1) {
+        r += 1;
+    }
+    sign | r as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_round_trip() {
+        for &v in &[0.0f32, 1.0, -2.5, 65504.0, 1e-5, 0.333_333_3, -1e-7] {
+            let back = f16_to_f32(f32_to_f16(v));
+            assert!((back - v).abs() <= v.abs() * 1e-3 + 1e-7, "{v} -> {back}");
+        }
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error() {
+        assert!(TensorFile::from_bytes(b"")
+            .unwrap_err()
+            .contains("too short"));
+        assert!(
+            TensorFile::from_bytes(b"\xff\xff\xff\xff\xff\xff\xff\x7fxxxx")
+                .unwrap_err()
+                .contains("header")
+        );
+        assert!(
+            TensorFile::from_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":1}        ").is_err()
+        );
+    }
+}

@@ -1,0 +1,7 @@
+//! The networks and the model file format.
+pub mod format;
+pub mod transformer;
+pub mod vgg;
+
+pub use transformer::{Arch, Transformer, TransformerConfig};
+pub use vgg::Vgg16;

@@ -1,0 +1,468 @@
+//! The image transformation network (Johnson et al. 2016), one definition for every use.
+//!
+//! Two architectures share the layer plan `9×9 conv → two stride-2 convs → residual blocks →
+//! two ×2 upsampling stages → 9×9 conv`, each conv followed by instance norm and ReLU:
+//! - `johnson` (default): reflection padding, nearest ×2 upsample + conv, eps 1e-5, linear
+//!   output; parameter names as pytorch/examples `TransformerNet`.
+//! - `seed`: lengstrom/fast-style-transfer as exported by ml5: zero "SAME" padding, stride-2
+//!   transposed convolutions, eps 1e-3, an instance norm on the output, then
+//!   `clip(150·tanh(x) + 127.5, 0, 255)`; no conv biases.
+//!
+//! The forward pass hands each instance norm's pre-activation to a caller-supplied
+//! statistics source, so that tiled inference can impose global statistics on every tile
+//! (see `stylize::tiled`). Plain inference computes them from the tensor itself.
+
+use crate::error::{Error, Result};
+use crate::kernels::{norm, Conv2d, ConvGeom, PadMode};
+use crate::model::format::TensorFile;
+use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Johnson,
+    Seed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OutputFn {
+    /// The raw conv output (0..255 scale), clamped only when written as an image.
+    Linear,
+    /// `clip(scale·tanh(x) + shift, 0, 255)`.
+    ScaledTanh { scale: f32, shift: f32 },
+}
+
+/// Everything that defines the network's shape; stored in the model file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransformerConfig {
+    pub arch: Arch,
+    /// Channels after conv1, conv2, conv3.
+    pub channels: [usize; 3],
+    pub res_blocks: usize,
+    pub norm_eps: f64,
+    pub conv_bias: bool,
+    pub final_norm: bool,
+    pub output: OutputFn,
+}
+
+impl TransformerConfig {
+    pub fn new(arch: Arch) -> Self {
+        match arch {
+            Arch::Johnson => TransformerConfig {
+                arch,
+                channels: [32, 64, 128],
+                res_blocks: 5,
+                norm_eps: 1e-5,
+                conv_bias: true,
+                final_norm: false,
+                output: OutputFn::Linear,
+            },
+            Arch::Seed => TransformerConfig {
+                arch,
+                channels: [32, 64, 128],
+                res_blocks: 5,
+                norm_eps: 1e-3,
+                conv_bias: false,
+                final_norm: true,
+                output: OutputFn::ScaledTanh {
+                    scale: 150.0,
+                    shift: 127.5,
+                },
+            },
+        }
+    }
+
+    /// Every parameter: name and shape, in forward order.
+    pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let [c1, c2, c3] = self.channels;
+        let mut v = Vec::new();
+        let conv = |v: &mut Vec<(String, Vec<usize>)>, name: &str, shape: [usize; 4]| {
+            v.push((format!("{name}.conv2d.weight"), shape.to_vec()));
+            if self.conv_bias {
+                let out =
+                    if name.starts_with("deconv") && self.arch == Arch::Seed && name != "deconv3" {
+                        shape[1]
+                    } else {
+                        shape[0]
+                    };
+                v.push((format!("{name}.conv2d.bias"), vec![out]));
+            }
+        };
+        let normp = |v: &mut Vec<(String, Vec<usize>)>, name: &str, c: usize| {
+            v.push((format!("{name}.weight"), vec![c]));
+            v.push((format!("{name}.bias"), vec![c]));
+        };
+        conv(&mut v, "conv1", [c1, 3, 9, 9]);
+        normp(&mut v, "in1", c1);
+        conv(&mut v, "conv2", [c2, c1, 3, 3]);
+        normp(&mut v, "in2", c2);
+        conv(&mut v, "conv3", [c3, c2, 3, 3]);
+        normp(&mut v, "in3", c3);
+        for r in 1..=self.res_blocks {
+            conv(&mut v, &format!("res{r}.conv1"), [c3, c3, 3, 3]);
+            normp(&mut v, &format!("res{r}.in1"), c3);
+            conv(&mut v, &format!("res{r}.conv2"), [c3, c3, 3, 3]);
+            normp(&mut v, &format!("res{r}.in2"), c3);
+        }
+        match self.arch {
+            // ConvTranspose weights are [c_in, c_out, k, k].
+            Arch::Seed => {
+                conv(&mut v, "deconv1", [c3, c2, 3, 3]);
+                normp(&mut v, "in4", c2);
+                conv(&mut v, "deconv2", [c2, c1, 3, 3]);
+                normp(&mut v, "in5", c1);
+            }
+            Arch::Johnson => {
+                conv(&mut v, "deconv1", [c2, c3, 3, 3]);
+                normp(&mut v, "in4", c2);
+                conv(&mut v, "deconv2", [c1, c2, 3, 3]);
+                normp(&mut v, "in5", c1);
+            }
+        }
+        conv(&mut v, "deconv3", [3, c1, 9, 9]);
+        if self.final_norm {
+            normp(&mut v, "in6", 3);
+        }
+        v
+    }
+
+    /// How many instance norms the forward pass runs.
+    pub fn norm_count(&self) -> usize {
+        5 + 2 * self.res_blocks + self.final_norm as usize
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resample {
+    None,
+    Upsample,
+    Transposed,
+}
+
+#[derive(Clone, Debug)]
+struct Layer {
+    conv: Conv2d,
+    k: usize,
+    stride: usize,
+    resample: Resample,
+}
+
+#[derive(Clone, Debug)]
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+/// Source of instance-norm statistics: given the norm's index and its (single-sample)
+/// pre-activation, return the statistics to normalise with, or `None` to stop the pass.
+pub trait StatsSource {
+    fn stats(&mut self, index: usize, x: &Tensor, eps: f64) -> Option<norm::NormStats>;
+}
+
+/// Statistics of the tensor itself: ordinary instance norm.
+pub struct OwnStats;
+
+impl StatsSource for OwnStats {
+    fn stats(&mut self, _index: usize, x: &Tensor, eps: f64) -> Option<norm::NormStats> {
+        Some(norm::moments(&x.data, x.c, x.h, x.w).stats(eps))
+    }
+}
+
+/// A loaded transformation network.
+#[derive(Clone, Debug)]
+pub struct Transformer {
+    pub config: TransformerConfig,
+    /// The file's parameters as stored (PyTorch layouts), for saving and export.
+    pub params: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Free-form provenance (how the model was made), kept with the file.
+    pub metadata: BTreeMap<String, String>,
+    layers: Vec<Layer>,
+    norms: Vec<Norm>,
+}
+
+pub const CONFIG_KEY: &str = "impasto.config";
+
+impl Transformer {
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = TensorFile::read(path)?;
+        Self::from_file(file).map_err(|msg| Error::model(path, msg))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+        Self::from_file(TensorFile::from_bytes(bytes)?)
+    }
+
+    pub fn from_file(mut file: TensorFile) -> std::result::Result<Self, String> {
+        let config = match file.metadata.get(CONFIG_KEY) {
+            Some(js) => serde_json::from_str::<TransformerConfig>(js).map_err(|e| format!("bad `{CONFIG_KEY}` metadata: {e}"))?,
+            // A plain pytorch/examples TransformerNet state dict.
+            None if file.tensors.contains_key("conv1.conv2d.weight") => TransformerConfig::new(Arch::Johnson),
+            None => return Err("not an impasto model: no `impasto.config` metadata and no `conv1.conv2d.weight` tensor".into()),
+        };
+        if config.channels.iter().any(|&c| c == 0 || c > 4096) || config.res_blocks > 64 {
+            return Err(format!("implausible network config {config:?}"));
+        }
+        if !(config.norm_eps > 0.0 && config.norm_eps < 1.0) {
+            return Err(format!("norm_eps {} out of range", config.norm_eps));
+        }
+        let mut params = BTreeMap::new();
+        for (name, shape) in config.param_shapes() {
+            let v = file.take(&name, &shape)?;
+            params.insert(name, (shape, v));
+        }
+        if let Some(extra) = file.tensors.keys().next() {
+            return Err(format!(
+                "unexpected tensor `{extra}` for the {:?} architecture",
+                config.arch
+            ));
+        }
+        let mut metadata = file.metadata;
+        metadata.remove(CONFIG_KEY);
+        Ok(Self::from_params(config, params, metadata))
+    }
+
+    /// Build from parameters already checked against `config.param_shapes()`.
+    pub fn from_params(
+        config: TransformerConfig,
+        params: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+        metadata: BTreeMap<String, String>,
+    ) -> Self {
+        let p = |n: &str| params[n].1.clone();
+        let bias = |n: &str| {
+            if config.conv_bias {
+                Some(p(&format!("{n}.conv2d.bias")))
+            } else {
+                None
+            }
+        };
+        let shape = |n: &str| params[&format!("{n}.conv2d.weight")].0.clone();
+        let mk = |name: &str, stride: usize, resample: Resample| {
+            let s = shape(name);
+            let w = p(&format!("{name}.conv2d.weight"));
+            let conv = if resample == Resample::Transposed {
+                Conv2d::from_transposed(s[0], s[1], s[2], &w, bias(name))
+            } else {
+                Conv2d::new(s[0], s[1], s[2], w, bias(name))
+            };
+            Layer {
+                conv,
+                k: s[2],
+                stride,
+                resample,
+            }
+        };
+        let up = if config.arch == Arch::Seed {
+            Resample::Transposed
+        } else {
+            Resample::Upsample
+        };
+        let mut layers = vec![
+            mk("conv1", 1, Resample::None),
+            mk("conv2", 2, Resample::None),
+            mk("conv3", 2, Resample::None),
+        ];
+        let mut norm_names = vec!["in1".to_string(), "in2".into(), "in3".into()];
+        for r in 1..=config.res_blocks {
+            layers.push(mk(&format!("res{r}.conv1"), 1, Resample::None));
+            layers.push(mk(&format!("res{r}.conv2"), 1, Resample::None));
+            norm_names.push(format!("res{r}.in1"));
+            norm_names.push(format!("res{r}.in2"));
+        }
+        layers.push(mk("deconv1", 1, up));
+        layers.push(mk("deconv2", 1, up));
+        layers.push(mk("deconv3", 1, Resample::None));
+        norm_names.push("in4".into());
+        norm_names.push("in5".into());
+        if config.final_norm {
+            norm_names.push("in6".into());
+        }
+        let norms = norm_names
+            .iter()
+            .map(|n| Norm {
+                gamma: p(&format!("{n}.weight")),
+                beta: p(&format!("{n}.bias")),
+            })
+            .collect();
+        Transformer {
+            config,
+            params,
+            metadata,
+            layers,
+            norms,
+        }
+    }
+
+    /// The model as a tensor file (config and provenance in the metadata).
+    pub fn to_file(&self) -> TensorFile {
+        let mut f = TensorFile::default();
+        for (n, (s, v)) in &self.params {
+            f.tensors.insert(n.clone(), (s.clone(), v.clone()));
+        }
+        f.metadata = self.metadata.clone();
+        f.metadata.insert(
+            CONFIG_KEY.into(),
+            serde_json::to_string(&self.config).expect("config serialises"),
+        );
+        f
+    }
+
+    pub fn save(&self, path: &Path, half: bool) -> Result<()> {
+        self.to_file().write(path, half)
+    }
+
+    fn geom(&self, l: &Layer, h: usize, w: usize) -> ConvGeom {
+        match (self.config.arch, l.resample) {
+            (Arch::Johnson, r) => ConvGeom {
+                k: l.k,
+                stride: l.stride,
+                pad: [l.k / 2; 4],
+                mode: PadMode::Reflect,
+                upsample: if r == Resample::Upsample { 2 } else { 1 },
+                dilate: 1,
+            },
+            // ConvTranspose k3 s2 pads (0, 1): zero-insert, pad k-1 before and k-2 after.
+            (Arch::Seed, Resample::Transposed) => ConvGeom {
+                k: l.k,
+                stride: 1,
+                pad: [l.k - 1, l.k - 2, l.k - 1, l.k - 2],
+                mode: PadMode::Zero,
+                upsample: 1,
+                dilate: 2,
+            },
+            (Arch::Seed, _) => {
+                let same = |n: usize| {
+                    let out = n.div_ceil(l.stride);
+                    let total = ((out - 1) * l.stride + l.k).saturating_sub(n);
+                    (total / 2, total - total / 2)
+                };
+                let (t, b) = same(h);
+                let (le, r) = same(w);
+                ConvGeom {
+                    k: l.k,
+                    stride: l.stride,
+                    pad: [t, b, le, r],
+                    mode: PadMode::Zero,
+                    upsample: 1,
+                    dilate: 1,
+                }
+            }
+        }
+    }
+
+    fn conv(&self, i: usize, x: &Tensor) -> Tensor {
+        let l = &self.layers[i];
+        l.conv.forward(x, &self.geom(l, x.h, x.w))
+    }
+
+    fn norm(
+        &self,
+        i: usize,
+        x: &mut Tensor,
+        st: &norm::NormStats,
+        relu: bool,
+        residual: Option<&Tensor>,
+    ) {
+        let n = &self.norms[i];
+        let (c, hw) = (x.c, x.plane());
+        norm::apply(
+            &mut x.data,
+            c,
+            hw,
+            st,
+            &n.gamma,
+            &n.beta,
+            relu,
+            residual.map(|r| r.data.as_slice()),
+        );
+    }
+
+    /// Ordinary forward pass; any batch size. Input and output RGB on the 0..255 scale.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let mut outs = Vec::with_capacity(x.n);
+        for b in 0..x.n {
+            let s = Tensor::from_vec(1, x.c, x.h, x.w, x.sample(b).to_vec());
+            outs.push(
+                self.forward_with(&s, &mut OwnStats)
+                    .expect("own statistics never stop"),
+            );
+        }
+        if outs.len() == 1 {
+            return outs.pop().unwrap();
+        }
+        let (c, h, w) = (outs[0].c, outs[0].h, outs[0].w);
+        Tensor::from_vec(
+            x.n,
+            c,
+            h,
+            w,
+            outs.into_iter().flat_map(|t| t.data).collect(),
+        )
+    }
+
+    /// Forward pass of one sample with instance-norm statistics from `src`.
+    /// Returns `None` if `src` stopped the pass.
+    pub fn forward_with(&self, x: &Tensor, src: &mut dyn StatsSource) -> Option<Tensor> {
+        assert_eq!(x.n, 1, "forward_with takes one sample");
+        assert_eq!(x.c, 3, "the network takes RGB input");
+        let eps = self.config.norm_eps;
+        let mut ni = 0;
+        let mut step = |t: &mut Tensor,
+                        relu_after: bool,
+                        residual: Option<&Tensor>,
+                        this: &Self|
+         -> Option<()> {
+            let st = src.stats(ni, t, eps)?;
+            this.norm(ni, t, &st, relu_after, residual);
+            ni += 1;
+            Some(())
+        };
+        let mut h = self.conv(0, x);
+        step(&mut h, true, None, self)?;
+        for i in 1..3 {
+            h = self.conv(i, &h);
+            step(&mut h, true, None, self)?;
+        }
+        for r in 0..self.config.res_blocks {
+            let mut a = self.conv(3 + 2 * r, &h);
+            step(&mut a, true, None, self)?;
+            let mut b = self.conv(4 + 2 * r, &a);
+            drop(a);
+            step(&mut b, false, Some(&h), self)?;
+            h = b;
+        }
+        let base = 3 + 2 * self.config.res_blocks;
+        for i in base..base + 2 {
+            h = self.conv(i, &h);
+            step(&mut h, true, None, self)?;
+        }
+        let mut y = self.conv(base + 2, &h);
+        drop(h);
+        if self.config.final_norm {
+            step(&mut y, false, None, self)?;
+        }
+        if let OutputFn::ScaledTanh { scale, shift } = self.config.output {
+            for v in y.data.iter_mut() {
+                *v = (scale * v.tanh() + shift).clamp(0.0, 255.0);
+            }
+        }
+        Some(y)
+    }
+
+    /// Sizes the network maps to themselves: multiples of 4 (two stride-2 stages).
+    pub const ALIGN: usize = 4;
+
+    /// Approximate multiply-adds ×2 for one `h × w` forward pass.
+    pub fn flops(&self, h: usize, w: usize) -> f64 {
+        let px = (h * w) as f64;
+        let [c1, c2, c3] = self.config.channels.map(|c| c as f64);
+        let full = 2.0 * px * (c1 * 3.0 * 81.0 + 3.0 * c1 * 81.0 + c1 * c2 * 9.0);
+        let half = 2.0 * px / 4.0 * (c2 * c1 * 9.0 + c3 * c2 * 9.0);
+        let quarter =
+            2.0 * px / 16.0 * (c3 * c2 * 9.0 + 2.0 * self.config.res_blocks as f64 * c3 * c3 * 9.0);
+        full + half + quarter
+    }
+}

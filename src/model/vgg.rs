@@ -1,0 +1,135 @@
+//! The frozen VGG16 loss network, conv1_1 … conv4_3, with the four loss taps
+//! relu1_2, relu2_2, relu3_3, relu4_3.
+//!
+//! Two weight conventions exist and each file says which it is in its metadata: the Caffe
+//! weights Johnson et al. used (BGR, 0..255, mean subtracted) and torchvision's (RGB, /255,
+//! mean/std). The network always takes RGB on the 0..255 scale and applies the file's own
+//! preprocessing, so callers never need to know.
+
+use crate::error::{Error, Result};
+use crate::kernels::{pool::max_pool2, relu, Conv2d, ConvGeom, PadMode};
+use crate::model::format::TensorFile;
+use crate::tensor::Tensor;
+use std::path::Path;
+
+/// The 10 convolutions up to conv4_3: (name, c_in, c_out).
+pub const LAYERS: [(&str, usize, usize); 10] = [
+    ("conv1_1", 3, 64),
+    ("conv1_2", 64, 64),
+    ("conv2_1", 64, 128),
+    ("conv2_2", 128, 128),
+    ("conv3_1", 128, 256),
+    ("conv3_2", 256, 256),
+    ("conv3_3", 256, 256),
+    ("conv4_1", 256, 512),
+    ("conv4_2", 512, 512),
+    ("conv4_3", 512, 512),
+];
+
+/// Indices (into LAYERS) after which a tap is taken and, except for the last, a pool follows.
+pub const TAPS: [usize; 4] = [1, 3, 6, 9];
+pub const TAP_NAMES: [&str; 4] = ["relu1_2", "relu2_2", "relu3_3", "relu4_3"];
+
+/// Input preprocessing: network channel `i` = `scale[i] · rgb[src[i]] + shift[i]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocess {
+    pub convention: String,
+    pub src: [usize; 3],
+    pub scale: [f32; 3],
+    pub shift: [f32; 3],
+}
+
+impl Preprocess {
+    fn from_metadata(
+        md: &std::collections::BTreeMap<String, String>,
+    ) -> std::result::Result<Self, String> {
+        let triple = |key: &str| -> std::result::Result<[f64; 3], String> {
+            let s = md
+                .get(key)
+                .ok_or_else(|| format!("metadata lacks `{key}`"))?;
+            let v: Vec<f64> = s
+                .split(',')
+                .map(|t| t.trim().parse::<f64>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| format!("metadata `{key}` = {s:?} is not three numbers"))?;
+            v.try_into()
+                .map_err(|_| format!("metadata `{key}` = {s:?} is not three numbers"))
+        };
+        match md.get("channel_order").map(String::as_str) {
+            Some("bgr") => {
+                let m = triple("mean_bgr")?;
+                Ok(Preprocess {
+                    convention: "caffe".into(),
+                    src: [2, 1, 0],
+                    scale: [1.0; 3],
+                    shift: [-m[0] as f32, -m[1] as f32, -m[2] as f32],
+                })
+            }
+            Some("rgb") => {
+                let m = triple("mean_rgb")?;
+                let s = triple("std_rgb")?;
+                let f = |i: usize| ((1.0 / 255.0) / s[i]) as f32;
+                let b = |i: usize| (-m[i] / s[i]) as f32;
+                Ok(Preprocess { convention: "torchvision".into(), src: [0, 1, 2], scale: [f(0), f(1), f(2)], shift: [b(0), b(1), b(2)] })
+            }
+            other => Err(format!("metadata `channel_order` is {other:?}; expected \"bgr\" (Caffe) or \"rgb\" (torchvision)")),
+        }
+    }
+
+    pub fn apply(&self, x: &Tensor) -> Tensor {
+        let mut out = Tensor::zeros(x.n, 3, x.h, x.w);
+        let hw = x.plane();
+        for b in 0..x.n {
+            for i in 0..3 {
+                let src = &x.data[(b * 3 + self.src[i]) * hw..][..hw];
+                let dst = &mut out.data[(b * 3 + i) * hw..][..hw];
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = s * self.scale[i] + self.shift[i];
+                }
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Vgg16 {
+    pub pre: Preprocess,
+    convs: Vec<Conv2d>,
+}
+
+impl Vgg16 {
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = TensorFile::read(path)?;
+        Self::from_file(file).map_err(|m| Error::model(path, m))
+    }
+
+    pub fn from_file(mut f: TensorFile) -> std::result::Result<Self, String> {
+        let pre = Preprocess::from_metadata(&f.metadata)?;
+        let mut convs = Vec::new();
+        for (name, ci, co) in LAYERS {
+            let w = f.take(&format!("{name}.weight"), &[co, ci, 3, 3])?;
+            let b = f.take(&format!("{name}.bias"), &[co])?;
+            convs.push(Conv2d::new(co, ci, 3, w, Some(b)));
+        }
+        Ok(Vgg16 { pre, convs })
+    }
+
+    /// The four tap activations for an RGB 0..255 batch.
+    pub fn forward(&self, x: &Tensor) -> Vec<Tensor> {
+        let g = ConvGeom::simple(3, 1, 1, PadMode::Zero);
+        let mut h = self.pre.apply(x);
+        let mut taps = Vec::with_capacity(4);
+        for (i, conv) in self.convs.iter().enumerate() {
+            h = conv.forward(&h, &g);
+            relu(&mut h.data);
+            if TAPS.contains(&i) {
+                taps.push(h.clone());
+                if i != 9 {
+                    h = max_pool2(&h);
+                }
+            }
+        }
+        taps
+    }
+}

@@ -1,0 +1,99 @@
+//! A minimal dense NCHW float32 tensor: the engine's only data structure.
+
+/// Dense `N×C×H×W` float32 tensor in row-major (NCHW) order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tensor {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub data: Vec<f32>,
+}
+
+impl Tensor {
+    pub fn zeros(n: usize, c: usize, h: usize, w: usize) -> Self {
+        Tensor {
+            n,
+            c,
+            h,
+            w,
+            data: vec![0.0; n * c * h * w],
+        }
+    }
+
+    pub fn from_vec(n: usize, c: usize, h: usize, w: usize, data: Vec<f32>) -> Self {
+        assert_eq!(
+            data.len(),
+            n * c * h * w,
+            "tensor data does not match its shape"
+        );
+        Tensor { n, c, h, w, data }
+    }
+
+    pub fn shape(&self) -> [usize; 4] {
+        [self.n, self.c, self.h, self.w]
+    }
+
+    pub fn plane(&self) -> usize {
+        self.h * self.w
+    }
+
+    /// One sample as a `C×H×W` slice.
+    pub fn sample(&self, i: usize) -> &[f32] {
+        let s = self.c * self.plane();
+        &self.data[i * s..(i + 1) * s]
+    }
+
+    pub fn sample_mut(&mut self, i: usize) -> &mut [f32] {
+        let s = self.c * self.plane();
+        &mut self.data[i * s..(i + 1) * s]
+    }
+
+    /// Copy of the rectangle `[y0, y0+h) × [x0, x0+w)` of every plane.
+    pub fn crop(&self, y0: usize, x0: usize, h: usize, w: usize) -> Tensor {
+        assert!(
+            y0 + h <= self.h && x0 + w <= self.w,
+            "crop outside the tensor"
+        );
+        let mut out = Tensor::zeros(self.n, self.c, h, w);
+        for p in 0..self.n * self.c {
+            let src = &self.data[p * self.plane()..];
+            let dst = &mut out.data[p * h * w..];
+            for y in 0..h {
+                dst[y * w..(y + 1) * w].copy_from_slice(&src[(y0 + y) * self.w + x0..][..w]);
+            }
+        }
+        out
+    }
+
+    /// Relative L2 error ‖self − other‖ / ‖other‖ (the golden files' metric).
+    pub fn rel_error(&self, other: &Tensor) -> f64 {
+        assert_eq!(self.shape(), other.shape(), "shape mismatch");
+        rel_error(&self.data, &other.data)
+    }
+
+    pub fn max_abs_diff(&self, other: &Tensor) -> f32 {
+        assert_eq!(self.shape(), other.shape(), "shape mismatch");
+        self.data
+            .iter()
+            .zip(&other.data)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    }
+}
+
+/// ‖a − b‖₂ / ‖b‖₂ accumulated in f64.
+pub fn rel_error(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        let d = x as f64 - y as f64;
+        num += d * d;
+        den += (y as f64) * (y as f64);
+    }
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}

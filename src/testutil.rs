@@ -1,0 +1,27 @@
+//! Helpers shared by tests: where `../shared` is, and a visible skip when it is missing.
+use std::io::Write;
+use std::path::PathBuf;
+
+/// The shared data folder: `$IMPASTO_SHARED`, else `../shared` beside the repository.
+pub fn shared_dir() -> Option<PathBuf> {
+    let p = match std::env::var_os("IMPASTO_SHARED") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared"),
+    };
+    p.join("README.md").exists().then_some(p)
+}
+
+/// A file under the shared folder, or `None` after printing a visible SKIP line (written
+/// straight to stderr so the test harness does not swallow it).
+pub fn shared(rel: &str, test: &str) -> Option<PathBuf> {
+    match shared_dir() {
+        Some(d) if d.join(rel).exists() => Some(d.join(rel)),
+        _ => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED {test}: ../shared/{rel} not found (set IMPASTO_SHARED)"
+            );
+            None
+        }
+    }
+}
