@@ -28,6 +28,15 @@ pub fn write_atomic_with(
         })?;
     fill(tmp.as_file_mut()).map_err(|e| Error::output(path, e.to_string()))?;
     tmp.as_file_mut().sync_all().ok();
+    #[cfg(unix)]
+    {
+        // tempfile creates 0600; give the result the usual permissions (umask applies on
+        // creation only, so use the conventional 0644).
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tmp
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644));
+    }
     tmp.persist(path)
         .map_err(|e| Error::output(path, e.error.to_string()))?;
     Ok(())

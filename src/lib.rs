@@ -10,6 +10,7 @@ pub mod io;
 pub mod kernels;
 pub mod model;
 pub mod onnx;
+pub mod rng;
 pub mod stylize;
 pub mod tensor;
 #[doc(hidden)]

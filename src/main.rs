@@ -1,1 +1,33 @@
-fn main() {}
+//! The `impasto` command line: a thin layer over the library.
+//! Errors go to stderr; exit 0 on success, 2 when any input, model or output was bad (the
+//! rest of the work is still done), 1 for anything else. A closed stdout ends quietly.
+
+mod cli;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    if let Some(n) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+            .ok();
+    }
+    let code = match cli::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            if cli::is_broken_pipe(&e) {
+                0
+            } else {
+                eprintln!("impasto: error: {e:#}");
+                if e.downcast_ref::<impasto::Error>().is_some() {
+                    2
+                } else {
+                    1
+                }
+            }
+        }
+    };
+    std::process::exit(code);
+}

@@ -87,8 +87,8 @@ impl Content {
             let sy = (y0 + y).min(ih - 1);
             for x in 0..w {
                 let p = self.get((x0 + x).min(iw - 1), sy);
-                for c in 0..3 {
-                    t.data[c * hw + y * w + x] = p[c];
+                for (c, v) in p.into_iter().enumerate() {
+                    t.data[c * hw + y * w + x] = v;
                 }
             }
         }
@@ -339,8 +339,8 @@ pub fn stylize_tensor(model: &Transformer, x: &Tensor, opts: &StylizeOptions) ->
     let content = Content::F32(img);
     let mut out = Tensor::zeros(1, 3, x.h, x.w);
     run_network(model, &content, opts, None, |y, xx, s| {
-        for c in 0..3 {
-            out.data[c * hw + y * x.w + xx] = s[c];
+        for (c, v) in s.into_iter().enumerate() {
+            out.data[c * hw + y * x.w + xx] = v;
         }
     });
     out

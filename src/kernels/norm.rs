@@ -97,6 +97,7 @@ pub fn moments(x: &[f32], c: usize, h: usize, w: usize) -> Moments {
 }
 
 /// `x ← γ·(x − μ)/σ + β`, then ReLU if asked, then `+ residual` if given; in place.
+#[allow(clippy::too_many_arguments)]
 pub fn apply(
     x: &mut [f32],
     c: usize,

@@ -296,6 +296,40 @@ impl Transformer {
         }
     }
 
+    /// A freshly initialised network (PyTorch's default: weights and biases uniform in
+    /// ±1/√fan_in, instance-norm scale 1 and shift 0), reproducible from `seed`.
+    pub fn init(config: TransformerConfig, seed: u64) -> Self {
+        let mut rng = crate::rng::Rng::new(seed);
+        let mut params = BTreeMap::new();
+        let shapes = config.param_shapes();
+        for (name, shape) in &shapes {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = if shape.len() == 1 && !name.contains("conv2d") {
+                vec![if name.ends_with(".weight") { 1.0 } else { 0.0 }; n]
+            } else {
+                // fan_in of the conv this tensor belongs to.
+                let wname = name.replace(".bias", ".weight");
+                let ws = &shapes
+                    .iter()
+                    .find(|(n, _)| *n == wname)
+                    .expect("conv weight")
+                    .1;
+                let fan_in = if config.arch == Arch::Seed
+                    && name.starts_with("deconv")
+                    && name != "deconv3.conv2d.weight"
+                {
+                    ws[1] * ws[2] * ws[3]
+                } else {
+                    ws[1..].iter().product()
+                };
+                let b = 1.0 / (fan_in as f32).sqrt();
+                (0..n).map(|_| (rng.f32() * 2.0 - 1.0) * b).collect()
+            };
+            params.insert(name.clone(), (shape.clone(), v));
+        }
+        Self::from_params(config, params, BTreeMap::new())
+    }
+
     /// The model as a tensor file (config and provenance in the metadata).
     pub fn to_file(&self) -> TensorFile {
         let mut f = TensorFile::default();

@@ -1,0 +1,71 @@
+//! `impasto bench`: median forward-pass time at several sizes.
+use anyhow::Result;
+use impasto::model::Arch;
+use impasto::tensor::Tensor;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Model file (default: a freshly initialised network of --arch).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "johnson")]
+    arch: Arch,
+    /// Square sizes to time.
+    #[arg(long, value_delimiter = ',', default_value = "256,512,1024")]
+    sizes: Vec<usize>,
+    /// Timed runs per size (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Untimed warm-up runs per size.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// One JSON object per size on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<i32> {
+    let model = super::model_or_init(&a.model, a.arch)?;
+    let threads = rayon::current_num_threads();
+    if !a.json {
+        println!("| size | median ms | min ms | GFLOP/s | threads |");
+        println!("|---|---|---|---|---|");
+    }
+    for &s in &a.sizes {
+        let mut rng = impasto::rng::Rng::new(s as u64);
+        let x = Tensor::from_vec(
+            1,
+            3,
+            s,
+            s,
+            (0..3 * s * s).map(|_| rng.f32() * 255.0).collect(),
+        );
+        for _ in 0..a.warmup {
+            std::hint::black_box(model.forward(&x));
+        }
+        let mut ms: Vec<f64> = (0..a.runs.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(model.forward(&x));
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let med = ms[ms.len() / 2];
+        let gflops = model.flops(s, s) / med / 1e6;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"engine": "impasto", "arch": model.config.arch, "size": s, "median_ms": med, "min_ms": ms[0], "runs": ms, "threads": threads})
+            );
+        } else {
+            println!(
+                "| {s}² | {med:.1} | {:.1} | {gflops:.0} | {threads} |",
+                ms[0]
+            );
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,97 @@
+//! Command definitions and dispatch.
+mod bench;
+mod stylize;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use impasto::model::{Arch, Transformer};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "impasto",
+    version,
+    about = "Real-time neural style transfer (Johnson et al. 2016)",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true, env = "IMPASTO_THREADS")]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Stylize images: files, folders (recursive) or - for stdin.
+    Stylize(stylize::Args),
+    /// Convert a fast-style-transfer ONNX model (ml5 / lengstrom) into an impasto model file.
+    Import {
+        /// The .onnx file.
+        input: PathBuf,
+        /// The model file to write (.safetensors).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Store the weights as float16 (half the size).
+        #[arg(long)]
+        half: bool,
+    },
+    /// Show a model file's architecture and how it was made.
+    Info { model: PathBuf },
+    /// Time the transformation network at several sizes (median of runs).
+    Bench(bench::Args),
+}
+
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Stylize(a) => stylize::run(a),
+        Cmd::Import {
+            input,
+            output,
+            half,
+        } => {
+            let model = impasto::onnx::import(&input)?;
+            model.save(&output, half)?;
+            eprintln!(
+                "imported {} ({:?}, {} residual blocks, eps {}) -> {}",
+                input.display(),
+                model.config.arch,
+                model.config.res_blocks,
+                model.config.norm_eps,
+                output.display()
+            );
+            Ok(0)
+        }
+        Cmd::Info { model } => {
+            let m = Transformer::load(&model)?;
+            let n: usize = m.params.values().map(|(_, v)| v.len()).sum();
+            let mut js = serde_json::json!({
+                "file": model.display().to_string(),
+                "config": m.config,
+                "parameters": n,
+            });
+            for (k, v) in &m.metadata {
+                js[k] = serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone()));
+            }
+            println!("{}", serde_json::to_string_pretty(&js)?);
+            Ok(0)
+        }
+        Cmd::Bench(a) => bench::run(a),
+    }
+}
+
+/// Load `--model`, or a freshly initialised network of `arch` when none is given.
+pub fn model_or_init(model: &Option<PathBuf>, arch: Arch) -> Result<Transformer> {
+    Ok(match model {
+        Some(p) => Transformer::load(p)?,
+        None => Transformer::init(impasto::model::TransformerConfig::new(arch), 1),
+    })
+}
+
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || matches!(c.downcast_ref::<impasto::Error>(), Some(impasto::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,330 @@
+//! `impasto stylize`: files, folders and stdin in; a file, a folder or stdout out.
+use anyhow::{bail, Result};
+use image::ImageFormat;
+use impasto::imageio;
+use impasto::model::Transformer;
+use impasto::stylize::{stylize, StylizeOptions};
+use impasto::Error;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Images or folders (searched recursively); - reads one image from stdin.
+    #[arg(required = true)]
+    inputs: Vec<String>,
+    /// Output: a file (format from its extension), a folder, or - for stdout.
+    /// Default: NAME.stylized.EXT beside a single input, ./stylized/ for several.
+    #[arg(short, long)]
+    output: Option<String>,
+    /// The style model file (.safetensors).
+    #[arg(short, long)]
+    model: PathBuf,
+    /// Scale images down so that the longest side is at most N pixels.
+    #[arg(long, value_name = "N")]
+    max_size: Option<u32>,
+    /// How much style: 1 = full, 0 = the photo unchanged.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_strength)]
+    strength: f32,
+    /// Keep the photo's colours; stylize the luminance only.
+    #[arg(long)]
+    preserve_color: bool,
+    /// Output format for folders and stdout (default: the input's, else png).
+    #[arg(long, value_parser = ["png", "jpg", "webp"])]
+    format: Option<String>,
+    /// One JSON record per image on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Refuse images with more pixels than this.
+    #[arg(long, default_value_t = imageio::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+    /// Tile size for large images (pixels).
+    #[arg(long, default_value_t = 1024)]
+    tile: usize,
+    /// Images over this many pixels are processed in tiles (bounded memory).
+    #[arg(long, default_value_t = 2048 * 2048)]
+    tile_threshold: u64,
+}
+
+fn parse_strength(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("strength must be between 0 and 1, got {v}"))
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Input {
+    Stdin,
+    File { path: PathBuf, rel: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+enum Output {
+    Stdout(ImageFormat),
+    File(PathBuf),
+}
+
+const IMAGE_EXTS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "jfif"];
+
+fn walk(dir: &Path, root: &Path, out: &mut Vec<Input>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, root, out)?;
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| IMAGE_EXTS.contains(&e.to_ascii_lowercase().as_str()))
+        {
+            let rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
+            out.push(Input::File { path: p, rel });
+        }
+    }
+    Ok(())
+}
+
+fn format_named(s: &str) -> ImageFormat {
+    match s {
+        "jpg" => ImageFormat::Jpeg,
+        "webp" => ImageFormat::WebP,
+        _ => ImageFormat::Png,
+    }
+}
+
+/// The output extension for an input file: --format, else the input's own if we can write it.
+fn out_ext(a: &Args, input: &Path) -> String {
+    if let Some(f) = &a.format {
+        return f.clone();
+    }
+    match input
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(|e| e.to_ascii_lowercase())
+    {
+        Some(e) if e == "jpg" || e == "jpeg" => "jpg".into(),
+        Some(e) if e == "webp" => "webp".into(),
+        _ => "png".into(),
+    }
+}
+
+pub fn run(a: Args) -> Result<i32> {
+    // Gather inputs.
+    let mut inputs = Vec::new();
+    let mut any_dir = false;
+    for s in &a.inputs {
+        if s == "-" {
+            inputs.push(Input::Stdin);
+            continue;
+        }
+        let p = PathBuf::from(s);
+        if p.is_dir() {
+            any_dir = true;
+            let before = inputs.len();
+            walk(&p, &p, &mut inputs)?;
+            if inputs.len() == before {
+                eprintln!("impasto: warning: {}: no images found", p.display());
+            }
+        } else {
+            let rel = PathBuf::from(p.file_name().unwrap_or(p.as_os_str()));
+            inputs.push(Input::File { path: p, rel });
+        }
+    }
+    if inputs.iter().filter(|i| matches!(i, Input::Stdin)).count() > 1 {
+        bail!(Error::Usage("stdin (-) can be read only once".into()));
+    }
+    let many = any_dir || inputs.len() > 1;
+
+    // Decide outputs.
+    let outs: Vec<Output> = if many {
+        if a.output.as_deref() == Some("-") {
+            bail!(Error::Usage(
+                "several images cannot all go to stdout; give -o a folder".into()
+            ));
+        }
+        let dir = PathBuf::from(a.output.clone().unwrap_or_else(|| "stylized".into()));
+        if dir.exists() && !dir.is_dir() {
+            bail!(Error::Usage(format!(
+                "{}: several inputs need an output folder, and this is a file",
+                dir.display()
+            )));
+        }
+        inputs
+            .iter()
+            .map(|i| match i {
+                Input::Stdin => Output::File(
+                    dir.join(format!("stdin.{}", a.format.as_deref().unwrap_or("png"))),
+                ),
+                Input::File { path, rel } => {
+                    Output::File(dir.join(rel).with_extension(out_ext(&a, path)))
+                }
+            })
+            .collect()
+    } else {
+        let out = match (&inputs[0], a.output.as_deref()) {
+            (Input::Stdin, None) | (_, Some("-")) => {
+                Output::Stdout(format_named(a.format.as_deref().unwrap_or("png")))
+            }
+            (Input::File { path, .. }, None) => {
+                let stem = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_else(|| "image".into());
+                Output::File(path.with_file_name(format!("{stem}.stylized.{}", out_ext(&a, path))))
+            }
+            (i, Some(o)) => {
+                let op = PathBuf::from(o);
+                if op.is_dir() || o.ends_with('/') {
+                    let name = match i {
+                        Input::Stdin => format!("stdin.{}", a.format.as_deref().unwrap_or("png")),
+                        Input::File { path, .. } => {
+                            let stem = path
+                                .file_stem()
+                                .map(|s| s.to_string_lossy().to_string())
+                                .unwrap_or_default();
+                            format!("{stem}.{}", out_ext(&a, path))
+                        }
+                    };
+                    Output::File(op.join(name))
+                } else {
+                    imageio::format_for(&op)?;
+                    Output::File(op)
+                }
+            }
+        };
+        vec![out]
+    };
+    if a.json && outs.iter().any(|o| matches!(o, Output::Stdout(_))) {
+        bail!(Error::Usage(
+            "--json writes to stdout, which the image already uses; give -o a file".into()
+        ));
+    }
+
+    let model = Transformer::load(&a.model)?;
+    let opts = StylizeOptions {
+        max_size: a.max_size,
+        strength: a.strength,
+        preserve_color: a.preserve_color,
+        tile: a.tile,
+        tile_threshold: a.tile_threshold,
+        ..Default::default()
+    };
+
+    let bar = if many {
+        ProgressBar::new(inputs.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  eta {eta}  {msg}")
+            .unwrap(),
+    );
+    let mut failed = 0usize;
+    for (input, out) in inputs.iter().zip(&outs) {
+        let name = match input {
+            Input::Stdin => PathBuf::from("<stdin>"),
+            Input::File { path, .. } => path.clone(),
+        };
+        bar.set_message(name.display().to_string());
+        let t0 = Instant::now();
+        match one(&model, input, out, &opts, a.max_pixels) {
+            Ok((w, h)) => {
+                if a.json {
+                    let rec = serde_json::json!({
+                        "input": name.display().to_string(),
+                        "output": match out { Output::File(p) => p.display().to_string(), Output::Stdout(_) => "-".into() },
+                        "width": w, "height": h,
+                        "seconds": t0.elapsed().as_secs_f64(),
+                        "device": "cpu",
+                        "ok": true,
+                    });
+                    bar.suspend(|| println!("{rec}"));
+                }
+            }
+            Err(e) => {
+                if super::is_broken_pipe(&e) {
+                    return Ok(0);
+                }
+                failed += 1;
+                bar.suspend(|| eprintln!("impasto: error: {e:#}"));
+                if a.json {
+                    let cat = e
+                        .downcast_ref::<Error>()
+                        .map(|e| e.category())
+                        .unwrap_or("other");
+                    let rec = serde_json::json!({"input": name.display().to_string(), "ok": false, "error": format!("{e:#}"), "category": cat});
+                    bar.suspend(|| println!("{rec}"));
+                }
+            }
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if failed > 0 {
+        eprintln!("impasto: {failed} of {} images failed", inputs.len());
+        return Ok(2);
+    }
+    Ok(0)
+}
+
+fn one(
+    model: &Transformer,
+    input: &Input,
+    out: &Output,
+    opts: &StylizeOptions,
+    max_pixels: u64,
+) -> Result<(u32, u32)> {
+    let decoded = match input {
+        Input::Stdin => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| Error::io("<stdin>", e))?;
+            imageio::read_bytes(&buf, Path::new("<stdin>"), max_pixels)?
+        }
+        Input::File { path, .. } => imageio::read_path(path, max_pixels)?,
+    };
+    // Big images take a while: show the tile passes.
+    let px = decoded.width() as u64 * decoded.height() as u64;
+    let tbar = if px > opts.tile_threshold {
+        ProgressBar::new(1)
+    } else {
+        ProgressBar::hidden()
+    };
+    tbar.set_style(ProgressStyle::with_template("tiles {bar:40} {pos}/{len}  eta {eta}").unwrap());
+    let progress = |done: u64, total: u64| {
+        tbar.set_length(total);
+        tbar.set_position(done);
+    };
+    let img = stylize(model, decoded, opts, Some(&progress));
+    tbar.finish_and_clear();
+    let (w, h) = (img.width(), img.height());
+    match out {
+        Output::Stdout(f) => {
+            let mut buf = Vec::new();
+            imageio::encode(&img, *f, &mut buf)?;
+            let mut so = std::io::stdout().lock();
+            so.write_all(&buf)?;
+            so.flush()?;
+        }
+        Output::File(p) => {
+            if let Some(d) = p.parent() {
+                if !d.as_os_str().is_empty() {
+                    std::fs::create_dir_all(d).map_err(|e| {
+                        Error::output(p, format!("cannot create folder {}: {e}", d.display()))
+                    })?;
+                }
+            }
+            imageio::write_path(&img, p)?;
+        }
+    }
+    Ok((w, h))
+}
