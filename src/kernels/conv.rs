@@ -16,6 +16,8 @@ use std::cell::RefCell;
 pub enum PadMode {
     Zero,
     Reflect,
+    /// Repeat the edge pixel.
+    Replicate,
 }
 
 /// Geometry of one convolution: kernel, stride, padding (top, bottom, left, right) and the
@@ -80,6 +82,7 @@ impl ConvGeom {
                             l = reflect(l, len);
                             self.resample(l)
                         }
+                        PadMode::Replicate => self.resample(l.clamp(0, len - 1)),
                     }
                 } else {
                     self.resample(l)
@@ -181,6 +184,9 @@ impl Conv2d {
         let mut out = Tensor::zeros(x.n, self.c_out, ho, wo);
         let ymap = g.index_map(x.h, ho, g.pad[0]);
         let xmap = g.index_map(x.w, wo, g.pad[2]);
+        if super::direct::applicable(self, g) {
+            return super::direct::forward(self, g, x, &ymap, &xmap, ho, wo);
+        }
         for b in 0..x.n {
             conv_sample(
                 self,
@@ -199,15 +205,96 @@ impl Conv2d {
     }
 }
 
+/// Nearest ×2 upsampling followed by a 3×3 reflection-padded convolution, computed without
+/// the upsampling: each of the four output parities is a 2×2 convolution of the original
+/// input (edge-replicated, which is what reflection of the upsampled image amounts to), with
+/// the 3×3 taps that land on the same source pixel summed. 16 instead of 36 multiply-adds
+/// per output pixel and channel, and no upsampled copy.
+#[derive(Clone, Debug)]
+pub struct UpsampleConv {
+    parity: [Conv2d; 4],
+}
+
+impl UpsampleConv {
+    pub fn new(conv: &Conv2d, k: usize) -> Self {
+        assert_eq!(k, 3, "sub-pixel upsampling is derived for 3x3 kernels");
+        // Taps (of 3) that fall on source offset r (of 2) for parity a.
+        let taps = |a: usize, r: usize| -> &'static [usize] {
+            match (a, r) {
+                (0, 0) => &[0],
+                (0, _) => &[1, 2],
+                (_, 0) => &[0, 1],
+                _ => &[2],
+            }
+        };
+        let (ci, co) = (conv.c_in, conv.c_out);
+        let parity = std::array::from_fn(|p| {
+            let (a, b) = (p / 2, p % 2);
+            let mut w = vec![0.0f32; co * ci * 4];
+            for o in 0..co {
+                for c in 0..ci {
+                    for r in 0..2 {
+                        for s in 0..2 {
+                            let mut acc = 0.0;
+                            for &ky in taps(a, r) {
+                                for &kx in taps(b, s) {
+                                    acc += conv.weight[((o * ci + c) * 3 + ky) * 3 + kx];
+                                }
+                            }
+                            w[((o * ci + c) * 2 + r) * 2 + s] = acc;
+                        }
+                    }
+                }
+            }
+            Conv2d::new(co, ci, 2, w, Some(conv.bias.clone()))
+        });
+        UpsampleConv { parity }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let (h, w) = (x.h, x.w);
+        let co = self.parity[0].c_out;
+        let mut out = Tensor::zeros(x.n, co, 2 * h, 2 * w);
+        for (p, conv) in self.parity.iter().enumerate() {
+            let (a, b) = (p / 2, p % 2);
+            let g = ConvGeom {
+                k: 2,
+                stride: 1,
+                pad: [1 - a, a, 1 - b, b],
+                mode: PadMode::Replicate,
+                upsample: 1,
+                dilate: 1,
+            };
+            let y = conv.forward(x, &g);
+            out.data
+                .par_chunks_mut(4 * h * w)
+                .zip(y.data.par_chunks(h * w))
+                .for_each(|(dst, src)| {
+                    for i in 0..h {
+                        let drow = &mut dst[(2 * i + a) * 2 * w..(2 * i + a + 1) * 2 * w];
+                        for (j, &v) in src[i * w..(i + 1) * w].iter().enumerate() {
+                            drow[2 * j + b] = v;
+                        }
+                    }
+                });
+        }
+        out
+    }
+}
+
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-struct SendPtr(*mut f32);
+/// A raw output pointer shared by tasks that write disjoint parts of one buffer.
+pub(crate) struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
-    fn get(&self) -> *mut f32 {
+    pub(crate) fn new(p: *mut f32) -> Self {
+        SendPtr(p)
+    }
+    pub(crate) fn get(&self) -> *mut f32 {
         self.0
     }
 }
@@ -433,6 +520,42 @@ mod tests {
                     got.rel_error(&want)
                 );
             }
+        }
+    }
+
+    #[test]
+    fn subpixel_upsample_conv_matches_upsample_then_conv() {
+        for &(h, w) in &[(1usize, 1usize), (2, 3), (6, 5), (17, 20)] {
+            let (ci, co) = (4, 3);
+            let x = Tensor::from_vec(1, ci, h, w, pseudo(ci * h * w, 21));
+            let conv = Conv2d::new(co, ci, 3, pseudo(co * ci * 9, 22), Some(pseudo(co, 23)));
+            let g = ConvGeom {
+                k: 3,
+                stride: 1,
+                pad: [1; 4],
+                mode: PadMode::Reflect,
+                upsample: 2,
+                dilate: 1,
+            };
+            let want = naive(&conv, &g, &x);
+            let got = UpsampleConv::new(&conv, 3).forward(&x);
+            assert_eq!(got.shape(), want.shape());
+            assert!(
+                got.rel_error(&want) < 1e-5,
+                "{h}x{w}: {}",
+                got.rel_error(&want)
+            );
+        }
+    }
+
+    #[test]
+    fn direct_kernel_covers_every_channel_blocking() {
+        for co in [3usize, 4, 5, 8] {
+            let g = ConvGeom::simple(9, 1, 4, PadMode::Reflect);
+            let x = Tensor::from_vec(1, 8, 21, 37, pseudo(8 * 21 * 37, co as u32));
+            let conv = Conv2d::new(co, 8, 9, pseudo(co * 8 * 81, 2), Some(pseudo(co, 4)));
+            let got = conv.forward(&x, &g);
+            assert!(got.rel_error(&naive(&conv, &g, &x)) < 1e-5, "c_out {co}");
         }
     }
 

@@ -13,6 +13,7 @@
 //! (see `stylize::tiled`). Plain inference computes them from the tensor itself.
 
 use crate::error::{Error, Result};
+use crate::kernels::conv::UpsampleConv;
 use crate::kernels::{norm, Conv2d, ConvGeom, PadMode};
 use crate::model::format::TensorFile;
 use crate::tensor::Tensor;
@@ -136,6 +137,26 @@ impl TransformerConfig {
     }
 }
 
+fn profiling() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("IMPASTO_PROFILE").is_some())
+}
+
+fn profile_start() -> Option<std::time::Instant> {
+    profiling().then(std::time::Instant::now)
+}
+
+/// With `IMPASTO_PROFILE` set, print each layer's time to stderr.
+fn profile_end(t: Option<std::time::Instant>, what: impl FnOnce() -> String) {
+    if let Some(t) = t {
+        eprintln!(
+            "profile {:>8.2} ms  {}",
+            t.elapsed().as_secs_f64() * 1e3,
+            what()
+        );
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Resample {
     None,
@@ -146,6 +167,8 @@ enum Resample {
 #[derive(Clone, Debug)]
 struct Layer {
     conv: Conv2d,
+    /// The sub-pixel form of an upsample + 3×3 conv (johnson's decoder).
+    up: Option<UpsampleConv>,
     k: usize,
     stride: usize,
     resample: Resample,
@@ -169,6 +192,14 @@ pub struct OwnStats;
 impl StatsSource for OwnStats {
     fn stats(&mut self, _index: usize, x: &Tensor, eps: f64) -> Option<norm::NormStats> {
         Some(norm::moments(&x.data, x.c, x.h, x.w).stats(eps))
+    }
+}
+
+struct ProfileGuard(Option<std::time::Instant>, usize);
+impl Drop for ProfileGuard {
+    fn drop(&mut self) {
+        let i = self.1;
+        profile_end(self.0, || format!("norm {i}"));
     }
 }
 
@@ -248,8 +279,11 @@ impl Transformer {
             } else {
                 Conv2d::new(s[0], s[1], s[2], w, bias(name))
             };
+            let up =
+                (resample == Resample::Upsample && s[2] == 3).then(|| UpsampleConv::new(&conv, 3));
             Layer {
                 conv,
+                up,
                 k: s[2],
                 stride,
                 resample,
@@ -389,7 +423,18 @@ impl Transformer {
 
     fn conv(&self, i: usize, x: &Tensor) -> Tensor {
         let l = &self.layers[i];
-        l.conv.forward(x, &self.geom(l, x.h, x.w))
+        let t = profile_start();
+        let y = match &l.up {
+            Some(up) => up.forward(x),
+            None => l.conv.forward(x, &self.geom(l, x.h, x.w)),
+        };
+        profile_end(t, || {
+            format!(
+                "conv {i} {}x{}x{} -> {}x{}x{}",
+                x.c, x.h, x.w, y.c, y.h, y.w
+            )
+        });
+        y
     }
 
     fn norm(
@@ -402,6 +447,8 @@ impl Transformer {
     ) {
         let n = &self.norms[i];
         let (c, hw) = (x.c, x.plane());
+        let t = profile_start();
+        let _g = ProfileGuard(t, i);
         norm::apply(
             &mut x.data,
             c,

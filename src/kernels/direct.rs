@@ -1,0 +1,246 @@
+//! Direct stride-1 convolution with AVX-512 register blocking, for the layers where
+//! im2col + GEMM is a poor fit: the 9×9 convolutions at full resolution, whose patch matrix
+//! would be as large as the work itself (the final 32→3 conv has only three output rows).
+//!
+//! Each task computes a few output rows; within a row, a block of `OB` output channels ×
+//! `XB`·16 pixels is held in registers while every input channel and tap is streamed
+//! through, reading the (once-padded) input directly with unaligned loads.
+
+use crate::kernels::conv::{Conv2d, ConvGeom};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+/// Is the direct kernel available and worthwhile for this convolution?
+pub fn applicable(conv: &Conv2d, g: &ConvGeom) -> bool {
+    g.stride == 1
+        && g.upsample == 1
+        && g.dilate == 1
+        && g.k >= 5
+        && conv.c_in * g.k * g.k >= 64
+        && has_avx512()
+}
+
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *ON.get_or_init(|| {
+            std::is_x86_feature_detected!("avx512f")
+                && std::env::var_os("IMPASTO_NO_AVX512").is_none()
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The input with its padding materialised: `c × (h+pt+pb) × (w+pl+pr)` plus 16 floats of
+/// slack so masked vector loads near the end stay in bounds.
+fn pad_input(
+    x: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    g: &ConvGeom,
+    ymap: &[i32],
+    xmap: &[i32],
+    ho: usize,
+    wo: usize,
+) -> (Vec<f32>, usize, usize) {
+    // Padded row r corresponds to ymap[(r - ...)]: for stride 1, padded index p = o + t with
+    // o the output coordinate and t the tap, so p ranges over 0..ho+k-1.
+    let (hp, wp) = (ho + g.k - 1, wo + g.k - 1);
+    let src_row = |p: usize| {
+        if p < ho {
+            ymap[p * g.k]
+        } else {
+            ymap[(ho - 1) * g.k + (p - (ho - 1))]
+        }
+    };
+    let src_col = |p: usize| {
+        if p < wo {
+            xmap[p * g.k]
+        } else {
+            xmap[(wo - 1) * g.k + (p - (wo - 1))]
+        }
+    };
+    let cols: Vec<i32> = (0..wp).map(src_col).collect();
+    let mut out = vec![0.0f32; c * hp * wp + 16];
+    out[..c * hp * wp]
+        .par_chunks_mut(hp * wp)
+        .enumerate()
+        .for_each(|(ch, plane)| {
+            let src = &x[ch * h * w..(ch + 1) * h * w];
+            for r in 0..hp {
+                let sy = src_row(r);
+                let row = &mut plane[r * wp..(r + 1) * wp];
+                if sy < 0 {
+                    row.fill(0.0);
+                    continue;
+                }
+                let s = &src[sy as usize * w..(sy as usize + 1) * w];
+                for (d, &sx) in row.iter_mut().zip(&cols) {
+                    *d = if sx < 0 { 0.0 } else { s[sx as usize] };
+                }
+            }
+        });
+    (out, hp, wp)
+}
+
+pub fn forward(
+    conv: &Conv2d,
+    g: &ConvGeom,
+    x: &Tensor,
+    ymap: &[i32],
+    xmap: &[i32],
+    ho: usize,
+    wo: usize,
+) -> Tensor {
+    let mut out = Tensor::zeros(x.n, conv.c_out, ho, wo);
+    let k = g.k;
+    // Weights regrouped per output-channel block: [block][c][ky][kx][OB].
+    let ob = if conv.c_out % 4 == 0 {
+        4
+    } else if conv.c_out == 3 {
+        3
+    } else {
+        1
+    };
+    let nb = conv.c_out / ob;
+    let kk = conv.c_in * k * k;
+    let mut wp = vec![0.0f32; conv.c_out * kk];
+    for b in 0..nb {
+        for i in 0..kk {
+            for j in 0..ob {
+                wp[(b * kk + i) * ob + j] = conv.weight[(b * ob + j) * kk + i];
+            }
+        }
+    }
+    for s in 0..x.n {
+        let (xp, hp, wpad) = pad_input(x.sample(s), x.c, x.h, x.w, g, ymap, xmap, ho, wo);
+        let o = out.sample_mut(s);
+        let plane = ho * wo;
+        let optr = super::conv::SendPtr::new(o.as_mut_ptr());
+        let rows_per_task = 2;
+        (0..ho.div_ceil(rows_per_task))
+            .into_par_iter()
+            .for_each(|t| {
+                for y in t * rows_per_task..((t + 1) * rows_per_task).min(ho) {
+                    for b in 0..nb {
+                        let w = &wp[b * kk * ob..(b + 1) * kk * ob];
+                        let bias = &conv.bias[b * ob..(b + 1) * ob];
+                        // SAFETY: has_avx512() was checked by `applicable`; each task writes its
+                        // own rows; loads stay within `xp` thanks to its slack.
+                        unsafe {
+                            let dst = optr.get().add(b * ob * plane + y * wo);
+                            match ob {
+                                4 => avx512::row::<4, 4>(
+                                    &xp, hp, wpad, conv.c_in, k, y, w, bias, dst, plane, wo,
+                                ),
+                                3 => avx512::row::<3, 4>(
+                                    &xp, hp, wpad, conv.c_in, k, y, w, bias, dst, plane, wo,
+                                ),
+                                _ => avx512::row::<1, 8>(
+                                    &xp, hp, wpad, conv.c_in, k, y, w, bias, dst, plane, wo,
+                                ),
+                            }
+                        }
+                    }
+                }
+            });
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// One output row for `OB` output channels, `XB` vectors of 16 pixels at a time.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn row<const OB: usize, const XB: usize>(
+        xp: &[f32],
+        hp: usize,
+        wp: usize,
+        c_in: usize,
+        k: usize,
+        y: usize,
+        w: &[f32],
+        bias: &[f32],
+        dst: *mut f32,
+        plane: usize,
+        wo: usize,
+    ) {
+        let xptr = xp.as_ptr();
+        let mut x0 = 0;
+        while x0 < wo {
+            let mut masks = [0u16; XB];
+            for (v, m) in masks.iter_mut().enumerate() {
+                let start = x0 + v * 16;
+                let n = wo.saturating_sub(start).min(16);
+                *m = if n == 16 {
+                    0xffff
+                } else {
+                    ((1u32 << n) - 1) as u16
+                };
+            }
+            let mut acc = [[_mm512_setzero_ps(); XB]; OB];
+            for (o, a) in acc.iter_mut().enumerate() {
+                let b = _mm512_set1_ps(bias[o]);
+                for v in a.iter_mut() {
+                    *v = b;
+                }
+            }
+            let mut wi = 0;
+            for c in 0..c_in {
+                let cbase = c * hp * wp;
+                for ky in 0..k {
+                    let rbase = xptr.add(cbase + (y + ky) * wp + x0);
+                    for kx in 0..k {
+                        let mut wv = [_mm512_setzero_ps(); OB];
+                        for (o, wvo) in wv.iter_mut().enumerate() {
+                            *wvo = _mm512_set1_ps(*w.get_unchecked(wi + o));
+                        }
+                        wi += OB;
+                        for v in 0..XB {
+                            let xv = _mm512_maskz_loadu_ps(masks[v], rbase.add(kx + v * 16));
+                            for o in 0..OB {
+                                acc[o][v] = _mm512_fmadd_ps(wv[o], xv, acc[o][v]);
+                            }
+                        }
+                    }
+                }
+            }
+            for (o, a) in acc.iter().enumerate() {
+                for (v, &val) in a.iter().enumerate() {
+                    if masks[v] != 0 {
+                        _mm512_mask_storeu_ps(dst.add(o * plane + x0 + v * 16), masks[v], val);
+                    }
+                }
+            }
+            x0 += XB * 16;
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx512 {
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn row<const OB: usize, const XB: usize>(
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: &[f32],
+        _: &[f32],
+        _: *mut f32,
+        _: usize,
+        _: usize,
+    ) {
+        unreachable!("direct kernel needs AVX-512")
+    }
+}
