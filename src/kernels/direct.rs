@@ -37,6 +37,7 @@ pub fn has_avx512() -> bool {
 
 /// The input with its padding materialised: `c × (h+pt+pb) × (w+pl+pr)` plus 16 floats of
 /// slack so masked vector loads near the end stay in bounds.
+#[allow(clippy::too_many_arguments)]
 fn pad_input(
     x: &[f32],
     c: usize,
@@ -100,7 +101,7 @@ pub fn forward(
     let mut out = Tensor::zeros(x.n, conv.c_out, ho, wo);
     let k = g.k;
     // Weights regrouped per output-channel block: [block][c][ky][kx][OB].
-    let ob = if conv.c_out % 4 == 0 {
+    let ob = if conv.c_out.is_multiple_of(4) {
         4
     } else if conv.c_out == 3 {
         3
