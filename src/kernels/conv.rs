@@ -128,6 +128,8 @@ pub struct Conv2d {
     pub c_out: usize,
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
+    /// Winograd-transformed weights, made on first use by a 3×3 stride-1 layer.
+    winograd: std::sync::OnceLock<super::winograd::Winograd>,
 }
 
 impl Conv2d {
@@ -147,6 +149,7 @@ impl Conv2d {
             c_out,
             weight,
             bias,
+            winograd: Default::default(),
         }
     }
 
@@ -184,6 +187,12 @@ impl Conv2d {
         let mut out = Tensor::zeros(x.n, self.c_out, ho, wo);
         let ymap = g.index_map(x.h, ho, g.pad[0]);
         let xmap = g.index_map(x.w, wo, g.pad[2]);
+        if super::winograd::applicable(self, g) {
+            return self
+                .winograd
+                .get_or_init(|| super::winograd::Winograd::new(self))
+                .forward(x, g.mode);
+        }
         if super::direct::applicable(self, g) {
             return super::direct::forward(self, g, x, &ymap, &xmap, ho, wo);
         }
@@ -545,6 +554,21 @@ mod tests {
                 "{h}x{w}: {}",
                 got.rel_error(&want)
             );
+        }
+    }
+
+    #[test]
+    fn winograd_matches_naive_for_every_size_and_padding() {
+        for mode in [PadMode::Reflect, PadMode::Zero, PadMode::Replicate] {
+            for &(h, w) in &[(1usize, 1usize), (2, 2), (5, 7), (9, 13), (33, 40)] {
+                let (ci, co) = (16, 20);
+                let g = ConvGeom::simple(3, 1, 1, mode);
+                let x = Tensor::from_vec(1, ci, h, w, pseudo(ci * h * w, (h * w) as u32));
+                let conv = Conv2d::new(co, ci, 3, pseudo(co * ci * 9, 31), Some(pseudo(co, 32)));
+                assert!(super::super::winograd::applicable(&conv, &g));
+                let err = conv.forward(&x, &g).rel_error(&naive(&conv, &g, &x));
+                assert!(err < 1e-5, "{mode:?} {h}x{w}: {err}");
+            }
         }
     }
 

@@ -4,6 +4,7 @@ pub mod conv;
 pub mod direct;
 pub mod norm;
 pub mod pool;
+pub mod winograd;
 
 pub use conv::{Conv2d, ConvGeom, PadMode};
 
