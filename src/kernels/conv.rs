@@ -262,30 +262,81 @@ impl UpsampleConv {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let (h, w) = (x.h, x.w);
-        let co = self.parity[0].c_out;
+        let (ci, co) = (self.parity[0].c_in, self.parity[0].c_out);
         let mut out = Tensor::zeros(x.n, co, 2 * h, 2 * w);
-        for (p, conv) in self.parity.iter().enumerate() {
-            let (a, b) = (p / 2, p % 2);
-            let g = ConvGeom {
-                k: 2,
-                stride: 1,
-                pad: [1 - a, a, 1 - b, b],
-                mode: PadMode::Replicate,
-                upsample: 1,
-                dilate: 1,
-            };
-            let y = conv.forward(x, &g);
-            out.data
-                .par_chunks_mut(4 * h * w)
-                .zip(y.data.par_chunks(h * w))
-                .for_each(|(dst, src)| {
-                    for i in 0..h {
-                        let drow = &mut dst[(2 * i + a) * 2 * w..(2 * i + a + 1) * 2 * w];
-                        for (j, &v) in src[i * w..(i + 1) * w].iter().enumerate() {
-                            drow[2 * j + b] = v;
+        let kk = ci * 4;
+        for s in 0..x.n {
+            let xs = x.sample(s);
+            let optr = SendPtr(out.sample_mut(s).as_mut_ptr());
+            // One task per (parity, input row): gather the 2×2 patches of that row, then one
+            // GEMM writes the parity's pixels of output row 2i+a in place (column stride 2).
+            (0..4 * h).into_par_iter().for_each(|task| {
+                let (p, i) = (task / h, task % h);
+                let (a, b) = (p / 2, p % 2);
+                let conv = &self.parity[p];
+                SCRATCH.with(|sc| {
+                    let mut col = sc.borrow_mut();
+                    if col.len() < kk * w {
+                        col.resize(kk * w, 0.0);
+                    }
+                    let col = &mut col[..kk * w];
+                    for c in 0..ci {
+                        let plane = &xs[c * h * w..(c + 1) * h * w];
+                        for r in 0..2 {
+                            let sy = (i + r + a).saturating_sub(1).min(h - 1);
+                            let src = &plane[sy * w..(sy + 1) * w];
+                            for t in 0..2 {
+                                let row = &mut col[((c * 2 + r) * 2 + t) * w..][..w];
+                                // column j reads src[clamp(j + t + b - 1)]
+                                let shift = t + b; // 0, 1 or 2
+                                match shift {
+                                    0 => {
+                                        row[0] = src[0];
+                                        row[1..].copy_from_slice(&src[..w - 1]);
+                                    }
+                                    1 => row.copy_from_slice(src),
+                                    _ => {
+                                        row[..w - 1].copy_from_slice(&src[1..]);
+                                        row[w - 1] = src[w - 1];
+                                    }
+                                }
+                            }
                         }
                     }
+                    let plane_out = 4 * h * w;
+                    // SAFETY: each task owns output row 2i+a, columns of parity b.
+                    unsafe {
+                        let dst = optr.get().add((2 * i + a) * 2 * w + b);
+                        for o in 0..co {
+                            let d = dst.add(o * plane_out);
+                            for j in 0..w {
+                                *d.add(2 * j) = conv.bias[o];
+                            }
+                        }
+                        gemm::gemm(
+                            co,
+                            w,
+                            kk,
+                            dst,
+                            2,
+                            plane_out as isize,
+                            true,
+                            conv.weight.as_ptr(),
+                            1,
+                            kk as isize,
+                            col.as_ptr(),
+                            1,
+                            w as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
                 });
+            });
         }
         out
     }

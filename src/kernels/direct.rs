@@ -139,7 +139,7 @@ pub fn forward(
                                 4 => avx512::row::<4, 4>(
                                     &xp, hp, wpad, conv.c_in, k, y, w, bias, dst, plane, wo,
                                 ),
-                                3 => avx512::row::<3, 4>(
+                                3 => avx512::row::<3, 6>(
                                     &xp, hp, wpad, conv.c_in, k, y, w, bias, dst, plane, wo,
                                 ),
                                 _ => avx512::row::<1, 8>(
