@@ -353,7 +353,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     /// A network with random weights (deterministic), small enough for fast tests.
-    pub fn random_model(arch: Arch, seed: u32) -> Transformer {
+    pub(crate) fn random_model(arch: Arch, seed: u32) -> Transformer {
         let config = TransformerConfig::new(arch);
         let mut s = seed.wrapping_mul(747796405).wrapping_add(1);
         let mut params = BTreeMap::new();

@@ -184,7 +184,7 @@ impl Conv2d {
             self.c_in, x.c
         );
         let (ho, wo) = g.out_size(x.h, x.w);
-        let mut out = Tensor::zeros(x.n, self.c_out, ho, wo);
+        let mut out = Tensor::for_overwrite(x.n, self.c_out, ho, wo);
         let ymap = g.index_map(x.h, ho, g.pad[0]);
         let xmap = g.index_map(x.w, wo, g.pad[2]);
         if super::winograd::applicable(self, g) {
@@ -263,7 +263,7 @@ impl UpsampleConv {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let (h, w) = (x.h, x.w);
         let (ci, co) = (self.parity[0].c_in, self.parity[0].c_out);
-        let mut out = Tensor::zeros(x.n, co, 2 * h, 2 * w);
+        let mut out = Tensor::for_overwrite(x.n, co, 2 * h, 2 * w);
         let kk = ci * 4;
         for s in 0..x.n {
             let xs = x.sample(s);
@@ -472,11 +472,11 @@ fn xmap_contiguous(xmap: &[i32], k: usize, kx: usize, ox0: usize, ox1: usize) ->
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Straightforward reference: materialise the resampled, padded input and convolve.
-    fn naive(conv: &Conv2d, g: &ConvGeom, x: &Tensor) -> Tensor {
+    pub(super) fn naive(conv: &Conv2d, g: &ConvGeom, x: &Tensor) -> Tensor {
         let (ho, wo) = g.out_size(x.h, x.w);
         let ymap = g.index_map(x.h, ho, g.pad[0]);
         let xmap = g.index_map(x.w, wo, g.pad[2]);
@@ -611,7 +611,15 @@ mod tests {
     #[test]
     fn winograd_matches_naive_for_every_size_and_padding() {
         for mode in [PadMode::Reflect, PadMode::Zero, PadMode::Replicate] {
-            for &(h, w) in &[(1usize, 1usize), (2, 2), (5, 7), (9, 13), (33, 40)] {
+            for &(h, w) in &[
+                (1usize, 1usize),
+                (2, 2),
+                (5, 7),
+                (9, 13),
+                (33, 40),
+                (130, 141),
+                (130, 141),
+            ] {
                 let (ci, co) = (16, 20);
                 let g = ConvGeom::simple(3, 1, 1, mode);
                 let x = Tensor::from_vec(1, ci, h, w, pseudo(ci * h * w, (h * w) as u32));
@@ -620,6 +628,49 @@ mod tests {
                 let err = conv.forward(&x, &g).rel_error(&naive(&conv, &g, &x));
                 assert!(err < 1e-5, "{mode:?} {h}x{w}: {err}");
             }
+        }
+    }
+
+    /// Pooled buffers come back with stale contents: fill the pool with NaNs and check that
+    /// every kernel still writes every element it hands out.
+    #[test]
+    fn kernels_never_read_stale_pooled_buffers() {
+        let (ci, co, h, w) = (16, 20, 64, 300);
+        for _ in 0..2 {
+            let poison: Vec<Vec<f32>> = (0..8)
+                .map(|i| vec![f32::NAN; (1 << 18) + i * 40_000])
+                .collect();
+            poison.into_iter().for_each(crate::tensor::recycle);
+            let x = Tensor::from_vec(1, ci, h, w, pseudo(ci * h * w, 41));
+            let geoms = [
+                ConvGeom::simple(3, 1, 1, PadMode::Zero),
+                ConvGeom::simple(3, 1, 1, PadMode::Reflect),
+                ConvGeom::simple(9, 1, 4, PadMode::Reflect),
+                ConvGeom::simple(3, 2, 1, PadMode::Reflect),
+            ];
+            for g in geoms {
+                let conv = Conv2d::new(
+                    co,
+                    ci,
+                    g.k,
+                    pseudo(co * ci * g.k * g.k, 42),
+                    Some(pseudo(co, 43)),
+                );
+                let got = conv.forward(&x, &g);
+                let err = got.rel_error(&naive(&conv, &g, &x));
+                assert!(err < 1e-5, "{g:?}: {err}");
+            }
+            let conv = Conv2d::new(co, ci, 3, pseudo(co * ci * 9, 44), Some(pseudo(co, 45)));
+            let g = ConvGeom {
+                k: 3,
+                stride: 1,
+                pad: [1; 4],
+                mode: PadMode::Reflect,
+                upsample: 2,
+                dilate: 1,
+            };
+            let got = UpsampleConv::new(&conv, 3).forward(&x);
+            assert!(got.rel_error(&naive(&conv, &g, &x)) < 1e-5);
         }
     }
 

@@ -67,7 +67,8 @@ fn pad_input(
         }
     };
     let cols: Vec<i32> = (0..wp).map(src_col).collect();
-    let mut out = vec![0.0f32; c * hp * wp + 16];
+    let mut out = crate::tensor::take_buffer(c * hp * wp + 16);
+    out[c * hp * wp..].fill(0.0);
     out[..c * hp * wp]
         .par_chunks_mut(hp * wp)
         .enumerate()
@@ -98,7 +99,7 @@ pub fn forward(
     ho: usize,
     wo: usize,
 ) -> Tensor {
-    let mut out = Tensor::zeros(x.n, conv.c_out, ho, wo);
+    let mut out = Tensor::for_overwrite(x.n, conv.c_out, ho, wo);
     let k = g.k;
     // Weights regrouped per output-channel block: [block][c][ky][kx][OB].
     let ob = if conv.c_out.is_multiple_of(4) {
@@ -150,6 +151,7 @@ pub fn forward(
                     }
                 }
             });
+        crate::tensor::recycle(xp);
     }
     out
 }

@@ -78,7 +78,7 @@ impl Winograd {
     pub fn forward(&self, x: &Tensor, mode: PadMode) -> Tensor {
         assert_eq!(x.c, self.c_in);
         let (h, w) = (x.h, x.w);
-        let mut out = Tensor::zeros(x.n, self.c_out, h, w);
+        let mut out = Tensor::for_overwrite(x.n, self.c_out, h, w);
         for s in 0..x.n {
             self.forward_sample(x.sample(s), h, w, mode, out.sample_mut(s));
         }
@@ -114,20 +114,23 @@ impl Winograd {
         };
         let rows: Vec<isize> = (0..hp).map(|p| src(p, h)).collect();
         let cols: Vec<isize> = (0..wp).map(|p| src(p, w)).collect();
-        let mut xp = vec![0.0f32; ci * hp * wp];
+        let mut xp = crate::tensor::take_buffer(ci * hp * wp);
         xp.par_chunks_mut(hp * wp)
             .enumerate()
             .for_each(|(c, plane)| {
                 let s = &x[c * h * w..(c + 1) * h * w];
                 for (r, &sy) in rows.iter().enumerate() {
+                    let drow = &mut plane[r * wp..(r + 1) * wp];
                     if sy < 0 {
+                        drow.fill(0.0);
                         continue;
                     }
                     let srow = &s[sy as usize * w..(sy as usize + 1) * w];
-                    for (d, &sx) in plane[r * wp..(r + 1) * wp].iter_mut().zip(&cols) {
-                        if sx >= 0 {
-                            *d = srow[sx as usize];
-                        }
+                    // Interior: padded column p reads source column p - 1.
+                    drow[1..=w].copy_from_slice(srow);
+                    for p in (0..1).chain(w + 1..wp) {
+                        let sx = cols[p];
+                        drow[p] = if sx >= 0 { srow[sx as usize] } else { 0.0 };
                     }
                 }
             });
@@ -148,6 +151,7 @@ impl Winograd {
                 }
             });
         });
+        crate::tensor::recycle(xp);
     }
 }
 

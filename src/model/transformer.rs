@@ -480,7 +480,7 @@ impl Transformer {
             c,
             h,
             w,
-            outs.into_iter().flat_map(|t| t.data).collect(),
+            outs.into_iter().flat_map(|t| t.into_data()).collect(),
         )
     }
 
