@@ -219,21 +219,40 @@ impl Conv2d {
 /// input (edge-replicated, which is what reflection of the upsampled image amounts to), with
 /// the 3×3 taps that land on the same source pixel summed. 16 instead of 36 multiply-adds
 /// per output pixel and channel, and no upsampled copy.
+///
+/// The same decomposition serves the `seed` network's stride-2 transposed convolution (k 3,
+/// pads 0/1): there parity 0 of a dimension takes taps 2 and 0 of the (flipped) kernel from
+/// source offsets −1 and 0, parity 1 takes tap 1 from offset 0, with zero padding. That is 16
+/// multiply-adds instead of the 36 a convolution over the zero-inserted input costs.
 #[derive(Clone, Debug)]
 pub struct UpsampleConv {
     parity: [Conv2d; 4],
+    zero_pad: bool,
+}
+
+/// Which layer an [`UpsampleConv`] replaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubPixel {
+    /// Nearest ×2 upsample, then 3×3 reflection-padded conv (johnson).
+    Upsample,
+    /// ConvTranspose k3 s2 pads (0, 1), given as its flipped forward conv (seed).
+    Transposed,
 }
 
 impl UpsampleConv {
-    pub fn new(conv: &Conv2d, k: usize) -> Self {
+    pub fn new(conv: &Conv2d, k: usize, kind: SubPixel) -> Self {
         assert_eq!(k, 3, "sub-pixel upsampling is derived for 3x3 kernels");
-        // Taps (of 3) that fall on source offset r (of 2) for parity a.
+        // Taps (of 3) that fall on source offset r (of 2: offsets a-1 and a) for parity a.
         let taps = |a: usize, r: usize| -> &'static [usize] {
-            match (a, r) {
-                (0, 0) => &[0],
-                (0, _) => &[1, 2],
-                (_, 0) => &[0, 1],
-                _ => &[2],
+            match (kind, a, r) {
+                (SubPixel::Upsample, 0, 0) => &[0],
+                (SubPixel::Upsample, 0, _) => &[1, 2],
+                (SubPixel::Upsample, _, 0) => &[0, 1],
+                (SubPixel::Upsample, _, _) => &[2],
+                (SubPixel::Transposed, 0, 0) => &[0],
+                (SubPixel::Transposed, 0, _) => &[2],
+                (SubPixel::Transposed, _, 0) => &[1],
+                (SubPixel::Transposed, _, _) => &[],
             }
         };
         let (ci, co) = (conv.c_in, conv.c_out);
@@ -257,7 +276,10 @@ impl UpsampleConv {
             }
             Conv2d::new(co, ci, 2, w, Some(conv.bias.clone()))
         });
-        UpsampleConv { parity }
+        UpsampleConv {
+            parity,
+            zero_pad: kind == SubPixel::Transposed,
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -283,21 +305,28 @@ impl UpsampleConv {
                     for c in 0..ci {
                         let plane = &xs[c * h * w..(c + 1) * h * w];
                         for r in 0..2 {
-                            let sy = (i + r + a).saturating_sub(1).min(h - 1);
+                            let sy = (i + r + a) as isize - 1;
+                            let outside = sy < 0 || sy >= h as isize;
+                            let sy = sy.clamp(0, h as isize - 1) as usize;
                             let src = &plane[sy * w..(sy + 1) * w];
                             for t in 0..2 {
                                 let row = &mut col[((c * 2 + r) * 2 + t) * w..][..w];
-                                // column j reads src[clamp(j + t + b - 1)]
-                                let shift = t + b; // 0, 1 or 2
-                                match shift {
+                                if outside && self.zero_pad {
+                                    row.fill(0.0);
+                                    continue;
+                                }
+                                // column j reads src[j + t + b - 1], the edge clamped
+                                // (upsample) or zero (transposed)
+                                let edge = |v: f32| if self.zero_pad { 0.0 } else { v };
+                                match t + b {
                                     0 => {
-                                        row[0] = src[0];
+                                        row[0] = edge(src[0]);
                                         row[1..].copy_from_slice(&src[..w - 1]);
                                     }
                                     1 => row.copy_from_slice(src),
                                     _ => {
                                         row[..w - 1].copy_from_slice(&src[1..]);
-                                        row[w - 1] = src[w - 1];
+                                        row[w - 1] = edge(src[w - 1]);
                                     }
                                 }
                             }
@@ -598,7 +627,7 @@ pub(crate) mod tests {
                 dilate: 1,
             };
             let want = naive(&conv, &g, &x);
-            let got = UpsampleConv::new(&conv, 3).forward(&x);
+            let got = UpsampleConv::new(&conv, 3, SubPixel::Upsample).forward(&x);
             assert_eq!(got.shape(), want.shape());
             assert!(
                 got.rel_error(&want) < 1e-5,
@@ -669,7 +698,7 @@ pub(crate) mod tests {
                 upsample: 2,
                 dilate: 1,
             };
-            let got = UpsampleConv::new(&conv, 3).forward(&x);
+            let got = UpsampleConv::new(&conv, 3, SubPixel::Upsample).forward(&x);
             assert!(got.rel_error(&naive(&conv, &g, &x)) < 1e-5);
         }
     }
@@ -719,6 +748,12 @@ pub(crate) mod tests {
             }
         }
         let conv = Conv2d::from_transposed(ci, co, k, &wt, None);
+        let sub = UpsampleConv::new(&conv, 3, SubPixel::Transposed).forward(&x);
+        assert!(
+            sub.rel_error(&want) < 1e-5,
+            "sub-pixel transposed: {}",
+            sub.rel_error(&want)
+        );
         let g = ConvGeom {
             k,
             stride: 1,

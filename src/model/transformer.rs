@@ -13,7 +13,7 @@
 //! (see `stylize::tiled`). Plain inference computes them from the tensor itself.
 
 use crate::error::{Error, Result};
-use crate::kernels::conv::UpsampleConv;
+use crate::kernels::conv::{SubPixel, UpsampleConv};
 use crate::kernels::{norm, Conv2d, ConvGeom, PadMode};
 use crate::model::format::TensorFile;
 use crate::tensor::Tensor;
@@ -279,8 +279,12 @@ impl Transformer {
             } else {
                 Conv2d::new(s[0], s[1], s[2], w, bias(name))
             };
-            let up =
-                (resample == Resample::Upsample && s[2] == 3).then(|| UpsampleConv::new(&conv, 3));
+            let up = match resample {
+                _ if s[2] != 3 => None,
+                Resample::Upsample => Some(UpsampleConv::new(&conv, 3, SubPixel::Upsample)),
+                Resample::Transposed => Some(UpsampleConv::new(&conv, 3, SubPixel::Transposed)),
+                Resample::None => None,
+            };
             Layer {
                 conv,
                 up,
