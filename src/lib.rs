@@ -8,6 +8,7 @@ pub mod error;
 pub mod imageio;
 pub mod io;
 pub mod kernels;
+pub mod loss;
 pub mod model;
 pub mod onnx;
 pub mod rng;
@@ -15,5 +16,6 @@ pub mod stylize;
 pub mod tensor;
 #[doc(hidden)]
 pub mod testutil;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -69,7 +69,7 @@ impl ConvGeom {
     }
 
     /// For each output coordinate and kernel tap, the source index (or -1 for a zero).
-    fn index_map(&self, n_in: usize, n_out: usize, pad_before: usize) -> Vec<i32> {
+    pub(crate) fn index_map(&self, n_in: usize, n_out: usize, pad_before: usize) -> Vec<i32> {
         let len = self.logical_len(n_in) as isize;
         let mut map = Vec::with_capacity(n_out * self.k);
         for o in 0..n_out {
@@ -408,7 +408,6 @@ fn conv_sample(
     let block = ((65536 / kk.max(1)).clamp(64, 4096) / 16 * 16).max(16);
     let n_blocks = np.div_ceil(block);
     let out_ptr = SendPtr(out.as_mut_ptr());
-    let direct = g.dilate == 1 && g.upsample == 1 && g.stride == 1;
     (0..n_blocks).into_par_iter().for_each(|bi| {
         let p0 = bi * block;
         let p1 = (p0 + block).min(np);
@@ -419,45 +418,7 @@ fn conv_sample(
                 col.resize(kk * n, 0.0);
             }
             let col = &mut col[..kk * n];
-            // Gather the patch matrix: row r = (c, ky, kx), column = output pixel.
-            for c in 0..conv.c_in {
-                let plane = &x[c * h * w..(c + 1) * h * w];
-                for ky in 0..k {
-                    for kx in 0..k {
-                        let r = (c * k + ky) * k + kx;
-                        let row = &mut col[r * n..(r + 1) * n];
-                        let mut p = p0;
-                        while p < p1 {
-                            let oy = p / wo;
-                            let ox0 = p % wo;
-                            let ox1 = (wo).min(ox0 + (p1 - p));
-                            let dst = &mut row[p - p0..p - p0 + (ox1 - ox0)];
-                            let sy = ymap[oy * k + ky];
-                            if sy < 0 {
-                                dst.fill(0.0);
-                            } else {
-                                let src = &plane[sy as usize * w..(sy as usize + 1) * w];
-                                // Fast path: a contiguous interior run.
-                                let first = xmap[ox0 * k + kx];
-                                let last = xmap[(ox1 - 1) * k + kx];
-                                if direct
-                                    && first >= 0
-                                    && last - first == (ox1 - ox0 - 1) as i32
-                                    && xmap_contiguous(xmap, k, kx, ox0, ox1)
-                                {
-                                    dst.copy_from_slice(&src[first as usize..=last as usize]);
-                                } else {
-                                    for (d, ox) in dst.iter_mut().zip(ox0..ox1) {
-                                        let sx = xmap[ox * k + kx];
-                                        *d = if sx < 0 { 0.0 } else { src[sx as usize] };
-                                    }
-                                }
-                            }
-                            p += ox1 - ox0;
-                        }
-                    }
-                }
-            }
+            gather(g, x, conv.c_in, h, w, ymap, xmap, wo, p0, p1, col);
             // out[:, p0..p1] = W · col + bias
             let dst = unsafe { out_ptr.get().add(p0) };
             for o in 0..conv.c_out {
@@ -489,6 +450,65 @@ fn conv_sample(
             }
         });
     });
+}
+
+/// Gather the patch matrix of output pixels `p0..p1`: row `(c, ky, kx)`, one column per
+/// pixel, padding and resampling resolved through the index maps.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gather(
+    g: &ConvGeom,
+    x: &[f32],
+    c_in: usize,
+    h: usize,
+    w: usize,
+    ymap: &[i32],
+    xmap: &[i32],
+    wo: usize,
+    p0: usize,
+    p1: usize,
+    col: &mut [f32],
+) {
+    let k = g.k;
+    let n = p1 - p0;
+    let direct = g.dilate == 1 && g.upsample == 1 && g.stride == 1;
+    for c in 0..c_in {
+        let plane = &x[c * h * w..(c + 1) * h * w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let r = (c * k + ky) * k + kx;
+                let row = &mut col[r * n..(r + 1) * n];
+                let mut p = p0;
+                while p < p1 {
+                    let oy = p / wo;
+                    let ox0 = p % wo;
+                    let ox1 = wo.min(ox0 + (p1 - p));
+                    let dst = &mut row[p - p0..p - p0 + (ox1 - ox0)];
+                    let sy = ymap[oy * k + ky];
+                    if sy < 0 {
+                        dst.fill(0.0);
+                    } else {
+                        let src = &plane[sy as usize * w..(sy as usize + 1) * w];
+                        // Fast path: a contiguous interior run.
+                        let first = xmap[ox0 * k + kx];
+                        let last = xmap[(ox1 - 1) * k + kx];
+                        if direct
+                            && first >= 0
+                            && last - first == (ox1 - ox0 - 1) as i32
+                            && xmap_contiguous(xmap, k, kx, ox0, ox1)
+                        {
+                            dst.copy_from_slice(&src[first as usize..=last as usize]);
+                        } else {
+                            for (d, ox) in dst.iter_mut().zip(ox0..ox1) {
+                                let sx = xmap[ox * k + kx];
+                                *d = if sx < 0 { 0.0 } else { src[sx as usize] };
+                            }
+                        }
+                    }
+                    p += ox1 - ox0;
+                }
+            }
+        }
+    }
 }
 
 /// True when the source columns for `ox0..ox1` at tap `kx` are consecutive.

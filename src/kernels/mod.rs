@@ -1,6 +1,7 @@
 //! The hot kernels: convolution, instance norm, pooling. Everything the networks compute
 //! goes through here.
 pub mod conv;
+pub mod conv_grad;
 pub mod direct;
 pub mod norm;
 pub mod pool;

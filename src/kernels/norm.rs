@@ -170,3 +170,85 @@ mod tests {
         assert!((z[0] - 10.0).abs() < 1e-6 && (z[3] - (10.0 + 1.5 * s)).abs() < 1e-5);
     }
 }
+
+/// Backward of `y = γ·x̂ + β` with `x̂ = (x − μ)·inv_std` over one sample's `c` planes of
+/// `hw`: returns dx, and adds to dγ, dβ. `dy` is the gradient at `y` (after any ReLU mask).
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    xhat: &[f32],
+    dy: &[f32],
+    c: usize,
+    hw: usize,
+    inv_std: &[f32],
+    gamma: &[f32],
+    dgamma: &mut [f64],
+    dbeta: &mut [f64],
+) -> Vec<f32> {
+    let mut dx = vec![0.0f32; c * hw];
+    let sums: Vec<(f64, f64)> = dx
+        .par_chunks_mut(hw)
+        .enumerate()
+        .map(|(ch, dxp)| {
+            let (xh, g) = (&xhat[ch * hw..(ch + 1) * hw], &dy[ch * hw..(ch + 1) * hw]);
+            let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+            for (&a, &b) in xh.iter().zip(g) {
+                sg += b as f64;
+                sgx += (a * b) as f64;
+            }
+            // dx̂ = γ·dy; dx = inv_std·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))
+            let n = hw as f64;
+            let m1 = (gamma[ch] as f64 * sg / n) as f32;
+            let m2 = (gamma[ch] as f64 * sgx / n) as f32;
+            let (gm, is) = (gamma[ch], inv_std[ch]);
+            for ((d, &a), &b) in dxp.iter_mut().zip(xh).zip(g) {
+                *d = is * (gm * b - m1 - a * m2);
+            }
+            (sgx, sg)
+        })
+        .collect();
+    for (ch, (sgx, sg)) in sums.into_iter().enumerate() {
+        dgamma[ch] += sgx;
+        dbeta[ch] += sg;
+    }
+    dx
+}
+
+#[cfg(test)]
+mod grad_tests {
+    use super::*;
+
+    #[test]
+    fn norm_backward_matches_finite_differences() {
+        let (c, hw) = (2, 10);
+        let mut r = crate::rng::Rng::new(5);
+        let x: Vec<f32> = (0..c * hw).map(|_| r.f32() * 4.0 - 1.0).collect();
+        let dy: Vec<f32> = (0..c * hw).map(|_| r.f32() - 0.5).collect();
+        let (gamma, beta) = (vec![1.3f32, -0.7], vec![0.2f32, 0.1]);
+        let eps = 1e-5;
+        let f = |x: &[f32]| -> f64 {
+            let st = moments(x, c, 1, hw).stats(eps);
+            let mut y = x.to_vec();
+            apply(&mut y, c, hw, &st, &gamma, &beta, false, None);
+            y.iter().zip(&dy).map(|(a, b)| *a as f64 * *b as f64).sum()
+        };
+        let st = moments(&x, c, 1, hw).stats(eps);
+        let xhat: Vec<f32> = (0..c * hw)
+            .map(|i| (x[i] - st.mean[i / hw]) * st.inv_std[i / hw])
+            .collect();
+        let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
+        let dx = backward(&xhat, &dy, c, hw, &st.inv_std, &gamma, &mut dg, &mut db);
+        for i in 0..c * hw {
+            let (mut p, mut m) = (x.clone(), x.clone());
+            p[i] += 1e-2;
+            m[i] -= 1e-2;
+            let num = (f(&p) - f(&m)) / 2e-2;
+            assert!(
+                (num - dx[i] as f64).abs() < 2e-3,
+                "dx[{i}] {num} vs {}",
+                dx[i]
+            );
+        }
+        let want_db: f64 = dy[..hw].iter().map(|&v| v as f64).sum();
+        assert!((db[0] - want_db).abs() < 1e-6);
+    }
+}

@@ -22,3 +22,33 @@ pub fn max_pool2(x: &Tensor) -> Tensor {
         });
     out
 }
+
+/// Backward of [`max_pool2`]: each gradient goes to the first maximum of its window.
+pub fn max_pool2_backward(x: &Tensor, dy: &Tensor) -> Tensor {
+    let (h, w, ho, wo) = (x.h, x.w, dy.h, dy.w);
+    let mut dx = Tensor::zeros(x.n, x.c, h, w);
+    dx.data
+        .par_chunks_mut(h * w)
+        .zip(x.data.par_chunks(h * w))
+        .zip(dy.data.par_chunks(ho * wo))
+        .for_each(|((d, p), g)| {
+            for y in 0..ho {
+                for xx in 0..wo {
+                    let idx = [
+                        2 * y * w + 2 * xx,
+                        2 * y * w + 2 * xx + 1,
+                        (2 * y + 1) * w + 2 * xx,
+                        (2 * y + 1) * w + 2 * xx + 1,
+                    ];
+                    let mut best = idx[0];
+                    for &i in &idx[1..] {
+                        if p[i] > p[best] {
+                            best = i;
+                        }
+                    }
+                    d[best] += g[y * wo + xx];
+                }
+            }
+        });
+    dx
+}

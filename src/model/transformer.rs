@@ -166,6 +166,7 @@ enum Resample {
 
 #[derive(Clone, Debug)]
 struct Layer {
+    name: String,
     conv: Conv2d,
     /// The sub-pixel form of an upsample + 3×3 conv (johnson's decoder).
     up: Option<UpsampleConv>,
@@ -176,6 +177,7 @@ struct Layer {
 
 #[derive(Clone, Debug)]
 struct Norm {
+    name: String,
     gamma: Vec<f32>,
     beta: Vec<f32>,
 }
@@ -286,6 +288,7 @@ impl Transformer {
                 Resample::None => None,
             };
             Layer {
+                name: name.to_string(),
                 conv,
                 up,
                 k: s[2],
@@ -321,6 +324,7 @@ impl Transformer {
         let norms = norm_names
             .iter()
             .map(|n| Norm {
+                name: n.clone(),
                 gamma: p(&format!("{n}.weight")),
                 beta: p(&format!("{n}.bias")),
             })
@@ -549,5 +553,241 @@ impl Transformer {
         let quarter =
             2.0 * px / 16.0 * (c3 * c2 * 9.0 + 2.0 * self.config.res_blocks as f64 * c3 * c3 * 9.0);
         full + half + quarter
+    }
+}
+
+/// What the training forward pass keeps for the backward pass.
+pub struct Tape {
+    /// The input of every conv layer, in order.
+    inputs: Vec<Tensor>,
+    /// Per instance norm: x̂ (normalised, before γ/β) and each sample's 1/σ.
+    xhat: Vec<Tensor>,
+    inv_std: Vec<Vec<Vec<f32>>>,
+    /// The value the output function was applied to (seed: after the last norm).
+    pre_output: Tensor,
+}
+
+/// Per-parameter gradients, by parameter name (the model file's layouts).
+pub type Grads = BTreeMap<String, Vec<f32>>;
+
+impl Transformer {
+    /// Instance norm of a batch with its own statistics; returns the output and records x̂.
+    fn norm_train(
+        &self,
+        i: usize,
+        z: &Tensor,
+        relu_after: bool,
+        residual: Option<&Tensor>,
+        tape: &mut Tape,
+    ) -> Tensor {
+        let n = &self.norms[i];
+        let hw = z.plane();
+        let mut xhat = z.clone();
+        let mut out = z.clone();
+        let mut inv = Vec::with_capacity(z.n);
+        for s in 0..z.n {
+            let st = norm::moments(z.sample(s), z.c, z.h, z.w).stats(self.config.norm_eps);
+            let ones = vec![1.0f32; z.c];
+            let zeros = vec![0.0f32; z.c];
+            norm::apply(xhat.sample_mut(s), z.c, hw, &st, &ones, &zeros, false, None);
+            norm::apply(
+                out.sample_mut(s),
+                z.c,
+                hw,
+                &st,
+                &n.gamma,
+                &n.beta,
+                relu_after,
+                residual.map(|r| r.sample(s)),
+            );
+            inv.push(st.inv_std);
+        }
+        tape.xhat.push(xhat);
+        tape.inv_std.push(inv);
+        out
+    }
+
+    /// Forward pass of a batch that records what [`Transformer::backward`] needs.
+    pub fn forward_train(&self, x: &Tensor) -> (Tensor, Tape) {
+        let mut tape = Tape {
+            inputs: Vec::new(),
+            xhat: Vec::new(),
+            inv_std: Vec::new(),
+            pre_output: Tensor::zeros(0, 0, 0, 0),
+        };
+        let conv = |i: usize, h: &Tensor, tape: &mut Tape| {
+            tape.inputs.push(h.clone());
+            self.conv(i, h)
+        };
+        let mut ni = 0;
+        let mut h = x.clone();
+        for i in 0..3 {
+            let z = conv(i, &h, &mut tape);
+            h = self.norm_train(ni, &z, true, None, &mut tape);
+            ni += 1;
+        }
+        for r in 0..self.config.res_blocks {
+            let z = conv(3 + 2 * r, &h, &mut tape);
+            let a = self.norm_train(ni, &z, true, None, &mut tape);
+            let z = conv(4 + 2 * r, &a, &mut tape);
+            h = self.norm_train(ni + 1, &z, false, Some(&h), &mut tape);
+            ni += 2;
+        }
+        let base = 3 + 2 * self.config.res_blocks;
+        for i in base..base + 2 {
+            let z = conv(i, &h, &mut tape);
+            h = self.norm_train(ni, &z, true, None, &mut tape);
+            ni += 1;
+        }
+        let mut y = conv(base + 2, &h, &mut tape);
+        if self.config.final_norm {
+            y = self.norm_train(ni, &y, false, None, &mut tape);
+        }
+        tape.pre_output = y.clone();
+        if let OutputFn::ScaledTanh { scale, shift } = self.config.output {
+            for v in y.data.iter_mut() {
+                *v = (scale * v.tanh() + shift).clamp(0.0, 255.0);
+            }
+        }
+        (y, tape)
+    }
+
+    /// Backward of one norm (index `i`) given the gradient at its output (after any ReLU
+    /// mask): the gradient at its input; γ/β gradients go into `grads`.
+    fn norm_backward(&self, i: usize, tape: &Tape, dout: &Tensor, grads: &mut Grads) -> Tensor {
+        let n = &self.norms[i];
+        let xhat = &tape.xhat[i];
+        let (c, hw) = (xhat.c, xhat.plane());
+        let (mut dg, mut db) = (vec![0.0f64; c], vec![0.0f64; c]);
+        let mut dz = Tensor::zeros(xhat.n, c, xhat.h, xhat.w);
+        for s in 0..xhat.n {
+            let d = norm::backward(
+                xhat.sample(s),
+                dout.sample(s),
+                c,
+                hw,
+                &tape.inv_std[i][s],
+                &n.gamma,
+                &mut dg,
+                &mut db,
+            );
+            dz.sample_mut(s).copy_from_slice(&d);
+        }
+        grads.insert(
+            format!("{}.weight", n.name),
+            dg.into_iter().map(|v| v as f32).collect(),
+        );
+        grads.insert(
+            format!("{}.bias", n.name),
+            db.into_iter().map(|v| v as f32).collect(),
+        );
+        dz
+    }
+
+    /// Backward of conv layer `i`: the gradient at its input (if wanted); W/b into `grads`.
+    fn conv_backward(
+        &self,
+        i: usize,
+        tape: &Tape,
+        dz: &Tensor,
+        want_dx: bool,
+        grads: &mut Grads,
+    ) -> Option<Tensor> {
+        let l = &self.layers[i];
+        let x = &tape.inputs[i];
+        let g = l.conv.backward(&self.geom(l, x.h, x.w), x, dz, want_dx);
+        let wname = format!("{}.conv2d.weight", l.name);
+        let dw = if l.resample == Resample::Transposed {
+            // Back from the flipped forward layout to ConvTranspose's [c_in][c_out][k][k].
+            let (ci, co, k) = (l.conv.c_in, l.conv.c_out, l.k);
+            let mut t = vec![0.0f32; g.dw.len()];
+            for o in 0..co {
+                for c in 0..ci {
+                    for y in 0..k {
+                        for x in 0..k {
+                            t[((c * co + o) * k + (k - 1 - y)) * k + (k - 1 - x)] =
+                                g.dw[((o * ci + c) * k + y) * k + x];
+                        }
+                    }
+                }
+            }
+            t
+        } else {
+            g.dw
+        };
+        grads.insert(wname, dw);
+        if self.config.conv_bias {
+            grads.insert(format!("{}.conv2d.bias", l.name), g.db);
+        }
+        g.dx
+    }
+
+    /// Gradients of a scalar loss with respect to every parameter, given d(loss)/d(output).
+    pub fn backward(&self, tape: &Tape, dy: &Tensor) -> Grads {
+        let mut grads = Grads::new();
+        let mut d = dy.clone();
+        if let OutputFn::ScaledTanh { scale, shift } = self.config.output {
+            for (g, &u) in d.data.iter_mut().zip(&tape.pre_output.data) {
+                let t = u.tanh();
+                let y = scale * t + shift;
+                *g = if y > 0.0 && y < 255.0 {
+                    *g * scale * (1.0 - t * t)
+                } else {
+                    0.0
+                };
+            }
+        }
+        let mut ni = self.norms.len();
+        if self.config.final_norm {
+            ni -= 1;
+            d = self.norm_backward(ni, tape, &d, &mut grads);
+        }
+        let last = self.layers.len() - 1;
+        let mask = |d: &mut Tensor, x: &Tensor| {
+            for (g, &v) in d.data.iter_mut().zip(&x.data) {
+                if v <= 0.0 {
+                    *g = 0.0;
+                }
+            }
+        };
+        // deconv3, then the two upsampling stages.
+        let mut dh = self
+            .conv_backward(last, tape, &d, true, &mut grads)
+            .expect("dx");
+        for i in (last - 2..last).rev() {
+            mask(&mut dh, &tape.inputs[i + 1]);
+            ni -= 1;
+            let dz = self.norm_backward(ni, tape, &dh, &mut grads);
+            dh = self
+                .conv_backward(i, tape, &dz, true, &mut grads)
+                .expect("dx");
+        }
+        // Residual blocks: h_out = h_in + IN2(conv2(relu(IN1(conv1(h_in))))).
+        for r in (0..self.config.res_blocks).rev() {
+            let (c1, c2) = (3 + 2 * r, 4 + 2 * r);
+            ni -= 2;
+            let dz2 = self.norm_backward(ni + 1, tape, &dh, &mut grads);
+            let mut da = self
+                .conv_backward(c2, tape, &dz2, true, &mut grads)
+                .expect("dx");
+            mask(&mut da, &tape.inputs[c2]);
+            let dz1 = self.norm_backward(ni, tape, &da, &mut grads);
+            let dx = self
+                .conv_backward(c1, tape, &dz1, true, &mut grads)
+                .expect("dx");
+            dh.data.iter_mut().zip(&dx.data).for_each(|(a, b)| *a += b);
+        }
+        // conv3, conv2, conv1.
+        for i in (0..3).rev() {
+            mask(&mut dh, &tape.inputs[i + 1]);
+            ni -= 1;
+            let dz = self.norm_backward(ni, tape, &dh, &mut grads);
+            match self.conv_backward(i, tape, &dz, i > 0, &mut grads) {
+                Some(dx) => dh = dx,
+                None => break,
+            }
+        }
+        debug_assert_eq!(ni, 0);
+        grads
     }
 }

@@ -96,6 +96,8 @@ impl Preprocess {
 pub struct Vgg16 {
     pub pre: Preprocess,
     convs: Vec<Conv2d>,
+    /// Each conv's transposed conv (its input gradient), made on first use.
+    grad_convs: Vec<std::sync::OnceLock<Conv2d>>,
 }
 
 impl Vgg16 {
@@ -112,7 +114,12 @@ impl Vgg16 {
             let b = f.take(&format!("{name}.bias"), &[co])?;
             convs.push(Conv2d::new(co, ci, 3, w, Some(b)));
         }
-        Ok(Vgg16 { pre, convs })
+        let grad_convs = convs.iter().map(|_| std::sync::OnceLock::new()).collect();
+        Ok(Vgg16 {
+            pre,
+            convs,
+            grad_convs,
+        })
     }
 
     /// The four tap activations for an RGB 0..255 batch.
@@ -131,5 +138,82 @@ impl Vgg16 {
             }
         }
         taps
+    }
+}
+
+/// The activations the VGG backward pass needs: every ReLU output.
+pub struct VggTape {
+    relu: Vec<Tensor>,
+}
+
+impl Vgg16 {
+    /// Forward up to the tap `upto` (0..4) recording the ReLU outputs; returns the taps.
+    pub fn forward_train(&self, x: &Tensor, upto: usize) -> (Vec<Tensor>, VggTape) {
+        let g = ConvGeom::simple(3, 1, 1, PadMode::Zero);
+        let mut h = self.pre.apply(x);
+        let mut taps = Vec::new();
+        let mut relu_out = Vec::new();
+        for (i, conv) in self.convs.iter().enumerate() {
+            h = conv.forward(&h, &g);
+            relu(&mut h.data);
+            relu_out.push(h.clone());
+            if let Some(t) = TAPS.iter().position(|&t| t == i) {
+                taps.push(h.clone());
+                if t == upto {
+                    break;
+                }
+                h = max_pool2(&h);
+            }
+        }
+        (taps, VggTape { relu: relu_out })
+    }
+
+    /// d(loss)/d(input RGB) given d(loss)/d(tap) for each recorded tap (None = no gradient).
+    pub fn backward(&self, tape: &VggTape, dtaps: &[Option<Tensor>]) -> Tensor {
+        let top = tape.relu.len() - 1;
+        let mut d: Option<Tensor> = None;
+        for i in (0..=top).rev() {
+            if let Some(t) = TAPS.iter().position(|&t| t == i) {
+                if i != top {
+                    // Through the pool that followed this tap.
+                    let below = d
+                        .take()
+                        .map(|dd| crate::kernels::pool::max_pool2_backward(&tape.relu[i], &dd));
+                    d = below;
+                }
+                if let Some(Some(dt)) = dtaps.get(t) {
+                    d = Some(match d.take() {
+                        None => dt.clone(),
+                        Some(mut a) => {
+                            a.data.iter_mut().zip(&dt.data).for_each(|(x, y)| *x += y);
+                            a
+                        }
+                    });
+                }
+            }
+            let Some(mut g) = d.take() else { continue };
+            // ReLU mask, then the conv's input gradient via its transposed conv.
+            for (v, &a) in g.data.iter_mut().zip(&tape.relu[i].data) {
+                if a <= 0.0 {
+                    *v = 0.0;
+                }
+            }
+            let t = self.grad_convs[i].get_or_init(|| self.convs[i].transposed_for_grad(3));
+            d = Some(crate::kernels::conv_grad::same_conv_input_grad(t, 3, &g));
+        }
+        let d = d.expect("at least one tap gradient");
+        // Preprocessing: net[i] = scale[i]·rgb[src[i]] + shift[i].
+        let mut out = Tensor::zeros(d.n, 3, d.h, d.w);
+        let hw = d.plane();
+        for b in 0..d.n {
+            for i in 0..3 {
+                let s = self.pre.src[i];
+                for p in 0..hw {
+                    out.data[(b * 3 + s) * hw + p] +=
+                        self.pre.scale[i] * d.data[(b * 3 + i) * hw + p];
+                }
+            }
+        }
+        out
     }
 }

@@ -1,0 +1,339 @@
+//! Backward passes of the convolution: weight and bias gradients by GEMM against the same
+//! patch matrix the forward pass gathers, and the input gradient either as
+//! GEMM + col2im through the same index maps (any geometry: reflection, stride,
+//! upsampling, zero insertion), or — for frozen stride-1 zero-padded 3×3 layers (VGG) — as a
+//! forward convolution with the flipped, transposed kernel, which runs on Winograd.
+
+use crate::kernels::conv::{gather, Conv2d, ConvGeom, PadMode};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static DCOL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Gradients of one convolution, summed over the batch.
+pub struct ConvGrad {
+    /// d/dx, when asked for.
+    pub dx: Option<Tensor>,
+    /// d/dW in the layer's own `[c_out][c_in·k·k]` layout.
+    pub dw: Vec<f32>,
+    pub db: Vec<f32>,
+}
+
+struct Acc {
+    dw: Vec<f32>,
+    db: Vec<f64>,
+    dx: Vec<f32>,
+}
+
+impl Conv2d {
+    /// Backward of `self.forward(x, g)` given `dy`.
+    pub fn backward(&self, g: &ConvGeom, x: &Tensor, dy: &Tensor, want_dx: bool) -> ConvGrad {
+        let (ho, wo) = g.out_size(x.h, x.w);
+        assert_eq!(
+            (dy.n, dy.c, dy.h, dy.w),
+            (x.n, self.c_out, ho, wo),
+            "gradient shape"
+        );
+        let ymap = g.index_map(x.h, ho, g.pad[0]);
+        let xmap = g.index_map(x.w, wo, g.pad[2]);
+        let (ci, co, k) = (self.c_in, self.c_out, g.k);
+        let kk = ci * k * k;
+        let np = ho * wo;
+        let block = ((65536 / kk.max(1)).clamp(64, 4096) / 16 * 16).max(16);
+        let n_blocks = np.div_ceil(block);
+        let mut dw = vec![0.0f32; co * kk];
+        let mut db = vec![0.0f64; co];
+        let mut dx = want_dx.then(|| Tensor::zeros(x.n, ci, x.h, x.w));
+        let threads = rayon::current_num_threads().max(1);
+        for s in 0..x.n {
+            let xs = x.sample(s);
+            let dys = dy.sample(s);
+            let acc = (0..n_blocks)
+                .into_par_iter()
+                .with_min_len(n_blocks.div_ceil(threads).max(1))
+                .fold(
+                    || Acc {
+                        dw: vec![0.0; co * kk],
+                        db: vec![0.0; co],
+                        dx: if want_dx {
+                            vec![0.0; ci * x.h * x.w]
+                        } else {
+                            Vec::new()
+                        },
+                    },
+                    |mut acc, bi| {
+                        let p0 = bi * block;
+                        let p1 = (p0 + block).min(np);
+                        let n = p1 - p0;
+                        COL.with(|c| {
+                            let mut col = c.borrow_mut();
+                            if col.len() < kk * n {
+                                col.resize(kk * n, 0.0);
+                            }
+                            let col = &mut col[..kk * n];
+                            gather(g, xs, ci, x.h, x.w, &ymap, &xmap, wo, p0, p1, col);
+                            // dW (co × kk) += dY[:, p0..p1] (co × n) · colᵀ (n × kk)
+                            unsafe {
+                                gemm::gemm(
+                                    co,
+                                    kk,
+                                    n,
+                                    acc.dw.as_mut_ptr(),
+                                    1,
+                                    kk as isize,
+                                    true,
+                                    dys.as_ptr().add(p0),
+                                    1,
+                                    np as isize,
+                                    col.as_ptr(),
+                                    n as isize,
+                                    1,
+                                    1.0,
+                                    1.0,
+                                    false,
+                                    false,
+                                    false,
+                                    gemm::Parallelism::None,
+                                );
+                            }
+                        });
+                        for o in 0..co {
+                            acc.db[o] += dys[o * np + p0..o * np + p1]
+                                .iter()
+                                .map(|&v| v as f64)
+                                .sum::<f64>();
+                        }
+                        if want_dx {
+                            DCOL.with(|d| {
+                                let mut dcol = d.borrow_mut();
+                                if dcol.len() < kk * n {
+                                    dcol.resize(kk * n, 0.0);
+                                }
+                                let dcol = &mut dcol[..kk * n];
+                                // dcol (kk × n) = Wᵀ (kk × co) · dY[:, p0..p1] (co × n)
+                                unsafe {
+                                    gemm::gemm(
+                                        kk,
+                                        n,
+                                        co,
+                                        dcol.as_mut_ptr(),
+                                        1,
+                                        n as isize,
+                                        false,
+                                        self.weight.as_ptr(),
+                                        kk as isize,
+                                        1,
+                                        dys.as_ptr().add(p0),
+                                        1,
+                                        np as isize,
+                                        0.0,
+                                        1.0,
+                                        false,
+                                        false,
+                                        false,
+                                        gemm::Parallelism::None,
+                                    );
+                                }
+                                scatter(
+                                    dcol,
+                                    &mut acc.dx,
+                                    ci,
+                                    k,
+                                    x.h,
+                                    x.w,
+                                    &ymap,
+                                    &xmap,
+                                    wo,
+                                    p0,
+                                    p1,
+                                );
+                            });
+                        }
+                        acc
+                    },
+                )
+                .reduce_with(|mut a, b| {
+                    a.dw.iter_mut().zip(&b.dw).for_each(|(x, y)| *x += y);
+                    a.db.iter_mut().zip(&b.db).for_each(|(x, y)| *x += y);
+                    a.dx.iter_mut().zip(&b.dx).for_each(|(x, y)| *x += y);
+                    a
+                });
+            if let Some(acc) = acc {
+                dw.iter_mut().zip(&acc.dw).for_each(|(x, y)| *x += y);
+                db.iter_mut().zip(&acc.db).for_each(|(x, y)| *x += y);
+                if let Some(dx) = &mut dx {
+                    dx.sample_mut(s).copy_from_slice(&acc.dx);
+                }
+            }
+        }
+        ConvGrad {
+            dx,
+            dw,
+            db: db.into_iter().map(|v| v as f32).collect(),
+        }
+    }
+
+    /// The convolution whose forward pass is this one's input gradient, for a stride-1,
+    /// zero-padded k×k layer with pad k/2: flipped kernel, input and output channels swapped.
+    pub fn transposed_for_grad(&self, k: usize) -> Conv2d {
+        let (ci, co) = (self.c_in, self.c_out);
+        let mut w = vec![0.0f32; ci * co * k * k];
+        for o in 0..co {
+            for c in 0..ci {
+                for y in 0..k {
+                    for x in 0..k {
+                        w[((c * co + o) * k + (k - 1 - y)) * k + (k - 1 - x)] =
+                            self.weight[((o * ci + c) * k + y) * k + x];
+                    }
+                }
+            }
+        }
+        Conv2d::new(ci, co, k, w, None)
+    }
+}
+
+/// Input gradient of a stride-1 zero-padded "same" convolution via its transposed conv.
+pub fn same_conv_input_grad(transposed: &Conv2d, k: usize, dy: &Tensor) -> Tensor {
+    transposed.forward(dy, &ConvGeom::simple(k, 1, k / 2, PadMode::Zero))
+}
+
+/// col2im: add each patch-matrix entry back onto the input pixel it was gathered from.
+#[allow(clippy::too_many_arguments)]
+fn scatter(
+    dcol: &[f32],
+    dx: &mut [f32],
+    ci: usize,
+    k: usize,
+    h: usize,
+    w: usize,
+    ymap: &[i32],
+    xmap: &[i32],
+    wo: usize,
+    p0: usize,
+    p1: usize,
+) {
+    let n = p1 - p0;
+    for c in 0..ci {
+        let plane = &mut dx[c * h * w..(c + 1) * h * w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &dcol[((c * k + ky) * k + kx) * n..][..n];
+                for (i, &v) in row.iter().enumerate() {
+                    let p = p0 + i;
+                    let (oy, ox) = (p / wo, p % wo);
+                    let sy = ymap[oy * k + ky];
+                    let sx = xmap[ox * k + kx];
+                    if sy >= 0 && sx >= 0 {
+                        plane[sy as usize * w + sx as usize] += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo(n: usize, seed: u32) -> Vec<f32> {
+        let mut r = crate::rng::Rng::new(seed as u64);
+        (0..n).map(|_| r.f32() * 2.0 - 1.0).collect()
+    }
+
+    /// Check the analytic gradients of L = Σ dy ⊙ conv(x) against central differences.
+    #[test]
+    fn conv_gradients_match_finite_differences() {
+        let geoms = [
+            ConvGeom::simple(3, 1, 1, PadMode::Reflect),
+            ConvGeom::simple(3, 2, 1, PadMode::Reflect),
+            ConvGeom::simple(5, 1, 2, PadMode::Zero),
+            ConvGeom {
+                k: 3,
+                stride: 1,
+                pad: [1; 4],
+                mode: PadMode::Reflect,
+                upsample: 2,
+                dilate: 1,
+            },
+            ConvGeom {
+                k: 3,
+                stride: 1,
+                pad: [2, 1, 2, 1],
+                mode: PadMode::Zero,
+                upsample: 1,
+                dilate: 2,
+            },
+        ];
+        for (gi, g) in geoms.iter().enumerate() {
+            let (ci, co, h, w) = (3, 4, 6, 7);
+            let x = Tensor::from_vec(2, ci, h, w, pseudo(2 * ci * h * w, 1 + gi as u32));
+            let conv = Conv2d::new(
+                co,
+                ci,
+                g.k,
+                pseudo(co * ci * g.k * g.k, 9),
+                Some(pseudo(co, 10)),
+            );
+            let y = conv.forward(&x, g);
+            let dy = Tensor::from_vec(y.n, y.c, y.h, y.w, pseudo(y.data.len(), 11));
+            let grad = conv.backward(g, &x, &dy, true);
+            let loss = |conv: &Conv2d, x: &Tensor| -> f64 {
+                conv.forward(x, g)
+                    .data
+                    .iter()
+                    .zip(&dy.data)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum()
+            };
+            let eps = 1e-2f32;
+            for &i in &[0usize, 7, 40, x.data.len() - 1] {
+                let (mut xp, mut xm) = (x.clone(), x.clone());
+                xp.data[i] += eps;
+                xm.data[i] -= eps;
+                let num = (loss(&conv, &xp) - loss(&conv, &xm)) / (2.0 * eps as f64);
+                let ana = grad.dx.as_ref().unwrap().data[i] as f64;
+                assert!(
+                    (num - ana).abs() < 1e-3 * (1.0 + num.abs()),
+                    "geom {gi} dx[{i}]: {num} vs {ana}"
+                );
+            }
+            for &i in &[0usize, 5, conv.weight.len() - 1] {
+                let (mut cp, mut cm) = (conv.clone(), conv.clone());
+                cp.weight[i] += eps;
+                cm.weight[i] -= eps;
+                let num = (loss(&cp, &x) - loss(&cm, &x)) / (2.0 * eps as f64);
+                assert!(
+                    (num - grad.dw[i] as f64).abs() < 1e-3 * (1.0 + num.abs()),
+                    "geom {gi} dw[{i}]: {num} vs {}",
+                    grad.dw[i]
+                );
+            }
+            let num_db: f64 = (0..dy.n)
+                .map(|s| {
+                    dy.sample(s)[..y.h * y.w]
+                        .iter()
+                        .map(|&v| v as f64)
+                        .sum::<f64>()
+                })
+                .sum();
+            assert!((num_db - grad.db[0] as f64).abs() < 1e-4 * (1.0 + num_db.abs()));
+        }
+    }
+
+    #[test]
+    fn transposed_conv_gives_the_same_input_gradient() {
+        let (ci, co, h, w) = (16, 24, 9, 11);
+        let x = Tensor::from_vec(1, ci, h, w, pseudo(ci * h * w, 3));
+        let conv = Conv2d::new(co, ci, 3, pseudo(co * ci * 9, 4), Some(pseudo(co, 5)));
+        let g = ConvGeom::simple(3, 1, 1, PadMode::Zero);
+        let dy = Tensor::from_vec(1, co, h, w, pseudo(co * h * w, 6));
+        let a = conv.backward(&g, &x, &dy, true).dx.unwrap();
+        let b = same_conv_input_grad(&conv.transposed_for_grad(3), 3, &dy);
+        assert!(b.rel_error(&a) < 1e-5, "{}", b.rel_error(&a));
+    }
+}

@@ -1,0 +1,3 @@
+//! Training: Johnson's recipe. `step` holds the mathematics of one step (loss, gradients,
+//! Adam).
+pub mod step;
