@@ -58,11 +58,19 @@ pub fn gram_batch(f: &Tensor) -> Vec<Vec<f32>> {
 /// content = w · mean((a − b)²); gradient with respect to `a`.
 pub fn content(a: &Tensor, b: &Tensor, w: f64) -> (f64, Tensor) {
     let n = a.data.len() as f64;
+    // Fixed chunks summed in order: deterministic whatever the scheduling.
     let sum: f64 = a
         .data
-        .par_iter()
-        .zip(&b.data)
-        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .par_chunks(1 << 16)
+        .zip(b.data.par_chunks(1 << 16))
+        .map(|(x, y)| {
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| ((p - q) as f64).powi(2))
+                .sum::<f64>()
+        })
+        .collect::<Vec<f64>>()
+        .iter()
         .sum();
     let k = (2.0 * w / n) as f32;
     let mut g = a.clone();
@@ -146,6 +154,8 @@ pub fn tv(y: &Tensor, w: f64) -> (f64, Tensor) {
             }
             s
         })
+        .collect::<Vec<f64>>()
+        .iter()
         .sum();
     (w * total, g)
 }

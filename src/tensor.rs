@@ -9,6 +9,8 @@ use std::sync::Mutex;
 /// Buffers below this many floats are not pooled.
 const POOL_MIN: usize = 1 << 18;
 const POOL_MAX_BUFFERS: usize = 12;
+/// At most this many floats (512 MiB) are kept, so the pool never decides peak memory.
+const POOL_MAX_FLOATS: usize = 1 << 27;
 static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
 /// A buffer of `n` floats whose contents are unspecified (the caller overwrites all of it).
@@ -36,6 +38,16 @@ pub fn take_buffer(n: usize) -> Vec<f32> {
 pub fn recycle(b: Vec<f32>) {
     if b.capacity() >= POOL_MIN {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if b.capacity() > POOL_MAX_FLOATS {
+            return;
+        }
+        // Make room, dropping the smallest buffers first.
+        while pool.iter().map(|x| x.capacity()).sum::<usize>() + b.capacity() > POOL_MAX_FLOATS {
+            let Some((i, _)) = pool.iter().enumerate().min_by_key(|(_, x)| x.capacity()) else {
+                break;
+            };
+            pool.swap_remove(i);
+        }
         if pool.len() >= POOL_MAX_BUFFERS {
             // Drop the smallest to keep the big ones.
             if let Some((i, _)) = pool.iter().enumerate().min_by_key(|(_, b)| b.capacity()) {

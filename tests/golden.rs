@@ -203,3 +203,37 @@ fn train_step_reproduces_pytorch() {
         apply(&mut model, &mut opt, &grads);
     }
 }
+
+#[test]
+fn fetched_torchvision_weights_convert_to_the_golden_network() {
+    let t = "fetched_torchvision_weights_convert_to_the_golden_network";
+    let (Some(w), Some(g)) = (
+        shared("weights/vgg16_torchvision_relu4_3.safetensors", t),
+        shared("golden/vgg_torchvision_io.safetensors", t),
+    ) else {
+        return;
+    };
+    // Lay the shared weights out as timm/torchvision name them (features.N.*), as the hub
+    // file is, then convert back.
+    let src = TensorFile::read(&w).unwrap();
+    let idx = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21];
+    let mut timm = TensorFile::default();
+    for (i, (name, _, _)) in idx.iter().zip(impasto::model::vgg::LAYERS) {
+        for part in ["weight", "bias"] {
+            timm.tensors.insert(
+                format!("features.{i}.{part}"),
+                src.tensors[&format!("{name}.{part}")].clone(),
+            );
+        }
+    }
+    timm.tensors
+        .insert("head.fc.weight".into(), (vec![2, 2], vec![0.0; 4]));
+    let converted = impasto::model::vgg::convert_torchvision(timm).unwrap();
+    let vgg = Vgg16::from_file(converted).unwrap();
+    assert_eq!(vgg.pre.convention, "torchvision");
+    let g = TensorFile::read(&g).unwrap();
+    let taps = vgg.forward(&tensor(&g, "input"));
+    for (t, name) in taps.iter().zip(impasto::model::vgg::TAP_NAMES) {
+        assert!(t.rel_error(&tensor(&g, name)) < 1e-4, "{name}");
+    }
+}

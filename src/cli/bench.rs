@@ -24,9 +24,21 @@ pub struct Args {
     /// One JSON object per size on stdout.
     #[arg(long)]
     json: bool,
+    /// Time a training step instead (VGG16 loss, backward, Adam) at --batch × SIZE².
+    #[arg(long)]
+    train: bool,
+    /// Batch size for --train.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// VGG16 weights for --train.
+    #[arg(long)]
+    vgg: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<i32> {
+    if a.train {
+        return train(a);
+    }
     let model = super::model_or_init(&a.model, a.arch)?;
     let threads = rayon::current_num_threads();
     if !a.json {
@@ -65,6 +77,68 @@ pub fn run(a: Args) -> Result<i32> {
                 "| {s}² | {med:.1} | {:.1} | {gflops:.0} | {threads} |",
                 ms[0]
             );
+        }
+    }
+    Ok(0)
+}
+
+/// One training step (forward, VGG16 losses, backward, Adam) per run.
+fn train(a: Args) -> Result<i32> {
+    use impasto::loss::LossConfig;
+    use impasto::train::step::{apply, loss_and_grads, Adam, StyleTarget};
+    let vgg = impasto::model::Vgg16::load(&impasto::model::vgg::locate(a.vgg.as_deref())?)?;
+    let mut model = super::model_or_init(&a.model, a.arch)?;
+    let threads = rayon::current_num_threads();
+    let cfg = LossConfig {
+        content_weight: 1.0,
+        style_weight: 5.0,
+        tv_weight: 1e-6,
+        content_tap: 1,
+    };
+    let mut rng = impasto::rng::Rng::new(7);
+    let style = Tensor::from_vec(
+        1,
+        3,
+        256,
+        256,
+        (0..3 * 256 * 256).map(|_| rng.f32() * 255.0).collect(),
+    );
+    let target = StyleTarget::new(&vgg, &style);
+    let mut opt = Adam::new(1e-3);
+    for &s in &a.sizes {
+        let x = Tensor::from_vec(
+            a.batch,
+            3,
+            s,
+            s,
+            (0..a.batch * 3 * s * s)
+                .map(|_| rng.f32() * 255.0)
+                .collect(),
+        );
+        let mut run = || {
+            let (_, g) = loss_and_grads(&model, &vgg, &target, &cfg, &x);
+            apply(&mut model, &mut opt, &g);
+        };
+        for _ in 0..a.warmup {
+            run();
+        }
+        let mut ms: Vec<f64> = (0..a.runs.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                run();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let med = ms[ms.len() / 2];
+        let ips = a.batch as f64 / (med / 1e3);
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"engine": "impasto", "train": true, "batch": a.batch, "size": s, "median_ms": med, "img_per_s": ips, "runs": ms, "threads": threads})
+            );
+        } else {
+            println!("train step batch {} at {s}²: median {med:.0} ms, min {:.0} ms, {ips:.2} img/s ({threads} threads)", a.batch, ms[0]);
         }
     }
     Ok(0)

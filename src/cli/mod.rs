@@ -1,6 +1,7 @@
 //! Command definitions and dispatch.
 mod bench;
 mod stylize;
+mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -41,6 +42,16 @@ pub enum Cmd {
     Info { model: PathBuf },
     /// Time the transformation network at several sizes (median of runs).
     Bench(bench::Args),
+    /// Train a style: `--style painting.jpg --data photos/ -o style.safetensors`.
+    Train(train::TrainArgs),
+    /// Mean content, style and TV loss of a model over a folder of photos.
+    Evaluate(train::EvalArgs),
+    /// Download torchvision's VGG16 from the Hugging Face hub into the cache.
+    FetchVgg {
+        /// Where to put it (default: the cache folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 pub fn run(cli: Cli) -> Result<i32> {
@@ -78,6 +89,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Train(a) => train::train(a),
+        Cmd::Evaluate(a) => train::evaluate(a),
+        Cmd::FetchVgg { dir } => train::fetch_vgg(dir),
     }
 }
 

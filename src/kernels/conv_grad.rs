@@ -23,6 +23,9 @@ pub struct ConvGrad {
     pub db: Vec<f32>,
 }
 
+/// Pixel-block partitions per sample in the weight-gradient reduction.
+const PARTS: usize = 4;
+
 struct Acc {
     dw: Vec<f32>,
     db: Vec<f64>,
@@ -48,15 +51,16 @@ impl Conv2d {
         let mut dw = vec![0.0f32; co * kk];
         let mut db = vec![0.0f64; co];
         let mut dx = want_dx.then(|| Tensor::zeros(x.n, ci, x.h, x.w));
-        let threads = rayon::current_num_threads().max(1);
+        // A fixed partition of the pixel blocks, summed in order: the result does not depend
+        // on the thread count or on scheduling, so training is bit-for-bit reproducible.
+        let parts = n_blocks.min(PARTS);
         for s in 0..x.n {
             let xs = x.sample(s);
             let dys = dy.sample(s);
-            let acc = (0..n_blocks)
+            let partials: Vec<Acc> = (0..parts)
                 .into_par_iter()
-                .with_min_len(n_blocks.div_ceil(threads).max(1))
-                .fold(
-                    || Acc {
+                .map(|part| {
+                    let mut acc = Acc {
                         dw: vec![0.0; co * kk],
                         db: vec![0.0; co],
                         dx: if want_dx {
@@ -64,104 +68,24 @@ impl Conv2d {
                         } else {
                             Vec::new()
                         },
-                    },
-                    |mut acc, bi| {
+                    };
+                    for bi in part * n_blocks / parts..(part + 1) * n_blocks / parts {
                         let p0 = bi * block;
                         let p1 = (p0 + block).min(np);
-                        let n = p1 - p0;
-                        COL.with(|c| {
-                            let mut col = c.borrow_mut();
-                            if col.len() < kk * n {
-                                col.resize(kk * n, 0.0);
-                            }
-                            let col = &mut col[..kk * n];
-                            gather(g, xs, ci, x.h, x.w, &ymap, &xmap, wo, p0, p1, col);
-                            // dW (co × kk) += dY[:, p0..p1] (co × n) · colᵀ (n × kk)
-                            unsafe {
-                                gemm::gemm(
-                                    co,
-                                    kk,
-                                    n,
-                                    acc.dw.as_mut_ptr(),
-                                    1,
-                                    kk as isize,
-                                    true,
-                                    dys.as_ptr().add(p0),
-                                    1,
-                                    np as isize,
-                                    col.as_ptr(),
-                                    n as isize,
-                                    1,
-                                    1.0,
-                                    1.0,
-                                    false,
-                                    false,
-                                    false,
-                                    gemm::Parallelism::None,
-                                );
-                            }
-                        });
-                        for o in 0..co {
-                            acc.db[o] += dys[o * np + p0..o * np + p1]
-                                .iter()
-                                .map(|&v| v as f64)
-                                .sum::<f64>();
-                        }
-                        if want_dx {
-                            DCOL.with(|d| {
-                                let mut dcol = d.borrow_mut();
-                                if dcol.len() < kk * n {
-                                    dcol.resize(kk * n, 0.0);
-                                }
-                                let dcol = &mut dcol[..kk * n];
-                                // dcol (kk × n) = Wᵀ (kk × co) · dY[:, p0..p1] (co × n)
-                                unsafe {
-                                    gemm::gemm(
-                                        kk,
-                                        n,
-                                        co,
-                                        dcol.as_mut_ptr(),
-                                        1,
-                                        n as isize,
-                                        false,
-                                        self.weight.as_ptr(),
-                                        kk as isize,
-                                        1,
-                                        dys.as_ptr().add(p0),
-                                        1,
-                                        np as isize,
-                                        0.0,
-                                        1.0,
-                                        false,
-                                        false,
-                                        false,
-                                        gemm::Parallelism::None,
-                                    );
-                                }
-                                scatter(
-                                    dcol,
-                                    &mut acc.dx,
-                                    ci,
-                                    k,
-                                    x.h,
-                                    x.w,
-                                    &ymap,
-                                    &xmap,
-                                    wo,
-                                    p0,
-                                    p1,
-                                );
-                            });
-                        }
-                        acc
-                    },
-                )
-                .reduce_with(|mut a, b| {
-                    a.dw.iter_mut().zip(&b.dw).for_each(|(x, y)| *x += y);
-                    a.db.iter_mut().zip(&b.db).for_each(|(x, y)| *x += y);
-                    a.dx.iter_mut().zip(&b.dx).for_each(|(x, y)| *x += y);
-                    a
-                });
+                        block_grad(
+                            self, g, xs, x.h, x.w, dys, &ymap, &xmap, wo, np, p0, p1, want_dx,
+                            &mut acc,
+                        );
+                    }
+                    acc
+                })
+                .collect();
+            let acc = partials.into_iter().reduce(|mut a, b| {
+                a.dw.iter_mut().zip(&b.dw).for_each(|(x, y)| *x += y);
+                a.db.iter_mut().zip(&b.db).for_each(|(x, y)| *x += y);
+                a.dx.iter_mut().zip(&b.dx).for_each(|(x, y)| *x += y);
+                a
+            });
             if let Some(acc) = acc {
                 dw.iter_mut().zip(&acc.dw).for_each(|(x, y)| *x += y);
                 db.iter_mut().zip(&acc.db).for_each(|(x, y)| *x += y);
@@ -199,6 +123,101 @@ impl Conv2d {
 /// Input gradient of a stride-1 zero-padded "same" convolution via its transposed conv.
 pub fn same_conv_input_grad(transposed: &Conv2d, k: usize, dy: &Tensor) -> Tensor {
     transposed.forward(dy, &ConvGeom::simple(k, 1, k / 2, PadMode::Zero))
+}
+
+/// The gradients of one block of output pixels `p0..p1`, added into `acc`.
+#[allow(clippy::too_many_arguments)]
+fn block_grad(
+    conv: &Conv2d,
+    g: &ConvGeom,
+    xs: &[f32],
+    h: usize,
+    w: usize,
+    dys: &[f32],
+    ymap: &[i32],
+    xmap: &[i32],
+    wo: usize,
+    np: usize,
+    p0: usize,
+    p1: usize,
+    want_dx: bool,
+    acc: &mut Acc,
+) {
+    let (ci, co, k) = (conv.c_in, conv.c_out, g.k);
+    let kk = ci * k * k;
+    let n = p1 - p0;
+    COL.with(|c| {
+        let mut col = c.borrow_mut();
+        if col.len() < kk * n {
+            col.resize(kk * n, 0.0);
+        }
+        let col = &mut col[..kk * n];
+        gather(g, xs, ci, h, w, ymap, xmap, wo, p0, p1, col);
+        // dW (co × kk) += dY[:, p0..p1] (co × n) · colᵀ (n × kk)
+        unsafe {
+            gemm::gemm(
+                co,
+                kk,
+                n,
+                acc.dw.as_mut_ptr(),
+                1,
+                kk as isize,
+                true,
+                dys.as_ptr().add(p0),
+                1,
+                np as isize,
+                col.as_ptr(),
+                n as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+    for o in 0..co {
+        acc.db[o] += dys[o * np + p0..o * np + p1]
+            .iter()
+            .map(|&v| v as f64)
+            .sum::<f64>();
+    }
+    if want_dx {
+        DCOL.with(|d| {
+            let mut dcol = d.borrow_mut();
+            if dcol.len() < kk * n {
+                dcol.resize(kk * n, 0.0);
+            }
+            let dcol = &mut dcol[..kk * n];
+            // dcol (kk × n) = Wᵀ (kk × co) · dY[:, p0..p1] (co × n)
+            unsafe {
+                gemm::gemm(
+                    kk,
+                    n,
+                    co,
+                    dcol.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    conv.weight.as_ptr(),
+                    kk as isize,
+                    1,
+                    dys.as_ptr().add(p0),
+                    1,
+                    np as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            scatter(dcol, &mut acc.dx, ci, k, h, w, ymap, xmap, wo, p0, p1);
+        });
+    }
 }
 
 /// col2im: add each patch-matrix entry back onto the input pixel it was gathered from.

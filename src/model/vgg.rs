@@ -217,3 +217,111 @@ impl Vgg16 {
         out
     }
 }
+
+/// Indices of the 10 convolutions in torchvision's / timm's `features` sequence.
+const TORCHVISION_FEATURES: [usize; 10] = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21];
+
+/// File names looked for in the cache, in order of preference.
+pub const CACHE_FILES: [&str; 2] = [
+    "vgg16_caffe_relu4_3.safetensors",
+    "vgg16_torchvision_relu4_3.safetensors",
+];
+
+/// `$IMPASTO_CACHE`, else `$XDG_CACHE_HOME/impasto`, else `~/.cache/impasto`.
+pub fn cache_dir() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("IMPASTO_CACHE") {
+        return Some(p.into());
+    }
+    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(std::path::PathBuf::from(p).join("impasto"));
+    }
+    std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/impasto"))
+}
+
+/// Find the VGG16 weights: `--vgg`, then `$IMPASTO_VGG`, then the cache folder.
+pub fn locate(flag: Option<&Path>) -> Result<std::path::PathBuf> {
+    if let Some(p) = flag {
+        return if p.exists() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(Error::io(
+                p,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "VGG16 weights not found"),
+            ))
+        };
+    }
+    if let Some(p) = std::env::var_os("IMPASTO_VGG") {
+        let p = std::path::PathBuf::from(p);
+        return if p.exists() {
+            Ok(p)
+        } else {
+            Err(Error::io(
+                &p,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "IMPASTO_VGG points to a missing file",
+                ),
+            ))
+        };
+    }
+    let dir = cache_dir();
+    if let Some(d) = &dir {
+        for f in CACHE_FILES {
+            if d.join(f).exists() {
+                return Ok(d.join(f));
+            }
+        }
+    }
+    Err(Error::Usage(format!(
+        "no VGG16 weights found (the loss network training needs). Pass --vgg FILE, set IMPASTO_VGG=FILE, or run `impasto fetch-vgg` to download torchvision's VGG16 from the Hugging Face hub into {}",
+        dir.map(|d| d.display().to_string()).unwrap_or_else(|| "the cache folder".into())
+    )))
+}
+
+/// Convert torchvision/timm VGG16 weights (`features.N.weight`) into impasto's layout
+/// (`conv1_1.weight` …) with the torchvision preprocessing in the metadata.
+pub fn convert_torchvision(mut f: TensorFile) -> std::result::Result<TensorFile, String> {
+    let mut out = TensorFile::default();
+    for (&idx, (name, ci, co)) in TORCHVISION_FEATURES.iter().zip(LAYERS) {
+        let w = f.take(&format!("features.{idx}.weight"), &[co, ci, 3, 3])?;
+        let b = f.take(&format!("features.{idx}.bias"), &[co])?;
+        out.tensors
+            .insert(format!("{name}.weight"), (vec![co, ci, 3, 3], w));
+        out.tensors.insert(format!("{name}.bias"), (vec![co], b));
+    }
+    for (k, v) in [
+        ("format", "vgg16-conv"),
+        ("channel_order", "rgb"),
+        ("scale", "1/255"),
+        ("mean_rgb", "0.485,0.456,0.406"),
+        ("std_rgb", "0.229,0.224,0.225"),
+        ("input", "RGB channel order, pixel values scaled to 0..1, then (x - mean) / std"),
+        ("layout", "weight OIHW, bias O; conv 3x3 stride 1 pad 1, ReLU after each conv, 2x2 max-pool stride 2 after conv1_2, conv2_2, conv3_3"),
+        ("source", "timm/vgg16.tv_in1k (torchvision ImageNet VGG16), converted by impasto fetch-vgg"),
+        ("license", "torchvision model weights: BSD-3-Clause (pytorch/vision)"),
+    ] {
+        out.metadata.insert(k.into(), v.into());
+    }
+    Ok(out)
+}
+
+/// Download torchvision's VGG16 (`timm/vgg16.tv_in1k`) and convert it into `dir`.
+pub fn fetch(dir: &Path) -> Result<std::path::PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_cache_dir(dir.join("hf"))
+        .with_progress(true)
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot set up the Hugging Face hub client: {e}")))?;
+    let src = api.model("timm/vgg16.tv_in1k".into()).get("model.safetensors").map_err(|e| {
+        Error::Usage(format!(
+            "could not download timm/vgg16.tv_in1k from the Hugging Face hub ({e}). Without network access, copy VGG16 weights in impasto's format to {} or pass --vgg FILE",
+            dir.join(CACHE_FILES[1]).display()
+        ))
+    })?;
+    let f = TensorFile::read(&src)?;
+    let out = convert_torchvision(f).map_err(|m| Error::model(&src, m))?;
+    let dst = dir.join(CACHE_FILES[1]);
+    out.write(&dst, false)?;
+    Ok(dst)
+}

@@ -1,0 +1,288 @@
+//! `impasto train`, `impasto evaluate`, `impasto fetch-vgg`.
+use anyhow::Result;
+use impasto::loss::LossConfig;
+use impasto::model::vgg;
+use impasto::model::{Arch, Transformer, Vgg16};
+use impasto::tensor::Tensor;
+use impasto::train::data;
+use impasto::train::step::{Losses, StyleTarget};
+use impasto::train::trainer::{
+    self, Checkpoint, Observer, Outcome, RunFiles, RunOptions, TrainConfig,
+};
+use impasto::Error;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Default loss weights for the default (Caffe) VGG; see the README for how they were chosen.
+pub const DEFAULT_CONTENT_WEIGHT: f64 = 1.0;
+pub const DEFAULT_STYLE_WEIGHT: f64 = 5.0;
+pub const DEFAULT_TV_WEIGHT: f64 = 1e-6;
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// The style painting.
+    #[arg(long)]
+    style: PathBuf,
+    /// Folder of training photos (searched recursively).
+    #[arg(long)]
+    data: PathBuf,
+    /// Folder of validation photos: validation loss and preview grids.
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// The model file to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Training steps (batches). Default: 2 epochs.
+    #[arg(long, conflicts_with = "epochs")]
+    steps: Option<u64>,
+    /// Passes over the training photos.
+    #[arg(long)]
+    epochs: Option<u64>,
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Training crop size (pixels).
+    #[arg(long, default_value_t = 256)]
+    image_size: usize,
+    /// Longest side the style image is scaled to.
+    #[arg(long, default_value_t = 512)]
+    style_size: u32,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = DEFAULT_CONTENT_WEIGHT)]
+    content_weight: f64,
+    #[arg(long, default_value_t = DEFAULT_STYLE_WEIGHT)]
+    style_weight: f64,
+    #[arg(long, default_value_t = DEFAULT_TV_WEIGHT)]
+    tv_weight: f64,
+    #[arg(long, value_enum, default_value = "johnson")]
+    arch: Arch,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Save a checkpoint (and, with --val, validate) every N steps.
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: u64,
+    /// Validate and write a preview every N steps (default: --checkpoint-every).
+    #[arg(long)]
+    val_every: Option<u64>,
+    /// Continue from the checkpoint beside the output (OUTPUT.ckpt.safetensors).
+    #[arg(long)]
+    resume: bool,
+    /// VGG16 weights (else $IMPASTO_VGG, else the cache; see `impasto fetch-vgg`).
+    #[arg(long)]
+    vgg: Option<PathBuf>,
+    /// Store the finished model as float16.
+    #[arg(long)]
+    half: bool,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+struct Bar(ProgressBar);
+
+impl Observer for Bar {
+    fn step(&mut self, step: u64, total: u64, l: &Losses, ips: f64) {
+        self.0.set_length(total);
+        self.0.set_position(step);
+        self.0.set_message(format!(
+            "loss {:.3e} (content {:.3e} style {:.3e} tv {:.3e})  {ips:.2} img/s",
+            l.total, l.content, l.style, l.tv
+        ));
+    }
+    fn message(&mut self, msg: &str) {
+        self.0.suspend(|| eprintln!("{msg}"));
+    }
+}
+
+pub fn train(a: TrainArgs) -> Result<i32> {
+    let vgg_path = vgg::locate(a.vgg.as_deref())?;
+    let vgg_net = Vgg16::load(&vgg_path)?;
+    let photos = data::scan(&a.data)?;
+    let val = match &a.val {
+        Some(d) => Some(data::scan(d)?),
+        None => None,
+    };
+    let style = trainer::load_style(&a.style, Some(a.style_size))?;
+    let per_epoch = photos.len().div_ceil(a.batch_size) as u64;
+    let steps = a.steps.unwrap_or(per_epoch * a.epochs.unwrap_or(2));
+    let cfg = TrainConfig {
+        arch: a.arch,
+        style: a.style.display().to_string(),
+        style_sha256: trainer::sha256_file(&a.style)?,
+        style_size: Some(a.style_size),
+        data: a.data.display().to_string(),
+        dataset_size: photos.len(),
+        image_size: a.image_size,
+        batch_size: a.batch_size,
+        steps,
+        lr: a.lr,
+        loss: LossConfig {
+            content_weight: a.content_weight,
+            style_weight: a.style_weight,
+            tv_weight: a.tv_weight,
+            content_tap: 1,
+        },
+        seed: a.seed,
+        vgg_convention: vgg_net.pre.convention.clone(),
+        checkpoint_every: a.checkpoint_every.max(1),
+    };
+    let files = RunFiles::new(&a.output);
+    if let Some(d) = a.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|e| Error::output(&a.output, e.to_string()))?;
+    }
+    let resume = if a.resume {
+        if !files.checkpoint.exists() {
+            return Err(Error::Usage(format!(
+                "--resume: no checkpoint at {}",
+                files.checkpoint.display()
+            ))
+            .into());
+        }
+        Some(Checkpoint::load(&files.checkpoint)?)
+    } else {
+        if files.checkpoint.exists() {
+            return Err(Error::Usage(format!(
+                "{} exists: pass --resume to continue that run, or delete it to start over",
+                files.checkpoint.display()
+            ))
+            .into());
+        }
+        let _ = std::fs::remove_file(&files.metrics);
+        None
+    };
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    let bar = ProgressBar::new(steps);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {elapsed_precise} eta {eta_precise}  {msg}",
+        )
+        .unwrap(),
+    );
+    let mut obs = Bar(bar);
+    obs.message(&format!(
+        "training {:?} on {} photos ({} steps of {}, {}²), style {}, VGG {} ({})",
+        cfg.arch,
+        photos.len(),
+        steps,
+        cfg.batch_size,
+        cfg.image_size,
+        a.style.display(),
+        vgg_path.display(),
+        cfg.vgg_convention
+    ));
+    let opts = RunOptions {
+        val,
+        val_every: a.val_every.unwrap_or(cfg.checkpoint_every).max(1),
+        files,
+        resume,
+        half: a.half,
+        interrupt: &INTERRUPTED,
+    };
+    let ckpt = opts.files.checkpoint.clone();
+    let out = trainer::train(&cfg, &vgg_net, &style, photos, opts, &mut obs)?;
+    obs.0.finish_and_clear();
+    match out {
+        Outcome::Finished => {
+            eprintln!(
+                "wrote {} (checkpoint {})",
+                a.output.display(),
+                ckpt.display()
+            );
+            Ok(0)
+        }
+        Outcome::Interrupted { step } => {
+            eprintln!("interrupted at step {step}; checkpoint saved to {}. Continue with the same command plus --resume.", ckpt.display());
+            Ok(130)
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// The style image the model is compared against.
+    #[arg(long)]
+    style: PathBuf,
+    /// Folder of photos to average over.
+    #[arg(long)]
+    photos: PathBuf,
+    /// Crop size of the photos.
+    #[arg(long, default_value_t = 256)]
+    image_size: usize,
+    /// Longest side of the style image.
+    #[arg(long, default_value_t = 512)]
+    style_size: u32,
+    #[arg(long)]
+    vgg: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn evaluate(a: EvalArgs) -> Result<i32> {
+    let model = Transformer::load(&a.model)?;
+    let vgg_net = Vgg16::load(&vgg::locate(a.vgg.as_deref())?)?;
+    let (loss, recorded) = match model.metadata.get("impasto.loss") {
+        Some(js) => (
+            serde_json::from_str::<LossConfig>(js)
+                .map_err(|e| Error::model(&a.model, format!("bad impasto.loss metadata: {e}")))?,
+            true,
+        ),
+        None => (
+            LossConfig {
+                content_weight: DEFAULT_CONTENT_WEIGHT,
+                style_weight: DEFAULT_STYLE_WEIGHT,
+                tv_weight: DEFAULT_TV_WEIGHT,
+                content_tap: 1,
+            },
+            false,
+        ),
+    };
+    let style = trainer::load_style(&a.style, Some(a.style_size))?;
+    let target = StyleTarget::new(&vgg_net, &style);
+    let files = data::scan(&a.photos)?;
+    let mut imgs = Vec::new();
+    for f in &files {
+        match data::load_crop(f, a.image_size, None) {
+            Ok(v) => imgs.push(Tensor::from_vec(1, 3, a.image_size, a.image_size, v)),
+            Err(e) => eprintln!("impasto: warning: skipped {e}"),
+        }
+    }
+    let l = trainer::validate(&model, &vgg_net, &target, &loss, &imgs);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"model": a.model.display().to_string(), "style": a.style.display().to_string(), "photos": imgs.len(),
+                "content": l.content, "style_loss": l.style, "tv": l.tv, "total": l.total, "loss_config": loss, "loss_config_recorded": recorded})
+        );
+    } else {
+        println!(
+            "{}: {} photos, loss weights {}",
+            a.model.display(),
+            imgs.len(),
+            if recorded {
+                "as recorded in the model"
+            } else {
+                "impasto's defaults (the model records none)"
+            }
+        );
+        println!(
+            "content {:.4e}  style {:.4e}  tv {:.4e}  total {:.4e}",
+            l.content, l.style, l.tv, l.total
+        );
+    }
+    Ok(0)
+}
+
+pub fn fetch_vgg(dir: Option<PathBuf>) -> Result<i32> {
+    let dir = dir
+        .or_else(vgg::cache_dir)
+        .ok_or_else(|| Error::Usage("no cache folder: set IMPASTO_CACHE or pass --dir".into()))?;
+    let p = vgg::fetch(&dir)?;
+    eprintln!("wrote {}", p.display());
+    Ok(0)
+}

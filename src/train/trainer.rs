@@ -1,0 +1,411 @@
+//! The training loop: Johnson's recipe with checkpoints, exact resume, validation,
+//! previews, a metrics log and clean interruption.
+
+use crate::error::{Error, Result};
+use crate::loss::LossConfig;
+use crate::model::format::TensorFile;
+use crate::model::{Arch, Transformer, TransformerConfig, Vgg16};
+use crate::tensor::Tensor;
+use crate::train::data::{self, DataPos, Loader};
+use crate::train::step::{self, Adam, Losses, StyleTarget};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// How a model is trained; stored in checkpoints and in the model file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub arch: Arch,
+    pub style: String,
+    pub style_sha256: String,
+    /// Longest side the style image is scaled to (None: as it is).
+    pub style_size: Option<u32>,
+    pub data: String,
+    pub dataset_size: usize,
+    pub image_size: usize,
+    pub batch_size: usize,
+    pub steps: u64,
+    pub lr: f64,
+    pub loss: LossConfig,
+    pub seed: u64,
+    pub vgg_convention: String,
+    pub checkpoint_every: u64,
+}
+
+/// Files a run writes beside its output model.
+pub struct RunFiles {
+    pub model: PathBuf,
+    pub checkpoint: PathBuf,
+    pub metrics: PathBuf,
+    pub preview: PathBuf,
+    pub curve: PathBuf,
+}
+
+impl RunFiles {
+    pub fn new(model: &Path) -> Self {
+        let stem = model.with_extension("");
+        let with = |suffix: &str| PathBuf::from(format!("{}{suffix}", stem.display()));
+        RunFiles {
+            model: model.to_path_buf(),
+            checkpoint: with(".ckpt.safetensors"),
+            metrics: with(".metrics.jsonl"),
+            preview: with(".preview.png"),
+            curve: with(".loss.png"),
+        }
+    }
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
+}
+
+/// The style image as a 1×3×H×W RGB 0..255 tensor, scaled so its longest side is `size`.
+pub fn load_style(path: &Path, size: Option<u32>) -> Result<Tensor> {
+    let mut img = crate::imageio::read_path(path, crate::imageio::DEFAULT_MAX_PIXELS)?.image;
+    if let Some(s) = size {
+        let (w, h) = (img.width(), img.height());
+        let k = s as f64 / w.max(h) as f64;
+        img = img.resize_exact(
+            ((w as f64 * k).round() as u32).max(16),
+            ((h as f64 * k).round() as u32).max(16),
+            image::imageops::FilterType::Lanczos3,
+        );
+    }
+    let rgb = img.to_rgb8();
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let mut t = Tensor::zeros(1, 3, h, w);
+    for (x, y, p) in rgb.enumerate_pixels() {
+        for c in 0..3 {
+            t.data[(c * h + y as usize) * w + x as usize] = p.0[c] as f32;
+        }
+    }
+    Ok(t)
+}
+
+/// Everything needed to continue a run exactly.
+pub struct Checkpoint {
+    pub config: TrainConfig,
+    pub model: Transformer,
+    pub adam: Adam,
+    pub step: u64,
+    pub data: DataPos,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CkptMeta {
+    step: u64,
+    adam_t: u64,
+    lr: f64,
+    data: DataPos,
+    train: TrainConfig,
+    model: TransformerConfig,
+}
+
+impl Checkpoint {
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut f = TensorFile::default();
+        for (n, (s, v)) in &self.model.params {
+            f.tensors
+                .insert(format!("param.{n}"), (s.clone(), v.clone()));
+            if let (Some(m), Some(vv)) = (self.adam.m.get(n), self.adam.v.get(n)) {
+                f.tensors
+                    .insert(format!("adam.m.{n}"), (s.clone(), m.clone()));
+                f.tensors
+                    .insert(format!("adam.v.{n}"), (s.clone(), vv.clone()));
+            }
+        }
+        let meta = CkptMeta {
+            step: self.step,
+            adam_t: self.adam.t,
+            lr: self.adam.lr,
+            data: self.data,
+            train: self.config.clone(),
+            model: self.model.config.clone(),
+        };
+        f.metadata.insert(
+            "impasto.checkpoint".into(),
+            serde_json::to_string(&meta).expect("serialises"),
+        );
+        f.write(path, false)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let mut f = TensorFile::read(path)?;
+        let bad = |m: String| Error::model(path, m);
+        let meta: CkptMeta = serde_json::from_str(
+            f.metadata
+                .get("impasto.checkpoint")
+                .ok_or_else(|| bad("not an impasto checkpoint".into()))?,
+        )
+        .map_err(|e| bad(format!("bad checkpoint metadata: {e}")))?;
+        let mut params = std::collections::BTreeMap::new();
+        let mut adam = Adam::new(meta.lr);
+        adam.t = meta.adam_t;
+        for (name, shape) in meta.model.param_shapes() {
+            params.insert(
+                name.clone(),
+                (
+                    shape.clone(),
+                    f.take(&format!("param.{name}"), &shape).map_err(bad)?,
+                ),
+            );
+            if meta.adam_t > 0 {
+                adam.m.insert(
+                    name.clone(),
+                    f.take(&format!("adam.m.{name}"), &shape).map_err(bad)?,
+                );
+                adam.v.insert(
+                    name.clone(),
+                    f.take(&format!("adam.v.{name}"), &shape).map_err(bad)?,
+                );
+            }
+        }
+        let model = Transformer::from_params(meta.model, params, Default::default());
+        Ok(Checkpoint {
+            config: meta.train,
+            model,
+            adam,
+            step: meta.step,
+            data: meta.data,
+        })
+    }
+}
+
+/// What the loop reports as it goes.
+pub trait Observer {
+    fn step(&mut self, step: u64, total: u64, losses: &Losses, img_per_s: f64);
+    fn message(&mut self, msg: &str);
+}
+
+/// Options of a run beyond its [`TrainConfig`].
+pub struct RunOptions {
+    pub val: Option<Vec<PathBuf>>,
+    pub val_every: u64,
+    pub files: RunFiles,
+    pub resume: Option<Checkpoint>,
+    pub half: bool,
+    pub interrupt: &'static AtomicBool,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Finished,
+    Interrupted { step: u64 },
+}
+
+/// Mean losses of the model over validation crops.
+pub fn validate(
+    model: &Transformer,
+    vgg: &Vgg16,
+    target: &StyleTarget,
+    cfg: &LossConfig,
+    imgs: &[Tensor],
+) -> Losses {
+    let mut sum = Losses::default();
+    for x in imgs {
+        let l = step::losses(model, vgg, target, cfg, x);
+        sum.content += l.content;
+        sum.style += l.style;
+        sum.tv += l.tv;
+        sum.total += l.total;
+    }
+    let n = imgs.len().max(1) as f64;
+    Losses {
+        content: sum.content / n,
+        style: sum.style / n,
+        tv: sum.tv / n,
+        total: sum.total / n,
+    }
+}
+
+/// A grid: the validation photos on top, their stylizations below.
+pub fn preview(model: &Transformer, imgs: &[Tensor], path: &Path) -> Result<()> {
+    let n = imgs.len().min(4);
+    if n == 0 {
+        return Ok(());
+    }
+    let s = imgs[0].h;
+    let mut grid = image::RgbImage::new((n * s) as u32, (2 * s) as u32);
+    for (i, x) in imgs.iter().take(n).enumerate() {
+        let y = model.forward(x);
+        for (row, t) in [x, &y].into_iter().enumerate() {
+            let hw = s * s;
+            for py in 0..s {
+                for px in 0..s {
+                    let p = [0, 1, 2]
+                        .map(|c| t.data[c * hw + py * s + px].round().clamp(0.0, 255.0) as u8);
+                    grid.put_pixel((i * s + px) as u32, (row * s + py) as u32, image::Rgb(p));
+                }
+            }
+        }
+    }
+    crate::imageio::write_path(&image::DynamicImage::ImageRgb8(grid), path)
+}
+
+/// Drop metrics logged after `step` (a killed run may have got further than its checkpoint).
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= step)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    crate::io::write_atomic(path, kept.as_bytes())
+}
+
+fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{v}").map_err(|e| Error::io(path, e))
+}
+
+/// Run (or continue) training. Returns when the steps are done or on interruption.
+pub fn train(
+    cfg: &TrainConfig,
+    vgg: &Vgg16,
+    style: &Tensor,
+    photos: Vec<PathBuf>,
+    opts: RunOptions,
+    obs: &mut dyn Observer,
+) -> Result<Outcome> {
+    let target = StyleTarget::new(vgg, style);
+    let (mut model, mut adam, mut step, pos) = match opts.resume {
+        Some(ck) => {
+            if ck.config.style_sha256 != cfg.style_sha256
+                || ck.config.arch != cfg.arch
+                || ck.config.image_size != cfg.image_size
+                || ck.config.batch_size != cfg.batch_size
+                || ck.config.seed != cfg.seed
+            {
+                return Err(Error::Usage(format!(
+                    "{}: the checkpoint was made with a different style, architecture, image size, batch size or seed; remove it or train with the same settings",
+                    opts.files.checkpoint.display()
+                )));
+            }
+            obs.message(&format!(
+                "resuming from step {} ({})",
+                ck.step,
+                opts.files.checkpoint.display()
+            ));
+            truncate_metrics(&opts.files.metrics, ck.step)?;
+            (ck.model, ck.adam, ck.step, ck.data)
+        }
+        None => (
+            Transformer::init(TransformerConfig::new(cfg.arch), cfg.seed),
+            Adam::new(cfg.lr),
+            0,
+            DataPos::default(),
+        ),
+    };
+    let val_imgs: Vec<Tensor> = match &opts.val {
+        None => Vec::new(),
+        Some(files) => files
+            .iter()
+            .take(8)
+            .filter_map(|f| data::load_crop(f, cfg.image_size, None).ok())
+            .map(|v| Tensor::from_vec(1, 3, cfg.image_size, cfg.image_size, v))
+            .collect(),
+    };
+    let loader = Loader::new(photos, cfg.seed, cfg.image_size, cfg.batch_size, pos);
+    let mut last_pos = pos;
+    let t0 = Instant::now();
+    let mut done_here = 0u64;
+    let save = |model: &Transformer, adam: &Adam, step: u64, data: DataPos| -> Result<()> {
+        Checkpoint {
+            config: cfg.clone(),
+            model: model.clone(),
+            adam: adam.clone(),
+            step,
+            data,
+        }
+        .save(&opts.files.checkpoint)
+    };
+    let mut skipped_total = 0usize;
+    while step < cfg.steps {
+        if opts.interrupt.load(Ordering::SeqCst) {
+            save(&model, &adam, step, last_pos)?;
+            return Ok(Outcome::Interrupted { step });
+        }
+        let batch = loader.next().ok_or_else(|| {
+            Error::Usage(format!(
+                "{}: none of the {} images could be read",
+                cfg.data, cfg.dataset_size
+            ))
+        })?;
+        for (p, e) in &batch.skipped {
+            skipped_total += 1;
+            obs.message(&format!("warning: skipped {}: {e}", p.display()));
+        }
+        let (losses, grads) = step::loss_and_grads(&model, vgg, &target, &cfg.loss, &batch.images);
+        if !losses.total.is_finite() || grads.values().any(|g| g.iter().any(|v| !v.is_finite())) {
+            return Err(Error::Usage(format!(
+                "the loss became {} at step {} (content {}, style {}, tv {}); stopping. The last good checkpoint ({}) is intact: lower --lr or the loss weights and resume",
+                losses.total, step + 1, losses.content, losses.style, losses.tv, opts.files.checkpoint.display()
+            )));
+        }
+        step::apply(&mut model, &mut adam, &grads);
+        step += 1;
+        done_here += 1;
+        last_pos = batch.next;
+        let ips = (done_here * cfg.batch_size as u64) as f64 / t0.elapsed().as_secs_f64();
+        obs.step(step, cfg.steps, &losses, ips);
+        append_jsonl(
+            &opts.files.metrics,
+            &serde_json::json!({"step": step, "content": losses.content, "style": losses.style, "tv": losses.tv, "total": losses.total, "img_per_s": ips, "seconds": t0.elapsed().as_secs_f64()}),
+        )?;
+        let ck = step % cfg.checkpoint_every == 0;
+        if ck || step == cfg.steps {
+            save(&model, &adam, step, last_pos)?;
+        }
+        if !val_imgs.is_empty() && (step % opts.val_every == 0 || step == cfg.steps) {
+            let v = validate(&model, vgg, &target, &cfg.loss, &val_imgs);
+            append_jsonl(
+                &opts.files.metrics,
+                &serde_json::json!({"step": step, "val": v}),
+            )?;
+            obs.message(&format!(
+                "step {step}: validation total {:.4e} (content {:.4e}, style {:.4e}, tv {:.4e})",
+                v.total, v.content, v.style, v.tv
+            ));
+            preview(&model, &val_imgs, &opts.files.preview)?;
+            crate::train::plot::loss_curve(&opts.files.metrics, &opts.files.curve)?;
+        }
+    }
+    if skipped_total > 0 {
+        obs.message(&format!(
+            "warning: {skipped_total} unreadable images were skipped"
+        ));
+    }
+    let mut model = model;
+    let prov = serde_json::json!({
+        "made_by": format!("impasto {} train", env!("CARGO_PKG_VERSION")),
+        "train": cfg,
+        "steps_done": step,
+    });
+    model
+        .metadata
+        .insert("impasto.provenance".into(), prov.to_string());
+    model.metadata.insert(
+        "impasto.loss".into(),
+        serde_json::to_string(&cfg.loss).expect("serialises"),
+    );
+    model
+        .metadata
+        .insert("impasto.style_sha256".into(), cfg.style_sha256.clone());
+    model.save(&opts.files.model, opts.half)?;
+    Ok(Outcome::Finished)
+}

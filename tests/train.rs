@@ -1,0 +1,229 @@
+//! End-to-end training: the real binary on real photos (../shared), resumed after SIGKILL
+//! and SIGINT, NaN handling, VGG discovery and fetch-vgg's offline failure.
+use impasto::testutil::shared;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_impasto"));
+    c.env_remove("IMPASTO_VGG").env_remove("IMPASTO_THREADS");
+    c
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    vgg: PathBuf,
+    style: PathBuf,
+}
+
+/// A small training set (10 shared photos + a corrupt file), the Caffe VGG and a style.
+fn setup(test: &str) -> Option<Setup> {
+    let vgg = shared("weights/vgg16_caffe_relu4_3.safetensors", test)?;
+    let style = shared("data/styles/great_wave.jpg", test)?;
+    let photos = shared("data/photos/train", test)?;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    let mut names: Vec<_> = std::fs::read_dir(&photos)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    for p in names.iter().take(10) {
+        std::fs::copy(p, root.join("data").join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(root.join("data/broken.jpg"), b"\xff\xd8 truncated").unwrap();
+    Some(Setup {
+        _dir: dir,
+        root,
+        vgg,
+        style,
+    })
+}
+
+fn train_cmd(s: &Setup, out: &Path, steps: u64, extra: &[&str]) -> Command {
+    train_cmd_every(s, out, steps, 2, extra)
+}
+
+fn train_cmd_every(s: &Setup, out: &Path, steps: u64, every: u64, extra: &[&str]) -> Command {
+    let mut c = bin();
+    c.args(["train", "--style"])
+        .arg(&s.style)
+        .arg("--data")
+        .arg(s.root.join("data"))
+        .arg("-o")
+        .arg(out)
+        .arg("--vgg")
+        .arg(&s.vgg)
+        .args([
+            "--image-size",
+            "48",
+            "--style-size",
+            "96",
+            "--batch-size",
+            "2",
+            "--checkpoint-every",
+        ])
+        .arg(every.to_string())
+        .arg("--steps")
+        .arg(steps.to_string())
+        .args(extra);
+    c
+}
+
+fn weights(p: &Path) -> Vec<(String, Vec<f32>)> {
+    let m = impasto::model::Transformer::load(p).unwrap();
+    m.params.into_iter().map(|(k, (_, v))| (k, v)).collect()
+}
+
+/// Start a run, wait for its first checkpoint, then send `signal`; returns the exit status.
+fn interrupt_after_checkpoint(
+    mut c: Command,
+    ckpt: &Path,
+    signal: &str,
+) -> std::process::ExitStatus {
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !ckpt.exists() && t0.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap()
+}
+
+#[test]
+fn resume_after_sigkill_and_sigint_gives_identical_weights() {
+    let Some(s) = setup("resume_after_sigkill_and_sigint_gives_identical_weights") else {
+        return;
+    };
+    let steps = 8;
+    let a = s.root.join("a.safetensors");
+    let o = train_cmd(&s, &a, steps, &[]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("skipped"),
+        "the corrupt photo is reported: {}",
+        stderr(&o)
+    );
+    let want = weights(&a);
+
+    for signal in ["-KILL", "-INT"] {
+        let b = s.root.join(format!("b{signal}.safetensors"));
+        let ckpt = s.root.join(format!("b{signal}.ckpt.safetensors"));
+        let status = interrupt_after_checkpoint(train_cmd(&s, &b, steps, &[]), &ckpt, signal);
+        if signal == "-INT" {
+            // Ctrl-C: a checkpoint is saved and the run ends with 130.
+            assert_eq!(status.code(), Some(130), "SIGINT exit");
+        }
+        assert!(
+            !b.exists() || signal == "-KILL",
+            "an interrupted run wrote its final model"
+        );
+        let o = train_cmd(&s, &b, steps, &["--resume"]).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("resuming from step"), "{}", stderr(&o));
+        assert_eq!(
+            weights(&b),
+            want,
+            "{signal}: resumed run differs from the uninterrupted one"
+        );
+        // The metrics log has each step once.
+        let log = std::fs::read_to_string(s.root.join(format!("b{signal}.metrics.jsonl"))).unwrap();
+        let steps_logged: Vec<u64> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v.get("total").is_some())
+            .map(|v| v["step"].as_u64().unwrap())
+            .collect();
+        assert_eq!(steps_logged, (1..=steps).collect::<Vec<_>>());
+    }
+    // The model file says how it was made.
+    let m = impasto::model::Transformer::load(&a).unwrap();
+    let prov: serde_json::Value = serde_json::from_str(&m.metadata["impasto.provenance"]).unwrap();
+    assert_eq!(prov["train"]["arch"], "johnson");
+    assert_eq!(prov["train"]["dataset_size"], 11);
+    assert_eq!(prov["train"]["vgg_convention"], "caffe");
+    assert_eq!(prov["train"]["style_sha256"].as_str().unwrap().len(), 64);
+}
+
+#[test]
+fn a_diverging_run_stops_with_its_checkpoint_intact() {
+    let Some(s) = setup("a_diverging_run_stops_with_its_checkpoint_intact") else {
+        return;
+    };
+    let out = s.root.join("nan.safetensors");
+    let o = train_cmd_every(&s, &out, 6, 1, &["--lr", "1e30"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("the loss became") && e.contains("checkpoint"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    // The checkpoint that is there loads and holds finite weights.
+    let ck =
+        impasto::train::trainer::Checkpoint::load(&s.root.join("nan.ckpt.safetensors")).unwrap();
+    assert!(ck
+        .model
+        .params
+        .values()
+        .all(|(_, v)| v.iter().all(|x| x.is_finite())));
+}
+
+#[test]
+fn missing_vgg_and_offline_fetch_are_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let photos = d.path().join("p");
+    std::fs::create_dir_all(&photos).unwrap();
+    image::RgbImage::new(8, 8)
+        .save(photos.join("a.png"))
+        .unwrap();
+    image::RgbImage::new(8, 8)
+        .save(d.path().join("style.png"))
+        .unwrap();
+    let o = bin()
+        .env("IMPASTO_CACHE", d.path().join("cache"))
+        .args(["train", "--style"])
+        .arg(d.path().join("style.png"))
+        .arg("--data")
+        .arg(&photos)
+        .arg("-o")
+        .arg(d.path().join("m.safetensors"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("fetch-vgg") && stderr(&o).contains("--vgg"),
+        "{}",
+        stderr(&o)
+    );
+    // No network (a closed local port stands in for the hub): a clear error, exit 2.
+    let o = bin()
+        .env("IMPASTO_CACHE", d.path().join("cache"))
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .arg("fetch-vgg")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("could not download timm/vgg16.tv_in1k"),
+        "{}",
+        stderr(&o)
+    );
+}
