@@ -35,6 +35,17 @@ struct Acc {
 impl Conv2d {
     /// Backward of `self.forward(x, g)` given `dy`.
     pub fn backward(&self, g: &ConvGeom, x: &Tensor, dy: &Tensor, want_dx: bool) -> ConvGrad {
+        // Stride-1 layers get their input gradient as a (Winograd / direct) convolution.
+        if want_dx
+            && g.stride == 1
+            && g.upsample == 1
+            && g.dilate == 1
+            && std::env::var_os("IMPASTO_COL2IM").is_none()
+        {
+            let mut r = self.backward(g, x, dy, false);
+            r.dx = Some(stride1_input_grad(self, g, dy, x.h, x.w));
+            return r;
+        }
         let (ho, wo) = g.out_size(x.h, x.w);
         assert_eq!(
             (dy.n, dy.c, dy.h, dy.w),
@@ -354,5 +365,122 @@ mod tests {
         let a = conv.backward(&g, &x, &dy, true).dx.unwrap();
         let b = same_conv_input_grad(&conv.transposed_for_grad(3), 3, &dy);
         assert!(b.rel_error(&a) < 1e-5, "{}", b.rel_error(&a));
+    }
+}
+
+/// Input gradient of a stride-1 convolution with any padding mode, as a forward
+/// convolution: the full correlation of `dy` with the flipped, transposed kernel gives the
+/// gradient at the *padded* input, which is then folded back onto the pixels the padding
+/// read (reflection and replication send border gradients inward; zeros drop them).
+/// 3×3 layers run on Winograd, 9×9 on the direct kernel.
+pub fn stride1_input_grad(conv: &Conv2d, g: &ConvGeom, dy: &Tensor, h: usize, w: usize) -> Tensor {
+    assert!(g.stride == 1 && g.upsample == 1 && g.dilate == 1);
+    let k = g.k;
+    let t = conv.transposed_for_grad(k);
+    // Zero-pad dy by k-2 so that a pad-1 convolution yields the full correlation
+    // (k-1 on each side) while staying in the Winograd / direct kernels' geometry.
+    let (hp, wp) = (h + g.pad[0] + g.pad[1], w + g.pad[2] + g.pad[3]);
+    let e = k - 1;
+    let dxpad = if k == 3 {
+        let padded = zero_pad(dy, 1);
+        t.forward(&padded, &ConvGeom::simple(3, 1, 1, PadMode::Zero))
+    } else {
+        t.forward(dy, &ConvGeom::simple(k, 1, e, PadMode::Zero))
+    };
+    debug_assert_eq!((dxpad.h, dxpad.w), (hp, wp));
+    // Where each padded coordinate came from.
+    let src = |p: usize, n: usize, before: usize| -> isize {
+        let l = p as isize - before as isize;
+        if l >= 0 && l < n as isize {
+            return l;
+        }
+        match g.mode {
+            PadMode::Zero => -1,
+            PadMode::Replicate => l.clamp(0, n as isize - 1),
+            PadMode::Reflect => {
+                if n == 1 {
+                    return 0;
+                }
+                let period = 2 * (n as isize - 1);
+                let m = l.rem_euclid(period);
+                if m < n as isize {
+                    m
+                } else {
+                    period - m
+                }
+            }
+        }
+    };
+    let rows: Vec<isize> = (0..hp).map(|p| src(p, h, g.pad[0])).collect();
+    let cols: Vec<isize> = (0..wp).map(|p| src(p, w, g.pad[2])).collect();
+    let mut dx = Tensor::zeros(dy.n, conv.c_in, h, w);
+    dx.data
+        .par_chunks_mut(h * w)
+        .zip(dxpad.data.par_chunks(hp * wp))
+        .for_each(|(d, s)| {
+            for (py, &sy) in rows.iter().enumerate() {
+                if sy < 0 {
+                    continue;
+                }
+                let drow = &mut d[sy as usize * w..(sy as usize + 1) * w];
+                let srow = &s[py * wp..(py + 1) * wp];
+                // interior columns map one to one
+                let (p0, p1) = (g.pad[2], g.pad[2] + w);
+                drow.iter_mut()
+                    .zip(&srow[p0..p1])
+                    .for_each(|(a, b)| *a += b);
+                for px in (0..p0).chain(p1..wp) {
+                    let sx = cols[px];
+                    if sx >= 0 {
+                        drow[sx as usize] += srow[px];
+                    }
+                }
+            }
+        });
+    dx
+}
+
+fn zero_pad(x: &Tensor, p: usize) -> Tensor {
+    let (h, w) = (x.h + 2 * p, x.w + 2 * p);
+    let mut out = Tensor::zeros(x.n, x.c, h, w);
+    out.data
+        .par_chunks_mut(h * w)
+        .zip(x.data.par_chunks(x.h * x.w))
+        .for_each(|(d, s)| {
+            for y in 0..x.h {
+                d[(y + p) * w + p..(y + p) * w + p + x.w]
+                    .copy_from_slice(&s[y * x.w..(y + 1) * x.w]);
+            }
+        });
+    out
+}
+
+#[cfg(test)]
+mod stride1_tests {
+    use super::*;
+
+    #[test]
+    fn stride1_input_grad_matches_col2im_for_every_padding() {
+        let mut r = crate::rng::Rng::new(8);
+        let mut v = |n: usize| (0..n).map(|_| r.f32() - 0.5).collect::<Vec<f32>>();
+        for (k, ci, co) in [(3usize, 16usize, 20usize), (9, 4, 3), (9, 32, 3)] {
+            for mode in [PadMode::Reflect, PadMode::Zero, PadMode::Replicate] {
+                for (h, w) in [(5usize, 6usize), (12, 17)] {
+                    let g = ConvGeom::simple(k, 1, k / 2, mode);
+                    let x = Tensor::from_vec(2, ci, h, w, v(2 * ci * h * w));
+                    let conv = Conv2d::new(co, ci, k, v(co * ci * k * k), None);
+                    let dy = Tensor::from_vec(2, co, h, w, v(2 * co * h * w));
+                    std::env::set_var("IMPASTO_COL2IM", "1");
+                    let want = conv.backward(&g, &x, &dy, true).dx.unwrap();
+                    std::env::remove_var("IMPASTO_COL2IM");
+                    let got = stride1_input_grad(&conv, &g, &dy, h, w);
+                    assert!(
+                        got.rel_error(&want) < 1e-5,
+                        "k{k} {mode:?} {h}x{w}: {}",
+                        got.rel_error(&want)
+                    );
+                }
+            }
+        }
     }
 }
