@@ -158,6 +158,33 @@ fn resume_after_sigkill_and_sigint_gives_identical_weights() {
     assert_eq!(prov["train"]["dataset_size"], 11);
     assert_eq!(prov["train"]["vgg_convention"], "caffe");
     assert_eq!(prov["train"]["style_sha256"].as_str().unwrap().len(), 64);
+    for f in ["a.metrics.jsonl", "a.loss.png", "a.ckpt.safetensors"] {
+        assert!(s.root.join(f).exists(), "{f} missing");
+    }
+
+    // `impasto evaluate` scores it with the loss weights it recorded.
+    let o = bin()
+        .args(["evaluate", "--model"])
+        .arg(&a)
+        .arg("--style")
+        .arg(&s.style)
+        .arg("--photos")
+        .arg(s.root.join("data"))
+        .arg("--vgg")
+        .arg(&s.vgg)
+        .args(["--image-size", "48", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["photos"], 10);
+    assert_eq!(v["loss_config_recorded"], true);
+    for k in ["content", "style_loss", "tv", "total"] {
+        assert!(
+            v[k].as_f64().unwrap().is_finite() && v[k].as_f64().unwrap() > 0.0,
+            "{k}"
+        );
+    }
 }
 
 #[test]

@@ -44,8 +44,8 @@ pub struct TrainArgs {
     /// Training crop size (pixels).
     #[arg(long, default_value_t = 256)]
     image_size: usize,
-    /// Longest side the style image is scaled to.
-    #[arg(long, default_value_t = 512)]
+    /// Longest side the style image is scaled to (Johnson's reference uses 256).
+    #[arg(long, default_value_t = 256)]
     style_size: u32,
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
@@ -215,7 +215,7 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 256)]
     image_size: usize,
     /// Longest side of the style image.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 256)]
     style_size: u32,
     #[arg(long)]
     vgg: Option<PathBuf>,

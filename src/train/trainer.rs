@@ -382,6 +382,8 @@ pub fn train(
                 v.total, v.content, v.style, v.tv
             ));
             preview(&model, &val_imgs, &opts.files.preview)?;
+        }
+        if ck || step == cfg.steps || (!val_imgs.is_empty() && step % opts.val_every == 0) {
             crate::train::plot::loss_curve(&opts.files.metrics, &opts.files.curve)?;
         }
     }
