@@ -254,3 +254,50 @@ fn missing_vgg_and_offline_fetch_are_clear_errors() {
         stderr(&o)
     );
 }
+
+#[test]
+fn optimize_writes_a_stylized_image_and_lowers_the_loss() {
+    let Some(s) = setup("optimize_writes_a_stylized_image_and_lowers_the_loss") else {
+        return;
+    };
+    let content = s
+        .root
+        .join("data")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "jpg") && !p.ends_with("broken.jpg"))
+        .unwrap();
+    let out = s.root.join("opt.png");
+    let o = bin()
+        .args(["optimize", "--content"])
+        .arg(&content)
+        .arg("--style")
+        .arg(&s.style)
+        .arg("-o")
+        .arg(&out)
+        .arg("--vgg")
+        .arg(&s.vgg)
+        .args([
+            "--iters",
+            "12",
+            "--max-size",
+            "48",
+            "--style-size",
+            "64",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let first = lines[0]["loss"]["total"].as_f64().unwrap();
+    let last = lines.last().unwrap()["final"]["total"].as_f64().unwrap();
+    assert!(last < first, "{first} -> {last}");
+    let img = image::open(&out).unwrap();
+    assert_eq!(img.width().max(img.height()), 48);
+}

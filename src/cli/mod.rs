@@ -46,6 +46,9 @@ pub enum Cmd {
     Train(train::TrainArgs),
     /// Mean content, style and TV loss of a model over a folder of photos.
     Evaluate(train::EvalArgs),
+    /// Gatys et al.: optimise one image's pixels against the perceptual loss (slow; the
+    /// quality yardstick).
+    Optimize(train::OptimizeArgs),
     /// Download torchvision's VGG16 from the Hugging Face hub into the cache.
     FetchVgg {
         /// Where to put it (default: the cache folder).
@@ -91,6 +94,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Train(a) => train::train(a),
         Cmd::Evaluate(a) => train::evaluate(a),
+        Cmd::Optimize(a) => train::optimize(a),
         Cmd::FetchVgg { dir } => train::fetch_vgg(dir),
     }
 }

@@ -286,3 +286,90 @@ pub fn fetch_vgg(dir: Option<PathBuf>) -> Result<i32> {
     eprintln!("wrote {}", p.display());
     Ok(0)
 }
+
+#[derive(clap::Args, Debug)]
+pub struct OptimizeArgs {
+    /// The photo.
+    #[arg(long)]
+    content: PathBuf,
+    /// The style painting.
+    #[arg(long)]
+    style: PathBuf,
+    /// The image to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    #[arg(long, default_value_t = 300)]
+    iters: usize,
+    /// Longest side of the content image.
+    #[arg(long, default_value_t = 512)]
+    max_size: u32,
+    #[arg(long, default_value_t = 256)]
+    style_size: u32,
+    /// Adam step on the 0..255 pixel scale.
+    #[arg(long, default_value_t = 4.0)]
+    lr: f32,
+    #[arg(long, default_value_t = DEFAULT_CONTENT_WEIGHT)]
+    content_weight: f64,
+    #[arg(long, default_value_t = DEFAULT_STYLE_WEIGHT)]
+    style_weight: f64,
+    #[arg(long, default_value_t = DEFAULT_TV_WEIGHT)]
+    tv_weight: f64,
+    #[arg(long)]
+    vgg: Option<PathBuf>,
+    /// One JSON line per reported iteration on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn optimize(a: OptimizeArgs) -> Result<i32> {
+    impasto::imageio::format_for(&a.output)?;
+    let vgg_net = Vgg16::load(&vgg::locate(a.vgg.as_deref())?)?;
+    let content = trainer::load_style(&a.content, Some(a.max_size))?;
+    let style = trainer::load_style(&a.style, Some(a.style_size))?;
+    let cfg = LossConfig {
+        content_weight: a.content_weight,
+        style_weight: a.style_weight,
+        tv_weight: a.tv_weight,
+        content_tap: 1,
+    };
+    let bar = ProgressBar::new(a.iters as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} iterations  {elapsed_precise} eta {eta_precise}  {msg}",
+        )
+        .unwrap(),
+    );
+    let t0 = std::time::Instant::now();
+    let (y, fin) = impasto::train::optimize::optimize(
+        &vgg_net,
+        &content,
+        &style,
+        &cfg,
+        a.iters,
+        a.lr,
+        |it, l| {
+            bar.set_position(it as u64);
+            bar.set_message(format!("loss {:.3e}", l.total));
+            if a.json && (it % 50 == 0 || it == 1) {
+                bar.suspend(|| println!("{}", serde_json::json!({"iter": it, "loss": l, "seconds": t0.elapsed().as_secs_f64()})));
+            }
+        },
+    );
+    bar.finish_and_clear();
+    let (h, w) = (y.h, y.w);
+    let img = image::RgbImage::from_fn(w as u32, h as u32, |x, yy| {
+        let i = yy as usize * w + x as usize;
+        image::Rgb([0, 1, 2].map(|c| y.data[c * h * w + i].round().clamp(0.0, 255.0) as u8))
+    });
+    impasto::imageio::write_path(&image::DynamicImage::ImageRgb8(img), &a.output)?;
+    let secs = t0.elapsed().as_secs_f64();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"iter": a.iters, "final": fin, "seconds": secs, "output": a.output.display().to_string()})
+        );
+    } else {
+        eprintln!("{} iterations in {secs:.1} s: loss {:.4e} (content {:.4e}, style {:.4e}, tv {:.4e}) -> {}", a.iters, fin.total, fin.content, fin.style, fin.tv, a.output.display());
+    }
+    Ok(0)
+}

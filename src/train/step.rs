@@ -80,39 +80,11 @@ pub fn loss_and_grads(
     x: &Tensor,
 ) -> (Losses, Grads) {
     let (y, tape) = model.forward_train(x);
-    let (fy, vtape) = vgg.forward_train(&y, 3);
     let (fc, _) = vgg.forward_train(x, cfg.content_tap);
-    let (lc, dc) = loss::content(
-        &fy[cfg.content_tap],
-        &fc[cfg.content_tap],
-        cfg.content_weight,
-    );
+    let (losses, dy) = image_loss_and_grad(vgg, target, &fc[cfg.content_tap], cfg, &y);
     drop(fc);
-    let mut ls = 0.0;
-    let mut dtaps: Vec<Option<Tensor>> = Vec::with_capacity(4);
-    for (t, f) in fy.iter().enumerate() {
-        let (l, mut d) = loss::style(f, &target.grams[t], cfg.style_weight);
-        ls += l;
-        if t == cfg.content_tap {
-            d.data.iter_mut().zip(&dc.data).for_each(|(a, b)| *a += b);
-        }
-        dtaps.push(Some(d));
-    }
-    drop(fy);
-    let (lt, dtv) = loss::tv(&y, cfg.tv_weight);
-    let mut dy = vgg.backward(&vtape, &dtaps);
-    drop(vtape);
-    dy.data.iter_mut().zip(&dtv.data).for_each(|(a, b)| *a += b);
     let grads = model.backward(&tape, &dy);
-    (
-        Losses {
-            content: lc,
-            style: ls,
-            tv: lt,
-            total: lc + ls + lt,
-        },
-        grads,
-    )
+    (losses, grads)
 }
 
 /// Adam (Kingma & Ba), as PyTorch implements it, no weight decay.
@@ -175,4 +147,41 @@ pub fn apply(model: &mut Transformer, opt: &mut Adam, grads: &Grads) {
     let config = model.config.clone();
     let metadata = std::mem::take(&mut model.metadata);
     *model = Transformer::from_params(config, params, metadata);
+}
+
+/// The perceptual loss of an image `y` against fixed content features (at the content tap)
+/// and the style target, and its gradient with respect to `y`: what both training (through
+/// the transformer) and Gatys-style optimisation (directly on the pixels) descend.
+pub fn image_loss_and_grad(
+    vgg: &Vgg16,
+    target: &StyleTarget,
+    content_feat: &Tensor,
+    cfg: &LossConfig,
+    y: &Tensor,
+) -> (Losses, Tensor) {
+    let (fy, vtape) = vgg.forward_train(y, 3);
+    let (lc, dc) = loss::content(&fy[cfg.content_tap], content_feat, cfg.content_weight);
+    let mut ls = 0.0;
+    let mut dtaps: Vec<Option<Tensor>> = Vec::with_capacity(4);
+    for (t, f) in fy.iter().enumerate() {
+        let (l, mut d) = loss::style(f, &target.grams[t], cfg.style_weight);
+        ls += l;
+        if t == cfg.content_tap {
+            d.data.iter_mut().zip(&dc.data).for_each(|(a, b)| *a += b);
+        }
+        dtaps.push(Some(d));
+    }
+    drop(fy);
+    let (lt, dtv) = loss::tv(y, cfg.tv_weight);
+    let mut dy = vgg.backward(&vtape, &dtaps);
+    dy.data.iter_mut().zip(&dtv.data).for_each(|(a, b)| *a += b);
+    (
+        Losses {
+            content: lc,
+            style: ls,
+            tv: lt,
+            total: lc + ls + lt,
+        },
+        dy,
+    )
 }

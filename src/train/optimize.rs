@@ -1,0 +1,86 @@
+//! The slow method (Gatys et al.): optimise the pixels of one image against the same
+//! perceptual loss the networks are trained with, with Adam. impasto's quality yardstick.
+
+use crate::loss::LossConfig;
+use crate::model::Vgg16;
+use crate::tensor::Tensor;
+use crate::train::step::{image_loss_and_grad, Losses, StyleTarget};
+
+/// Optimise from the content image for `iters` steps; `each(iter, losses)` is called after
+/// every step (the losses of the image before that step).
+pub fn optimize(
+    vgg: &Vgg16,
+    content: &Tensor,
+    style: &Tensor,
+    cfg: &LossConfig,
+    iters: usize,
+    lr: f32,
+    mut each: impl FnMut(usize, &Losses),
+) -> (Tensor, Losses) {
+    let target = StyleTarget::new(vgg, style);
+    let (fc, _) = vgg.forward_train(content, cfg.content_tap);
+    let fc = fc[cfg.content_tap].clone();
+    let mut y = content.clone();
+    let (mut m, mut v) = (vec![0.0f32; y.data.len()], vec![0.0f32; y.data.len()]);
+    let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
+    for it in 1..=iters {
+        let (l, g) = image_loss_and_grad(vgg, &target, &fc, cfg, &y);
+        let (c1, c2) = (1.0 - b1.powi(it as i32), 1.0 - b2.powi(it as i32));
+        for i in 0..y.data.len() {
+            m[i] = b1 * m[i] + (1.0 - b1) * g.data[i];
+            v[i] = b2 * v[i] + (1.0 - b2) * g.data[i] * g.data[i];
+            y.data[i] =
+                (y.data[i] - lr * (m[i] / c1) / ((v[i] / c2).sqrt() + eps)).clamp(0.0, 255.0);
+        }
+        each(it, &l);
+    }
+    let (fin, _) = image_loss_and_grad(vgg, &target, &fc, cfg, &y);
+    (y, fin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn optimisation_lowers_the_loss() {
+        let Some(p) = crate::testutil::shared(
+            "weights/vgg16_caffe_relu4_3.safetensors",
+            "optimisation_lowers_the_loss",
+        ) else {
+            return;
+        };
+        let vgg = Vgg16::load(&p).unwrap();
+        let mut r = crate::rng::Rng::new(1);
+        let content = Tensor::from_vec(
+            1,
+            3,
+            32,
+            32,
+            (0..3 * 32 * 32).map(|i| ((i % 32) * 8) as f32).collect(),
+        );
+        let style = Tensor::from_vec(
+            1,
+            3,
+            32,
+            32,
+            (0..3 * 32 * 32).map(|_| r.f32() * 255.0).collect(),
+        );
+        let cfg = LossConfig {
+            content_weight: 1.0,
+            style_weight: 5.0,
+            tv_weight: 1e-6,
+            content_tap: 1,
+        };
+        let mut first = None;
+        let (_, fin) = optimize(&vgg, &content, &style, &cfg, 20, 4.0, |_, l| {
+            first.get_or_insert(l.total);
+        });
+        assert!(
+            fin.total < 0.5 * first.unwrap(),
+            "{} -> {}",
+            first.unwrap(),
+            fin.total
+        );
+    }
+}
