@@ -11,6 +11,7 @@ pub mod kernels;
 pub mod loss;
 pub mod model;
 pub mod onnx;
+pub mod onnx_export;
 pub mod rng;
 pub mod stylize;
 pub mod tensor;

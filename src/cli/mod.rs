@@ -38,6 +38,12 @@ pub enum Cmd {
         #[arg(long)]
         half: bool,
     },
+    /// Write a model as ONNX (opset 13) for onnxruntime and other engines.
+    Export {
+        model: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
     /// Show a model file's architecture and how it was made.
     Info { model: PathBuf },
     /// Time the transformation network at several sizes (median of runs).
@@ -75,6 +81,12 @@ pub fn run(cli: Cli) -> Result<i32> {
                 model.config.norm_eps,
                 output.display()
             );
+            Ok(0)
+        }
+        Cmd::Export { model, output } => {
+            let m = Transformer::load(&model)?;
+            impasto::onnx_export::export(&m, &output)?;
+            eprintln!("wrote {} ({:?})", output.display(), m.config.arch);
             Ok(0)
         }
         Cmd::Info { model } => {

@@ -1,0 +1,311 @@
+//! `impasto export`: write a model as an ONNX graph (opset 13) that onnxruntime, browsers
+//! (onnxruntime-web) and other engines run. Both architectures:
+//! - johnson: `Pad(reflect)` + `Conv`, `InstanceNormalization`, `Relu`, `Add`, and
+//!   `Resize(nearest, asymmetric, floor)` before the two upsampling convs;
+//! - seed: `Conv(auto_pad=SAME_UPPER)`, `ConvTranspose(stride 2, pads 0,0,1,1)`, the final
+//!   norm, `Tanh`, `Mul`, `Add`, `Clip`.
+//!
+//! Input `image` [1,3,H,W] RGB 0..255 with H and W multiples of 4; output `stylized`.
+
+use crate::error::Result;
+use crate::model::transformer::{Arch, OutputFn, Transformer};
+use std::path::Path;
+
+/// A protobuf message under construction.
+#[derive(Default)]
+struct Msg(Vec<u8>);
+
+impl Msg {
+    fn varint(&mut self, mut v: u64) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                self.0.push(b);
+                return;
+            }
+            self.0.push(b | 0x80);
+        }
+    }
+    fn key(&mut self, field: u32, wire: u32) {
+        self.varint(((field << 3) | wire) as u64);
+    }
+    fn int(&mut self, field: u32, v: i64) -> &mut Self {
+        self.key(field, 0);
+        self.varint(v as u64);
+        self
+    }
+    fn bytes(&mut self, field: u32, b: &[u8]) -> &mut Self {
+        self.key(field, 2);
+        self.varint(b.len() as u64);
+        self.0.extend_from_slice(b);
+        self
+    }
+    fn str(&mut self, field: u32, s: &str) -> &mut Self {
+        self.bytes(field, s.as_bytes())
+    }
+    fn msg(&mut self, field: u32, m: &Msg) -> &mut Self {
+        self.bytes(field, &m.0)
+    }
+    fn float(&mut self, field: u32, v: f32) -> &mut Self {
+        self.key(field, 5);
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+}
+
+enum Attr<'a> {
+    Ints(&'a str, &'a [i64]),
+    Float(&'a str, f32),
+    Str(&'a str, &'a str),
+}
+
+fn attr(a: &Attr) -> Msg {
+    let mut m = Msg::default();
+    match a {
+        Attr::Ints(n, v) => {
+            m.str(1, n).int(20, 7);
+            for x in *v {
+                m.int(8, *x);
+            }
+        }
+        Attr::Float(n, v) => {
+            m.str(1, n).int(20, 1).float(2, *v);
+        }
+        Attr::Str(n, v) => {
+            m.str(1, n).int(20, 3).bytes(4, v.as_bytes());
+        }
+    }
+    m
+}
+
+#[derive(Default)]
+struct Graph {
+    nodes: Vec<Msg>,
+    inits: Vec<Msg>,
+    counter: usize,
+}
+
+impl Graph {
+    fn fresh(&mut self, p: &str) -> String {
+        self.counter += 1;
+        format!("{p}_{}", self.counter)
+    }
+
+    fn node(&mut self, op: &str, inputs: &[&str], attrs: &[Attr]) -> String {
+        let out = self.fresh(&op.to_ascii_lowercase());
+        let mut n = Msg::default();
+        for i in inputs {
+            n.str(1, i);
+        }
+        n.str(2, &out).str(3, &out).str(4, op);
+        for a in attrs {
+            n.msg(5, &attr(a));
+        }
+        self.nodes.push(n);
+        out
+    }
+
+    fn init_f32(&mut self, name: &str, dims: &[usize], v: &[f32]) -> String {
+        let mut t = Msg::default();
+        for d in dims {
+            t.int(1, *d as i64);
+        }
+        t.int(2, 1).str(8, name);
+        let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        t.bytes(9, &raw);
+        self.inits.push(t);
+        name.to_string()
+    }
+
+    fn init_i64(&mut self, name: &str, v: &[i64]) -> String {
+        let mut t = Msg::default();
+        t.int(1, v.len() as i64).int(2, 7).str(8, name);
+        let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        t.bytes(9, &raw);
+        self.inits.push(t);
+        name.to_string()
+    }
+}
+
+fn value_info(name: &str) -> Msg {
+    let mut shape = Msg::default();
+    for d in ["1", "3", "h", "w"] {
+        let mut dim = Msg::default();
+        match d.parse::<i64>() {
+            Ok(v) => dim.int(1, v),
+            Err(_) => dim.str(2, d),
+        };
+        shape.msg(1, &dim);
+    }
+    let mut tt = Msg::default();
+    tt.int(1, 1).msg(2, &shape);
+    let mut ty = Msg::default();
+    ty.msg(1, &tt);
+    let mut vi = Msg::default();
+    vi.str(1, name).msg(2, &ty);
+    vi
+}
+
+/// The ONNX bytes of `model`.
+pub fn to_onnx(model: &Transformer) -> Vec<u8> {
+    let cfg = &model.config;
+    let mut g = Graph::default();
+    let p = |n: &str| &model.params[n];
+    let eps = cfg.norm_eps as f32;
+    let conv = |g: &mut Graph, x: &str, name: &str, stride: i64, kind: &str| -> String {
+        let (shape, w) = p(&format!("{name}.conv2d.weight"));
+        let k = shape[2] as i64;
+        let wn = g.init_f32(&format!("{name}.conv2d.weight"), shape, w);
+        let mut inputs = vec![x.to_string(), wn];
+        if cfg.conv_bias {
+            let (bs, b) = p(&format!("{name}.conv2d.bias"));
+            inputs.push(g.init_f32(&format!("{name}.conv2d.bias"), bs, b));
+        }
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        match (cfg.arch, kind) {
+            (Arch::Johnson, _) => {
+                let mut x = x.to_string();
+                if kind == "up" {
+                    let sn = g.fresh("scales");
+                    let scales = g.init_f32(&sn, &[4], &[1.0, 1.0, 2.0, 2.0]);
+                    x = g.node(
+                        "Resize",
+                        &[&x, "", &scales],
+                        &[
+                            Attr::Str("mode", "nearest"),
+                            Attr::Str("coordinate_transformation_mode", "asymmetric"),
+                            Attr::Str("nearest_mode", "floor"),
+                        ],
+                    );
+                }
+                let pd = k / 2;
+                let pn = g.fresh("pads");
+                let pads = g.init_i64(&pn, &[0, 0, pd, pd, 0, 0, pd, pd]);
+                let padded = g.node("Pad", &[&x, &pads], &[Attr::Str("mode", "reflect")]);
+                let mut r = refs.clone();
+                r[0] = &padded;
+                g.node(
+                    "Conv",
+                    &r,
+                    &[
+                        Attr::Ints("kernel_shape", &[k, k]),
+                        Attr::Ints("strides", &[stride, stride]),
+                    ],
+                )
+            }
+            (Arch::Seed, "up") => g.node(
+                "ConvTranspose",
+                &refs,
+                &[
+                    Attr::Ints("kernel_shape", &[k, k]),
+                    Attr::Ints("strides", &[2, 2]),
+                    Attr::Ints("pads", &[0, 0, 1, 1]),
+                ],
+            ),
+            (Arch::Seed, _) => g.node(
+                "Conv",
+                &refs,
+                &[
+                    Attr::Str("auto_pad", "SAME_UPPER"),
+                    Attr::Ints("kernel_shape", &[k, k]),
+                    Attr::Ints("strides", &[stride, stride]),
+                ],
+            ),
+        }
+    };
+    let norm = |g: &mut Graph, x: &str, name: &str, relu: bool| -> String {
+        let (s, gm) = p(&format!("{name}.weight"));
+        let (_, bt) = p(&format!("{name}.bias"));
+        let gn = g.init_f32(&format!("{name}.weight"), s, gm);
+        let bn = g.init_f32(&format!("{name}.bias"), s, bt);
+        let y = g.node(
+            "InstanceNormalization",
+            &[x, &gn, &bn],
+            &[Attr::Float("epsilon", eps)],
+        );
+        if relu {
+            g.node("Relu", &[&y], &[])
+        } else {
+            y
+        }
+    };
+    let mut h = "image".to_string();
+    for (i, s) in [(1, 1), (2, 2), (3, 2)] {
+        let c = conv(&mut g, &h, &format!("conv{i}"), s, "");
+        h = norm(&mut g, &c, &format!("in{i}"), true);
+    }
+    for r in 1..=cfg.res_blocks {
+        let c = conv(&mut g, &h, &format!("res{r}.conv1"), 1, "");
+        let a = norm(&mut g, &c, &format!("res{r}.in1"), true);
+        let c = conv(&mut g, &a, &format!("res{r}.conv2"), 1, "");
+        let b = norm(&mut g, &c, &format!("res{r}.in2"), false);
+        h = g.node("Add", &[&h, &b], &[]);
+    }
+    for (d, n) in [("deconv1", "in4"), ("deconv2", "in5")] {
+        let c = conv(&mut g, &h, d, 1, "up");
+        h = norm(&mut g, &c, n, true);
+    }
+    let mut y = conv(&mut g, &h, "deconv3", 1, "");
+    if cfg.final_norm {
+        y = norm(&mut g, &y, "in6", false);
+    }
+    if let OutputFn::ScaledTanh { scale, shift } = cfg.output {
+        let t = g.node("Tanh", &[&y], &[]);
+        let sc = g.init_f32("out.scale", &[], &[scale]);
+        let m = g.node("Mul", &[&t, &sc], &[]);
+        let sh = g.init_f32("out.shift", &[], &[shift]);
+        let a = g.node("Add", &[&m, &sh], &[]);
+        let lo = g.init_f32("out.min", &[], &[0.0]);
+        let hi = g.init_f32("out.max", &[], &[255.0]);
+        y = g.node("Clip", &[&a, &lo, &hi], &[]);
+    }
+    let mut id = Msg::default();
+    id.str(1, &y)
+        .str(2, "stylized")
+        .str(3, "output")
+        .str(4, "Identity");
+    g.nodes.push(id);
+
+    let mut graph = Msg::default();
+    for n in &g.nodes {
+        graph.msg(1, n);
+    }
+    graph.str(2, "impasto");
+    for t in &g.inits {
+        graph.msg(5, t);
+    }
+    graph.msg(11, &value_info("image"));
+    graph.msg(12, &value_info("stylized"));
+    let mut opset = Msg::default();
+    opset.str(1, "").int(2, 13);
+    let mut m = Msg::default();
+    m.int(1, 8)
+        .msg(8, &opset)
+        .str(2, "impasto")
+        .str(3, env!("CARGO_PKG_VERSION"))
+        .msg(7, &graph);
+    m.0
+}
+
+pub fn export(model: &Transformer, path: &Path) -> Result<()> {
+    crate::io::write_atomic(path, &to_onnx(model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TransformerConfig;
+
+    /// The exported seed graph reads back through impasto's own importer into the same
+    /// network (the johnson graph is checked against onnxruntime by scripts/check_export.sh).
+    #[test]
+    fn seed_export_round_trips_through_import() {
+        let m = Transformer::init(TransformerConfig::new(Arch::Seed), 4);
+        let back = crate::onnx::import_bytes(&to_onnx(&m)).unwrap();
+        assert_eq!(back.config.channels, m.config.channels);
+        for (n, (_, v)) in &m.params {
+            assert_eq!(&back.params[n].1, v, "{n}");
+        }
+    }
+}
