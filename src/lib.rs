@@ -18,5 +18,6 @@ pub mod tensor;
 #[doc(hidden)]
 pub mod testutil;
 pub mod train;
+pub mod video;
 
 pub use error::{Error, Result};

@@ -2,6 +2,7 @@
 mod bench;
 mod stylize;
 mod train;
+mod video;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -38,6 +39,8 @@ pub enum Cmd {
         #[arg(long)]
         half: bool,
     },
+    /// Stylize a video (decoded and encoded by the system ffmpeg; audio copied).
+    Video(video::Args),
     /// Write a model as ONNX (opset 13) for onnxruntime and other engines.
     Export {
         model: PathBuf,
@@ -83,6 +86,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             );
             Ok(0)
         }
+        Cmd::Video(a) => video::run(a),
         Cmd::Export { model, output } => {
             let m = Transformer::load(&model)?;
             impasto::onnx_export::export(&m, &output)?;

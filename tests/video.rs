@@ -1,0 +1,193 @@
+//! `impasto video` end to end with the system ffmpeg (.ci/run installs it; without it these
+//! tests print SKIPPED).
+use impasto::model::{Arch, Transformer, TransformerConfig};
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+fn have_ffmpeg(test: &str) -> bool {
+    let ok = Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: ffmpeg not found on PATH"
+        );
+    }
+    ok
+}
+
+/// A random network scaled so that its output spans 0..255 and reacts to its input (a
+/// fresh one is nearly flat).
+fn model(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("m.safetensors");
+    let t = Transformer::init(TransformerConfig::new(Arch::Johnson), 3);
+    let mut params = t.params.clone();
+    params
+        .get_mut("deconv3.conv2d.weight")
+        .unwrap()
+        .1
+        .iter_mut()
+        .for_each(|w| *w *= 60.0);
+    params
+        .get_mut("deconv3.conv2d.bias")
+        .unwrap()
+        .1
+        .iter_mut()
+        .for_each(|b| *b = 128.0);
+    Transformer::from_params(t.config.clone(), params, Default::default())
+        .save(&p, false)
+        .unwrap();
+    p
+}
+
+fn ffmpeg(args: &[&str]) {
+    let o = Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn stylizes_a_clip_keeping_frames_size_and_audio_and_smooth_reduces_flicker() {
+    if !have_ffmpeg("stylizes_a_clip_keeping_frames_size_and_audio_and_smooth_reduces_flicker") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let m = model(d.path());
+    let clip = d.path().join("clip.mp4");
+    // A still picture with per-frame noise (odd size on purpose) and a tone.
+    let noisy = format!("{}", d.path().join("still.png").display());
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(94, 70, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, 128])
+    }))
+    .save(&noisy)
+    .unwrap();
+    ffmpeg(&[
+        "-loop",
+        "1",
+        "-i",
+        &noisy,
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:duration=1",
+        "-vf",
+        "noise=alls=8:allf=t,format=yuv420p",
+        "-t",
+        "1",
+        "-r",
+        "10",
+        "-c:v",
+        "libx264",
+        "-c:a",
+        "aac",
+        "-shortest",
+        clip.to_str().unwrap(),
+    ]);
+    let (plain, smooth) = (d.path().join("plain.mp4"), d.path().join("smooth.mp4"));
+    for (out, extra) in [(&plain, None), (&smooth, Some("--smooth"))] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_impasto"));
+        c.args([
+            "video",
+            clip.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "-m",
+            m.to_str().unwrap(),
+        ]);
+        if let Some(e) = extra {
+            c.arg(e);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let src = impasto::video::read_frames(&clip).unwrap();
+    let a = impasto::video::read_frames(&plain).unwrap();
+    let b = impasto::video::read_frames(&smooth).unwrap();
+    assert_eq!(a.len(), src.len());
+    assert_eq!(a[0].dimensions(), src[0].dimensions());
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&plain)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&probe.stdout).contains("audio"),
+        "audio was not copied"
+    );
+    let (fa, fb) = (
+        impasto::video::mean_frame_change(&a),
+        impasto::video::mean_frame_change(&b),
+    );
+    assert!(
+        fa > 1.0 && fb < 0.6 * fa,
+        "--smooth: frame change {fb} vs {fa} without"
+    );
+}
+
+#[test]
+fn bad_videos_and_a_missing_ffmpeg_are_clear_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let m = model(d.path());
+    let bad = d.path().join("bad.mp4");
+    std::fs::write(&bad, b"this is not a video").unwrap();
+    let out = d.path().join("out.mp4");
+    // No ffmpeg on PATH.
+    let o = Command::new(env!("CARGO_BIN_EXE_impasto"))
+        .env("PATH", d.path())
+        .args([
+            "video",
+            bad.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "-m",
+            m.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("ffmpeg"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    if !have_ffmpeg("bad_videos_and_a_missing_ffmpeg_are_clear_errors") {
+        return;
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_impasto"))
+        .args([
+            "video",
+            bad.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "-m",
+            m.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("bad.mp4") && e.contains("not a readable video"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".impasto-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
