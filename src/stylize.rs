@@ -346,6 +346,77 @@ pub fn stylize_tensor(model: &Transformer, x: &Tensor, opts: &StylizeOptions) ->
     out
 }
 
+/// Statistics for video frames: each norm's own statistics blended with the previous
+/// frame's (an exponential moving average), so that global colour and contrast do not jump
+/// from frame to frame. `momentum` 0 is plain per-frame instance norm.
+pub struct SmoothStats {
+    pub momentum: f32,
+    prev: Vec<Option<(Vec<f32>, Vec<f32>)>>,
+}
+
+impl SmoothStats {
+    pub fn new(momentum: f32) -> Self {
+        SmoothStats {
+            momentum,
+            prev: Vec::new(),
+        }
+    }
+}
+
+impl StatsSource for SmoothStats {
+    fn stats(&mut self, index: usize, x: &Tensor, eps: f64) -> Option<NormStats> {
+        let own = crate::kernels::norm::moments(&x.data, x.c, x.h, x.w).stats(eps);
+        if self.prev.len() <= index {
+            self.prev.resize(index + 1, None);
+        }
+        // Blend mean and variance(+eps); keep the blend for the next frame.
+        let var: Vec<f32> = own.inv_std.iter().map(|s| 1.0 / (s * s)).collect();
+        let (mean, var) = match &self.prev[index] {
+            Some((pm, pv)) if pm.len() == own.mean.len() => {
+                let m = self.momentum;
+                (
+                    own.mean
+                        .iter()
+                        .zip(pm)
+                        .map(|(a, b)| m * b + (1.0 - m) * a)
+                        .collect::<Vec<f32>>(),
+                    var.iter()
+                        .zip(pv)
+                        .map(|(a, b)| m * b + (1.0 - m) * a)
+                        .collect::<Vec<f32>>(),
+                )
+            }
+            _ => (own.mean.clone(), var),
+        };
+        let inv_std = var.iter().map(|v| 1.0 / v.sqrt()).collect();
+        self.prev[index] = Some((mean.clone(), var));
+        Some(NormStats { mean, inv_std })
+    }
+}
+
+/// Stylize one RGB frame (any size; untiled) with statistics from `src`.
+pub fn stylize_frame(
+    model: &Transformer,
+    frame: &RgbImage,
+    opts: &StylizeOptions,
+    src: &mut dyn StatsSource,
+) -> RgbImage {
+    let (w, h) = (frame.width() as usize, frame.height() as usize);
+    let a = Transformer::ALIGN;
+    let (h4, w4) = (h.div_ceil(a) * a, w.div_ceil(a) * a);
+    let content = Content::U8(frame.clone());
+    let x = content.tensor(0, 0, h4, w4);
+    let y = model.forward_with(&x, src).expect("statistics never stop");
+    let hw = h4 * w4;
+    let mut out = RgbImage::new(w as u32, h as u32);
+    for (px, py, p) in out.enumerate_pixels_mut() {
+        let i = py as usize * w4 + px as usize;
+        let s = [y.data[i], y.data[hw + i], y.data[2 * hw + i]];
+        *p = image::Rgb(finish(opts, content.get(px as usize, py as usize), s));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,75 +522,4 @@ mod tests {
             "{yo:?}"
         );
     }
-}
-
-/// Statistics for video frames: each norm's own statistics blended with the previous
-/// frame's (an exponential moving average), so that global colour and contrast do not jump
-/// from frame to frame. `momentum` 0 is plain per-frame instance norm.
-pub struct SmoothStats {
-    pub momentum: f32,
-    prev: Vec<Option<(Vec<f32>, Vec<f32>)>>,
-}
-
-impl SmoothStats {
-    pub fn new(momentum: f32) -> Self {
-        SmoothStats {
-            momentum,
-            prev: Vec::new(),
-        }
-    }
-}
-
-impl StatsSource for SmoothStats {
-    fn stats(&mut self, index: usize, x: &Tensor, eps: f64) -> Option<NormStats> {
-        let own = crate::kernels::norm::moments(&x.data, x.c, x.h, x.w).stats(eps);
-        if self.prev.len() <= index {
-            self.prev.resize(index + 1, None);
-        }
-        // Blend mean and variance(+eps); keep the blend for the next frame.
-        let var: Vec<f32> = own.inv_std.iter().map(|s| 1.0 / (s * s)).collect();
-        let (mean, var) = match &self.prev[index] {
-            Some((pm, pv)) if pm.len() == own.mean.len() => {
-                let m = self.momentum;
-                (
-                    own.mean
-                        .iter()
-                        .zip(pm)
-                        .map(|(a, b)| m * b + (1.0 - m) * a)
-                        .collect::<Vec<f32>>(),
-                    var.iter()
-                        .zip(pv)
-                        .map(|(a, b)| m * b + (1.0 - m) * a)
-                        .collect::<Vec<f32>>(),
-                )
-            }
-            _ => (own.mean.clone(), var),
-        };
-        let inv_std = var.iter().map(|v| 1.0 / v.sqrt()).collect();
-        self.prev[index] = Some((mean.clone(), var));
-        Some(NormStats { mean, inv_std })
-    }
-}
-
-/// Stylize one RGB frame (any size; untiled) with statistics from `src`.
-pub fn stylize_frame(
-    model: &Transformer,
-    frame: &RgbImage,
-    opts: &StylizeOptions,
-    src: &mut dyn StatsSource,
-) -> RgbImage {
-    let (w, h) = (frame.width() as usize, frame.height() as usize);
-    let a = Transformer::ALIGN;
-    let (h4, w4) = (h.div_ceil(a) * a, w.div_ceil(a) * a);
-    let content = Content::U8(frame.clone());
-    let x = content.tensor(0, 0, h4, w4);
-    let y = model.forward_with(&x, src).expect("statistics never stop");
-    let hw = h4 * w4;
-    let mut out = RgbImage::new(w as u32, h as u32);
-    for (px, py, p) in out.enumerate_pixels_mut() {
-        let i = py as usize * w4 + px as usize;
-        let s = [y.data[i], y.data[hw + i], y.data[2 * hw + i]];
-        *p = image::Rgb(finish(opts, content.get(px as usize, py as usize), s));
-    }
-    out
 }
