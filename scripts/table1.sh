@@ -29,7 +29,7 @@ im.save(sys.argv[2])" "$img" "$T/$name/c.png"
   t1=$(date +%s.%N)
   model=$($B evaluate --model "$MODEL" --style "$STYLE" --photos "$T/$name" --image-size 256 --json | python3 -c 'import sys,json; print(json.load(sys.stdin)["total"])')
   $B optimize --content "$T/$name/c.png" --style "$STYLE" -o "$T/$name.opt.png" --iters 500 --max-size 256 --json > "$T/$name.opt.jsonl" 2>/dev/null
-  python3 - "$name" "$model" "$(echo "$t1 - $t0" | bc)" "$T/$name.opt.jsonl" <<'PY'
+  python3 - "$name" "$model" "$(python3 -c "print($t1 - $t0)")" "$T/$name.opt.jsonl" <<'PY'
 import json, sys
 name, model, secs, log = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 rows = [json.loads(l) for l in open(log)]

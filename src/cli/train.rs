@@ -350,8 +350,9 @@ pub fn optimize(a: OptimizeArgs) -> Result<i32> {
         |it, l| {
             bar.set_position(it as u64);
             bar.set_message(format!("loss {:.3e}", l.total));
-            if a.json && (it % 50 == 0 || it == 1) {
-                bar.suspend(|| println!("{}", serde_json::json!({"iter": it, "loss": l, "seconds": t0.elapsed().as_secs_f64()})));
+            // `l` is the loss of the image after it-1 updates.
+            if a.json && (it - 1) % 50 == 0 {
+                bar.suspend(|| println!("{}", serde_json::json!({"iter": it - 1, "loss": l, "seconds": t0.elapsed().as_secs_f64()})));
             }
         },
     );
