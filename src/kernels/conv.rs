@@ -108,6 +108,37 @@ impl ConvGeom {
 
 /// Mirror `l` into `[0, len)` without repeating the edge (PyTorch's reflection pad), folding
 /// as often as needed so that any pad works on any size.
+/// `[a][b][k][k]` → `[b][a][k][k]` with each kernel rotated 180°: between a convolution and
+/// its transposed convolution, in either direction (and between their weight gradients).
+pub fn flip_transpose(w: &[f32], a: usize, b: usize, k: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; w.len()];
+    for i in 0..a {
+        for j in 0..b {
+            for y in 0..k {
+                for x in 0..k {
+                    t[((j * a + i) * k + (k - 1 - y)) * k + (k - 1 - x)] =
+                        w[((i * b + j) * k + y) * k + x];
+                }
+            }
+        }
+    }
+    t
+}
+
+/// The source index that padded coordinate `l` (relative to the first real pixel) reads
+/// in a line of `n` pixels, or -1 for a zero.
+pub fn pad_source(l: isize, n: usize, mode: PadMode) -> isize {
+    let n = n as isize;
+    if l >= 0 && l < n {
+        return l;
+    }
+    match mode {
+        PadMode::Zero => -1,
+        PadMode::Replicate => l.clamp(0, n - 1),
+        PadMode::Reflect => reflect(l, n),
+    }
+}
+
 fn reflect(l: isize, len: isize) -> isize {
     if len == 1 {
         return 0;
@@ -163,18 +194,7 @@ impl Conv2d {
         bias: Option<Vec<f32>>,
     ) -> Self {
         assert_eq!(w.len(), c_in * c_out * k * k);
-        let mut weight = vec![0.0; w.len()];
-        for i in 0..c_in {
-            for o in 0..c_out {
-                for y in 0..k {
-                    for x in 0..k {
-                        weight[((o * c_in + i) * k + y) * k + x] =
-                            w[((i * c_out + o) * k + (k - 1 - y)) * k + (k - 1 - x)];
-                    }
-                }
-            }
-        }
-        Conv2d::new(c_out, c_in, k, weight, bias)
+        Conv2d::new(c_out, c_in, k, flip_transpose(w, c_in, c_out, k), bias)
     }
 
     pub fn forward(&self, x: &Tensor, g: &ConvGeom) -> Tensor {

@@ -4,7 +4,7 @@
 //! upsampling, zero insertion), or — for frozen stride-1 zero-padded 3×3 layers (VGG) — as a
 //! forward convolution with the flipped, transposed kernel, which runs on Winograd.
 
-use crate::kernels::conv::{gather, Conv2d, ConvGeom, PadMode};
+use crate::kernels::conv::{flip_transpose, gather, pad_source, Conv2d, ConvGeom, PadMode};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -116,18 +116,7 @@ impl Conv2d {
     /// zero-padded k×k layer with pad k/2: flipped kernel, input and output channels swapped.
     pub fn transposed_for_grad(&self, k: usize) -> Conv2d {
         let (ci, co) = (self.c_in, self.c_out);
-        let mut w = vec![0.0f32; ci * co * k * k];
-        for o in 0..co {
-            for c in 0..ci {
-                for y in 0..k {
-                    for x in 0..k {
-                        w[((c * co + o) * k + (k - 1 - y)) * k + (k - 1 - x)] =
-                            self.weight[((o * ci + c) * k + y) * k + x];
-                    }
-                }
-            }
-        }
-        Conv2d::new(ci, co, k, w, None)
+        Conv2d::new(ci, co, k, flip_transpose(&self.weight, co, ci, k), None)
     }
 }
 
@@ -389,28 +378,8 @@ pub fn stride1_input_grad(conv: &Conv2d, g: &ConvGeom, dy: &Tensor, h: usize, w:
     };
     debug_assert_eq!((dxpad.h, dxpad.w), (hp, wp));
     // Where each padded coordinate came from.
-    let src = |p: usize, n: usize, before: usize| -> isize {
-        let l = p as isize - before as isize;
-        if l >= 0 && l < n as isize {
-            return l;
-        }
-        match g.mode {
-            PadMode::Zero => -1,
-            PadMode::Replicate => l.clamp(0, n as isize - 1),
-            PadMode::Reflect => {
-                if n == 1 {
-                    return 0;
-                }
-                let period = 2 * (n as isize - 1);
-                let m = l.rem_euclid(period);
-                if m < n as isize {
-                    m
-                } else {
-                    period - m
-                }
-            }
-        }
-    };
+    let src =
+        |p: usize, n: usize, before: usize| pad_source(p as isize - before as isize, n, g.mode);
     let rows: Vec<isize> = (0..hp).map(|p| src(p, h, g.pad[0])).collect();
     let cols: Vec<isize> = (0..wp).map(|p| src(p, w, g.pad[2])).collect();
     let mut dx = Tensor::zeros(dy.n, conv.c_in, h, w);

@@ -8,7 +8,7 @@
 //! stay in cache. Transforms run 16 tiles at a time as plain lane loops that the compiler
 //! vectorises (AVX-512 where present).
 
-use crate::kernels::conv::{Conv2d, ConvGeom, PadMode, SendPtr};
+use crate::kernels::conv::{pad_source, Conv2d, ConvGeom, PadMode, SendPtr};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -92,25 +92,10 @@ impl Winograd {
         // Padded input: one pixel of border (reflect / zero / replicate), zeros past the end.
         let src = |p: usize, n: usize| -> isize {
             let l = p as isize - 1;
-            if l >= 0 && l < n as isize {
-                return l;
-            }
             if l > n as isize {
                 return -1; // beyond the border pixel: only feeds discarded outputs
             }
-            match mode {
-                PadMode::Zero => -1,
-                PadMode::Replicate => l.clamp(0, n as isize - 1),
-                PadMode::Reflect => {
-                    if n == 1 {
-                        0
-                    } else if l < 0 {
-                        1
-                    } else {
-                        n as isize - 2
-                    }
-                }
-            }
+            pad_source(l, n, mode)
         };
         let rows: Vec<isize> = (0..hp).map(|p| src(p, h)).collect();
         let cols: Vec<isize> = (0..wp).map(|p| src(p, w)).collect();

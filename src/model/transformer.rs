@@ -699,19 +699,7 @@ impl Transformer {
         let wname = format!("{}.conv2d.weight", l.name);
         let dw = if l.resample == Resample::Transposed {
             // Back from the flipped forward layout to ConvTranspose's [c_in][c_out][k][k].
-            let (ci, co, k) = (l.conv.c_in, l.conv.c_out, l.k);
-            let mut t = vec![0.0f32; g.dw.len()];
-            for o in 0..co {
-                for c in 0..ci {
-                    for y in 0..k {
-                        for x in 0..k {
-                            t[((c * co + o) * k + (k - 1 - y)) * k + (k - 1 - x)] =
-                                g.dw[((o * ci + c) * k + y) * k + x];
-                        }
-                    }
-                }
-            }
-            t
+            crate::kernels::conv::flip_transpose(&g.dw, l.conv.c_out, l.conv.c_in, l.k)
         } else {
             g.dw
         };
