@@ -13,6 +13,7 @@ pub mod model;
 pub mod onnx;
 pub mod onnx_export;
 pub mod rng;
+pub mod styles;
 pub mod stylize;
 pub mod tensor;
 #[doc(hidden)]

@@ -593,3 +593,19 @@ fn preserve_color_keeps_the_photos_colours() {
         "preserve-color chroma distance {dk} vs plain {dp}"
     );
 }
+
+#[test]
+fn an_unknown_style_name_lists_the_built_in_ones() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("a.png");
+    photo(8, 8).save(&p).unwrap();
+    let o = run(&["stylize", p.to_str().unwrap(), "--style", "no_such_style"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown style") && stderr(&o).contains("built-in styles"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["styles"]);
+    assert!(o.status.success());
+}

@@ -1,5 +1,6 @@
 //! Command definitions and dispatch.
 mod bench;
+mod sheet;
 mod stylize;
 mod train;
 mod video;
@@ -39,6 +40,10 @@ pub enum Cmd {
         #[arg(long)]
         half: bool,
     },
+    /// List the built-in styles.
+    Styles,
+    /// Render a photo in every built-in style as one labelled contact sheet.
+    Sheet(sheet::Args),
     /// Stylize a video (decoded and encoded by the system ffmpeg; audio copied).
     Video(video::Args),
     /// Write a model as ONNX (opset 13) for onnxruntime and other engines.
@@ -87,6 +92,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Video(a) => video::run(a),
+        Cmd::Styles => sheet::list(),
+        Cmd::Sheet(a) => sheet::sheet(a),
         Cmd::Export { model, output } => {
             let m = Transformer::load(&model)?;
             impasto::onnx_export::export(&m, &output)?;

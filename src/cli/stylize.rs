@@ -19,9 +19,15 @@ pub struct Args {
     /// Default: NAME.stylized.EXT beside a single input, ./stylized/ for several.
     #[arg(short, long)]
     output: Option<String>,
-    /// The style model file (.safetensors).
-    #[arg(short, long)]
-    model: PathBuf,
+    /// A built-in style (see `impasto styles`) or a model file (.safetensors).
+    #[arg(
+        short = 's',
+        long = "style",
+        visible_alias = "model",
+        short_alias = 'm',
+        value_name = "NAME|FILE"
+    )]
+    style: String,
     /// Scale images down so that the longest side is at most N pixels.
     #[arg(long, value_name = "N")]
     max_size: Option<u32>,
@@ -208,7 +214,7 @@ pub fn run(a: Args) -> Result<i32> {
         ));
     }
 
-    let model = Transformer::load(&a.model)?;
+    let model = impasto::styles::resolve(&a.style)?;
     let opts = StylizeOptions {
         max_size: a.max_size,
         strength: a.strength,

@@ -1,6 +1,5 @@
 //! `impasto video`.
 use anyhow::Result;
-use impasto::model::Transformer;
 use impasto::stylize::StylizeOptions;
 use impasto::video::{stylize_video, VideoOptions};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,9 +12,15 @@ pub struct Args {
     /// The video to write (H.264; audio copied).
     #[arg(short, long)]
     output: PathBuf,
-    /// The style model file.
-    #[arg(short, long)]
-    model: PathBuf,
+    /// A built-in style or a model file.
+    #[arg(
+        short = 's',
+        long = "style",
+        visible_alias = "model",
+        short_alias = 'm',
+        value_name = "NAME|FILE"
+    )]
+    style: String,
     /// Scale frames so the longest side is at most N.
     #[arg(long, value_name = "N")]
     max_size: Option<u32>,
@@ -32,7 +37,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    let model = Transformer::load(&a.model)?;
+    let model = impasto::styles::resolve(&a.style)?;
     let opts = VideoOptions {
         stylize: StylizeOptions {
             max_size: a.max_size,

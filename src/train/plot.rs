@@ -40,12 +40,34 @@ fn glyph(c: char) -> [u8; 5] {
         'v' => [0, 5, 5, 5, 2],
         'l' => [6, 2, 2, 2, 7],
         'o' => [0, 7, 5, 5, 7],
+        'b' => [4, 6, 5, 5, 6],
+        'c' => [0, 7, 4, 4, 7],
+        'd' => [1, 3, 5, 5, 3],
+        'f' => [3, 4, 6, 4, 4],
+        'g' => [0, 7, 5, 3, 6],
+        'h' => [4, 6, 5, 5, 5],
+        'j' => [1, 0, 1, 5, 2],
+        'k' => [4, 5, 6, 5, 5],
+        'm' => [0, 7, 7, 5, 5],
+        'q' => [0, 7, 5, 7, 1],
+        'u' => [0, 5, 5, 5, 7],
+        'w' => [0, 5, 5, 7, 7],
+        'x' => [0, 5, 2, 2, 5],
+        'y' => [0, 5, 7, 1, 6],
+        'z' => [0, 7, 2, 4, 7],
+        '_' => [0, 0, 0, 0, 7],
         _ => [0; 5],
     }
 }
 
 fn text(img: &mut RgbImage, x: u32, y: u32, s: &str, color: Rgb<u8>) {
-    let scale = 2;
+    draw_text(img, x, y, s, color, 2);
+}
+
+/// Draw `s` with the 3×5 pixel font at `scale` pixels per font pixel (digits, '.', '-',
+/// '+', '_' and lower-case letters; other characters are blank).
+pub fn draw_text(img: &mut RgbImage, x: u32, y: u32, s: &str, color: Rgb<u8>, scale: u32) {
+    let (w, h) = img.dimensions();
     for (i, c) in s.chars().enumerate() {
         let g = glyph(c);
         for (row, bits) in g.iter().enumerate() {
@@ -55,7 +77,7 @@ fn text(img: &mut RgbImage, x: u32, y: u32, s: &str, color: Rgb<u8>) {
                         for dx in 0..scale {
                             let px = x + (i as u32 * 4 + col) * scale + dx;
                             let py = y + row as u32 * scale + dy;
-                            if px < W && py < H {
+                            if px < w && py < h {
                                 img.put_pixel(px, py, color);
                             }
                         }

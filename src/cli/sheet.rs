@@ -1,0 +1,106 @@
+//! `impasto styles` and `impasto sheet`.
+use anyhow::Result;
+use impasto::stylize::{stylize, StylizeOptions};
+use impasto::Error;
+use std::path::PathBuf;
+
+pub fn list() -> Result<i32> {
+    let names = impasto::styles::names();
+    if names.is_empty() {
+        println!("no built-in styles in this build");
+    }
+    for n in names {
+        let m = impasto::styles::builtin(n).expect("listed")?;
+        let prov: serde_json::Value = m
+            .metadata
+            .get("impasto.provenance")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        let t = &prov["train"];
+        println!(
+            "{n:<20} {:?}, trained {} steps at {}² on {} photos (style weight {})",
+            m.config.arch,
+            prov["steps_done"],
+            t["image_size"],
+            t["dataset_size"],
+            t["loss"]["style_weight"]
+        );
+    }
+    Ok(0)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The photo.
+    photo: PathBuf,
+    /// The sheet to write (png, jpg, webp).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Longest side of each tile.
+    #[arg(long, default_value_t = 384)]
+    max_size: u32,
+}
+
+pub fn sheet(a: Args) -> Result<i32> {
+    impasto::imageio::format_for(&a.output)?;
+    let names = impasto::styles::names();
+    if names.is_empty() {
+        return Err(Error::Usage("this build has no built-in styles".into()).into());
+    }
+    let decoded = impasto::imageio::read_path(&a.photo, impasto::imageio::DEFAULT_MAX_PIXELS)?;
+    let opts = StylizeOptions {
+        max_size: Some(a.max_size),
+        ..Default::default()
+    };
+    let original = decoded.image.clone();
+    let mut tiles = vec![("photo".to_string(), stylize_none(&original, a.max_size))];
+    for n in &names {
+        let m = impasto::styles::builtin(n).expect("listed")?;
+        let d = impasto::imageio::Decoded {
+            image: original.clone(),
+            has_alpha: false,
+        };
+        tiles.push((n.to_string(), stylize(&m, d, &opts, None).to_rgb8()));
+    }
+    let (tw, th) = tiles[0].1.dimensions();
+    let cols = tiles.len().min(4) as u32;
+    let rows = (tiles.len() as u32).div_ceil(cols);
+    let (pad, label) = (8u32, 26u32);
+    let mut img = image::RgbImage::from_pixel(
+        cols * (tw + pad) + pad,
+        rows * (th + label + pad) + pad,
+        image::Rgb([255, 255, 255]),
+    );
+    for (i, (name, t)) in tiles.iter().enumerate() {
+        let (x0, y0) = (
+            pad + (i as u32 % cols) * (tw + pad),
+            pad + (i as u32 / cols) * (th + label + pad),
+        );
+        image::imageops::overlay(&mut img, t, x0 as i64, y0 as i64);
+        impasto::train::plot::draw_text(
+            &mut img,
+            x0,
+            y0 + th + 5,
+            name,
+            image::Rgb([20, 20, 20]),
+            3,
+        );
+    }
+    impasto::imageio::write_path(&image::DynamicImage::ImageRgb8(img), &a.output)?;
+    eprintln!("wrote {} ({} styles)", a.output.display(), names.len());
+    Ok(0)
+}
+
+fn stylize_none(img: &image::DynamicImage, max: u32) -> image::RgbImage {
+    let (w, h) = (img.width(), img.height());
+    if w.max(h) <= max {
+        return img.to_rgb8();
+    }
+    let k = max as f64 / w.max(h) as f64;
+    img.resize_exact(
+        ((w as f64 * k).round() as u32).max(1),
+        ((h as f64 * k).round() as u32).max(1),
+        image::imageops::FilterType::Lanczos3,
+    )
+    .to_rgb8()
+}
