@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Default loss weights for the default (Caffe) VGG; see the README for how they were chosen.
 pub const DEFAULT_CONTENT_WEIGHT: f64 = 1.0;
-pub const DEFAULT_STYLE_WEIGHT: f64 = 5.0;
+pub const DEFAULT_STYLE_WEIGHT: f64 = 1.5;
 pub const DEFAULT_TV_WEIGHT: f64 = 1e-6;
 
 #[derive(clap::Args, Debug)]
