@@ -14,6 +14,10 @@ VENV="$(scripts/bench-venv.sh >/dev/null; echo target/bench-venv)"
 export IMPASTO_VGG="${IMPASTO_VGG:-$SHARED/weights/vgg16_caffe_relu4_3.safetensors}"
 B=target/release/impasto
 T="$(mktemp -d)"; trap 'rm -rf "$T"' EXIT
+# The model's recorded loss weights, so that both sides minimise the same loss.
+read -r CW SW TW < <($B info "$MODEL" | python3 -c 'import sys,json; l=json.load(sys.stdin)["impasto.loss"]; print(l["content_weight"], l["style_weight"], l["tv_weight"])')
+echo "loss weights (from the model): content $CW, style $SW, tv $TW"
+echo
 echo "| image | impasto model (1 pass) | optimize 100 it | optimize 300 it | optimize 500 it |"
 echo "|---|---|---|---|---|"
 for img in "${IMAGES[@]}"; do
@@ -28,7 +32,7 @@ im.save(sys.argv[2])" "$img" "$T/$name/c.png"
   $B stylize "$T/$name/c.png" -m "$MODEL" -o "$T/$name.model.png" 2>/dev/null
   t1=$(date +%s.%N)
   model=$($B evaluate --model "$MODEL" --style "$STYLE" --photos "$T/$name" --image-size 256 --json | python3 -c 'import sys,json; print(json.load(sys.stdin)["total"])')
-  $B optimize --content "$T/$name/c.png" --style "$STYLE" -o "$T/$name.opt.png" --iters 500 --max-size 256 --json > "$T/$name.opt.jsonl" 2>/dev/null
+  $B optimize --content "$T/$name/c.png" --style "$STYLE" -o "$T/$name.opt.png" --iters 500 --max-size 256 --content-weight "$CW" --style-weight "$SW" --tv-weight "$TW" --json > "$T/$name.opt.jsonl" 2>/dev/null
   python3 - "$name" "$model" "$(python3 -c "print($t1 - $t0)")" "$T/$name.opt.jsonl" <<'PY'
 import json, sys
 name, model, secs, log = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
