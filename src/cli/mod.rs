@@ -52,6 +52,16 @@ pub enum Cmd {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Rewrite a model file, e.g. as float16 (half the size) or from a plain TransformerNet
+    /// state dict into an impasto model with its config recorded.
+    Convert {
+        input: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Store the weights as float16.
+        #[arg(long)]
+        half: bool,
+    },
     /// Show a model file's architecture and how it was made.
     Info { model: PathBuf },
     /// Time the transformation network at several sizes (median of runs).
@@ -98,6 +108,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             let m = Transformer::load(&model)?;
             impasto::onnx_export::export(&m, &output)?;
             eprintln!("wrote {} ({:?})", output.display(), m.config.arch);
+            Ok(0)
+        }
+        Cmd::Convert { input, output, half } => {
+            let m = Transformer::load(&input)?;
+            m.save(&output, half)?;
+            eprintln!("wrote {} ({}, {:?})", output.display(), if half { "f16" } else { "f32" }, m.config.arch);
             Ok(0)
         }
         Cmd::Info { model } => {
