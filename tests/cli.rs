@@ -609,3 +609,45 @@ fn an_unknown_style_name_lists_the_built_in_ones() {
     let o = run(&["styles"]);
     assert!(o.status.success());
 }
+
+#[test]
+fn built_in_styles_work_by_name_and_make_a_sheet() {
+    let names = impasto::styles::names();
+    assert!(
+        names.contains(&"great_wave"),
+        "great_wave ships in the binary"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("a.jpg");
+    photo(120, 90).save(&p).unwrap();
+    let out = d.path().join("out.png");
+    let o = run(&[
+        "stylize",
+        p.to_str().unwrap(),
+        "--style",
+        "great_wave",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(image::open(&out).unwrap().dimensions(), (120, 90));
+    let o = run(&["styles"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("great_wave"));
+    let sheet = d.path().join("sheet.png");
+    let o = run(&[
+        "sheet",
+        p.to_str().unwrap(),
+        "-o",
+        sheet.to_str().unwrap(),
+        "--max-size",
+        "64",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = image::open(&sheet).unwrap();
+    assert!(
+        s.width() > 2 * 64 && s.height() > 48,
+        "sheet {}x{}",
+        s.width(),
+        s.height()
+    );
+}

@@ -110,10 +110,19 @@ pub fn run(cli: Cli) -> Result<i32> {
             eprintln!("wrote {} ({:?})", output.display(), m.config.arch);
             Ok(0)
         }
-        Cmd::Convert { input, output, half } => {
+        Cmd::Convert {
+            input,
+            output,
+            half,
+        } => {
             let m = Transformer::load(&input)?;
             m.save(&output, half)?;
-            eprintln!("wrote {} ({}, {:?})", output.display(), if half { "f16" } else { "f32" }, m.config.arch);
+            eprintln!(
+                "wrote {} ({}, {:?})",
+                output.display(),
+                if half { "f16" } else { "f32" },
+                m.config.arch
+            );
             Ok(0)
         }
         Cmd::Info { model } => {
