@@ -17,10 +17,16 @@ pub fn shared(rel: &str, test: &str) -> Option<PathBuf> {
     match shared_dir() {
         Some(d) if d.join(rel).exists() => Some(d.join(rel)),
         _ => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED {test}: ../shared/{rel} not found (set IMPASTO_SHARED)"
-            );
+            // One line per test, however many files it looked for.
+            static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+            let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+            if !said.iter().any(|t| t == test) {
+                said.push(test.to_string());
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED {test}: ../shared/{rel} not found (set IMPASTO_SHARED)"
+                );
+            }
             None
         }
     }
