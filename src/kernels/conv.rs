@@ -250,6 +250,21 @@ pub struct UpsampleConv {
     zero_pad: bool,
 }
 
+/// Taps (of 3) of the original kernel that land on source offset `r` (of 2: offsets a−1 and
+/// a) for output parity `a`.
+fn sub_pixel_taps(kind: SubPixel, a: usize, r: usize) -> &'static [usize] {
+    match (kind, a, r) {
+        (SubPixel::Upsample, 0, 0) => &[0],
+        (SubPixel::Upsample, 0, _) => &[1, 2],
+        (SubPixel::Upsample, _, 0) => &[0, 1],
+        (SubPixel::Upsample, _, _) => &[2],
+        (SubPixel::Transposed, 0, 0) => &[0],
+        (SubPixel::Transposed, 0, _) => &[2],
+        (SubPixel::Transposed, _, 0) => &[1],
+        (SubPixel::Transposed, _, _) => &[],
+    }
+}
+
 /// Which layer an [`UpsampleConv`] replaces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SubPixel {
@@ -263,18 +278,7 @@ impl UpsampleConv {
     pub fn new(conv: &Conv2d, k: usize, kind: SubPixel) -> Self {
         assert_eq!(k, 3, "sub-pixel upsampling is derived for 3x3 kernels");
         // Taps (of 3) that fall on source offset r (of 2: offsets a-1 and a) for parity a.
-        let taps = |a: usize, r: usize| -> &'static [usize] {
-            match (kind, a, r) {
-                (SubPixel::Upsample, 0, 0) => &[0],
-                (SubPixel::Upsample, 0, _) => &[1, 2],
-                (SubPixel::Upsample, _, 0) => &[0, 1],
-                (SubPixel::Upsample, _, _) => &[2],
-                (SubPixel::Transposed, 0, 0) => &[0],
-                (SubPixel::Transposed, 0, _) => &[2],
-                (SubPixel::Transposed, _, 0) => &[1],
-                (SubPixel::Transposed, _, _) => &[],
-            }
-        };
+        let taps = |a: usize, r: usize| sub_pixel_taps(kind, a, r);
         let (ci, co) = (conv.c_in, conv.c_out);
         let parity = std::array::from_fn(|p| {
             let (a, b) = (p / 2, p % 2);
@@ -300,6 +304,71 @@ impl UpsampleConv {
             parity,
             zero_pad: kind == SubPixel::Transposed,
         }
+    }
+
+    /// Backward in the sub-pixel form: each parity's gradients as a 2×2 stride-1 layer, the
+    /// 2×2 weight gradients summed back onto the 3×3 taps they were built from. `dw` comes
+    /// back in the original conv's `[c_out][c_in][3][3]` layout.
+    pub fn backward(&self, x: &Tensor, dy: &Tensor, want_dx: bool) -> super::conv_grad::ConvGrad {
+        let (h, w) = (x.h, x.w);
+        let (ci, co) = (self.parity[0].c_in, self.parity[0].c_out);
+        let kind = if self.zero_pad {
+            SubPixel::Transposed
+        } else {
+            SubPixel::Upsample
+        };
+        let mode = if self.zero_pad {
+            PadMode::Zero
+        } else {
+            PadMode::Replicate
+        };
+        let mut dw = vec![0.0f32; co * ci * 9];
+        let mut db = vec![0.0f32; co];
+        let mut dx: Option<Tensor> = None;
+        for (p, conv) in self.parity.iter().enumerate() {
+            let (a, b) = (p / 2, p % 2);
+            let mut dyp = Tensor::zeros(dy.n, co, h, w);
+            for plane in 0..dy.n * co {
+                let src = &dy.data[plane * 4 * h * w..(plane + 1) * 4 * h * w];
+                let dst = &mut dyp.data[plane * h * w..(plane + 1) * h * w];
+                for i in 0..h {
+                    for j in 0..w {
+                        dst[i * w + j] = src[(2 * i + a) * 2 * w + 2 * j + b];
+                    }
+                }
+            }
+            let g = ConvGeom {
+                k: 2,
+                stride: 1,
+                pad: [1 - a, a, 1 - b, b],
+                mode,
+                upsample: 1,
+                dilate: 1,
+            };
+            let r = conv.backward(&g, x, &dyp, want_dx);
+            for o in 0..co {
+                for c in 0..ci {
+                    for rr in 0..2 {
+                        for ss in 0..2 {
+                            let v = r.dw[((o * ci + c) * 2 + rr) * 2 + ss];
+                            for &ky in sub_pixel_taps(kind, a, rr) {
+                                for &kx in sub_pixel_taps(kind, b, ss) {
+                                    dw[((o * ci + c) * 3 + ky) * 3 + kx] += v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            db.iter_mut().zip(&r.db).for_each(|(s, v)| *s += v);
+            if let Some(d) = r.dx {
+                match &mut dx {
+                    None => dx = Some(d),
+                    Some(acc) => acc.data.iter_mut().zip(&d.data).for_each(|(s, v)| *s += v),
+                }
+            }
+        }
+        super::conv_grad::ConvGrad { dx, dw, db }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
