@@ -54,7 +54,7 @@ pub struct Args {
     tile_threshold: u64,
 }
 
-fn parse_strength(s: &str) -> Result<f32, String> {
+pub(super) fn parse_strength(s: &str) -> Result<f32, String> {
     let v: f32 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
     if (0.0..=1.0).contains(&v) {
         Ok(v)

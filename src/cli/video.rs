@@ -24,7 +24,8 @@ pub struct Args {
     /// Scale frames so the longest side is at most N.
     #[arg(long, value_name = "N")]
     max_size: Option<u32>,
-    #[arg(long, default_value_t = 1.0)]
+    /// How much style: 1 = full, 0 = the video unchanged.
+    #[arg(long, default_value_t = 1.0, value_parser = super::stylize::parse_strength)]
     strength: f32,
     #[arg(long)]
     preserve_color: bool,
@@ -41,7 +42,7 @@ pub fn run(a: Args) -> Result<i32> {
     let opts = VideoOptions {
         stylize: StylizeOptions {
             max_size: a.max_size,
-            strength: a.strength.clamp(0.0, 1.0),
+            strength: a.strength,
             preserve_color: a.preserve_color,
             ..Default::default()
         },

@@ -33,19 +33,26 @@ struct Acc {
 }
 
 impl Conv2d {
-    /// Backward of `self.forward(x, g)` given `dy`.
+    /// Backward of `self.forward(x, g)` given `dy`. Stride-1 layers get their input gradient
+    /// as a (Winograd / direct) convolution, the others through col2im.
     pub fn backward(&self, g: &ConvGeom, x: &Tensor, dy: &Tensor, want_dx: bool) -> ConvGrad {
-        // Stride-1 layers get their input gradient as a (Winograd / direct) convolution.
-        if want_dx
-            && g.stride == 1
-            && g.upsample == 1
-            && g.dilate == 1
-            && std::env::var_os("IMPASTO_COL2IM").is_none()
-        {
-            let mut r = self.backward(g, x, dy, false);
+        if want_dx && g.stride == 1 && g.upsample == 1 && g.dilate == 1 {
+            let mut r = self.backward_col2im(g, x, dy, false);
             r.dx = Some(stride1_input_grad(self, g, dy, x.h, x.w));
             return r;
         }
+        self.backward_col2im(g, x, dy, want_dx)
+    }
+
+    /// The general backward pass: weight gradients by GEMM against the gathered patches, the
+    /// input gradient (if wanted) by GEMM + col2im through the same index maps.
+    pub fn backward_col2im(
+        &self,
+        g: &ConvGeom,
+        x: &Tensor,
+        dy: &Tensor,
+        want_dx: bool,
+    ) -> ConvGrad {
         let (ho, wo) = g.out_size(x.h, x.w);
         assert_eq!(
             (dy.n, dy.c, dy.h, dy.w),
@@ -351,7 +358,7 @@ mod tests {
         let conv = Conv2d::new(co, ci, 3, pseudo(co * ci * 9, 4), Some(pseudo(co, 5)));
         let g = ConvGeom::simple(3, 1, 1, PadMode::Zero);
         let dy = Tensor::from_vec(1, co, h, w, pseudo(co * h * w, 6));
-        let a = conv.backward(&g, &x, &dy, true).dx.unwrap();
+        let a = conv.backward_col2im(&g, &x, &dy, true).dx.unwrap();
         let b = same_conv_input_grad(&conv.transposed_for_grad(3), 3, &dy);
         assert!(b.rel_error(&a) < 1e-5, "{}", b.rel_error(&a));
     }
@@ -439,9 +446,7 @@ mod stride1_tests {
                     let x = Tensor::from_vec(2, ci, h, w, v(2 * ci * h * w));
                     let conv = Conv2d::new(co, ci, k, v(co * ci * k * k), None);
                     let dy = Tensor::from_vec(2, co, h, w, v(2 * co * h * w));
-                    std::env::set_var("IMPASTO_COL2IM", "1");
-                    let want = conv.backward(&g, &x, &dy, true).dx.unwrap();
-                    std::env::remove_var("IMPASTO_COL2IM");
+                    let want = conv.backward_col2im(&g, &x, &dy, true).dx.unwrap();
                     let got = stride1_input_grad(&conv, &g, &dy, h, w);
                     assert!(
                         got.rel_error(&want) < 1e-5,
@@ -491,7 +496,7 @@ mod subpixel_grad_tests {
         ] {
             let conv = Conv2d::new(co, ci, 3, v(co * ci * 9), Some(v(co)));
             let dy = Tensor::from_vec(2, co, 2 * h, 2 * w, v(2 * co * 4 * h * w));
-            let want = conv.backward(&g, &x, &dy, true);
+            let want = conv.backward_col2im(&g, &x, &dy, true);
             let got = UpsampleConv::new(&conv, 3, kind).backward(&x, &dy, true);
             assert!(
                 crate::tensor::rel_error(&got.dw, &want.dw) < 1e-5,

@@ -34,7 +34,13 @@ pub fn applicable(conv: &Conv2d, g: &ConvGeom) -> bool {
         && g.dilate == 1
         && conv.c_in >= 16
         && conv.c_out >= 16
-        && std::env::var_os("IMPASTO_NO_WINOGRAD").is_none()
+        && enabled()
+}
+
+/// `IMPASTO_NO_WINOGRAD` turns Winograd off (for comparisons); read once, not per layer.
+fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("IMPASTO_NO_WINOGRAD").is_none())
 }
 
 impl Winograd {

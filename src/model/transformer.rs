@@ -697,8 +697,8 @@ impl Transformer {
         let x = &tape.inputs[i];
         let t = profile_start();
         let g = match &l.up {
-            Some(up) if std::env::var_os("IMPASTO_COL2IM").is_none() => up.backward(x, dz, want_dx),
-            _ => l.conv.backward(&self.geom(l, x.h, x.w), x, dz, want_dx),
+            Some(up) => up.backward(x, dz, want_dx),
+            None => l.conv.backward(&self.geom(l, x.h, x.w), x, dz, want_dx),
         };
         profile_end(t, || format!("conv {i} backward {}x{}x{}", x.c, x.h, x.w));
         let wname = format!("{}.conv2d.weight", l.name);
