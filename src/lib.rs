@@ -13,6 +13,7 @@ pub mod model;
 pub mod onnx;
 pub mod onnx_export;
 pub mod rng;
+pub mod serve;
 pub mod styles;
 pub mod stylize;
 pub mod tensor;

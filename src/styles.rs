@@ -38,6 +38,30 @@ pub fn resolve(spec: &str) -> Result<Transformer> {
     Transformer::load(p)
 }
 
+/// Metadata key: a small JPEG of the style painting (base64), so that galleries can show
+/// what a model was trained on.
+pub const THUMBNAIL_KEY: &str = "impasto.style_thumbnail";
+
+/// A painting's thumbnail for [`THUMBNAIL_KEY`]: longest side 160 pixels, JPEG, base64.
+pub fn painting_thumbnail(painting: &Path) -> Result<String> {
+    use base64::Engine;
+    let d = crate::imageio::read_path(painting, crate::imageio::DEFAULT_MAX_PIXELS)?;
+    let t = d.image.thumbnail(160, 160);
+    let mut jpg = Vec::new();
+    crate::imageio::encode(&t, image::ImageFormat::Jpeg, &mut jpg)
+        .map_err(|e| Error::output(painting, e.to_string()))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(jpg))
+}
+
+/// The painting thumbnail a model file carries, if any (JPEG bytes).
+pub fn thumbnail_of(model: &Transformer) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let b64 = model.metadata.get(THUMBNAIL_KEY)?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    // Only hand out what really is a JPEG.
+    (image::guess_format(&bytes).ok() == Some(image::ImageFormat::Jpeg)).then_some(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -47,6 +71,10 @@ mod tests {
             assert!(
                 m.metadata.contains_key("impasto.provenance"),
                 "{n} records how it was made"
+            );
+            assert!(
+                super::thumbnail_of(&m).is_some(),
+                "{n} carries its painting"
             );
         }
     }

@@ -1,5 +1,6 @@
 //! Command definitions and dispatch.
 mod bench;
+mod serve;
 mod sheet;
 mod stylize;
 mod train;
@@ -61,7 +62,13 @@ pub enum Cmd {
         /// Store the weights as float16.
         #[arg(long)]
         half: bool,
+        /// Record a thumbnail of the style painting in the file (for galleries such as
+        /// `impasto serve`'s page).
+        #[arg(long, value_name = "PAINTING")]
+        style_image: Option<PathBuf>,
     },
+    /// Serve the styles over HTTP: a JSON API, a web page and live webcam stylization.
+    Serve(serve::Args),
     /// Show a model file's architecture and how it was made.
     Info { model: PathBuf },
     /// Time the transformation network at several sizes (median of runs).
@@ -114,8 +121,13 @@ pub fn run(cli: Cli) -> Result<i32> {
             input,
             output,
             half,
+            style_image,
         } => {
-            let m = Transformer::load(&input)?;
+            let mut m = Transformer::load(&input)?;
+            if let Some(p) = style_image {
+                let t = impasto::styles::painting_thumbnail(&p)?;
+                m.metadata.insert(impasto::styles::THUMBNAIL_KEY.into(), t);
+            }
             m.save(&output, half)?;
             eprintln!(
                 "wrote {} ({}, {:?})",
@@ -144,6 +156,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Evaluate(a) => train::evaluate(a),
         Cmd::Optimize(a) => train::optimize(a),
         Cmd::FetchVgg { dir } => train::fetch_vgg(dir),
+        Cmd::Serve(a) => serve::run(a),
     }
 }
 

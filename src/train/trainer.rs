@@ -408,6 +408,15 @@ pub fn train(
     model
         .metadata
         .insert("impasto.style_sha256".into(), cfg.style_sha256.clone());
+    // The painting (read successfully at the start of the run) as a small thumbnail.
+    match crate::styles::painting_thumbnail(std::path::Path::new(&cfg.style)) {
+        Ok(t) => {
+            model
+                .metadata
+                .insert(crate::styles::THUMBNAIL_KEY.into(), t);
+        }
+        Err(e) => eprintln!("warning: no painting thumbnail in the model: {e}"),
+    }
     model.save(&opts.files.model, opts.half)?;
     Ok(Outcome::Finished)
 }

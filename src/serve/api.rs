@@ -1,0 +1,439 @@
+//! The HTTP handlers and their JSON errors.
+
+use super::App;
+use crate::stylize::{stylize as run_stylize, StylizeOptions};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use futures_util::StreamExt;
+use image::ImageFormat;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// An error answer: `{"error": {"status", "category", "message"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub category: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, category: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            category,
+            message: message.into(),
+        }
+    }
+    pub fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", message)
+    }
+    pub fn busy(app: &App) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "server busy: {} images in progress or waiting (workers {}, queue {}); retry later",
+                app.pool.in_flight(),
+                app.cfg.workers,
+                app.cfg.queue
+            ),
+        )
+    }
+    pub fn unknown_style(app: &App, name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown-style",
+            format!(
+                "unknown style {name:?}; styles: {}",
+                app.styles.names().join(", ")
+            ),
+        )
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({"error": {
+            "status": self.status.as_u16(),
+            "category": self.category,
+            "message": self.message,
+        }})
+    }
+}
+
+impl From<crate::Error> for ApiError {
+    fn from(e: crate::Error) -> Self {
+        use crate::Error as E;
+        let status = match &e {
+            E::Image { .. } => StatusCode::BAD_REQUEST,
+            E::ImageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = match &e {
+            // The CLI's hint does not apply to a server.
+            E::ImageTooLarge { w, h, limit, .. } => format!(
+                "image is {w}x{h} = {} pixels, over this server's limit of {limit}",
+                *w as u64 * *h as u64
+            ),
+            _ => e.to_string(),
+        };
+        ApiError::new(status, e.category(), message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, axum::Json(self.json())).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+pub async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "no such endpoint; see GET /v1/styles, POST /v1/stylize, GET /v1/live, GET /healthz",
+    )
+}
+
+pub async fn healthz(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "styles": app.styles.len(),
+        "workers": app.cfg.workers,
+        "queue": app.cfg.queue,
+        "in_flight": app.pool.in_flight(),
+    }))
+}
+
+pub async fn styles(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value> {
+    let list: Vec<_> = app
+        .styles
+        .iter()
+        .map(|s| {
+            let prov: serde_json::Value = s
+                .model
+                .metadata
+                .get("impasto.provenance")
+                .and_then(|p| serde_json::from_str(p).ok())
+                .unwrap_or_default();
+            let t = &prov["train"];
+            let trained = if prov.is_null() {
+                serde_json::Value::Null
+            } else {
+                serde_json::json!({
+                    "steps": prov["steps_done"],
+                    "image_size": t["image_size"],
+                    "style_weight": t["loss"]["style_weight"],
+                    "photos": t["dataset_size"],
+                })
+            };
+            serde_json::json!({
+                "name": s.name,
+                "source": s.source,
+                "architecture": s.model.config.arch,
+                "parameters": s.model.params.values().map(|(_, v)| v.len()).sum::<usize>(),
+                "trained": trained,
+                "thumbnail": format!("/v1/styles/{}/thumbnail", s.name),
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "styles": list }))
+}
+
+pub async fn thumbnail(
+    State(app): State<Arc<App>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let s = app
+        .styles
+        .get(&name)
+        .ok_or_else(|| ApiError::unknown_style(&app, &name))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/jpeg"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        s.thumbnail.clone(),
+    )
+        .into_response())
+}
+
+/// Parsed `/v1/stylize` (and live) settings.
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub style: String,
+    pub strength: f32,
+    pub preserve_color: bool,
+    pub max_size: Option<u32>,
+    pub format: Option<ImageFormat>,
+}
+
+fn parse_bool(k: &str, v: &str) -> Result<bool, ApiError> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err(ApiError::bad(format!("{k}={v:?}: expected true or false"))),
+    }
+}
+
+impl Params {
+    pub fn parse(q: &HashMap<String, String>, app: &App) -> Result<Params, ApiError> {
+        const KNOWN: [&str; 5] = ["style", "strength", "preserve_color", "max_size", "format"];
+        if let Some(k) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(ApiError::bad(format!(
+                "unknown parameter {k:?}; known: {}",
+                KNOWN.join(", ")
+            )));
+        }
+        let style = match q.get("style") {
+            Some(s) => s.clone(),
+            None => {
+                return Err(ApiError::bad(format!(
+                    "missing style=; styles: {}",
+                    app.styles.names().join(", ")
+                )))
+            }
+        };
+        if app.styles.get(&style).is_none() {
+            return Err(ApiError::unknown_style(app, &style));
+        }
+        let strength = match q.get("strength") {
+            None => 1.0,
+            Some(v) => match v.parse::<f32>() {
+                Ok(s) if (0.0..=1.0).contains(&s) => s,
+                _ => {
+                    return Err(ApiError::bad(format!(
+                        "strength={v:?}: expected a number from 0 to 1"
+                    )))
+                }
+            },
+        };
+        let preserve_color = match q.get("preserve_color") {
+            None => false,
+            Some(v) => parse_bool("preserve_color", v)?,
+        };
+        let max_size = match q.get("max_size") {
+            None => None,
+            Some(v) => match v.parse::<u32>() {
+                Ok(s) if s > 0 => Some(s),
+                _ => {
+                    return Err(ApiError::bad(format!(
+                        "max_size={v:?}: expected a positive whole number of pixels"
+                    )))
+                }
+            },
+        };
+        let format = match q.get("format").map(|f| f.to_ascii_lowercase()) {
+            None => None,
+            Some(f) => Some(match f.as_str() {
+                "png" => ImageFormat::Png,
+                "jpg" | "jpeg" => ImageFormat::Jpeg,
+                "webp" => ImageFormat::WebP,
+                _ => {
+                    return Err(ApiError::bad(format!(
+                        "format={f:?}: expected png, jpeg or webp"
+                    )))
+                }
+            }),
+        };
+        Ok(Params {
+            style,
+            strength,
+            preserve_color,
+            max_size,
+            format,
+        })
+    }
+
+    pub fn options(&self, max_side: u32) -> StylizeOptions {
+        StylizeOptions {
+            max_size: Some(self.max_size.unwrap_or(max_side).min(max_side)),
+            strength: self.strength,
+            preserve_color: self.preserve_color,
+            ..Default::default()
+        }
+    }
+}
+
+/// The body, refusing more than `limit` bytes (413) without reading further.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = |n: String| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("request body is {n} bytes, over this server's limit of {limit}"),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(too_large(len.to_string()));
+        }
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad(format!("could not read the request body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large("more than".to_string() + &format!(" {limit}")));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// The image from a multipart form (the field `image`, else the first file), with any text
+/// fields named like parameters added to `params` (the query string wins).
+async fn from_multipart(
+    content_type: &str,
+    body: Bytes,
+    params: &mut HashMap<String, String>,
+) -> Result<Bytes, ApiError> {
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|e| ApiError::bad(format!("bad multipart request: {e}")))?;
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+    let mut mp = multer::Multipart::new(stream, boundary);
+    let mut image = None;
+    while let Some(field) = mp
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad(format!("bad multipart request: {e}")))?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        let is_file = field.file_name().is_some();
+        let data = field
+            .bytes()
+            .await
+            .map_err(|e| ApiError::bad(format!("bad multipart request: {e}")))?;
+        if name == "image" || (is_file && image.is_none()) {
+            if name == "image" || image.is_none() {
+                image = Some(data);
+            }
+        } else if !is_file {
+            let v = String::from_utf8_lossy(&data).into_owned();
+            params.entry(name).or_insert(v);
+        }
+    }
+    image.ok_or_else(|| ApiError::bad("multipart request without an image file field"))
+}
+
+pub async fn stylize(
+    State(app): State<Arc<App>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let limit = app.cfg.timeout;
+    match tokio::time::timeout(limit, stylize_inner(app.clone(), query, headers, body)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!(
+                "request timed out after {:.3} s (server busy or image too large for it)",
+                limit.as_secs_f64()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+async fn stylize_inner(
+    app: Arc<App>,
+    mut query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut bytes = read_body(body, &headers, app.cfg.max_bytes).await?;
+    if content_type
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data")
+    {
+        bytes = from_multipart(&content_type, bytes, &mut query).await?;
+    }
+    let params = Params::parse(&query, &app)?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad(
+            "empty request: send the image as the body or as a multipart file field",
+        ));
+    }
+    let ticket = app.pool.admit().ok_or_else(|| ApiError::busy(&app))?;
+    let model = app
+        .styles
+        .get(&params.style)
+        .expect("checked")
+        .model
+        .clone();
+    let opts = params.options(app.cfg.max_side);
+    let max_pixels = app.cfg.max_pixels;
+    let fmt = params.format;
+    let job = move || -> Result<(Vec<u8>, ImageFormat, u32, u32, f64), ApiError> {
+        let t0 = Instant::now();
+        let decoded =
+            crate::imageio::read_bytes(&bytes, std::path::Path::new("request body"), max_pixels)?;
+        let fmt = fmt.unwrap_or(match image::guess_format(&bytes) {
+            Ok(ImageFormat::Jpeg) => ImageFormat::Jpeg,
+            Ok(ImageFormat::WebP) => ImageFormat::WebP,
+            _ => ImageFormat::Png,
+        });
+        let out = run_stylize(&model, decoded, &opts, None);
+        let mut buf = Vec::new();
+        crate::imageio::encode(&out, fmt, &mut buf).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encode", e.to_string())
+        })?;
+        Ok((
+            buf,
+            fmt,
+            out.width(),
+            out.height(),
+            t0.elapsed().as_secs_f64(),
+        ))
+    };
+    let (buf, fmt, w, h, secs) = app
+        .pool
+        .run(ticket, job)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))??;
+    let ext = fmt.extensions_str()[0];
+    let mut r = (
+        [(header::CONTENT_TYPE, fmt.to_mime_type())],
+        Body::from(buf),
+    )
+        .into_response();
+    let h_ = r.headers_mut();
+    let put = |h_: &mut HeaderMap, k: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h_.insert(k, v);
+        }
+    };
+    put(
+        h_,
+        "content-disposition",
+        format!("inline; filename=\"stylized-{}.{ext}\"", params.style),
+    );
+    put(h_, "x-impasto-style", params.style.clone());
+    put(h_, "x-impasto-size", format!("{w}x{h}"));
+    put(h_, "x-impasto-seconds", format!("{secs:.4}"));
+    Ok(r)
+}

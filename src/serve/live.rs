@@ -1,0 +1,177 @@
+//! Live mode: webcam frames over a WebSocket.
+//!
+//! The client sends its settings as JSON text (`{"style", "strength", "preserve_color",
+//! "max_size"}`, any time) and frames as binary messages (JPEG, PNG or WebP). For each frame
+//! it stylizes, the server sends a JSON text record (`frame`, `ms`, `width`, `height`,
+//! `dropped`) followed by the stylized JPEG. A frame that arrives while the previous one is
+//! still being stylized replaces the waiting one, and a frame that finds every worker busy
+//! is dropped: a slow server shows fewer frames, never older ones. Each connection blends
+//! its instance-norm statistics across frames (as `impasto video --smooth` does) so the
+//! picture does not flicker; a new style starts afresh.
+
+use super::api::{ApiError, Params};
+use super::App;
+use crate::stylize::{stylize_frame, SmoothStats};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{mpsc, Notify};
+
+/// Statistics blending for live frames (see `SmoothStats`).
+const MOMENTUM: f32 = 0.6;
+
+pub async fn upgrade(State(app): State<Arc<App>>, ws: WebSocketUpgrade) -> Response {
+    let limit = app.cfg.max_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| session(app, socket))
+}
+
+#[derive(Default)]
+struct Shared {
+    /// The newest frame not yet taken: (number, bytes, settings when it arrived).
+    slot: Mutex<Option<(u64, axum::body::Bytes, Params)>>,
+    wake: Notify,
+    dropped: AtomicU64,
+}
+
+async fn session(app: Arc<App>, socket: WebSocket) {
+    let (mut tx, mut rx) = socket.split();
+    let shared = Arc::new(Shared::default());
+    let (err_tx, mut err_rx) = mpsc::channel::<String>(8);
+    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+
+    // Reader: settings and frames in; the newest frame waits in the slot.
+    let reader = {
+        let (app, shared) = (app.clone(), shared.clone());
+        tokio::spawn(async move {
+            let mut params: Option<Params> = None;
+            let mut n = 0u64;
+            while let Some(Ok(msg)) = rx.next().await {
+                match msg {
+                    Message::Text(t) => match settings(&t, &app) {
+                        Ok(p) => params = Some(p),
+                        Err(e) => {
+                            let _ = err_tx.send(e.json().to_string()).await;
+                        }
+                    },
+                    Message::Binary(b) => {
+                        n += 1;
+                        let Some(p) = params.clone() else {
+                            let e = ApiError::bad(
+                                "send the settings (JSON text with a style) before frames",
+                            );
+                            let _ = err_tx.send(e.json().to_string()).await;
+                            continue;
+                        };
+                        let old = shared.slot.lock().unwrap().replace((n, b, p));
+                        if old.is_some() {
+                            shared.dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        shared.wake.notify_one();
+                    }
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            let _ = done_tx.send(()).await;
+        })
+    };
+
+    // Stylizer/writer: takes the newest frame whenever the previous one is done.
+    let mut smooth: Option<(String, SmoothStats)> = None;
+    loop {
+        tokio::select! {
+            _ = done_rx.recv() => break,
+            Some(e) = err_rx.recv() => {
+                if tx.send(Message::Text(e.into())).await.is_err() { break; }
+            }
+            _ = shared.wake.notified() => {
+                let Some((n, bytes, params)) = shared.slot.lock().unwrap().take() else { continue };
+                let Some(ticket) = app.pool.admit_now() else {
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let model = app.styles.get(&params.style).expect("checked").model.clone();
+                let mut stats = match smooth.take() {
+                    Some((s, st)) if s == params.style => st,
+                    _ => SmoothStats::new(MOMENTUM),
+                };
+                let max_side = params.max_size.unwrap_or(app.cfg.live_max_side).min(app.cfg.live_max_side);
+                let opts = params.options(max_side);
+                let max_pixels = app.cfg.max_pixels;
+                let job = move || {
+                    let t0 = Instant::now();
+                    let r = frame(&bytes, max_pixels, max_side, &model, &opts, &mut stats);
+                    (r, stats, t0.elapsed().as_secs_f64() * 1e3)
+                };
+                let (r, stats, ms) = match app.pool.run(ticket, job).await {
+                    Ok(x) => x,
+                    Err(e) => { let _ = tx.send(Message::Text(ApiError::bad(e).json().to_string().into())).await; break; }
+                };
+                smooth = Some((params.style.clone(), stats));
+                let sent = match r {
+                    Ok((jpg, w, h)) => {
+                        let rec = serde_json::json!({
+                            "frame": n, "ms": (ms * 10.0).round() / 10.0, "width": w, "height": h,
+                            "style": params.style, "dropped": shared.dropped.load(Ordering::Relaxed),
+                        });
+                        match tx.send(Message::Text(rec.to_string().into())).await {
+                            Ok(()) => tx.send(Message::Binary(jpg.into())).await,
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Err(e) => tx.send(Message::Text(e.json().to_string().into())).await,
+                };
+                if sent.is_err() { break; }
+            }
+        }
+    }
+    reader.abort();
+}
+
+fn settings(text: &str, app: &App) -> Result<Params, ApiError> {
+    let v: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::bad(format!("settings are not JSON: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::bad("settings must be a JSON object"))?;
+    let mut q = HashMap::new();
+    for (k, v) in obj {
+        let s = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => continue,
+            other => other.to_string(),
+        };
+        q.insert(k.clone(), s);
+    }
+    Params::parse(&q, app)
+}
+
+fn frame(
+    bytes: &[u8],
+    max_pixels: u64,
+    max_side: u32,
+    model: &crate::model::Transformer,
+    opts: &crate::stylize::StylizeOptions,
+    stats: &mut SmoothStats,
+) -> Result<(Vec<u8>, u32, u32), ApiError> {
+    let d = crate::imageio::read_bytes(bytes, std::path::Path::new("frame"), max_pixels)?;
+    let img = if d.width().max(d.height()) > max_side {
+        d.image.thumbnail(max_side, max_side)
+    } else {
+        d.image
+    };
+    let rgb = img.to_rgb8();
+    let out = stylize_frame(model, &rgb, opts, stats);
+    let mut jpg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 85)
+        .encode_image(&out)
+        .map_err(|e| ApiError::bad(format!("cannot encode the frame: {e}")))?;
+    Ok((jpg, out.width(), out.height()))
+}

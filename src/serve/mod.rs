@@ -1,0 +1,165 @@
+//! `impasto serve`: the styles over HTTP.
+//!
+//! - `GET /` — the web page (embedded, no external network): upload, style gallery, strength,
+//!   preserve-colour, before/after, download, and live webcam mode.
+//! - `GET /v1/styles` — names, architecture, how each was trained, thumbnail URLs;
+//!   `GET /v1/styles/{name}/thumbnail` — a JPEG.
+//! - `POST /v1/stylize?style=&strength=&preserve_color=&max_size=&format=` — the image as the
+//!   body or as a multipart field; answers the stylized image.
+//! - `GET /v1/live` — WebSocket: JSON settings as text, frames as binary; answers each frame
+//!   it processes with a JSON text record and the stylized JPEG. Frames that arrive while the
+//!   previous one is still being stylized replace it (dropped, never queued).
+//! - `GET /healthz`.
+//!
+//! Errors are JSON `{"error": {"status", "category", "message"}}`: 400 unreadable input or bad
+//! parameter, 404 unknown style, 413 too many bytes or pixels, 503 queue full or request
+//! timed out. Inference runs on a bounded pool (`workers` at a time, `queue` more waiting,
+//! the rest turned away at once). Styles are looked up by name in a table built at start-up;
+//! no request ever names a file.
+
+mod api;
+mod live;
+mod pool;
+mod registry;
+
+pub use pool::Pool;
+pub use registry::{Registry, Style};
+
+use crate::error::{Error, Result};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub addr: SocketAddr,
+    /// Extra model files (`*.safetensors` in this folder; the file stem is the style name).
+    pub models: Option<PathBuf>,
+    /// Inferences at a time.
+    pub workers: usize,
+    /// Requests allowed to wait for a worker; more get 503.
+    pub queue: usize,
+    /// Largest request body (bytes); more gets 413.
+    pub max_bytes: usize,
+    /// Largest decoded image (pixels); more gets 413.
+    pub max_pixels: u64,
+    /// Images are processed at most this large (longest side); larger ones are scaled down.
+    pub max_side: u32,
+    /// Longest side of live (WebSocket) frames.
+    pub live_max_side: u32,
+    /// Whole-request limit; after it the answer is 503.
+    pub timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        ServeConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            models: None,
+            workers: cores,
+            queue: 32,
+            max_bytes: 32 << 20,
+            max_pixels: 50_000_000,
+            max_side: 2048,
+            live_max_side: 640,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct App {
+    pub cfg: ServeConfig,
+    pub styles: Registry,
+    pub pool: Pool,
+}
+
+/// The router, for embedding in another server or for tests.
+pub fn router(app: Arc<App>) -> axum::Router {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/", get(api::page))
+        .route("/healthz", get(api::healthz))
+        .route("/v1/styles", get(api::styles))
+        .route("/v1/styles/{name}/thumbnail", get(api::thumbnail))
+        .route("/v1/stylize", post(api::stylize))
+        .route("/v1/live", get(live::upgrade))
+        .fallback(api::not_found)
+        .with_state(app)
+}
+
+/// Load the styles, listen on `cfg.addr` and serve until Ctrl-C / SIGTERM. Prints
+/// `listening on http://ADDR` on stdout once the socket is bound.
+pub fn serve(cfg: ServeConfig) -> Result<()> {
+    if cfg.workers == 0 {
+        return Err(Error::Usage("--workers must be at least 1".into()));
+    }
+    let (styles, warnings) = Registry::load(cfg.models.as_deref())?;
+    for w in &warnings {
+        eprintln!("impasto serve: warning: {w}");
+    }
+    if styles.is_empty() {
+        return Err(Error::Usage(
+            "no styles to serve: this build has no built-in styles and --models gave none".into(),
+        ));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(cfg.workers + 2)
+        .thread_name("impasto-serve")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start the server runtime: {e}")))?;
+    let addr = cfg.addr;
+    let pool = Pool::new(cfg.workers, cfg.queue);
+    let app = Arc::new(App { cfg, styles, pool });
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Usage(format!("cannot listen on {addr}: {e}")))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::Usage(format!("cannot listen on {addr}: {e}")))?;
+        eprintln!(
+            "impasto serve: {} styles ({}), {} workers, queue {}",
+            app.styles.len(),
+            app.styles.names().join(", "),
+            app.cfg.workers,
+            app.cfg.queue
+        );
+        println!("listening on http://{local}");
+        use std::io::Write;
+        std::io::stdout().flush().ok();
+        axum::serve(listener, router(app))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|e| Error::Usage(format!("server error: {e}")))
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        tokio::signal::ctrl_c().await.ok();
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    eprintln!("impasto serve: shutting down");
+}

@@ -1,0 +1,97 @@
+//! The bounded inference pool: `workers` jobs run at a time on blocking threads, up to
+//! `queue` more wait for one, and anything beyond that is refused at once (503) instead of
+//! piling up.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+pub struct Pool {
+    permits: Arc<Semaphore>,
+    admitted: Arc<AtomicUsize>,
+    workers: usize,
+    capacity: usize,
+}
+
+/// A place in the pool (running or waiting); given back when dropped.
+pub struct Ticket(Arc<AtomicUsize>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Pool {
+    pub fn new(workers: usize, queue: usize) -> Self {
+        Pool {
+            permits: Arc::new(Semaphore::new(workers.max(1))),
+            admitted: Arc::new(AtomicUsize::new(0)),
+            workers: workers.max(1),
+            capacity: workers.max(1) + queue,
+        }
+    }
+
+    /// A place in the pool, or `None` when `workers + queue` jobs are already in it.
+    pub fn admit(&self) -> Option<Ticket> {
+        let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
+        let t = Ticket(self.admitted.clone());
+        (prev < self.capacity).then_some(t)
+    }
+
+    /// A place only if a worker is free right now (live frames are dropped, not queued).
+    pub fn admit_now(&self) -> Option<Ticket> {
+        let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
+        let t = Ticket(self.admitted.clone());
+        (prev < self.workers).then_some(t)
+    }
+
+    /// Jobs running or waiting.
+    pub fn in_flight(&self) -> usize {
+        self.admitted.load(Ordering::Acquire)
+    }
+
+    /// Run `f` on a blocking thread once a worker is free. The ticket and the worker are
+    /// released when `f` returns, even if the caller stopped waiting (timeout), so the pool
+    /// stays bounded. `Err` only if `f` panicked.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        ticket: Ticket,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || {
+            let r = f();
+            drop(permit);
+            drop(ticket);
+            r
+        })
+        .await
+        .map_err(|e| format!("inference failed: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admits_workers_plus_queue_and_gives_places_back() {
+        let p = Pool::new(2, 1);
+        let a = p.admit().unwrap();
+        let b = p.admit().unwrap();
+        assert!(p.admit_now().is_none(), "both workers busy");
+        let c = p.admit().unwrap();
+        assert!(p.admit().is_none(), "queue full");
+        assert_eq!(p.in_flight(), 3);
+        drop(b);
+        assert!(p.admit().is_some());
+        drop((a, c));
+        assert_eq!(p.in_flight(), 0);
+    }
+}

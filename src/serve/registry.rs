@@ -1,0 +1,188 @@
+//! The styles a server offers: the built-in ones plus the model files of `--models`, keyed
+//! by name. Requests look names up here; nothing a client sends is ever turned into a path.
+
+use crate::error::{Error, Result};
+use crate::model::Transformer;
+use crate::stylize::{stylize, StylizeOptions};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+pub struct Style {
+    pub name: String,
+    /// `built-in` or the model file's name.
+    pub source: String,
+    pub model: Arc<Transformer>,
+    /// JPEG: the painting when the file carries one, else the style applied to a small
+    /// generated landscape.
+    pub thumbnail: Vec<u8>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    styles: BTreeMap<String, Style>,
+}
+
+/// Style names: 1–64 of `A-Z a-z 0-9 _ -`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Registry {
+    /// The built-in styles and every loadable `*.safetensors` in `models` (not recursive).
+    /// Files that fail to load are skipped and reported in the returned warnings; a missing
+    /// or unreadable folder is an error.
+    pub fn load(models: Option<&Path>) -> Result<(Self, Vec<String>)> {
+        let mut reg = Registry::default();
+        let mut warnings = Vec::new();
+        for n in crate::styles::names() {
+            let m = crate::styles::builtin(n).expect("listed")?;
+            reg.insert(n.to_string(), "built-in".into(), m);
+        }
+        if let Some(dir) = models {
+            let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+            let mut files: Vec<_> = rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("safetensors"))
+                .filter(|p| !p.to_string_lossy().ends_with(".ckpt.safetensors"))
+                .collect();
+            files.sort();
+            for p in files {
+                let stem = p
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if !valid_name(&stem) {
+                    warnings.push(format!(
+                        "{}: skipped: a style name may only use letters, digits, _ and -",
+                        p.display()
+                    ));
+                    continue;
+                }
+                match Transformer::load(&p) {
+                    Ok(m) => {
+                        if reg.styles.contains_key(&stem) {
+                            warnings.push(format!(
+                                "{}: replaces the built-in style {stem}",
+                                p.display()
+                            ));
+                        }
+                        let src = p
+                            .file_name()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        reg.insert(stem, src, m);
+                    }
+                    Err(e) => warnings.push(format!("skipped: {e}")),
+                }
+            }
+        }
+        Ok((reg, warnings))
+    }
+
+    pub fn insert(&mut self, name: String, source: String, model: Transformer) {
+        let thumbnail = crate::styles::thumbnail_of(&model).unwrap_or_else(|| rendered(&model));
+        self.styles.insert(
+            name.clone(),
+            Style {
+                name,
+                source,
+                model: Arc::new(model),
+                thumbnail,
+            },
+        );
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Style> {
+        self.styles.get(name)
+    }
+    pub fn names(&self) -> Vec<&str> {
+        self.styles.keys().map(String::as_str).collect()
+    }
+    pub fn len(&self) -> usize {
+        self.styles.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.styles.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &Style> {
+        self.styles.values()
+    }
+}
+
+/// A small generated landscape (sky, sun, hills, water) stylized by `model`, as JPEG.
+fn rendered(model: &Transformer) -> Vec<u8> {
+    let scene = landscape(128);
+    let d = crate::imageio::Decoded {
+        image: image::DynamicImage::ImageRgb8(scene),
+        has_alpha: false,
+    };
+    let out = stylize(model, d, &StylizeOptions::default(), None);
+    let mut jpg = Vec::new();
+    crate::imageio::encode(&out, image::ImageFormat::Jpeg, &mut jpg).expect("in memory");
+    jpg
+}
+
+fn landscape(n: u32) -> image::RgbImage {
+    let f = n as f32;
+    image::RgbImage::from_fn(n, n, |x, y| {
+        let (u, v) = (x as f32 / f, y as f32 / f);
+        let hill1 = 0.62 + 0.08 * (u * 5.0).sin();
+        let hill2 = 0.72 + 0.05 * (u * 9.0 + 1.0).cos();
+        let sun = ((u - 0.7).powi(2) + (v - 0.25).powi(2)).sqrt();
+        let c: [f32; 3] = if v > 0.85 {
+            [40.0, 90.0 + 60.0 * (u * 30.0 + v * 90.0).sin().abs(), 160.0]
+        } else if v > hill2 {
+            [60.0, 120.0, 50.0]
+        } else if v > hill1 {
+            [110.0, 150.0, 70.0]
+        } else if sun < 0.1 {
+            [250.0, 210.0, 80.0]
+        } else {
+            [90.0 + 120.0 * v, 150.0 + 80.0 * v, 235.0]
+        };
+        image::Rgb(c.map(|c| c.clamp(0.0, 255.0) as u8))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_be_paths() {
+        for ok in ["great_wave", "a", "Style-2"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "../x", "a/b", "a.b", "..", "a b", "é", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn models_folder_skips_bad_files_and_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Transformer::init(
+            crate::model::TransformerConfig::new(crate::model::Arch::Johnson),
+            1,
+        );
+        m.save(&dir.path().join("mine.safetensors"), true).unwrap();
+        m.save(&dir.path().join("bad name.safetensors"), true)
+            .unwrap();
+        std::fs::write(dir.path().join("broken.safetensors"), b"garbage").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"not a model").unwrap();
+        let (reg, warnings) = Registry::load(Some(dir.path())).unwrap();
+        assert!(reg.get("mine").is_some());
+        assert!(reg.get("broken").is_none() && reg.get("bad name").is_none());
+        assert_eq!(reg.len(), crate::styles::names().len() + 1);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings.iter().any(|w| w.contains("broken.safetensors")));
+        let t = &reg.get("mine").unwrap().thumbnail;
+        assert_eq!(image::guess_format(t).unwrap(), image::ImageFormat::Jpeg);
+        assert!(Registry::load(Some(&dir.path().join("missing"))).is_err());
+    }
+}

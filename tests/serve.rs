@@ -1,0 +1,729 @@
+//! `impasto serve` end to end: the real binary on a loopback port, driven over HTTP, over a
+//! WebSocket, under load, and from headless Chromium.
+use image::{DynamicImage, ImageBuffer, ImageFormat, Rgb};
+use impasto::model::{Arch, Transformer, TransformerConfig};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_impasto"))
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("IMPASTO_THREADS")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start impasto serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, url }
+    }
+    fn get(&self, path: &str) -> Reply {
+        reply(ureq::get(&format!("{}{path}", self.url)).call())
+    }
+    fn post(&self, path: &str, content_type: &str, body: &[u8]) -> Reply {
+        reply(
+            ureq::post(&format!("{}{path}", self.url))
+                .set("content-type", content_type)
+                .send_bytes(body),
+        )
+    }
+    fn health(&self) -> serde_json::Value {
+        self.get("/healthz").json()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    content_type: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body[..self.body.len().min(200)])
+            )
+        })
+    }
+    fn header(&self, k: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.as_str())
+    }
+    /// A JSON error with this status and category.
+    fn assert_error(&self, status: u16, category: &str) {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert!(self.content_type.starts_with("application/json"));
+        let j = self.json();
+        assert_eq!(j["error"]["status"], status);
+        assert_eq!(j["error"]["category"], category, "{j}");
+        assert!(!j["error"]["message"].as_str().unwrap().is_empty());
+    }
+}
+
+fn reply(r: Result<ureq::Response, ureq::Error>) -> Reply {
+    let resp = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("request failed: {e}"),
+    };
+    let status = resp.status();
+    let content_type = resp.header("content-type").unwrap_or("").to_string();
+    let headers = resp
+        .headers_names()
+        .into_iter()
+        .map(|n| {
+            let v = resp.header(&n).unwrap_or("").to_string();
+            (n, v)
+        })
+        .collect();
+    let mut body = Vec::new();
+    resp.into_reader()
+        .take(256 << 20)
+        .read_to_end(&mut body)
+        .unwrap();
+    Reply {
+        status,
+        content_type,
+        headers,
+        body,
+    }
+}
+
+fn photo(w: u32, h: u32) -> DynamicImage {
+    DynamicImage::ImageRgb8(ImageBuffer::from_fn(w, h, |x, y| {
+        Rgb([
+            (x * 255 / w.max(1)) as u8,
+            (y * 255 / h.max(1)) as u8,
+            ((x * 7 + y * 13) % 256) as u8,
+        ])
+    }))
+}
+
+fn encoded(img: &DynamicImage, f: ImageFormat) -> Vec<u8> {
+    let mut v = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut v, f).unwrap();
+    v.into_inner()
+}
+
+fn models_dir(dir: &Path) {
+    Transformer::init(TransformerConfig::new(Arch::Johnson), 3)
+        .save(&dir.join("mine.safetensors"), true)
+        .unwrap();
+    std::fs::write(dir.join("broken.safetensors"), b"not a model").unwrap();
+    std::fs::write(dir.join("secret.txt"), b"not for clients").unwrap();
+}
+
+const MULTIPART_BOUNDARY: &str = "impastoTestBoundary";
+
+fn multipart(fields: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (name, file, data) in fields {
+        b.extend_from_slice(format!("--{MULTIPART_BOUNDARY}\r\n").as_bytes());
+        match file {
+            Some(f) => b.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+            ),
+            None => b.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        b.extend_from_slice(data);
+        b.extend_from_slice(b"\r\n");
+    }
+    b.extend_from_slice(format!("--{MULTIPART_BOUNDARY}--\r\n").as_bytes());
+    b
+}
+
+#[test]
+fn api_lists_styles_stylizes_and_answers_errors_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    models_dir(dir.path());
+    let models = dir.path().to_str().unwrap();
+    let s = Server::start(&[
+        "--models",
+        models,
+        "--max-pixels",
+        "100000",
+        "--max-bytes",
+        "400000",
+    ]);
+
+    // Health and the style list: the built-ins plus the good file from --models.
+    let h = s.health();
+    assert_eq!(h["status"], "ok");
+    let styles = s.get("/v1/styles").json();
+    let names: Vec<&str> = styles["styles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    for n in impasto::styles::names() {
+        assert!(names.contains(&n), "{n} in {names:?}");
+    }
+    assert!(names.contains(&"mine") && !names.contains(&"broken"));
+    assert_eq!(h["styles"], names.len());
+    let first = &styles["styles"][0];
+    assert_eq!(first["architecture"], "johnson");
+    let thumb = s.get(first["thumbnail"].as_str().unwrap());
+    assert_eq!(thumb.status, 200);
+    assert_eq!(thumb.content_type, "image/jpeg");
+    assert_eq!(image::guess_format(&thumb.body).unwrap(), ImageFormat::Jpeg);
+
+    // The page is served, self-contained.
+    let page = s.get("/");
+    assert_eq!(page.status, 200);
+    let html = String::from_utf8(page.body).unwrap();
+    assert!(html.contains("/v1/stylize") && html.contains("/v1/live"));
+    assert!(
+        !html.contains("https://") && !html.contains("http://"),
+        "no external resources"
+    );
+
+    // Raw body, PNG in → PNG out at the same size.
+    let img = photo(96, 64);
+    let png = encoded(&img, ImageFormat::Png);
+    let r = s.post("/v1/stylize?style=mine", "image/png", &png);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.content_type, "image/png");
+    assert_eq!(r.header("x-impasto-size"), Some("96x64"));
+    let out = image::load_from_memory(&r.body).unwrap();
+    assert_eq!((out.width(), out.height()), (96, 64));
+    assert_ne!(out.to_rgb8(), img.to_rgb8(), "stylized");
+
+    // Strength 0 gives the photo back; max_size scales down; format picks the encoding.
+    let r = s.post("/v1/stylize?style=mine&strength=0", "image/png", &png);
+    assert_eq!(r.status, 200);
+    let same = image::load_from_memory(&r.body).unwrap().to_rgb8();
+    let diff = same
+        .as_raw()
+        .iter()
+        .zip(img.to_rgb8().as_raw())
+        .map(|(a, b)| (*a as i32 - *b as i32).abs())
+        .max()
+        .unwrap();
+    assert!(diff <= 1, "strength 0 differs by {diff}");
+    let r = s.post(
+        "/v1/stylize?style=mine&max_size=48&format=webp&preserve_color=true",
+        "image/png",
+        &png,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.content_type, "image/webp");
+    let out = image::load_from_memory(&r.body).unwrap();
+    assert_eq!((out.width(), out.height()), (48, 32));
+
+    // Multipart: the file field plus form fields for the parameters; JPEG in → JPEG out.
+    let jpg = encoded(&img, ImageFormat::Jpeg);
+    let body = multipart(&[
+        ("style", None, b"mine"),
+        ("strength", None, b"0.5"),
+        ("image", Some("photo.jpg"), &jpg),
+    ]);
+    let r = s.post(
+        "/v1/stylize",
+        &format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.content_type, "image/jpeg");
+
+    // 400: unreadable, truncated, empty, bad parameters, multipart without a file.
+    s.post(
+        "/v1/stylize?style=mine",
+        "image/png",
+        b"definitely not an image",
+    )
+    .assert_error(400, "image");
+    s.post("/v1/stylize?style=mine", "image/png", &png[..png.len() / 2])
+        .assert_error(400, "image");
+    s.post("/v1/stylize?style=mine", "image/png", b"")
+        .assert_error(400, "bad-request");
+    for q in [
+        "style=mine&strength=2",
+        "style=mine&strength=abc",
+        "style=mine&max_size=0",
+        "style=mine&format=gif",
+        "style=mine&preserve_color=maybe",
+        "style=mine&strenght=0.5",
+        "",
+    ] {
+        s.post(&format!("/v1/stylize?{q}"), "image/png", &png)
+            .assert_error(400, "bad-request");
+    }
+    let body = multipart(&[("style", None, b"mine")]);
+    s.post(
+        "/v1/stylize",
+        &format!("multipart/form-data; boundary={MULTIPART_BOUNDARY}"),
+        &body,
+    )
+    .assert_error(400, "bad-request");
+
+    // 404: unknown styles, and names that try to reach files.
+    for name in [
+        "nope",
+        "broken",
+        "mine.safetensors",
+        "..%2Fmine",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2Fetc%2Fpasswd",
+        "secret.txt",
+    ] {
+        s.post(&format!("/v1/stylize?style={name}"), "image/png", &png)
+            .assert_error(404, "unknown-style");
+    }
+    s.get("/v1/styles/..%2Fsecret.txt/thumbnail")
+        .assert_error(404, "unknown-style");
+    s.get("/v1/nothing").assert_error(404, "not-found");
+
+    // 413: too many pixels (400×400 > 100000), too many bytes (declared or streamed).
+    let big = encoded(&photo(400, 400), ImageFormat::Png);
+    s.post("/v1/stylize?style=mine", "image/png", &big)
+        .assert_error(413, "image-too-large");
+    let noise: Vec<u8> = (0..500_000u32).map(|i| (i * 2654435761) as u8).collect();
+    s.post("/v1/stylize?style=mine", "image/png", &noise)
+        .assert_error(413, "too-large");
+    let r = reply(
+        ureq::post(&format!("{}/v1/stylize?style=mine", s.url))
+            .set("content-type", "image/png")
+            .send(std::io::Cursor::new(noise.clone())),
+    );
+    r.assert_error(413, "too-large");
+
+    // Still healthy, nothing left running.
+    let h = s.health();
+    assert_eq!(h["in_flight"], 0);
+}
+
+#[test]
+fn full_queue_and_timeouts_answer_503() {
+    // One worker, no queue: a second request while the first runs is turned away.
+    let s = Server::start(&["--workers", "1", "--queue", "0"]);
+    let style = impasto::styles::names()[0];
+    let big = encoded(&photo(1536, 1536), ImageFormat::Jpeg);
+    let url = s.url.clone();
+    let path = format!("/v1/stylize?style={style}");
+    let slow = std::thread::spawn(move || {
+        reply(
+            ureq::post(&format!("{url}{path}"))
+                .set("content-type", "image/jpeg")
+                .send_bytes(&big),
+        )
+    });
+    let t0 = Instant::now();
+    while s.health()["in_flight"] != 1 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "never started");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let small = encoded(&photo(32, 32), ImageFormat::Png);
+    let r = s.post(&format!("/v1/stylize?style={style}"), "image/png", &small);
+    r.assert_error(503, "busy");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(slow.join().unwrap().status, 200, "the first one finishes");
+    let r = s.post(&format!("/v1/stylize?style={style}"), "image/png", &small);
+    assert_eq!(r.status, 200, "free again");
+
+    // A request that cannot finish within --timeout gets 503, and the server carries on.
+    let s = Server::start(&["--timeout", "0.05"]);
+    let big = encoded(&photo(1024, 1024), ImageFormat::Png);
+    s.post(&format!("/v1/stylize?style={style}"), "image/png", &big)
+        .assert_error(503, "timeout");
+    let t0 = Instant::now();
+    while s.health()["in_flight"] != 0 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "worker never freed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_missing_models_folder_is_a_clear_error() {
+    let o = Command::new(env!("CARGO_BIN_EXE_impasto"))
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--models",
+            "/definitely/not/here",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("/definitely/not/here"), "{err}");
+}
+
+#[test]
+fn live_websocket_stylizes_frames_and_reports_errors() {
+    let s = Server::start(&[]);
+    let style = impasto::styles::names()[0];
+    let ws_url = s.url.replace("http://", "ws://") + "/v1/live";
+    let (mut ws, _) = tungstenite::connect(ws_url.as_str()).expect("websocket");
+    use tungstenite::Message;
+    let frame = encoded(&photo(160, 120), ImageFormat::Jpeg);
+    let next_text = |ws: &mut tungstenite::WebSocket<_>| -> serde_json::Value {
+        loop {
+            match ws.read().unwrap() {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Binary(_) => panic!("binary before its record"),
+                _ => {}
+            }
+        }
+    };
+    // A frame before any settings, then bad settings: errors, connection stays up.
+    ws.send(Message::Binary(frame.clone().into())).unwrap();
+    assert_eq!(next_text(&mut ws)["error"]["status"], 400);
+    ws.send(Message::Text(r#"{"style":"nope"}"#.into()))
+        .unwrap();
+    assert_eq!(next_text(&mut ws)["error"]["status"], 404);
+    ws.send(Message::Text("{not json".into())).unwrap();
+    assert_eq!(next_text(&mut ws)["error"]["status"], 400);
+
+    // Settings, then a burst of frames: each answer is a record and a JPEG of the frame's
+    // size; frames that arrive while one is being stylized are dropped, never queued.
+    ws.send(Message::Text(
+        format!(r#"{{"style":"{style}","strength":0.8}}"#).into(),
+    ))
+    .unwrap();
+    let burst = 8;
+    for _ in 0..burst {
+        ws.send(Message::Binary(frame.clone().into())).unwrap();
+    }
+    let mut got = 0;
+    let mut last = 0;
+    loop {
+        let rec = next_text(&mut ws);
+        assert!(rec["error"].is_null(), "{rec}");
+        assert_eq!(
+            (rec["width"].as_u64(), rec["height"].as_u64()),
+            (Some(160), Some(120))
+        );
+        let n = rec["frame"].as_u64().unwrap();
+        assert!(n > last, "frames in order");
+        last = n;
+        match ws.read().unwrap() {
+            Message::Binary(b) => {
+                let img = image::load_from_memory_with_format(&b, ImageFormat::Jpeg).unwrap();
+                assert_eq!((img.width(), img.height()), (160, 120));
+            }
+            m => panic!("expected the JPEG, got {m:?}"),
+        }
+        got += 1;
+        let dropped = rec["dropped"].as_u64().unwrap();
+        // Frame numbers count every binary message, the first (refused) one included.
+        if n == burst + 1 {
+            assert_eq!(got + dropped, burst, "every frame stylized or dropped");
+            break;
+        }
+    }
+    assert!(got >= 1);
+    ws.close(None).ok();
+}
+
+#[test]
+fn load_test_on_loopback() {
+    // 200 requests, 16 at a time, against the default pool (a worker per core, queue 32):
+    // every request must succeed; only explicit 503s would be acceptable failures.
+    let s = Server::start(&[]);
+    let style = impasto::styles::names()[0];
+    let body = encoded(&photo(256, 192), ImageFormat::Jpeg);
+    let (total, conc) = (200usize, 16usize);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let t0 = Instant::now();
+    let results: Vec<(u16, f64)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..conc)
+            .map(|_| {
+                sc.spawn(|| {
+                    let agent = ureq::AgentBuilder::new().build();
+                    let mut v = Vec::new();
+                    while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                        let t = Instant::now();
+                        let r = reply(
+                            agent
+                                .post(&format!("{}/v1/stylize?style={style}", s.url))
+                                .set("content-type", "image/jpeg")
+                                .send_bytes(&body),
+                        );
+                        if r.status == 200 {
+                            assert!(image::load_from_memory(&r.body).is_ok());
+                        }
+                        v.push((r.status, t.elapsed().as_secs_f64() * 1e3));
+                    }
+                    v
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let wall = t0.elapsed().as_secs_f64();
+    assert_eq!(results.len(), total);
+    let bad: Vec<_> = results
+        .iter()
+        .filter(|(st, _)| *st != 200 && *st != 503)
+        .collect();
+    assert!(bad.is_empty(), "failed requests: {bad:?}");
+    let busy = results.iter().filter(|(st, _)| *st == 503).count();
+    let mut ms: Vec<f64> = results.iter().map(|r| r.1).collect();
+    ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| ms[((p * ms.len() as f64).ceil() as usize).clamp(1, ms.len()) - 1];
+    println!(
+        "LOAD TEST {total} requests (256x192 JPEG, {style}), {conc} concurrent, {} workers: \
+         p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms, {:.1} req/s, {busy} x 503",
+        s.health()["workers"],
+        pct(0.50),
+        pct(0.90),
+        pct(0.99),
+        ms[ms.len() - 1],
+        total as f64 / wall
+    );
+    assert_eq!(busy, 0, "16 concurrent fit in workers + queue 32");
+}
+
+/// A minimal W3C WebDriver client over HTTP (chromedriver).
+struct Driver {
+    base: String,
+    session: String,
+    child: Child,
+}
+
+impl Driver {
+    fn cmd(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let r = match method {
+            "GET" => reply(ureq::get(&url).call()),
+            "DELETE" => reply(ureq::delete(&url).call()),
+            _ => reply(ureq::post(&url).send_json(body)),
+        };
+        let j = r.json();
+        assert_eq!(r.status, 200, "webdriver {method} {path}: {j}");
+        j["value"].clone()
+    }
+    fn find(&self, css: &str) -> String {
+        let v = self.cmd(
+            "POST",
+            "/element",
+            serde_json::json!({"using": "css selector", "value": css}),
+        );
+        v["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .unwrap_or_else(|| panic!("find {css}: {v}"))
+            .to_string()
+    }
+    fn js(&self, script: &str) -> serde_json::Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            serde_json::json!({"script": script, "args": []}),
+        )
+    }
+    /// Poll `script` until it returns something truthy.
+    fn wait_for(&self, script: &str, what: &str, secs: u64) -> serde_json::Value {
+        let t0 = Instant::now();
+        loop {
+            let v = self.js(script);
+            if !(v.is_null() || v == false || v == 0 || v == "") {
+                return v;
+            }
+            if t0.elapsed() > Duration::from_secs(secs) {
+                let status = self.js("return document.getElementById('status').textContent");
+                panic!("timed out waiting for {what}; page status: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = ureq::delete(&format!("{}/session/{}", self.base, self.session)).call();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn which(names: &[&str]) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&path) {
+        for n in names {
+            let p = dir.join(n);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+fn start_driver() -> Option<Driver> {
+    let (Some(chromium), Some(chromedriver)) = (
+        which(&["chromium", "chromium-browser", "google-chrome"]),
+        which(&["chromedriver"]),
+    ) else {
+        println!(
+            "SKIPPED browser_end_to_end: needs chromium and chromedriver on PATH \
+             (Debian: apt-get install chromium chromium-driver; .ci/run installs them)"
+        );
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(chromedriver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let base = format!("http://127.0.0.1:{port}");
+    let t0 = Instant::now();
+    while ureq::get(&format!("{base}/status")).call().is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "chromedriver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": chromium.to_str().unwrap(),
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,1000",
+                     "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+        }
+    }}});
+    let r = reply(ureq::post(&format!("{base}/session")).send_json(caps));
+    let j = r.json();
+    assert_eq!(r.status, 200, "new session: {j}");
+    let session = j["value"]["sessionId"].as_str().unwrap().to_string();
+    Some(Driver {
+        base,
+        session,
+        child,
+    })
+}
+
+#[test]
+fn browser_end_to_end() {
+    let Some(d) = start_driver() else { return };
+    let s = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let img = photo(200, 150);
+    let file = dir.path().join("photo.png");
+    img.save(&file).unwrap();
+    let style = *impasto::styles::names().last().unwrap();
+
+    d.cmd(
+        "POST",
+        "/url",
+        serde_json::json!({"url": format!("{}/", s.url)}),
+    );
+    // The gallery fills in with thumbnails that load.
+    d.wait_for(
+        "const c = document.querySelectorAll('.style-card img'); \
+         return c.length > 0 && [...c].every(i => i.complete && i.naturalWidth > 0) && c.length",
+        "the style gallery",
+        30,
+    );
+    // Pick a style, upload the photo through the file input, see the stylized result.
+    let card = d.find(&format!(".style-card[data-style='{style}']"));
+    d.cmd(
+        "POST",
+        &format!("/element/{card}/click"),
+        serde_json::json!({}),
+    );
+    let input = d.find("#file");
+    d.cmd(
+        "POST",
+        &format!("/element/{input}/value"),
+        serde_json::json!({"text": file.to_str().unwrap()}),
+    );
+    let ready = d.wait_for(
+        &format!(
+            "const r = document.getElementById('result'); \
+             const busy = document.getElementById('status').textContent.startsWith('Stylizing'); \
+             return !busy && r.dataset.ready === '{style}' && r.complete && r.naturalWidth + 'x' + r.naturalHeight"
+        ),
+        "the stylized image",
+        60,
+    );
+    assert_eq!(ready, "200x150");
+    // The result is really stylized: its pixels differ from the photo's.
+    let differs = d.js(
+        "const a = document.getElementById('before'), b = document.getElementById('result'); \
+         const c = document.createElement('canvas'); c.width = 200; c.height = 150; \
+         const x = c.getContext('2d'); x.drawImage(a, 0, 0); const p = x.getImageData(0,0,200,150).data; \
+         x.drawImage(b, 0, 0); const q = x.getImageData(0,0,200,150).data; \
+         let d = 0; for (let i = 0; i < p.length; i += 4) d += Math.abs(p[i]-q[i]); return d / (200*150)",
+    );
+    assert!(differs.as_f64().unwrap() > 5.0, "mean difference {differs}");
+    let status = d.js("return document.getElementById('status').textContent");
+    assert!(status.as_str().unwrap().contains("200x150"), "{status}");
+    let dl = d.js("const a = document.getElementById('download'); return a.getAttribute('aria-disabled') === 'false' && a.download");
+    assert_eq!(dl, format!("photo-{style}.png"));
+
+    // IMPASTO_SCREENSHOT=page.png keeps a picture of the page for a look by eye.
+    if let Some(p) = std::env::var_os("IMPASTO_SCREENSHOT") {
+        use base64::Engine;
+        let b64 = d.cmd("GET", "/screenshot", serde_json::Value::Null);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap())
+            .unwrap();
+        std::fs::write(p, png).unwrap();
+    }
+
+    // Live mode with Chromium's fake camera: frames come back and the frame rate shows.
+    let live = d.find("#live-toggle");
+    d.cmd(
+        "POST",
+        &format!("/element/{live}/click"),
+        serde_json::json!({}),
+    );
+    d.wait_for(
+        "return +(document.getElementById('fps').dataset.frames || 0) >= 3",
+        "three live frames",
+        60,
+    );
+    let fps = d.js("return document.getElementById('fps').textContent");
+    println!("browser live mode: {fps}");
+    assert!(fps.as_str().unwrap().ends_with("fps"));
+    d.cmd(
+        "POST",
+        &format!("/element/{live}/click"),
+        serde_json::json!({}),
+    );
+}
