@@ -39,13 +39,38 @@ pub struct Args {
     /// Longest side of each tile.
     #[arg(long, default_value_t = 384)]
     max_size: u32,
+    /// Only these styles, in this order: built-in names or model files (labelled by file
+    /// name), e.g. to put impasto's model beside another project's. Default: every built-in.
+    #[arg(long = "style", value_name = "NAME|FILE")]
+    styles: Vec<String>,
+    /// Tiles per row.
+    #[arg(long, default_value_t = 4)]
+    columns: u32,
 }
 
 pub fn sheet(a: Args) -> Result<i32> {
     impasto::imageio::format_for(&a.output)?;
-    let names = impasto::styles::names();
+    let names: Vec<String> = if a.styles.is_empty() {
+        impasto::styles::names()
+            .into_iter()
+            .map(String::from)
+            .collect()
+    } else {
+        a.styles.clone()
+    };
     if names.is_empty() {
         return Err(Error::Usage("this build has no built-in styles".into()).into());
+    }
+    let mut models = Vec::new();
+    for n in &names {
+        let label = match impasto::styles::builtin(n) {
+            Some(_) => n.clone(),
+            None => std::path::Path::new(n)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| n.clone()),
+        };
+        models.push((label, impasto::styles::resolve(n)?));
     }
     let decoded = impasto::imageio::read_path(&a.photo, impasto::imageio::DEFAULT_MAX_PIXELS)?;
     let opts = StylizeOptions {
@@ -54,16 +79,15 @@ pub fn sheet(a: Args) -> Result<i32> {
     };
     let original = decoded.image.clone();
     let mut tiles = vec![("photo".to_string(), stylize_none(&original, a.max_size))];
-    for n in &names {
-        let m = impasto::styles::builtin(n).expect("listed")?;
+    for (label, m) in &models {
         let d = impasto::imageio::Decoded {
             image: original.clone(),
             has_alpha: false,
         };
-        tiles.push((n.to_string(), stylize(&m, d, &opts, None).to_rgb8()));
+        tiles.push((label.clone(), stylize(m, d, &opts, None).to_rgb8()));
     }
     let (tw, th) = tiles[0].1.dimensions();
-    let cols = tiles.len().min(4) as u32;
+    let cols = (tiles.len() as u32).min(a.columns.max(1));
     let rows = (tiles.len() as u32).div_ceil(cols);
     let (pad, label) = (8u32, 26u32);
     let mut img = image::RgbImage::from_pixel(

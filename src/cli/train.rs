@@ -2,7 +2,7 @@
 use anyhow::Result;
 use impasto::loss::LossConfig;
 use impasto::model::vgg;
-use impasto::model::{Arch, Transformer, Vgg16};
+use impasto::model::{Arch, Vgg16};
 use impasto::tensor::Tensor;
 use impasto::train::data;
 use impasto::train::step::{Losses, StyleTarget};
@@ -221,10 +221,17 @@ pub struct EvalArgs {
     vgg: Option<PathBuf>,
     #[arg(long)]
     json: bool,
+    /// Score with this style weight instead of the model's recorded one (to compare models
+    /// trained with different weights on the same scale).
+    #[arg(long)]
+    style_weight: Option<f64>,
+    /// Score with this content weight instead of the model's recorded one.
+    #[arg(long)]
+    content_weight: Option<f64>,
 }
 
 pub fn evaluate(a: EvalArgs) -> Result<i32> {
-    let model = Transformer::load(&a.model)?;
+    let model = impasto::styles::resolve(&a.model.to_string_lossy())?;
     let vgg_net = Vgg16::load(&vgg::locate(a.vgg.as_deref())?)?;
     let (loss, recorded) = match model.metadata.get("impasto.loss") {
         Some(js) => (
@@ -242,6 +249,14 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
             false,
         ),
     };
+    let mut loss = loss;
+    let recorded = recorded && a.style_weight.is_none() && a.content_weight.is_none();
+    if let Some(w) = a.style_weight {
+        loss.style_weight = w;
+    }
+    if let Some(w) = a.content_weight {
+        loss.content_weight = w;
+    }
     let style = trainer::load_style(&a.style, Some(a.style_size))?;
     let target = StyleTarget::new(&vgg_net, &style);
     let files = data::scan(&a.photos)?;
@@ -257,22 +272,31 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
         println!(
             "{}",
             serde_json::json!({"model": a.model.display().to_string(), "style": a.style.display().to_string(), "photos": imgs.len(),
-                "content": l.content, "style_loss": l.style, "tv": l.tv, "total": l.total, "loss_config": loss, "loss_config_recorded": recorded})
+                "content": l.content, "style_loss": l.style, "style_unweighted": l.style / loss.style_weight, "tv": l.tv, "total": l.total, "loss_config": loss, "loss_config_recorded": recorded})
         );
     } else {
         println!(
-            "{}: {} photos, loss weights {}",
+            "{}: {} photos, loss weights content {} style {} tv {} ({})",
             a.model.display(),
             imgs.len(),
+            loss.content_weight,
+            loss.style_weight,
+            loss.tv_weight,
             if recorded {
                 "as recorded in the model"
+            } else if a.style_weight.is_some() || a.content_weight.is_some() {
+                "as given"
             } else {
                 "impasto's defaults (the model records none)"
             }
         );
         println!(
-            "content {:.4e}  style {:.4e}  tv {:.4e}  total {:.4e}",
-            l.content, l.style, l.tv, l.total
+            "content {:.4e}  style {:.4e} (unweighted {:.4e})  tv {:.4e}  total {:.4e}",
+            l.content,
+            l.style,
+            l.style / loss.style_weight,
+            l.tv,
+            l.total
         );
     }
     Ok(0)
