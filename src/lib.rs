@@ -12,6 +12,7 @@ pub mod loss;
 pub mod model;
 pub mod onnx;
 pub mod onnx_export;
+pub mod quality;
 pub mod rng;
 pub mod serve;
 pub mod styles;

@@ -19,6 +19,9 @@ use crate::model::transformer::{StatsSource, Transformer};
 use crate::tensor::Tensor;
 use image::{DynamicImage, Rgb32FImage, RgbImage, RgbaImage};
 
+/// See [`StylizeOptions::margin`]; measured with `impasto evaluate` (border artifact).
+pub const DEFAULT_MARGIN: usize = 8;
+
 #[derive(Clone, Debug)]
 pub struct StylizeOptions {
     /// Longest side to process at; larger inputs are scaled down first.
@@ -33,6 +36,9 @@ pub struct StylizeOptions {
     pub halo: usize,
     /// Images with more (padded) pixels than this are tiled.
     pub tile_threshold: u64,
+    /// Mirror-padding (pixels) added around the image before the network and cropped after,
+    /// so the network's own edge effects fall outside the picture.
+    pub margin: usize,
 }
 
 impl Default for StylizeOptions {
@@ -44,6 +50,7 @@ impl Default for StylizeOptions {
             tile: 1024,
             halo: 96,
             tile_threshold: 2048 * 2048,
+            margin: DEFAULT_MARGIN,
         }
     }
 }
@@ -77,16 +84,16 @@ impl Content {
         }
     }
 
-    /// The rectangle as a 1×3×h×w tensor; coordinates past the image edge repeat the edge
-    /// (that is how sizes are padded up to a multiple of 4).
-    fn tensor(&self, y0: usize, x0: usize, h: usize, w: usize) -> Tensor {
+    /// The rectangle as a 1×3×h×w tensor, in the coordinates of the image extended by
+    /// `m` pixels of mirror padding on every side (and mirrored further up to a multiple of 4).
+    fn tensor(&self, y0: usize, x0: usize, h: usize, w: usize, m: usize) -> Tensor {
         let (ih, iw) = self.dims();
         let mut t = Tensor::zeros(1, 3, h, w);
         let hw = h * w;
         for y in 0..h {
-            let sy = (y0 + y).min(ih - 1);
+            let sy = mirror((y0 + y) as i64 - m as i64, ih);
             for x in 0..w {
-                let p = self.get((x0 + x).min(iw - 1), sy);
+                let p = self.get(mirror((x0 + x) as i64 - m as i64, iw), sy);
                 for (c, v) in p.into_iter().enumerate() {
                     t.data[c * hw + y * w + x] = v;
                 }
@@ -94,6 +101,16 @@ impl Content {
         }
         t
     }
+}
+
+/// Index `i` reflected into `0..n` (edge not repeated), for any `i`.
+fn mirror(i: i64, n: usize) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    let p = 2 * (n as i64 - 1);
+    let r = i.rem_euclid(p);
+    (if r < n as i64 { r } else { p - r }) as usize
 }
 
 /// One tile: the region run through the network (with halo) and its core, in padded-image
@@ -166,7 +183,8 @@ fn run_network(
 ) {
     let (h, w) = content.dims();
     let a = Transformer::ALIGN;
-    let (h4, w4) = (h.div_ceil(a) * a, w.div_ceil(a) * a);
+    let m = opts.margin;
+    let (h4, w4) = ((h + 2 * m).div_ceil(a) * a, (w + 2 * m).div_ceil(a) * a);
     let core = (opts.tile.max(a) / a) * a;
     let halo = opts.halo.div_ceil(a) * a;
     let tiled = (h4 * w4) as u64 > opts.tile_threshold && (h4 > core || w4 > core);
@@ -187,7 +205,7 @@ fn run_network(
         for _ in 0..n_norms {
             let mut acc: Option<Moments> = None;
             for t in &tiles {
-                let x = content.tensor(t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0);
+                let x = content.tensor(t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0, m);
                 let mut src = PassStats {
                     known: &known,
                     acc: None,
@@ -208,7 +226,7 @@ fn run_network(
         }
     }
     for t in &tiles {
-        let x = content.tensor(t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0);
+        let x = content.tensor(t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0, m);
         let y = if tiled {
             let mut src = PassStats {
                 known: &known,
@@ -223,10 +241,14 @@ fn run_network(
         };
         let (th, tw) = (y.h, y.w);
         let hw = th * tw;
-        for py in t.cy0..t.cy1.min(h) {
-            for px in t.cx0..t.cx1.min(w) {
+        for py in t.cy0.max(m)..t.cy1.min(h + m) {
+            for px in t.cx0.max(m)..t.cx1.min(w + m) {
                 let i = (py - t.y0) * tw + (px - t.x0);
-                emit(py, px, [y.data[i], y.data[hw + i], y.data[2 * hw + i]]);
+                emit(
+                    py - m,
+                    px - m,
+                    [y.data[i], y.data[hw + i], y.data[2 * hw + i]],
+                );
             }
         }
         done += 1;
@@ -403,14 +425,15 @@ pub fn stylize_frame(
 ) -> RgbImage {
     let (w, h) = (frame.width() as usize, frame.height() as usize);
     let a = Transformer::ALIGN;
-    let (h4, w4) = (h.div_ceil(a) * a, w.div_ceil(a) * a);
+    let m = opts.margin;
+    let (h4, w4) = ((h + 2 * m).div_ceil(a) * a, (w + 2 * m).div_ceil(a) * a);
     let content = Content::U8(frame.clone());
-    let x = content.tensor(0, 0, h4, w4);
+    let x = content.tensor(0, 0, h4, w4, m);
     let y = model.forward_with(&x, src).expect("statistics never stop");
     let hw = h4 * w4;
     let mut out = RgbImage::new(w as u32, h as u32);
     for (px, py, p) in out.enumerate_pixels_mut() {
-        let i = py as usize * w4 + px as usize;
+        let i = (py as usize + m) * w4 + px as usize + m;
         let s = [y.data[i], y.data[hw + i], y.data[2 * hw + i]];
         *p = image::Rgb(finish(opts, content.get(px as usize, py as usize), s));
     }

@@ -228,6 +228,9 @@ pub struct EvalArgs {
     /// Score with this content weight instead of the model's recorded one.
     #[arg(long)]
     content_weight: Option<f64>,
+    /// Mirror margin of the stylize pipeline for the artifact measures.
+    #[arg(long, default_value_t = impasto::stylize::DEFAULT_MARGIN)]
+    margin: usize,
 }
 
 pub fn evaluate(a: EvalArgs) -> Result<i32> {
@@ -268,11 +271,31 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
         }
     }
     let l = trainer::validate(&model, &vgg_net, &target, &loss, &imgs);
+    // Artifact measures, of the stylized photos and (as the baseline) of the photos.
+    let (mut grid, mut border, mut grid_photo, mut border_photo) = (0f64, 0f64, 0f64, 0f64);
+    for x in &imgs {
+        // What `stylize` gives (mirror margin and all), unclamped.
+        let opts = impasto::stylize::StylizeOptions {
+            margin: a.margin,
+            ..Default::default()
+        };
+        let out = impasto::stylize::stylize_tensor(&model, x, &opts);
+        grid += impasto::quality::grid_artifact(&out);
+        let y = impasto::quality::luminance(&out);
+        border += impasto::quality::border_artifact(&y, x.h, x.w);
+        grid_photo += impasto::quality::grid_artifact(x);
+        let p = impasto::quality::luminance(x);
+        border_photo += impasto::quality::border_artifact(&p, x.h, x.w);
+    }
+    let k = imgs.len().max(1) as f64;
+    let (grid, border, grid_photo, border_photo) =
+        (grid / k, border / k, grid_photo / k, border_photo / k);
     if a.json {
         println!(
             "{}",
             serde_json::json!({"model": a.model.display().to_string(), "style": a.style.display().to_string(), "photos": imgs.len(),
-                "content": l.content, "style_loss": l.style, "style_unweighted": l.style / loss.style_weight, "tv": l.tv, "total": l.total, "loss_config": loss, "loss_config_recorded": recorded})
+                "content": l.content, "style_loss": l.style, "style_unweighted": l.style / loss.style_weight,
+                "grid_artifact": grid, "border_artifact": border, "border_artifact_photos": border_photo, "grid_artifact_photos": grid_photo, "tv": l.tv, "total": l.total, "loss_config": loss, "loss_config_recorded": recorded})
         );
     } else {
         println!(
@@ -297,6 +320,9 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
             l.style / loss.style_weight,
             l.tv,
             l.total
+        );
+        println!(
+            "artifacts: grid {grid:.2} (checkerboard: spectral peak at the period-2/4 frequencies; the photos themselves: {grid_photo:.2}), border {border:.4} (the photos: {border_photo:.4})"
         );
     }
     Ok(0)
