@@ -31,3 +31,14 @@ pub fn shared(rel: &str, test: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// A generated RGB test image: gradients plus a fine diagonal pattern.
+pub fn photo(w: u32, h: u32) -> image::DynamicImage {
+    image::DynamicImage::ImageRgb8(image::ImageBuffer::from_fn(w, h, |x, y| {
+        image::Rgb([
+            (x * 255 / w.max(1)) as u8,
+            (y * 255 / h.max(1)) as u8,
+            ((x * 7 + y * 13) % 256) as u8,
+        ])
+    }))
+}

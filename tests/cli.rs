@@ -31,15 +31,7 @@ fn model(dir: &Path) -> PathBuf {
     p
 }
 
-fn photo(w: u32, h: u32) -> DynamicImage {
-    DynamicImage::ImageRgb8(ImageBuffer::from_fn(w, h, |x, y| {
-        Rgb([
-            (x * 255 / w.max(1)) as u8,
-            (y * 255 / h.max(1)) as u8,
-            ((x * 7 + y * 13) % 256) as u8,
-        ])
-    }))
-}
+use impasto::testutil::photo;
 
 fn no_part_files(dir: &Path) {
     for e in walk(dir) {

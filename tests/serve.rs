@@ -1,6 +1,6 @@
 //! `impasto serve` end to end: the real binary on a loopback port, driven over HTTP, over a
 //! WebSocket, under load, and from headless Chromium.
-use image::{DynamicImage, ImageBuffer, ImageFormat, Rgb};
+use image::{DynamicImage, ImageFormat};
 use impasto::model::{Arch, Transformer, TransformerConfig};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -122,15 +122,7 @@ fn reply(r: Result<ureq::Response, ureq::Error>) -> Reply {
     }
 }
 
-fn photo(w: u32, h: u32) -> DynamicImage {
-    DynamicImage::ImageRgb8(ImageBuffer::from_fn(w, h, |x, y| {
-        Rgb([
-            (x * 255 / w.max(1)) as u8,
-            (y * 255 / h.max(1)) as u8,
-            ((x * 7 + y * 13) % 256) as u8,
-        ])
-    }))
-}
+use impasto::testutil::photo;
 
 fn encoded(img: &DynamicImage, f: ImageFormat) -> Vec<u8> {
     let mut v = std::io::Cursor::new(Vec::new());
