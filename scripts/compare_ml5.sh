@@ -27,5 +27,6 @@ for line in sys.stdin:
     j = json.loads(line)
     name = "impasto (built-in)" if "/" not in j["model"] else j["model"].rsplit("/", 1)[1].split(".")[0]
     style = j["style"].rsplit("/", 1)[1].split(".")[0]
-    print(f"| {style} | {name} | {j[\"content\"]:.3g} | {j[\"style_unweighted\"]:.3g} | {j[\"grid_artifact\"]:.0f} (photos {j[\"grid_artifact_photos\"]:.1f}) | {j[\"border_artifact\"]:.3f} (photos {j[\"border_artifact_photos\"]:.3f}) |")
+    row = (style, name, j["content"], j["style_unweighted"], j["grid_artifact"], j["grid_artifact_photos"], j["border_artifact"], j["border_artifact_photos"])
+    print("| %s | %s | %.3g | %.3g | %.0f (photos %.1f) | %.3f (photos %.3f) |" % row)
 '

@@ -8,8 +8,10 @@
 //!   |mean(Y·e^{-2πi(ux+vy)/4})|, over the luminance's standard deviation. Texture that is
 //!   not locked to the grid averages out (≈ 1/√pixels); a checkerboard adds up.
 //! - [`border_artifact`]: a frame along the edges (zero padding darkens or brightens it):
-//!   |mean of the outer 4-pixel ring − mean of the next 4-pixel ring| over the standard
-//!   deviation.
+//!   (mean of the outer 4-pixel ring − mean of the next 4-pixel ring) over the standard
+//!   deviation. Signed: texture makes it wander either way from image to image, a frame
+//!   pushes it the same way every time, so average it over many images before taking its
+//!   magnitude.
 
 use crate::tensor::Tensor;
 
@@ -160,7 +162,7 @@ pub fn border_artifact(y: &[f32], h: usize, w: usize) -> f64 {
         sum / n.max(1) as f64
     };
     let (_, std) = mean_std(y);
-    (ring(0) - ring(1)).abs() / std
+    (ring(0) - ring(1)) / std
 }
 
 #[cfg(test)]
@@ -204,7 +206,7 @@ mod tests {
     fn border_artifact_sees_a_dark_frame() {
         let (h, w) = (96, 96);
         let clean = texture(h, w);
-        let b0 = border_artifact(&clean, h, w);
+        let b0 = border_artifact(&clean, h, w).abs();
         let framed: Vec<f32> = clean
             .iter()
             .enumerate()
@@ -217,7 +219,7 @@ mod tests {
                 }
             })
             .collect();
-        let b1 = border_artifact(&framed, h, w);
+        let b1 = -border_artifact(&framed, h, w);
         assert!(b0 < 0.1 && b1 > 0.4, "{b0} {b1}");
     }
 }

@@ -79,10 +79,8 @@ mod tests {
         }
     }
 
-    /// No frame along the edges: on real photos, the step in brightness between the outer
-    /// ring and the next one stays near the photos' own (the mirror margin is what keeps it
-    /// there: with `margin: 0` great_wave measures 0.12 against the photos' 0.056 and this
-    /// test fails).
+    /// No frame along the edges: on real photos, the mean step in brightness between the
+    /// outer ring and the next one stays near the photos' own.
     #[test]
     fn builtin_styles_have_no_border_frame() {
         let Some(val) =
@@ -94,7 +92,7 @@ mod tests {
         let files: Vec<_> = crate::train::data::scan(&val)
             .unwrap()
             .into_iter()
-            .take(12)
+            .take(50)
             .collect();
         let photos: Vec<crate::tensor::Tensor> = files
             .iter()
@@ -108,6 +106,10 @@ mod tests {
                 )
             })
             .collect();
+        // A tenth of a standard deviation. Measured on the 50 val photos at 192²: with the
+        // 16-pixel mirror margin every built-in is at 0.012-0.083; with IMPASTO_TEST_MARGIN=0
+        // great_wave (0.148) and composition_vii (0.122) fail.
+        const LIMIT: f64 = 0.1;
         let own: f64 = photos
             .iter()
             .map(|x| border_artifact(&luminance(x), 192, 192))
@@ -115,7 +117,13 @@ mod tests {
             / photos.len() as f64;
         for n in super::names() {
             let m = super::builtin(n).unwrap().unwrap();
-            let opts = crate::stylize::StylizeOptions::default();
+            let opts = crate::stylize::StylizeOptions {
+                margin: std::env::var("IMPASTO_TEST_MARGIN")
+                    .ok()
+                    .and_then(|m| m.parse().ok())
+                    .unwrap_or(crate::stylize::DEFAULT_MARGIN),
+                ..Default::default()
+            };
             let b: f64 = photos
                 .iter()
                 .map(|x| {
@@ -127,10 +135,12 @@ mod tests {
                 })
                 .sum::<f64>()
                 / photos.len() as f64;
-            eprintln!("{n}: border {b:.4}, photos {own:.4}");
+            // The photos' own step (they are darker towards the edges) is not an artifact.
+            let excess = (b - own).abs();
+            eprintln!("{n}: border step {b:.4}, the photos' {own:.4}, excess {excess:.4}");
             assert!(
-                b < 2.0 * own,
-                "{n}: border step {b:.4} vs the photos' {own:.4}"
+                excess < LIMIT,
+                "{n}: border step {b:.4} vs the photos' {own:.4}: a frame"
             );
         }
     }

@@ -20,7 +20,7 @@ use crate::tensor::Tensor;
 use image::{DynamicImage, Rgb32FImage, RgbImage, RgbaImage};
 
 /// See [`StylizeOptions::margin`]; measured with `impasto evaluate` (border artifact).
-pub const DEFAULT_MARGIN: usize = 8;
+pub const DEFAULT_MARGIN: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct StylizeOptions {

@@ -42,8 +42,8 @@ pub fn run(a: Args) -> Result<i32> {
     let model = super::model_or_init(&a.model, a.arch)?;
     let threads = rayon::current_num_threads();
     if !a.json {
-        println!("| size | median ms | min ms | GFLOP/s | threads |");
-        println!("|---|---|---|---|---|");
+        outln!("| size | median ms | min ms | GFLOP/s | threads |");
+        outln!("|---|---|---|---|---|");
     }
     for &s in &a.sizes {
         let mut rng = impasto::rng::Rng::new(s as u64);
@@ -68,12 +68,12 @@ pub fn run(a: Args) -> Result<i32> {
         let med = ms[ms.len() / 2];
         let gflops = model.flops(s, s) / med / 1e6;
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"engine": "impasto", "arch": model.config.arch, "size": s, "median_ms": med, "min_ms": ms[0], "runs": ms, "threads": threads})
             );
         } else {
-            println!(
+            outln!(
                 "| {s}² | {med:.1} | {:.1} | {gflops:.0} | {threads} |",
                 ms[0]
             );
@@ -133,12 +133,12 @@ fn train(a: Args) -> Result<i32> {
         let med = ms[ms.len() / 2];
         let ips = a.batch as f64 / (med / 1e3);
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"engine": "impasto", "train": true, "batch": a.batch, "size": s, "median_ms": med, "img_per_s": ips, "runs": ms, "threads": threads})
             );
         } else {
-            println!("train step batch {} at {s}²: median {med:.0} ms, min {:.0} ms, {ips:.2} img/s ({threads} threads)", a.batch, ms[0]);
+            outln!("train step batch {} at {s}²: median {med:.0} ms, min {:.0} ms, {ips:.2} img/s ({threads} threads)", a.batch, ms[0]);
         }
     }
     Ok(0)

@@ -1,4 +1,13 @@
 //! Command definitions and dispatch.
+/// `println!` that hands back the error instead of panicking, so that a closed stdout
+/// (`impasto evaluate … | head -1`) ends the command quietly (see `is_broken_pipe`).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($t)*)?
+    }};
+}
+
 mod bench;
 mod serve;
 mod sheet;
@@ -148,7 +157,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             for (k, v) in &m.metadata {
                 js[k] = serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone()));
             }
-            println!("{}", serde_json::to_string_pretty(&js)?);
+            outln!("{}", serde_json::to_string_pretty(&js)?);
             Ok(0)
         }
         Cmd::Bench(a) => bench::run(a),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 pub fn list() -> Result<i32> {
     let names = impasto::styles::names();
     if names.is_empty() {
-        println!("no built-in styles in this build");
+        outln!("no built-in styles in this build");
     }
     for n in names {
         let m = impasto::styles::builtin(n).expect("listed")?;
@@ -17,7 +17,7 @@ pub fn list() -> Result<i32> {
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or_default();
         let t = &prov["train"];
-        println!(
+        outln!(
             "{n:<20} {:?}, trained {} steps at {}² on {} photos (style weight {})",
             m.config.arch,
             prov["steps_done"],

@@ -252,7 +252,10 @@ pub fn run(a: Args) -> Result<i32> {
                         "device": "cpu",
                         "ok": true,
                     });
-                    bar.suspend(|| println!("{rec}"));
+                    bar.suspend(|| -> std::io::Result<()> {
+                        outln!("{rec}");
+                        Ok(())
+                    })?;
                 }
             }
             Err(e) => {
@@ -267,7 +270,10 @@ pub fn run(a: Args) -> Result<i32> {
                         .map(|e| e.category())
                         .unwrap_or("other");
                     let rec = serde_json::json!({"input": name.display().to_string(), "ok": false, "error": format!("{e:#}"), "category": cat});
-                    bar.suspend(|| println!("{rec}"));
+                    bar.suspend(|| -> std::io::Result<()> {
+                        outln!("{rec}");
+                        Ok(())
+                    })?;
                 }
             }
         }

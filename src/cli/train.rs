@@ -288,17 +288,22 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
         border_photo += impasto::quality::border_artifact(&p, x.h, x.w);
     }
     let k = imgs.len().max(1) as f64;
-    let (grid, border, grid_photo, border_photo) =
-        (grid / k, border / k, grid_photo / k, border_photo / k);
+    // Border: the magnitude of the mean signed step (see `quality::border_artifact`).
+    let (grid, border, grid_photo, border_photo) = (
+        grid / k,
+        (border / k).abs(),
+        grid_photo / k,
+        (border_photo / k).abs(),
+    );
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"model": a.model.display().to_string(), "style": a.style.display().to_string(), "photos": imgs.len(),
                 "content": l.content, "style_loss": l.style, "style_unweighted": l.style / loss.style_weight,
                 "grid_artifact": grid, "border_artifact": border, "border_artifact_photos": border_photo, "grid_artifact_photos": grid_photo, "tv": l.tv, "total": l.total, "loss_config": loss, "loss_config_recorded": recorded})
         );
     } else {
-        println!(
+        outln!(
             "{}: {} photos, loss weights content {} style {} tv {} ({})",
             a.model.display(),
             imgs.len(),
@@ -313,7 +318,7 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
                 "impasto's defaults (the model records none)"
             }
         );
-        println!(
+        outln!(
             "content {:.4e}  style {:.4e} (unweighted {:.4e})  tv {:.4e}  total {:.4e}",
             l.content,
             l.style,
@@ -321,7 +326,7 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
             l.tv,
             l.total
         );
-        println!(
+        outln!(
             "artifacts: grid {grid:.2} (checkerboard: spectral peak at the period-2/4 frequencies; the photos themselves: {grid_photo:.2}), border {border:.4} (the photos: {border_photo:.4})"
         );
     }
@@ -402,7 +407,11 @@ pub fn optimize(a: OptimizeArgs) -> Result<i32> {
             bar.set_message(format!("loss {:.3e}", l.total));
             // `l` is the loss of the image after it-1 updates.
             if a.json && (it - 1) % 50 == 0 {
-                bar.suspend(|| println!("{}", serde_json::json!({"iter": it - 1, "loss": l, "seconds": t0.elapsed().as_secs_f64()})));
+                // A closed stdout only loses these progress records; the image is still written.
+                let _ = bar.suspend(|| -> std::io::Result<()> {
+                    outln!("{}", serde_json::json!({"iter": it - 1, "loss": l, "seconds": t0.elapsed().as_secs_f64()}));
+                    Ok(())
+                });
             }
         },
     );
@@ -415,7 +424,7 @@ pub fn optimize(a: OptimizeArgs) -> Result<i32> {
     impasto::imageio::write_path(&image::DynamicImage::ImageRgb8(img), &a.output)?;
     let secs = t0.elapsed().as_secs_f64();
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"iter": a.iters, "final": fin, "seconds": secs, "output": a.output.display().to_string()})
         );

@@ -275,22 +275,39 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
             format!("request body is {n} bytes, over this server's limit of {limit}"),
         )
     };
+    let mut stream = body.into_data_stream();
+    // Refused bodies are still read (and dropped), up to a bound, so that the client gets to
+    // read the 413 instead of a connection reset while it is still sending.
+    let drain = |mut stream: axum::body::BodyDataStream| async move {
+        let cap = limit.saturating_mul(4).max(64 << 20);
+        let mut seen = 0usize;
+        let read = async {
+            while let Some(Ok(c)) = stream.next().await {
+                seen += c.len();
+                if seen > cap {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read).await;
+    };
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
     {
         if len > limit as u64 {
+            drain(stream).await;
             return Err(too_large(len.to_string()));
         }
     }
-    let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk =
             chunk.map_err(|e| ApiError::bad(format!("could not read the request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
-            return Err(too_large("more than".to_string() + &format!(" {limit}")));
+            drain(stream).await;
+            return Err(too_large(format!("more than {limit}")));
         }
         buf.extend_from_slice(&chunk);
     }
