@@ -70,31 +70,27 @@ pub fn grid_artifact(t: &Tensor) -> f64 {
                 p[r * w + x] = (p[r * w + x] - mean) * wy[r] * wx[x];
             }
         }
-        // Row transforms at the needed column frequencies, cached by bin.
-        let mut rows: std::collections::HashMap<usize, Vec<(f64, f64)>> = Default::default();
-        let mut row_dft = |kx: usize| -> Vec<(f64, f64)> {
-            rows.entry(kx)
-                .or_insert_with(|| {
-                    (0..h)
-                        .map(|r| {
-                            let (mut re, mut im) = (0f64, 0f64);
-                            for x in 0..w {
-                                let ph = -std::f64::consts::TAU * ((kx * x) % w) as f64 / w as f64;
-                                re += p[r * w + x] * ph.cos();
-                                im += p[r * w + x] * ph.sin();
-                            }
-                            (re, im)
-                        })
-                        .collect()
+        // Row transforms at the needed column frequencies, computed once per bin.
+        let row_dft = |kx: usize| -> Vec<(f64, f64)> {
+            (0..h)
+                .map(|r| {
+                    let (mut re, mut im) = (0f64, 0f64);
+                    for x in 0..w {
+                        let ph = -std::f64::consts::TAU * ((kx * x) % w) as f64 / w as f64;
+                        re += p[r * w + x] * ph.cos();
+                        im += p[r * w + x] * ph.sin();
+                    }
+                    (re, im)
                 })
-                .clone()
+                .collect()
         };
+        let mut rows: std::collections::HashMap<usize, Vec<(f64, f64)>> = Default::default();
         let mut power = |ky: i64, kx: i64| -> f64 {
             let (ky, kx) = (
                 ky.rem_euclid(h as i64) as usize,
                 kx.rem_euclid(w as i64) as usize,
             );
-            let row = row_dft(kx);
+            let row = rows.entry(kx).or_insert_with(|| row_dft(kx));
             let (mut re, mut im) = (0f64, 0f64);
             for (r, &(a, b)) in row.iter().enumerate() {
                 let ph = -std::f64::consts::TAU * ((ky * r) % h) as f64 / h as f64;

@@ -8,7 +8,7 @@ use std::time::Duration;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Address to listen on (port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value_t = ServeConfig::default().addr)]
     addr: SocketAddr,
     /// Folder of extra model files (`NAME.safetensors` is served as style NAME).
     #[arg(long)]
@@ -17,22 +17,22 @@ pub struct Args {
     #[arg(long)]
     workers: Option<usize>,
     /// Requests that may wait for a worker; beyond this the answer is 503.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = ServeConfig::default().queue)]
     queue: usize,
     /// Largest request body in bytes (413 beyond).
-    #[arg(long, default_value_t = 32 << 20)]
+    #[arg(long, default_value_t = ServeConfig::default().max_bytes)]
     max_bytes: usize,
     /// Largest image in pixels (413 beyond).
-    #[arg(long, default_value_t = 50_000_000)]
+    #[arg(long, default_value_t = ServeConfig::default().max_pixels)]
     max_pixels: u64,
     /// Images are stylized at most this large (longest side); larger ones are scaled down.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = ServeConfig::default().max_side)]
     max_side: u32,
     /// Longest side of live webcam frames.
-    #[arg(long, default_value_t = 640)]
+    #[arg(long, default_value_t = ServeConfig::default().live_max_side)]
     live_max_side: u32,
     /// Seconds a request may take in all (queueing included) before the answer is 503.
-    #[arg(long, default_value_t = 120.0)]
+    #[arg(long, default_value_t = ServeConfig::default().timeout.as_secs_f64())]
     timeout: f64,
 }
 

@@ -10,15 +10,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// What the result looks like: the options `stylize` and `video` share.
 #[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Images or folders (searched recursively); - reads one image from stdin.
-    #[arg(required = true)]
-    inputs: Vec<String>,
-    /// Output: a file (format from its extension), a folder, or - for stdout.
-    /// Default: NAME.stylized.EXT beside a single input, ./stylized/ for several.
-    #[arg(short, long)]
-    output: Option<String>,
+pub struct Look {
     /// A built-in style (see `impasto styles`) or a model file (.safetensors).
     #[arg(
         short = 's',
@@ -28,15 +22,42 @@ pub struct Args {
         value_name = "NAME|FILE"
     )]
     style: String,
-    /// Scale images down so that the longest side is at most N pixels.
+    /// Scale the input down so that the longest side is at most N pixels.
     #[arg(long, value_name = "N")]
     max_size: Option<u32>,
-    /// How much style: 1 = full, 0 = the photo unchanged.
+    /// How much style: 1 = full, 0 = the input unchanged.
     #[arg(long, default_value_t = 1.0, value_parser = parse_strength)]
     strength: f32,
-    /// Keep the photo's colours; stylize the luminance only.
+    /// Keep the input's colours; stylize the luminance only.
     #[arg(long)]
     preserve_color: bool,
+}
+
+impl Look {
+    pub(super) fn model(&self) -> impasto::Result<Transformer> {
+        impasto::styles::resolve(&self.style)
+    }
+    pub(super) fn options(&self) -> StylizeOptions {
+        StylizeOptions {
+            max_size: self.max_size,
+            strength: self.strength,
+            preserve_color: self.preserve_color,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Images or folders (searched recursively); - reads one image from stdin.
+    #[arg(required = true)]
+    inputs: Vec<String>,
+    /// Output: a file (format from its extension), a folder, or - for stdout.
+    /// Default: NAME.stylized.EXT beside a single input, ./stylized/ for several.
+    #[arg(short, long)]
+    output: Option<String>,
+    #[command(flatten)]
+    look: Look,
     /// Output format for folders and stdout (default: the input's, else png).
     #[arg(long, value_parser = ["png", "jpg", "webp"])]
     format: Option<String>,
@@ -214,14 +235,11 @@ pub fn run(a: Args) -> Result<i32> {
         ));
     }
 
-    let model = impasto::styles::resolve(&a.style)?;
+    let model = a.look.model()?;
     let opts = StylizeOptions {
-        max_size: a.max_size,
-        strength: a.strength,
-        preserve_color: a.preserve_color,
         tile: a.tile,
         tile_threshold: a.tile_threshold,
-        ..Default::default()
+        ..a.look.options()
     };
 
     let bar = if many {

@@ -1,6 +1,5 @@
 //! `impasto video`.
 use anyhow::Result;
-use impasto::stylize::StylizeOptions;
 use impasto::video::{stylize_video, VideoOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -12,23 +11,8 @@ pub struct Args {
     /// The video to write (H.264; audio copied).
     #[arg(short, long)]
     output: PathBuf,
-    /// A built-in style or a model file.
-    #[arg(
-        short = 's',
-        long = "style",
-        visible_alias = "model",
-        short_alias = 'm',
-        value_name = "NAME|FILE"
-    )]
-    style: String,
-    /// Scale frames so the longest side is at most N.
-    #[arg(long, value_name = "N")]
-    max_size: Option<u32>,
-    /// How much style: 1 = full, 0 = the video unchanged.
-    #[arg(long, default_value_t = 1.0, value_parser = super::stylize::parse_strength)]
-    strength: f32,
-    #[arg(long)]
-    preserve_color: bool,
+    #[command(flatten)]
+    look: super::stylize::Look,
     /// Reduce flicker: carry instance-norm statistics from frame to frame.
     #[arg(long)]
     smooth: bool,
@@ -38,14 +22,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    let model = impasto::styles::resolve(&a.style)?;
+    let model = a.look.model()?;
     let opts = VideoOptions {
-        stylize: StylizeOptions {
-            max_size: a.max_size,
-            strength: a.strength,
-            preserve_color: a.preserve_color,
-            ..Default::default()
-        },
+        stylize: a.look.options(),
         smooth: if a.smooth {
             a.smooth_momentum.clamp(0.0, 0.999)
         } else {

@@ -337,10 +337,9 @@ async fn from_multipart(
             .bytes()
             .await
             .map_err(|e| ApiError::bad(format!("bad multipart request: {e}")))?;
+        // The field `image` wins over any earlier file; otherwise the first file.
         if name == "image" || (is_file && image.is_none()) {
-            if name == "image" || image.is_none() {
-                image = Some(data);
-            }
+            image = Some(data);
         } else if !is_file {
             let v = String::from_utf8_lossy(&data).into_owned();
             params.entry(name).or_insert(v);
