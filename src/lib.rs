@@ -22,5 +22,6 @@ pub mod tensor;
 pub mod testutil;
 pub mod train;
 pub mod video;
+pub mod walk;
 
 pub use error::{Error, Result};

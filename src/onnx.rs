@@ -309,6 +309,12 @@ pub fn import_bytes(bytes: &[u8]) -> R<Transformer> {
             return Err(format!("{name}: padding must be SAME_UPPER"));
         }
         let w = init(&c.inputs[1])?;
+        if w.dims.len() != 4 || w.dims.contains(&0) {
+            return Err(format!(
+                "{name}: weight `{}` has shape {:?}, expected 4 dimensions",
+                c.inputs[1], w.dims
+            ));
+        }
         params.insert(
             format!("{name}.conv2d.weight"),
             (w.dims.clone(), w.data.clone()),
@@ -367,6 +373,7 @@ pub fn import_bytes(bytes: &[u8]) -> R<Transformer> {
     }
     config.output = OutputFn::ScaledTanh { scale, shift };
 
+    config.validate()?;
     // Check every shape against the config before building.
     for (name, shape) in config.param_shapes() {
         match params.get(&name) {
@@ -377,7 +384,9 @@ pub fn import_bytes(bytes: &[u8]) -> R<Transformer> {
             _ => {}
         }
     }
-    Ok(Transformer::from_params(config, params, BTreeMap::new()))
+    let t = Transformer::from_params(config, params, BTreeMap::new());
+    t.validate()?;
+    Ok(t)
 }
 
 pub fn import(path: &Path) -> Result<Transformer> {

@@ -84,6 +84,10 @@ struct Graph {
     nodes: Vec<Msg>,
     inits: Vec<Msg>,
     counter: usize,
+    /// Tests: write this initializer (name, dims, values) instead of the model's, to make
+    /// malformed files for the importer.
+    #[cfg(test)]
+    replace: Option<(String, Vec<usize>, Vec<f32>)>,
 }
 
 impl Graph {
@@ -107,6 +111,13 @@ impl Graph {
     }
 
     fn init_f32(&mut self, name: &str, dims: &[usize], v: &[f32]) -> String {
+        #[cfg(test)]
+        let replaced = self.replace.clone().filter(|r| r.0 == name);
+        #[cfg(test)]
+        let (dims, v) = match &replaced {
+            Some((_, d, x)) => (d.as_slice(), x.as_slice()),
+            None => (dims, v),
+        };
         let mut t = Msg::default();
         for d in dims {
             t.int(1, *d as i64);
@@ -149,8 +160,11 @@ fn value_info(name: &str) -> Msg {
 
 /// The ONNX bytes of `model`.
 pub fn to_onnx(model: &Transformer) -> Vec<u8> {
+    to_onnx_in(model, Graph::default())
+}
+
+fn to_onnx_in(model: &Transformer, mut g: Graph) -> Vec<u8> {
     let cfg = &model.config;
-    let mut g = Graph::default();
     let p = |n: &str| &model.params[n];
     let eps = cfg.norm_eps as f32;
     let conv = |g: &mut Graph, x: &str, name: &str, stride: i64, kind: &str| -> String {
@@ -307,5 +321,42 @@ mod tests {
         for (n, (_, v)) in &m.params {
             assert_eq!(&back.params[n].1, v, "{n}");
         }
+    }
+
+    fn with_initializer(m: &Transformer, name: &str, dims: Vec<usize>, v: Vec<f32>) -> Vec<u8> {
+        let g = Graph {
+            replace: Some((name.to_string(), dims, v)),
+            ..Default::default()
+        };
+        to_onnx_in(m, g)
+    }
+
+    /// Malformed ONNX files are errors that say what is wrong, never a panic, and the
+    /// importer never returns a model that `load` would refuse.
+    #[test]
+    fn malformed_onnx_initializers_are_errors() {
+        let m = Transformer::init(TransformerConfig::new(Arch::Seed), 4);
+        let w = "conv1.conv2d.weight";
+        for (dims, v, want) in [
+            (vec![], vec![0.5], "4 dimensions"),
+            (vec![32], vec![0.5; 32], "4 dimensions"),
+            (vec![32, 3, 9, 0], vec![], "4 dimensions"),
+            (vec![32, 3, 9, 9], vec![f32::NAN; 32 * 3 * 81], "non-finite"),
+        ] {
+            let bytes = with_initializer(&m, w, dims.clone(), v);
+            let e = crate::onnx::import_bytes(&bytes).err();
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains(want)),
+                "{dims:?}: {e:?}"
+            );
+        }
+        let e = crate::onnx::import_bytes(&with_initializer(
+            &m,
+            "in6.weight",
+            vec![3],
+            vec![f32::INFINITY; 3],
+        ))
+        .err();
+        assert!(e.is_some_and(|e| e.contains("non-finite")));
     }
 }

@@ -137,11 +137,13 @@ pub fn stylize_video(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    crate::io::remove_stale_partial_files(dir);
     let tmp = tempfile::Builder::new()
-        .prefix(".impasto-")
-        .suffix(&format!(".{ext}"))
+        .prefix(&crate::io::prefix())
+        .suffix(&format!(".part.{ext}"))
         .tempfile_in(dir)
         .map_err(|e| Error::output(output, e.to_string()))?;
+    let _partial = crate::io::Partial::register(tmp.path());
     let mut enc = Command::new(&ffmpeg)
         .args([
             "-v",

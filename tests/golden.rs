@@ -89,6 +89,49 @@ fn imported_ml5_udnie_reproduces_onnxruntime() {
     let err = y.max_abs_diff(&tensor(&g, "output"));
     eprintln!("ml5 udnie max abs error {err:.3e}");
     assert!(err < 0.5, "max abs error {err}");
+
+    // The stylize pipeline (what `impasto stylize --margin 0` runs) is the bare network:
+    // within the golden tolerance, and within 2/255 once both are rounded to 8 bits.
+    let input = tensor(&g, "input");
+    let want = tensor(&g, "output");
+    let opts = impasto::stylize::StylizeOptions {
+        margin: 0,
+        ..Default::default()
+    };
+    let y = impasto::stylize::stylize_tensor(&model, &input, &opts);
+    let err = y.max_abs_diff(&want);
+    let rounded = y
+        .data
+        .iter()
+        .zip(&want.data)
+        .map(|(a, b)| (a.round().clamp(0.0, 255.0) - b.round().clamp(0.0, 255.0)).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("stylize --margin 0 vs onnxruntime: max abs {err:.3e}, after rounding {rounded}");
+    assert!(
+        err < 0.5 && rounded <= 2.0,
+        "max abs {err}, rounded {rounded}"
+    );
+    // With the default margin only the picture's edges move (the statistics are the
+    // picture's own); the interior stays close to onnxruntime's.
+    let y = impasto::stylize::stylize_tensor(&model, &input, &Default::default());
+    let (h, w) = (input.h, input.w);
+    let (mut worst, mut sum, mut n) = (0.0f32, 0.0f64, 0usize);
+    for c in 0..3 {
+        for yy in 16..h - 16 {
+            for xx in 16..w - 16 {
+                let i = (c * h + yy) * w + xx;
+                let d = (y.data[i] - want.data[i]).abs();
+                worst = worst.max(d);
+                sum += d as f64;
+                n += 1;
+            }
+        }
+    }
+    eprintln!(
+        "stylize (default margin {}) vs onnxruntime, 16 px from the edges in: max abs {worst:.2}, mean {:.3}",
+        impasto::stylize::DEFAULT_MARGIN,
+        sum / n as f64
+    );
 }
 
 #[test]

@@ -414,10 +414,16 @@ fn live_websocket_stylizes_frames_and_reports_errors() {
         ws.send(Message::Binary(frame.clone().into())).unwrap();
     }
     let mut got = 0;
+    let mut skipped = 0;
     let mut last = 0;
     loop {
         let rec = next_text(&mut ws);
         assert!(rec["error"].is_null(), "{rec}");
+        if rec.get("skipped").is_some() {
+            // A frame replaced by a newer one before a worker took it: answered, not lost.
+            skipped += 1;
+            continue;
+        }
         assert_eq!(
             (rec["width"].as_u64(), rec["height"].as_u64()),
             (Some(160), Some(120))
@@ -437,6 +443,7 @@ fn live_websocket_stylizes_frames_and_reports_errors() {
         // Frame numbers count every binary message, the first (refused) one included.
         if n == burst + 1 {
             assert_eq!(got + dropped, burst, "every frame stylized or dropped");
+            assert_eq!(skipped, dropped, "every dropped frame answered");
             break;
         }
     }
@@ -718,4 +725,261 @@ fn browser_end_to_end() {
         &format!("/element/{live}/click"),
         serde_json::json!({}),
     );
+}
+
+/// A raw HTTP/1.1 exchange (for requests no client library sends): the status, the
+/// content type and the body, read until the server closes.
+fn raw(url: &str, request: &[u8]) -> (u16, String, Vec<u8>) {
+    use std::io::Write;
+    let addr = url.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let _ = c.write_all(request);
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = match buf.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => (
+            String::from_utf8_lossy(&buf[..i]).to_string(),
+            buf[i + 4..].to_vec(),
+        ),
+        None => (text.clone(), Vec::new()),
+    };
+    let ct = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, ct, body)
+}
+
+fn json_error(status: u16, ct: &str, body: &[u8]) -> serde_json::Value {
+    assert!(
+        ct.starts_with("application/json"),
+        "{status} {ct}: {}",
+        String::from_utf8_lossy(body)
+    );
+    let j: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(j["error"]["status"], status, "{j}");
+    assert!(!j["error"]["message"].as_str().unwrap().is_empty());
+    j
+}
+
+/// Reliability issue, point 13: every error is JSON with the right status — the ones axum
+/// and hyper used to answer themselves included — and nothing long is echoed back.
+#[test]
+fn every_error_is_json() {
+    let s = Server::start(&[]);
+    let style = impasto::styles::names()[0];
+    for m in ["GET", "PUT", "OPTIONS", "DELETE"] {
+        let req = format!("{m} /v1/stylize HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        let (st, ct, body) = raw(&s.url, req.as_bytes());
+        assert_eq!(st, 405, "{m}");
+        json_error(405, &ct, &body);
+    }
+    // Invalid UTF-8 in a path, a WebSocket endpoint without the upgrade headers.
+    let (st, ct, body) = raw(
+        &s.url,
+        b"GET /v1/styles/%FF%FE/thumbnail HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert_eq!(st, 400);
+    json_error(400, &ct, &body);
+    let (st, ct, body) = raw(
+        &s.url,
+        b"GET /v1/live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert!((400..500).contains(&st), "{st}");
+    json_error(st, &ct, &body);
+    // Headers too large or too many: 431, JSON.
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: {}\r\nconnection: close\r\n\r\n",
+        "a".repeat(500 << 10)
+    );
+    let (st, ct, body) = raw(&s.url, big.as_bytes());
+    assert_eq!(st, 431);
+    json_error(431, &ct, &body);
+    let mut many = String::from("GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let (st, ct, body) = raw(&s.url, many.as_bytes());
+    assert_eq!(st, 431);
+    json_error(431, &ct, &body);
+    // A 30 KB parameter name is refused without being echoed whole.
+    let key = "k".repeat(30 << 10);
+    let r = s.post(
+        &format!("/v1/stylize?style={style}&{key}=1"),
+        "image/png",
+        b"x",
+    );
+    r.assert_error(400, "bad-request");
+    assert!(r.body.len() < 2000, "echoed {} bytes", r.body.len());
+}
+
+/// Fidelity issue (slow clients): a client that does not finish its headers within
+/// --read-timeout is disconnected, one that stalls mid-body gets a JSON 408, and beyond
+/// --max-connections new connections get a JSON 503 at once; the server serves normally
+/// throughout and after.
+#[test]
+fn slow_and_stalled_clients_are_not_held_forever() {
+    use std::io::Write;
+    let s = Server::start(&["--read-timeout", "1", "--max-connections", "20"]);
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let t0 = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(b"POST /v1/stylize HTTP/1.1\r\nhost: x\r\n")
+            .unwrap();
+        held.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // Over the cap: refused at once, in JSON.
+    let (st, ct, body) = raw(&s.url, b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert_eq!(st, 503);
+    json_error(503, &ct, &body);
+    // The slow ones are closed by the server after about a second.
+    for c in &mut held {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 64];
+        let n = c.read(&mut b).unwrap_or(0);
+        let _ = n;
+    }
+    let waited = t0.elapsed();
+    assert!(
+        waited < Duration::from_secs(8),
+        "slow clients held {waited:?}"
+    );
+    // Room again: a normal request works.
+    assert_eq!(s.health()["status"], "ok");
+    // A body that stalls: 408 in JSON.
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    let style = impasto::styles::names()[0];
+    c.write_all(
+        format!("POST /v1/stylize?style={style} HTTP/1.1\r\nhost: x\r\ncontent-type: image/png\r\ncontent-length: 5000\r\nconnection: close\r\n\r\n0123456789").as_bytes(),
+    )
+    .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = Vec::new();
+    let _ = c.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"category\":\"timeout\""), "{text}");
+}
+
+/// Reliability issue, point 5: many live clients at 10 frames/s on two workers all get
+/// frames (the workers are shared first come, first served), and every frame a client
+/// sends is answered: stylized, or skipped because a newer one replaced it.
+#[test]
+fn live_clients_share_the_workers_fairly() {
+    let s = Server::start(&["--workers", "2"]);
+    let style = impasto::styles::names()[0];
+    let ws_url = s.url.replace("http://", "ws://") + "/v1/live";
+    let frame = encoded(&photo(160, 120), ImageFormat::Jpeg);
+    let clients = 12;
+    let secs = 6.0;
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let (ws_url, frame, style) = (ws_url.clone(), frame.clone(), style.to_string());
+            std::thread::spawn(move || {
+                use tungstenite::Message;
+                let (mut ws, _) = tungstenite::connect(ws_url.as_str()).unwrap();
+                if let tungstenite::stream::MaybeTlsStream::Plain(t) = ws.get_ref() {
+                    t.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                }
+                ws.send(Message::Text(format!(r#"{{"style":"{style}"}}"#).into()))
+                    .unwrap();
+                let (mut sent, mut stylized, mut skipped) = (0u64, 0u64, 0u64);
+                let t0 = Instant::now();
+                let mut next = Duration::ZERO;
+                // Send at 10 fps for `secs`, then wait for the last answers.
+                while t0.elapsed() < Duration::from_secs_f64(secs + 15.0)
+                    && (t0.elapsed() < Duration::from_secs_f64(secs) || stylized + skipped < sent)
+                {
+                    if t0.elapsed() >= next && t0.elapsed() < Duration::from_secs_f64(secs) {
+                        ws.send(Message::Binary(frame.clone().into())).unwrap();
+                        sent += 1;
+                        next += Duration::from_millis(100);
+                    }
+                    match ws.read() {
+                        Ok(Message::Text(t)) => {
+                            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                            assert!(v["error"].is_null(), "{v}");
+                            if v.get("skipped").is_some() {
+                                skipped += 1;
+                            } else {
+                                stylized += 1;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(tungstenite::Error::Io(e))
+                            if e.kind() == std::io::ErrorKind::WouldBlock
+                                || e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                ws.close(None).ok();
+                (sent, stylized, skipped)
+            })
+        })
+        .collect();
+    let results: Vec<(u64, u64, u64)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    eprintln!("live fairness, {clients} clients at 10 fps on 2 workers (sent, stylized, skipped): {results:?}");
+    let min = results.iter().map(|r| r.1).min().unwrap();
+    let max = results.iter().map(|r| r.1).max().unwrap();
+    for &(sent, stylized, skipped) in &results {
+        assert_eq!(
+            sent,
+            stylized + skipped,
+            "every frame answered: {results:?}"
+        );
+    }
+    assert!(min >= 3, "a client was starved: {results:?}");
+    assert!(min * 3 >= max, "unfair share: {results:?}");
+}
+
+/// Reliability issue, point 12 (serve): SIGTERM lets the request in flight finish, then the
+/// server exits 0 within a bounded time.
+#[cfg(unix)]
+#[test]
+fn sigterm_finishes_requests_in_flight_then_exits() {
+    let mut s = Server::start(&["--workers", "1"]);
+    let style = impasto::styles::names()[0];
+    let img = encoded(&photo(900, 700), ImageFormat::Png);
+    let url = format!("{}/v1/stylize?style={style}", s.url);
+    let h = std::thread::spawn(move || {
+        reply(
+            ureq::post(&url)
+                .set("content-type", "image/png")
+                .send_bytes(&img),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let t0 = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    let r = h.join().unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let st = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "server did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(st.success(), "{st:?}");
 }

@@ -121,13 +121,18 @@ fn resume_after_sigkill_and_sigint_gives_identical_weights() {
     );
     let want = weights(&a);
 
-    for signal in ["-KILL", "-INT"] {
+    // SIGTERM (kill, systemd, Kubernetes) saves a checkpoint exactly as Ctrl-C does.
+    for signal in ["-KILL", "-INT", "-TERM"] {
         let b = s.root.join(format!("b{signal}.safetensors"));
         let ckpt = s.root.join(format!("b{signal}.ckpt.safetensors"));
         let status = interrupt_after_checkpoint(train_cmd(&s, &b, steps, &[]), &ckpt, signal);
-        if signal == "-INT" {
-            // Ctrl-C: a checkpoint is saved and the run ends with 130.
-            assert_eq!(status.code(), Some(130), "SIGINT exit");
+        if signal != "-KILL" {
+            // Ctrl-C or SIGTERM: a checkpoint is saved and the run ends with 130.
+            assert_eq!(status.code(), Some(130), "{signal} exit");
+            assert!(
+                !s.root.join(format!("b{signal}.lock")).exists(),
+                "lock released"
+            );
         }
         assert!(
             !b.exists() || signal == "-KILL",

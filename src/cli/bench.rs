@@ -13,10 +13,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "johnson")]
     arch: Arch,
     /// Square sizes to time.
-    #[arg(long, value_delimiter = ',', default_value = "256,512,1024")]
+    #[arg(long, value_delimiter = ',', default_value = "256,512,1024", value_parser = super::args::at_least_usize(1))]
     sizes: Vec<usize>,
     /// Timed runs per size (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::args::at_least_usize(1))]
     runs: usize,
     /// Untimed warm-up runs per size.
     #[arg(long, default_value_t = 1)]
@@ -28,7 +28,7 @@ pub struct Args {
     #[arg(long)]
     train: bool,
     /// Batch size for --train.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = super::args::at_least_usize(1))]
     batch: usize,
     /// VGG16 weights for --train.
     #[arg(long)]

@@ -8,9 +8,11 @@ macro_rules! outln {
     }};
 }
 
+mod args;
 mod bench;
 mod serve;
 mod sheet;
+mod signals;
 mod stylize;
 mod train;
 mod video;
@@ -98,6 +100,10 @@ pub enum Cmd {
 }
 
 pub fn run(cli: Cli) -> Result<i32> {
+    // `serve` shuts down through its own (async) signal handling.
+    if !matches!(cli.cmd, Cmd::Serve(_)) {
+        signals::install();
+    }
     match cli.cmd {
         Cmd::Stylize(a) => stylize::run(a),
         Cmd::Import {

@@ -14,34 +14,39 @@ pub struct Args {
     #[arg(long)]
     models: Option<PathBuf>,
     /// Images stylized at a time (default: the number of cores).
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::at_least_usize(1))]
     workers: Option<usize>,
     /// Requests that may wait for a worker; beyond this the answer is 503.
     #[arg(long, default_value_t = ServeConfig::default().queue)]
     queue: usize,
     /// Largest request body in bytes (413 beyond).
-    #[arg(long, default_value_t = ServeConfig::default().max_bytes)]
+    #[arg(long, default_value_t = ServeConfig::default().max_bytes, value_parser = super::args::at_least_usize(1))]
     max_bytes: usize,
     /// Largest image in pixels (413 beyond).
-    #[arg(long, default_value_t = ServeConfig::default().max_pixels)]
+    #[arg(long, default_value_t = ServeConfig::default().max_pixels, value_parser = super::args::at_least_u64(1))]
     max_pixels: u64,
     /// Images are stylized at most this large (longest side); larger ones are scaled down.
-    #[arg(long, default_value_t = ServeConfig::default().max_side)]
+    #[arg(long, default_value_t = ServeConfig::default().max_side, value_parser = super::args::at_least_u32(1))]
     max_side: u32,
     /// Longest side of live webcam frames.
-    #[arg(long, default_value_t = ServeConfig::default().live_max_side)]
+    #[arg(long, default_value_t = ServeConfig::default().live_max_side, value_parser = super::args::at_least_u32(1))]
     live_max_side: u32,
     /// Seconds a request may take in all (queueing included) before the answer is 503.
-    #[arg(long, default_value_t = ServeConfig::default().timeout.as_secs_f64())]
+    #[arg(long, default_value_t = ServeConfig::default().timeout.as_secs_f64(), value_parser = super::args::positive_f64)]
     timeout: f64,
+    /// Seconds a client may take to send a request's headers, or pause while sending its
+    /// body (slow or stalled clients are disconnected, or answered 408).
+    #[arg(long, default_value_t = ServeConfig::default().read_timeout.as_secs_f64(), value_parser = super::args::positive_f64)]
+    read_timeout: f64,
+    /// Open connections at most; more are answered 503 and closed.
+    #[arg(long, default_value_t = ServeConfig::default().max_connections, value_parser = super::args::at_least_usize(1))]
+    max_connections: usize,
+    /// On SIGTERM / Ctrl-C, seconds the requests in flight get to finish.
+    #[arg(long, default_value_t = ServeConfig::default().shutdown_grace.as_secs_f64(), value_parser = super::args::non_negative_f64)]
+    shutdown_grace: f64,
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    if !(a.timeout > 0.0 && a.timeout.is_finite()) {
-        return Err(
-            impasto::Error::Usage("--timeout must be a positive number of seconds".into()).into(),
-        );
-    }
     let d = ServeConfig::default();
     impasto::serve::serve(ServeConfig {
         addr: a.addr,
@@ -50,9 +55,12 @@ pub fn run(a: Args) -> Result<i32> {
         queue: a.queue,
         max_bytes: a.max_bytes,
         max_pixels: a.max_pixels,
-        max_side: a.max_side.max(1),
-        live_max_side: a.live_max_side.max(1),
+        max_side: a.max_side,
+        live_max_side: a.live_max_side,
         timeout: Duration::from_secs_f64(a.timeout),
+        read_timeout: Duration::from_secs_f64(a.read_timeout),
+        max_connections: a.max_connections,
+        shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
     })?;
     Ok(0)
 }

@@ -37,14 +37,14 @@ pub struct Args {
     #[arg(short, long)]
     output: PathBuf,
     /// Longest side of each tile.
-    #[arg(long, default_value_t = 384)]
+    #[arg(long, default_value_t = 384, value_parser = super::args::at_least_u32(16))]
     max_size: u32,
     /// Only these styles, in this order: built-in names or model files (labelled by file
     /// name), e.g. to put impasto's model beside another project's. Default: every built-in.
     #[arg(long = "style", value_name = "NAME|FILE")]
     styles: Vec<String>,
     /// Tiles per row.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = super::args::at_least_u32(1))]
     columns: u32,
 }
 

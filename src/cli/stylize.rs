@@ -23,7 +23,7 @@ pub struct Look {
     )]
     style: String,
     /// Scale the input down so that the longest side is at most N pixels.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::args::at_least_u32(1))]
     max_size: Option<u32>,
     /// How much style: 1 = full, 0 = the input unchanged.
     #[arg(long, default_value_t = 1.0, value_parser = parse_strength)]
@@ -31,6 +31,14 @@ pub struct Look {
     /// Keep the input's colours; stylize the luminance only.
     #[arg(long)]
     preserve_color: bool,
+    /// Mirror margin (pixels) around the picture, so that the network's own edge falls
+    /// outside it; 0 runs the bare network (statistics are the picture's either way).
+    #[arg(long, default_value_t = impasto::stylize::DEFAULT_MARGIN, value_parser = super::args::at_most_usize(256))]
+    margin: usize,
+    /// Stroke size: auto (strokes grow with pictures larger than 1024 px, so a print looks
+    /// like the same painting at any size), or a factor (2 = strokes twice as large).
+    #[arg(long, default_value = "auto", value_parser = impasto::stylize::Scale::parse)]
+    scale: impasto::stylize::Scale,
 }
 
 impl Look {
@@ -42,6 +50,8 @@ impl Look {
             max_size: self.max_size,
             strength: self.strength,
             preserve_color: self.preserve_color,
+            margin: self.margin,
+            scale: self.scale,
             ..Default::default()
         }
     }
@@ -65,11 +75,14 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     /// Refuse images with more pixels than this.
-    #[arg(long, default_value_t = imageio::DEFAULT_MAX_PIXELS)]
+    #[arg(long, default_value_t = imageio::DEFAULT_MAX_PIXELS, value_parser = super::args::at_least_u64(1))]
     max_pixels: u64,
-    /// Tile size for large images (pixels).
-    #[arg(long, default_value_t = 1024)]
+    /// Tile size for large images (pixels, at least 64).
+    #[arg(long, default_value_t = 1024, value_parser = super::args::at_least_usize(64))]
     tile: usize,
+    /// Allow writing over an input image (e.g. `-o` naming the input folder itself).
+    #[arg(long)]
+    overwrite_inputs: bool,
     /// Images over this many pixels are processed in tiles (bounded memory).
     #[arg(long, default_value_t = 2048 * 2048)]
     tile_threshold: u64,
@@ -98,27 +111,6 @@ enum Output {
 
 const IMAGE_EXTS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "jfif"];
 
-fn walk(dir: &Path, root: &Path, out: &mut Vec<Input>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            walk(&p, root, out)?;
-        } else if p
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| IMAGE_EXTS.contains(&e.to_ascii_lowercase().as_str()))
-        {
-            let rel = p.strip_prefix(root).unwrap_or(&p).to_path_buf();
-            out.push(Input::File { path: p, rel });
-        }
-    }
-    Ok(())
-}
-
 fn format_named(s: &str) -> ImageFormat {
     match s {
         "jpg" => ImageFormat::Jpeg,
@@ -144,9 +136,10 @@ fn out_ext(a: &Args, input: &Path) -> String {
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    // Gather inputs.
+    // Gather inputs. Unreadable folders and link loops are reported; the rest is done.
     let mut inputs = Vec::new();
     let mut any_dir = false;
+    let mut walk_failed = 0usize;
     for s in &a.inputs {
         if s == "-" {
             inputs.push(Input::Stdin);
@@ -155,15 +148,32 @@ pub fn run(a: Args) -> Result<i32> {
         let p = PathBuf::from(s);
         if p.is_dir() {
             any_dir = true;
-            let before = inputs.len();
-            walk(&p, &p, &mut inputs)?;
-            if inputs.len() == before {
+            let w = impasto::walk::images(&p, &IMAGE_EXTS);
+            for l in &w.loops {
+                eprintln!(
+                    "impasto: warning: {}: skipped: a link to a folder already searched (link loop)",
+                    l.display()
+                );
+            }
+            for (d, e) in &w.unreadable {
+                walk_failed += 1;
+                eprintln!("impasto: error: {}: cannot read folder: {e}", d.display());
+            }
+            if w.files.is_empty() && w.unreadable.is_empty() {
                 eprintln!("impasto: warning: {}: no images found", p.display());
             }
+            inputs.extend(w.files.into_iter().map(|f| Input::File {
+                path: f.path,
+                rel: f.rel,
+            }));
         } else {
             let rel = PathBuf::from(p.file_name().unwrap_or(p.as_os_str()));
             inputs.push(Input::File { path: p, rel });
         }
+    }
+    if inputs.is_empty() {
+        // Only folders were given, and they hold no images (said above).
+        return Ok(if walk_failed > 0 { 2 } else { 0 });
     }
     if inputs.iter().filter(|i| matches!(i, Input::Stdin)).count() > 1 {
         bail!(Error::Usage("stdin (-) can be read only once".into()));
@@ -229,6 +239,10 @@ pub fn run(a: Args) -> Result<i32> {
         };
         vec![out]
     };
+    let outs = distinct_outputs(&inputs, outs)?;
+    if !a.overwrite_inputs {
+        refuse_inputs_as_outputs(&inputs, &outs)?;
+    }
     if a.json && outs.iter().any(|o| matches!(o, Output::Stdout(_))) {
         bail!(Error::Usage(
             "--json writes to stdout, which the image already uses; give -o a file".into()
@@ -253,10 +267,7 @@ pub fn run(a: Args) -> Result<i32> {
     );
     let mut failed = 0usize;
     for (input, out) in inputs.iter().zip(&outs) {
-        let name = match input {
-            Input::Stdin => PathBuf::from("<stdin>"),
-            Input::File { path, .. } => path.clone(),
-        };
+        let name = input_name(input);
         bar.set_message(name.display().to_string());
         let t0 = Instant::now();
         match one(&model, input, out, &opts, a.max_pixels) {
@@ -302,7 +313,111 @@ pub fn run(a: Args) -> Result<i32> {
         eprintln!("impasto: {failed} of {} images failed", inputs.len());
         return Ok(2);
     }
+    if walk_failed > 0 {
+        eprintln!("impasto: {walk_failed} folders could not be read; the images found elsewhere were done");
+        return Ok(2);
+    }
     Ok(0)
+}
+
+/// The key under which two output paths are the same file: lower case, so that a
+/// case-insensitive file system (macOS, Windows) cannot merge them either.
+fn clash_key(p: &Path) -> String {
+    p.to_string_lossy().to_lowercase()
+}
+
+/// Give every input its own output file: where two inputs map to one name (`a/x.jpg` and
+/// `b/x.jpg` into one folder, `y.bmp` and `y.tiff` both to `y.png`), the later ones get
+/// `NAME-2.EXT`, `NAME-3.EXT`, … and a note says so.
+fn distinct_outputs(inputs: &[Input], outs: Vec<Output>) -> Result<Vec<Output>> {
+    use std::collections::{HashMap, HashSet};
+    let mut taken: HashSet<String> = outs
+        .iter()
+        .filter_map(|o| match o {
+            Output::File(p) => Some(clash_key(p)),
+            Output::Stdout(_) => None,
+        })
+        .collect();
+    let mut first: HashMap<String, usize> = HashMap::new();
+    let mut result = Vec::with_capacity(outs.len());
+    for (i, o) in outs.into_iter().enumerate() {
+        let Output::File(p) = o else {
+            result.push(o);
+            continue;
+        };
+        let key = clash_key(&p);
+        let Some(&j) = first.get(&key) else {
+            first.insert(key, i);
+            result.push(Output::File(p));
+            continue;
+        };
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let ext = p
+            .extension()
+            .map(|e| format!(".{}", e.to_string_lossy()))
+            .unwrap_or_default();
+        let q = (2..)
+            .map(|n| p.with_file_name(format!("{stem}-{n}{ext}")))
+            .find(|q| !taken.contains(&clash_key(q)))
+            .expect("some name is free");
+        taken.insert(clash_key(&q));
+        first.insert(clash_key(&q), i);
+        eprintln!(
+            "impasto: note: {} and {} would both be written to {}; writing the second to {}",
+            input_name(&inputs[j]).display(),
+            input_name(&inputs[i]).display(),
+            p.display(),
+            q.display()
+        );
+        result.push(Output::File(q));
+    }
+    Ok(result)
+}
+
+fn input_name(i: &Input) -> PathBuf {
+    match i {
+        Input::Stdin => PathBuf::from("<stdin>"),
+        Input::File { path, .. } => path.clone(),
+    }
+}
+
+/// The file a path names once links are followed, if it exists (or its folder does).
+fn resolved(p: &Path) -> Option<PathBuf> {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return Some(c);
+    }
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Some(std::fs::canonicalize(dir).ok()?.join(p.file_name()?))
+}
+
+/// Never write over an input unless asked to: `-o` naming an input (or the input folder
+/// itself, through links or not) would replace the originals with their stylizations.
+fn refuse_inputs_as_outputs(inputs: &[Input], outs: &[Output]) -> Result<()> {
+    let ins: std::collections::HashMap<PathBuf, &Path> = inputs
+        .iter()
+        .filter_map(|i| match i {
+            Input::File { path, .. } => Some((resolved(path)?, path.as_path())),
+            Input::Stdin => None,
+        })
+        .collect();
+    for o in outs {
+        if let Output::File(p) = o {
+            if let Some(input) = resolved(p).and_then(|r| ins.get(&r)) {
+                bail!(Error::Usage(format!(
+                    "{}: the output would overwrite the input image {}; choose another -o (or pass --overwrite-inputs to replace the originals)",
+                    p.display(),
+                    input.display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn one(

@@ -12,7 +12,6 @@ use impasto::train::trainer::{
 use impasto::Error;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Default loss weights for the default (Caffe) VGG; see the README for how they were chosen.
 pub const DEFAULT_CONTENT_WEIGHT: f64 = 1.0;
@@ -34,36 +33,36 @@ pub struct TrainArgs {
     #[arg(short, long)]
     output: PathBuf,
     /// Training steps (batches). Default: 2 epochs.
-    #[arg(long, conflicts_with = "epochs")]
+    #[arg(long, conflicts_with = "epochs", value_parser = super::args::at_least_u64(1))]
     steps: Option<u64>,
     /// Passes over the training photos.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::at_least_u64(1))]
     epochs: Option<u64>,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = super::args::at_least_usize(1))]
     batch_size: usize,
-    /// Training crop size (pixels).
-    #[arg(long, default_value_t = 256)]
+    /// Training crop size (pixels, a multiple of 4, at least 16).
+    #[arg(long, default_value_t = 256, value_parser = super::args::crop_size)]
     image_size: usize,
     /// Longest side the style image is scaled to (Johnson's reference uses 256).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::args::at_least_u32(16))]
     style_size: u32,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = super::args::positive_f64)]
     lr: f64,
-    #[arg(long, default_value_t = DEFAULT_CONTENT_WEIGHT)]
+    #[arg(long, default_value_t = DEFAULT_CONTENT_WEIGHT, value_parser = super::args::non_negative_f64)]
     content_weight: f64,
-    #[arg(long, default_value_t = DEFAULT_STYLE_WEIGHT)]
+    #[arg(long, default_value_t = DEFAULT_STYLE_WEIGHT, value_parser = super::args::non_negative_f64)]
     style_weight: f64,
-    #[arg(long, default_value_t = DEFAULT_TV_WEIGHT)]
+    #[arg(long, default_value_t = DEFAULT_TV_WEIGHT, value_parser = super::args::non_negative_f64)]
     tv_weight: f64,
     #[arg(long, value_enum, default_value = "johnson")]
     arch: Arch,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Save a checkpoint (and, with --val, validate) every N steps.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = super::args::at_least_u64(1))]
     checkpoint_every: u64,
     /// Validate and write a preview every N steps (default: --checkpoint-every).
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::at_least_u64(1))]
     val_every: Option<u64>,
     /// Continue from the checkpoint beside the output (OUTPUT.ckpt.safetensors).
     #[arg(long)]
@@ -75,8 +74,6 @@ pub struct TrainArgs {
     #[arg(long)]
     half: bool,
 }
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 struct Bar(ProgressBar);
 
@@ -130,6 +127,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
     if let Some(d) = a.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(d).map_err(|e| Error::output(&a.output, e.to_string()))?;
     }
+    let _lock = files.lock()?;
     let resume = if a.resume {
         if !files.checkpoint.exists() {
             return Err(Error::Usage(format!(
@@ -150,11 +148,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         let _ = std::fs::remove_file(&files.metrics);
         None
     };
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-    });
+    super::signals::graceful();
     let bar = ProgressBar::new(steps);
     bar.set_style(
         ProgressStyle::with_template(
@@ -180,7 +174,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         files,
         resume,
         half: a.half,
-        interrupt: &INTERRUPTED,
+        interrupt: &super::signals::STOP,
     };
     let ckpt = opts.files.checkpoint.clone();
     let out = trainer::train(&cfg, &vgg_net, &style, photos, opts, &mut obs)?;
@@ -211,11 +205,11 @@ pub struct EvalArgs {
     /// Folder of photos to average over.
     #[arg(long)]
     photos: PathBuf,
-    /// Crop size of the photos.
-    #[arg(long, default_value_t = 256)]
+    /// Crop size of the photos (a multiple of 4, at least 16).
+    #[arg(long, default_value_t = 256, value_parser = super::args::crop_size)]
     image_size: usize,
     /// Longest side of the style image.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::args::at_least_u32(16))]
     style_size: u32,
     #[arg(long)]
     vgg: Option<PathBuf>,
@@ -223,10 +217,10 @@ pub struct EvalArgs {
     json: bool,
     /// Score with this style weight instead of the model's recorded one (to compare models
     /// trained with different weights on the same scale).
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::non_negative_f64)]
     style_weight: Option<f64>,
     /// Score with this content weight instead of the model's recorded one.
-    #[arg(long)]
+    #[arg(long, value_parser = super::args::non_negative_f64)]
     content_weight: Option<f64>,
     /// Mirror margin of the stylize pipeline for the artifact measures.
     #[arg(long, default_value_t = impasto::stylize::DEFAULT_MARGIN)]
@@ -273,13 +267,19 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
     let l = trainer::validate(&model, &vgg_net, &target, &loss, &imgs);
     // Artifact measures, of the stylized photos and (as the baseline) of the photos.
     let (mut grid, mut border, mut grid_photo, mut border_photo) = (0f64, 0f64, 0f64, 0f64);
+    // The loss of what `stylize` gives (mirror margin and all), beside the bare network's.
+    let mut pipe = impasto::train::step::Losses::default();
     for x in &imgs {
-        // What `stylize` gives (mirror margin and all), unclamped.
         let opts = impasto::stylize::StylizeOptions {
             margin: a.margin,
             ..Default::default()
         };
         let out = impasto::stylize::stylize_tensor(&model, x, &opts);
+        let p = impasto::train::step::losses_of(&vgg_net, &target, &loss, x, &out);
+        pipe.content += p.content / imgs.len() as f64;
+        pipe.style += p.style / imgs.len() as f64;
+        pipe.tv += p.tv / imgs.len() as f64;
+        pipe.total += p.total / imgs.len() as f64;
         grid += impasto::quality::grid_artifact(&out);
         let y = impasto::quality::luminance(&out);
         border += impasto::quality::border_artifact(&y, x.h, x.w);
@@ -300,7 +300,7 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
             "{}",
             serde_json::json!({"model": a.model.display().to_string(), "style": a.style.display().to_string(), "photos": imgs.len(),
                 "content": l.content, "style_loss": l.style, "style_unweighted": l.style / loss.style_weight,
-                "grid_artifact": grid, "border_artifact": border, "border_artifact_photos": border_photo, "grid_artifact_photos": grid_photo, "tv": l.tv, "total": l.total, "loss_config": loss, "loss_config_recorded": recorded})
+                "grid_artifact": grid, "border_artifact": border, "margin": a.margin, "pipeline": {"content": pipe.content, "style_loss": pipe.style, "tv": pipe.tv, "total": pipe.total}, "border_artifact_photos": border_photo, "grid_artifact_photos": grid_photo, "tv": l.tv, "total": l.total, "loss_config": loss, "loss_config_recorded": recorded})
         );
     } else {
         outln!(
@@ -325,6 +325,13 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
             l.style / loss.style_weight,
             l.tv,
             l.total
+        );
+        outln!(
+            "as stylize gives it (margin {}): content {:.4e}  style {:.4e}  total {:.4e}",
+            a.margin,
+            pipe.content,
+            pipe.style,
+            pipe.total
         );
         outln!(
             "artifacts: grid {grid:.2} (checkerboard: spectral peak at the period-2/4 frequencies; the photos themselves: {grid_photo:.2}), border {border:.4} (the photos: {border_photo:.4})"
@@ -353,21 +360,21 @@ pub struct OptimizeArgs {
     /// The image to write.
     #[arg(short, long)]
     output: PathBuf,
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = super::args::at_least_usize(1))]
     iters: usize,
     /// Longest side of the content image.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = super::args::at_least_u32(16))]
     max_size: u32,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::args::at_least_u32(16))]
     style_size: u32,
     /// Adam step on the 0..255 pixel scale.
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = 4.0, value_parser = super::args::positive_f32)]
     lr: f32,
-    #[arg(long, default_value_t = DEFAULT_CONTENT_WEIGHT)]
+    #[arg(long, default_value_t = DEFAULT_CONTENT_WEIGHT, value_parser = super::args::non_negative_f64)]
     content_weight: f64,
-    #[arg(long, default_value_t = DEFAULT_STYLE_WEIGHT)]
+    #[arg(long, default_value_t = DEFAULT_STYLE_WEIGHT, value_parser = super::args::non_negative_f64)]
     style_weight: f64,
-    #[arg(long, default_value_t = DEFAULT_TV_WEIGHT)]
+    #[arg(long, default_value_t = DEFAULT_TV_WEIGHT, value_parser = super::args::non_negative_f64)]
     tv_weight: f64,
     #[arg(long)]
     vgg: Option<PathBuf>,
@@ -416,6 +423,13 @@ pub fn optimize(a: OptimizeArgs) -> Result<i32> {
         },
     );
     bar.finish_and_clear();
+    if !fin.total.is_finite() || y.data.iter().any(|v| !v.is_finite()) {
+        return Err(Error::Usage(format!(
+            "the loss became {} (content {}, style {}, tv {}); nothing was written to {}: lower --lr or the loss weights",
+            fin.total, fin.content, fin.style, fin.tv, a.output.display()
+        ))
+        .into());
+    }
     let (h, w) = (y.h, y.w);
     let img = image::RgbImage::from_fn(w as u32, h as u32, |x, yy| {
         let i = yy as usize * w + x as usize;

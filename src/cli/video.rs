@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long)]
     smooth: bool,
     /// How much of the previous frame's statistics --smooth keeps (0..1).
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = super::args::fraction_below_one)]
     smooth_momentum: f32,
 }
 
@@ -25,11 +25,7 @@ pub fn run(a: Args) -> Result<i32> {
     let model = a.look.model()?;
     let opts = VideoOptions {
         stylize: a.look.options(),
-        smooth: if a.smooth {
-            a.smooth_momentum.clamp(0.0, 0.999)
-        } else {
-            0.0
-        },
+        smooth: if a.smooth { a.smooth_momentum } else { 0.0 },
     };
     let bar = ProgressBar::new(0);
     bar.set_style(

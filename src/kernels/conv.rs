@@ -198,6 +198,17 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor, g: &ConvGeom) -> Tensor {
+        self.forward_in(x, g, true)
+    }
+
+    /// Without Winograd: the direct or im2col kernels, whose rounding error is several
+    /// times smaller. Training records its forward pass this way (see
+    /// `Transformer::forward_train`).
+    pub fn forward_exact(&self, x: &Tensor, g: &ConvGeom) -> Tensor {
+        self.forward_in(x, g, false)
+    }
+
+    fn forward_in(&self, x: &Tensor, g: &ConvGeom, winograd: bool) -> Tensor {
         assert_eq!(
             x.c, self.c_in,
             "convolution expects {} input channels, got {}",
@@ -207,7 +218,7 @@ impl Conv2d {
         let mut out = Tensor::for_overwrite(x.n, self.c_out, ho, wo);
         let ymap = g.index_map(x.h, ho, g.pad[0]);
         let xmap = g.index_map(x.w, wo, g.pad[2]);
-        if super::winograd::applicable(self, g) {
+        if winograd && super::winograd::applicable(self, g) {
             return self
                 .winograd
                 .get_or_init(|| super::winograd::Winograd::new(self))
@@ -766,6 +777,38 @@ pub(crate) mod tests {
                 let err = conv.forward(&x, &g).rel_error(&naive(&conv, &g, &x));
                 assert!(err < 1e-5, "{mode:?} {h}x{w}: {err}");
             }
+        }
+    }
+
+    /// Wide layers (VGG16's 64…512 channels) too: the GEMMs inside take other kernel paths
+    /// there.
+    #[test]
+    fn winograd_matches_naive_for_wide_layers() {
+        for &(ci, co, h, w) in &[
+            (64usize, 64usize, 34usize, 30usize),
+            (128, 128, 18, 18),
+            (256, 256, 10, 9),
+            (512, 512, 6, 6),
+            (3, 64, 12, 12),
+        ] {
+            let g = ConvGeom::simple(3, 1, 1, PadMode::Zero);
+            // Sparse, wide-ranging values, like gradients coming back through ReLUs.
+            let mut x = Tensor::from_vec(1, ci, h, w, pseudo(ci * h * w, (h * w + ci) as u32));
+            for (i, v) in x.data.iter_mut().enumerate() {
+                let r = (i as u32).wrapping_mul(2654435761) >> 16;
+                *v = if r.is_multiple_of(2) {
+                    0.0
+                } else {
+                    *v * 10f32.powi((r % 7) as i32 - 3)
+                };
+            }
+            let conv = Conv2d::new(co, ci, 3, pseudo(co * ci * 9, 31), Some(pseudo(co, 32)));
+            if !super::super::winograd::applicable(&conv, &g) {
+                continue;
+            }
+            let err = conv.forward(&x, &g).rel_error(&naive(&conv, &g, &x));
+            eprintln!("winograd {ci}->{co} {h}x{w}: {err:.2e}");
+            assert!(err < 1e-5, "{ci}->{co} {h}x{w}: {err}");
         }
     }
 

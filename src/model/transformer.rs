@@ -77,6 +77,38 @@ impl TransformerConfig {
         }
     }
 
+    /// Refuse configs no network of ours has (and that would make absurd allocations or
+    /// non-finite outputs): widths 1..=4096, at most 64 residual blocks, 0 < eps < 1, a
+    /// finite output scale and shift.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.channels.iter().any(|&c| c == 0 || c > 4096) {
+            return Err(format!(
+                "implausible channel widths {:?} (each must be 1..=4096)",
+                self.channels
+            ));
+        }
+        if self.res_blocks > 64 {
+            return Err(format!(
+                "implausible network: {} residual blocks (at most 64)",
+                self.res_blocks
+            ));
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps < 1.0) {
+            return Err(format!(
+                "instance-norm epsilon {} out of range (0 < eps < 1)",
+                self.norm_eps
+            ));
+        }
+        if let OutputFn::ScaledTanh { scale, shift } = self.output {
+            if !(scale.is_finite() && shift.is_finite()) {
+                return Err(format!(
+                    "output scale {scale} / shift {shift} must be finite numbers"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Every parameter: name and shape, in forward order.
     pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let [c1, c2, c3] = self.channels;
@@ -236,12 +268,7 @@ impl Transformer {
             None if file.tensors.contains_key("conv1.conv2d.weight") => TransformerConfig::new(Arch::Johnson),
             None => return Err("not an impasto model: no `impasto.config` metadata and no `conv1.conv2d.weight` tensor".into()),
         };
-        if config.channels.iter().any(|&c| c == 0 || c > 4096) || config.res_blocks > 64 {
-            return Err(format!("implausible network config {config:?}"));
-        }
-        if !(config.norm_eps > 0.0 && config.norm_eps < 1.0) {
-            return Err(format!("norm_eps {} out of range", config.norm_eps));
-        }
+        config.validate()?;
         let mut params = BTreeMap::new();
         for (name, shape) in config.param_shapes() {
             let v = file.take(&name, &shape)?;
@@ -255,7 +282,9 @@ impl Transformer {
         }
         let mut metadata = file.metadata;
         metadata.remove(CONFIG_KEY);
-        Ok(Self::from_params(config, params, metadata))
+        let t = Self::from_params(config, params, metadata);
+        t.validate()?;
+        Ok(t)
     }
 
     /// Build from parameters already checked against `config.param_shapes()`.
@@ -386,8 +415,45 @@ impl Transformer {
         f
     }
 
+    /// Write the model file. A model that `load` would refuse (non-finite weights, an
+    /// implausible config) is refused here too, so no command writes a file impasto cannot
+    /// read back.
     pub fn save(&self, path: &Path, half: bool) -> Result<()> {
+        self.validate().map_err(|m| Error::model(path, m))?;
+        if half {
+            // f16 overflows to infinity above 65504.
+            if let Some((n, _)) = self
+                .params
+                .iter()
+                .find(|(_, (_, v))| v.iter().any(|x| x.abs() > 65504.0))
+            {
+                return Err(Error::model(
+                    path,
+                    format!("`{n}` has values beyond float16's range (±65504); save it as f32"),
+                ));
+            }
+        }
         self.to_file().write(path, half)
+    }
+
+    /// The one check every model passes before it is used or written: a plausible config
+    /// and finite parameters of the config's shapes.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.config.validate()?;
+        for (name, shape) in self.config.param_shapes() {
+            match self.params.get(&name) {
+                None => return Err(format!("missing tensor `{name}`")),
+                Some((s, v)) => {
+                    if *s != shape || v.len() != shape.iter().product::<usize>() {
+                        return Err(format!("`{name}` has shape {s:?}, expected {shape:?}"));
+                    }
+                    if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                        return Err(format!("`{name}` holds a non-finite value ({x})"));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn geom(&self, l: &Layer, h: usize, w: usize) -> ConvGeom {
@@ -430,11 +496,16 @@ impl Transformer {
     }
 
     fn conv(&self, i: usize, x: &Tensor) -> Tensor {
+        self.conv_in(i, x, true)
+    }
+
+    fn conv_in(&self, i: usize, x: &Tensor, winograd: bool) -> Tensor {
         let l = &self.layers[i];
         let t = profile_start();
         let y = match &l.up {
             Some(up) => up.forward(x),
-            None => l.conv.forward(x, &self.geom(l, x.h, x.w)),
+            None if winograd => l.conv.forward(x, &self.geom(l, x.h, x.w)),
+            None => l.conv.forward_exact(x, &self.geom(l, x.h, x.w)),
         };
         profile_end(t, || {
             format!(
@@ -615,9 +686,13 @@ impl Transformer {
             inv_std: Vec::new(),
             pre_output: Tensor::zeros(0, 0, 0, 0),
         };
+        // Without Winograd: the gradient of the perceptual loss is sensitive to rounding in
+        // the forward pass (on AVX2 machines Winograd's larger rounding error in the
+        // residual blocks moved every gradient by 2.5e-3 against PyTorch's float64 golden;
+        // the exact kernels give 6e-6). Inference keeps Winograd.
         let conv = |i: usize, h: &Tensor, tape: &mut Tape| {
             tape.inputs.push(h.clone());
-            self.conv(i, h)
+            self.conv_in(i, h, false)
         };
         let mut ni = 0;
         let mut h = x.clone();
@@ -694,11 +769,23 @@ impl Transformer {
         grads: &mut Grads,
     ) -> Option<Tensor> {
         let l = &self.layers[i];
-        let x = &tape.inputs[i];
+        let mut x = &tape.inputs[i];
+        let geom = self.geom(l, x.h, x.w);
+        // The first conv sees the image (0..255): its weight gradient Σ x·dz sums large
+        // terms whose total nearly cancels, because dz (coming back through instance norm)
+        // has zero mean per channel. Centring x per channel is exact in that case (with
+        // reflection padding the padded pixels shift with it) and removes the cancellation:
+        // without it float32 loses three digits on machines whose kernels sum in another
+        // order (AVX2: 2.5e-3 relative error against PyTorch, 4e-7 with it).
+        let centred;
+        if i == 0 && l.up.is_none() && geom.mode == PadMode::Reflect && !want_dx {
+            centred = centre_channels(x);
+            x = &centred;
+        }
         let t = profile_start();
         let g = match &l.up {
             Some(up) => up.backward(x, dz, want_dx),
-            None => l.conv.backward(&self.geom(l, x.h, x.w), x, dz, want_dx),
+            None => l.conv.backward(&geom, x, dz, want_dx),
         };
         profile_end(t, || format!("conv {i} backward {}x{}x{}", x.c, x.h, x.w));
         let wname = format!("{}.conv2d.weight", l.name);
@@ -783,6 +870,17 @@ impl Transformer {
         debug_assert_eq!(ni, 0);
         grads
     }
+}
+
+/// `x` with each sample's per-channel mean subtracted (f64 sums).
+fn centre_channels(x: &Tensor) -> Tensor {
+    let mut y = x.clone();
+    let hw = x.plane();
+    for plane in y.data.chunks_mut(hw) {
+        let m = (plane.iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32;
+        plane.iter_mut().for_each(|v| *v -= m);
+    }
+    y
 }
 
 #[cfg(test)]

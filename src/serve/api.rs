@@ -48,7 +48,8 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             "unknown-style",
             format!(
-                "unknown style {name:?}; styles: {}",
+                "unknown style {:?}; styles: {}",
+                clip(name, 64),
                 app.styles.names().join(", ")
             ),
         )
@@ -91,6 +92,97 @@ impl IntoResponse for ApiError {
         }
         r
     }
+}
+
+/// At most `n` characters of something a client sent, for echoing it in a message.
+pub fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+fn category_of(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad-request",
+        404 => "not-found",
+        405 => "method-not-allowed",
+        408 => "timeout",
+        413 => "too-large",
+        415 => "unsupported-media-type",
+        426 => "upgrade-required",
+        431 => "headers-too-large",
+        503 => "busy",
+        s if s >= 500 => "internal",
+        _ => "bad-request",
+    }
+}
+
+/// Every request passes here: header limits first (a JSON 431), then every error answer
+/// that is not already JSON — axum's own (405, a path or query that does not parse, a
+/// WebSocket request without upgrade headers, …) — becomes `{"error": …}` with the same
+/// status and headers.
+pub async fn guard(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let n = req.headers().len();
+    let bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if n > super::MAX_HEADERS || bytes > super::MAX_HEADER_BYTES {
+        let mut r = ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            format!(
+                "request headers are {bytes} bytes in {n} fields; this server takes at most {} bytes in {} fields",
+                super::MAX_HEADER_BYTES,
+                super::MAX_HEADERS
+            ),
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+    let method = req.method().clone();
+    let path = clip(&String::from_utf8_lossy(req.uri().path().as_bytes()), 100);
+    let r = next.run(req).await;
+    let status = r.status();
+    let is_json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return r;
+    }
+    let (mut parts, body) = r.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = clip(String::from_utf8_lossy(&text).trim(), 300);
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allow = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            format!("{method} is not allowed on {path} (allowed: {allow})")
+        }
+        _ if text.is_empty() => format!(
+            "{} ({method} {path})",
+            status.canonical_reason().unwrap_or("error")
+        ),
+        _ => text,
+    };
+    let e = ApiError::new(status, category_of(status), message);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(e.json().to_string()))
 }
 
 pub async fn page() -> Html<&'static str> {
@@ -177,22 +269,38 @@ pub struct Params {
     pub preserve_color: bool,
     pub max_size: Option<u32>,
     pub format: Option<ImageFormat>,
+    /// Mirror margin around the picture (see `StylizeOptions::margin`).
+    pub margin: usize,
+    /// Stroke size (see `stylize::Scale`).
+    pub scale: crate::stylize::Scale,
 }
 
 fn parse_bool(k: &str, v: &str) -> Result<bool, ApiError> {
     match v.to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
         "0" | "false" | "no" | "off" | "" => Ok(false),
-        _ => Err(ApiError::bad(format!("{k}={v:?}: expected true or false"))),
+        _ => Err(ApiError::bad(format!(
+            "{k}={:?}: expected true or false",
+            clip(v, 64)
+        ))),
     }
 }
 
 impl Params {
     pub fn parse(q: &HashMap<String, String>, app: &App) -> Result<Params, ApiError> {
-        const KNOWN: [&str; 5] = ["style", "strength", "preserve_color", "max_size", "format"];
+        const KNOWN: [&str; 7] = [
+            "style",
+            "strength",
+            "preserve_color",
+            "max_size",
+            "format",
+            "margin",
+            "scale",
+        ];
         if let Some(k) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             return Err(ApiError::bad(format!(
-                "unknown parameter {k:?}; known: {}",
+                "unknown parameter {:?}; known: {}",
+                clip(k, 64),
                 KNOWN.join(", ")
             )));
         }
@@ -214,7 +322,8 @@ impl Params {
                 Ok(s) if (0.0..=1.0).contains(&s) => s,
                 _ => {
                     return Err(ApiError::bad(format!(
-                        "strength={v:?}: expected a number from 0 to 1"
+                        "strength={:?}: expected a number from 0 to 1",
+                        clip(v, 64)
                     )))
                 }
             },
@@ -229,7 +338,8 @@ impl Params {
                 Ok(s) if s > 0 => Some(s),
                 _ => {
                     return Err(ApiError::bad(format!(
-                        "max_size={v:?}: expected a positive whole number of pixels"
+                        "max_size={:?}: expected a positive whole number of pixels",
+                        clip(v, 64)
                     )))
                 }
             },
@@ -242,10 +352,32 @@ impl Params {
                 "webp" => ImageFormat::WebP,
                 _ => {
                     return Err(ApiError::bad(format!(
-                        "format={f:?}: expected png, jpeg or webp"
+                        "format={:?}: expected png, jpeg or webp",
+                        clip(&f, 64)
                     )))
                 }
             }),
+        };
+        let margin = match q.get("margin") {
+            None => crate::stylize::DEFAULT_MARGIN,
+            Some(v) => match v.parse::<usize>() {
+                Ok(m) if m <= 256 => m,
+                _ => {
+                    return Err(ApiError::bad(format!(
+                        "margin={:?}: expected a whole number of pixels from 0 to 256",
+                        clip(v, 64)
+                    )))
+                }
+            },
+        };
+        let scale = match q.get("scale") {
+            None => crate::stylize::Scale::Auto,
+            Some(v) => crate::stylize::Scale::parse(v).map_err(|_| {
+                ApiError::bad(format!(
+                    "scale={:?}: expected auto or a stroke scale from 0.25 to 16",
+                    clip(v, 64)
+                ))
+            })?,
         };
         Ok(Params {
             style,
@@ -253,6 +385,8 @@ impl Params {
             preserve_color,
             max_size,
             format,
+            margin,
+            scale,
         })
     }
 
@@ -261,13 +395,20 @@ impl Params {
             max_size: Some(self.max_size.unwrap_or(max_side).min(max_side)),
             strength: self.strength,
             preserve_color: self.preserve_color,
+            margin: self.margin,
+            scale: self.scale,
             ..Default::default()
         }
     }
 }
 
 /// The body, refusing more than `limit` bytes (413) without reading further.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    stall: std::time::Duration,
+) -> Result<Bytes, ApiError> {
     let too_large = |n: String| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -302,7 +443,20 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         }
     }
     let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
+    loop {
+        // A client that stops sending mid-body is not waited for forever.
+        let Ok(next) = tokio::time::timeout(stall, stream.next()).await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                format!(
+                    "the request body stalled: nothing arrived for {} s after {} bytes",
+                    stall.as_secs_f64(),
+                    buf.len()
+                ),
+            ));
+        };
+        let Some(chunk) = next else { break };
         let chunk =
             chunk.map_err(|e| ApiError::bad(format!("could not read the request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
@@ -381,7 +535,7 @@ async fn stylize_inner(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let mut bytes = read_body(body, &headers, app.cfg.max_bytes).await?;
+    let mut bytes = read_body(body, &headers, app.cfg.max_bytes, app.cfg.read_timeout).await?;
     if content_type
         .to_ascii_lowercase()
         .starts_with("multipart/form-data")

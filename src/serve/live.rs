@@ -4,8 +4,10 @@
 //! "max_size"}`, any time) and frames as binary messages (JPEG, PNG or WebP). For each frame
 //! it stylizes, the server sends a JSON text record (`frame`, `ms`, `width`, `height`,
 //! `dropped`) followed by the stylized JPEG. A frame that arrives while the previous one is
-//! still being stylized replaces the waiting one, and a frame that finds every worker busy
-//! is dropped: a slow server shows fewer frames, never older ones. Each connection blends
+//! still waiting replaces it, and the replaced one is answered with `{"skipped": N,
+//! "dropped": total}`: a slow server shows fewer frames, never older ones, and a client
+//! that waits for an answer to each frame is never left hanging. Connections wait for a
+//! worker in turn (first come, first served), so many clients share the workers fairly. Each connection blends
 //! its instance-norm statistics across frames (as `impasto video --smooth` does) so the
 //! picture does not flicker; a new style starts afresh.
 
@@ -43,7 +45,8 @@ struct Shared {
 async fn session(app: Arc<App>, socket: WebSocket) {
     let (mut tx, mut rx) = socket.split();
     let shared = Arc::new(Shared::default());
-    let (err_tx, mut err_rx) = mpsc::channel::<String>(8);
+    // Text records for the client besides the frames' own: errors and skipped-frame notices.
+    let (err_tx, mut err_rx) = mpsc::channel::<String>(64);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
 
     // Reader: settings and frames in; the newest frame waits in the slot.
@@ -70,8 +73,12 @@ async fn session(app: Arc<App>, socket: WebSocket) {
                             continue;
                         };
                         let old = shared.slot.lock().unwrap().replace((n, b, p));
-                        if old.is_some() {
-                            shared.dropped.fetch_add(1, Ordering::Relaxed);
+                        if let Some((old_n, ..)) = old {
+                            // Answer the replaced frame too, so that a client waiting for
+                            // an answer to each frame is never left hanging.
+                            let total = shared.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                            let rec = serde_json::json!({"skipped": old_n, "dropped": total});
+                            let _ = err_tx.try_send(rec.to_string());
                         }
                         shared.wake.notify_one();
                     }
@@ -92,11 +99,15 @@ async fn session(app: Arc<App>, socket: WebSocket) {
                 if tx.send(Message::Text(e.into())).await.is_err() { break; }
             }
             _ = shared.wake.notified() => {
-                let Some((n, bytes, params)) = shared.slot.lock().unwrap().take() else { continue };
-                let Some(ticket) = app.pool.admit_now() else {
-                    shared.dropped.fetch_add(1, Ordering::Relaxed);
-                    continue;
+                if shared.slot.lock().unwrap().is_none() { continue }
+                // Wait for a worker in turn with every other connection and request (fair:
+                // first come, first served); frames that arrive meanwhile replace this one.
+                let worker = match app.pool.worker().await {
+                    Ok(w) => w,
+                    Err(e) => { let _ = tx.send(Message::Text(ApiError::bad(e).json().to_string().into())).await; break; }
                 };
+                if reader.is_finished() { break; }
+                let Some((n, bytes, params)) = shared.slot.lock().unwrap().take() else { continue };
                 let model = app.styles.get(&params.style).expect("checked").model.clone();
                 let mut stats = match smooth.take() {
                     Some((s, st)) if s == params.style => st,
@@ -110,11 +121,16 @@ async fn session(app: Arc<App>, socket: WebSocket) {
                     let r = frame(&bytes, max_pixels, max_side, &model, &opts, &mut stats);
                     (r, stats, t0.elapsed().as_secs_f64() * 1e3)
                 };
-                let (r, stats, ms) = match app.pool.run(ticket, job).await {
+                let (r, stats, ms) = match app.pool.run_on(worker, job).await {
                     Ok(x) => x,
                     Err(e) => { let _ = tx.send(Message::Text(ApiError::bad(e).json().to_string().into())).await; break; }
                 };
                 smooth = Some((params.style.clone(), stats));
+                // Notices about frames replaced meanwhile go out before this frame's answer,
+                // so a client sees every earlier frame answered first.
+                while let Ok(e) = err_rx.try_recv() {
+                    if tx.send(Message::Text(e.into())).await.is_err() { break; }
+                }
                 let sent = match r {
                     Ok((jpg, w, h)) => {
                         let rec = serde_json::json!({

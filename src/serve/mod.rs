@@ -51,6 +51,13 @@ pub struct ServeConfig {
     pub live_max_side: u32,
     /// Whole-request limit; after it the answer is 503.
     pub timeout: Duration,
+    /// A client must send a request's headers within this time (slow or stalled clients are
+    /// disconnected) and must not pause longer than this while sending its body (408).
+    pub read_timeout: Duration,
+    /// Open connections at most; more are answered 503 at once and closed.
+    pub max_connections: usize,
+    /// On SIGTERM / Ctrl-C, requests in flight get this long to finish.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServeConfig {
@@ -68,6 +75,9 @@ impl Default for ServeConfig {
             max_side: 2048,
             live_max_side: 640,
             timeout: Duration::from_secs(120),
+            read_timeout: Duration::from_secs(10),
+            max_connections: 256,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -90,6 +100,7 @@ pub fn router(app: Arc<App>) -> axum::Router {
         .route("/v1/stylize", post(api::stylize))
         .route("/v1/live", get(live::upgrade))
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn(api::guard))
         .with_state(app)
 }
 
@@ -135,11 +146,102 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         println!("listening on http://{local}");
         use std::io::Write;
         std::io::stdout().flush().ok();
-        axum::serve(listener, router(app))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|e| Error::Usage(format!("server error: {e}")))
+        accept_loop(listener, app).await;
+        Ok(())
     })
+}
+
+/// Request headers over this many bytes are refused by hyper itself (a 431 without a body);
+/// `api::limits` refuses anything over [`MAX_HEADER_BYTES`] with a JSON 431 first.
+const HYPER_MAX_HEADER_BYTES: usize = 1 << 20;
+const HYPER_MAX_HEADERS: usize = 1000;
+/// The limits clients see (JSON 431 beyond).
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+pub const MAX_HEADERS: usize = 100;
+
+/// Accept connections until a shutdown signal, then let the requests in flight finish (at
+/// most `shutdown_grace`). Each connection must send its headers within `read_timeout`;
+/// beyond `max_connections` open ones a new connection gets a JSON 503 and is closed.
+async fn accept_loop(listener: tokio::net::TcpListener, app: Arc<App>) {
+    use tokio::sync::{watch, Semaphore};
+    let router = router(app.clone());
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(app.cfg.read_timeout)
+        .max_header_size(HYPER_MAX_HEADER_BYTES)
+        .max_buf_size(HYPER_MAX_HEADER_BYTES + (64 << 10))
+        .max_headers(HYPER_MAX_HEADERS);
+    let conns = Arc::new(Semaphore::new(app.cfg.max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, keep serving.
+                    eprintln!("impasto serve: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_connection(stream, app.cfg.max_connections));
+            continue;
+        };
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+        let conn = http.serve_connection(io, svc).with_upgrades();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let grace = app.cfg.shutdown_grace;
+    let busy = app.cfg.max_connections - conns.available_permits();
+    eprintln!(
+        "impasto serve: shutting down ({busy} connections open; requests in flight get up to {} s)",
+        grace.as_secs_f64()
+    );
+    let _ = stop_tx.send(true);
+    let all = conns.acquire_many(app.cfg.max_connections as u32);
+    if tokio::time::timeout(grace, all).await.is_err() {
+        eprintln!(
+            "impasto serve: {} connections still open after {} s; closing them",
+            app.cfg.max_connections - conns.available_permits(),
+            grace.as_secs_f64()
+        );
+    }
+}
+
+/// Too many connections: a JSON 503 and close, without reading the request.
+async fn refuse_connection(mut stream: tokio::net::TcpStream, max: usize) {
+    use tokio::io::AsyncWriteExt;
+    let body = serde_json::json!({"error": {"status": 503, "category": "busy",
+        "message": format!("server busy: {max} connections open; retry later")}})
+    .to_string();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 async fn shutdown_signal() {

@@ -13,6 +13,12 @@ pub struct Pool {
     capacity: usize,
 }
 
+/// A worker held (see [`Pool::worker`]); given back when dropped.
+pub struct Worker {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _ticket: Ticket,
+}
+
 /// A place in the pool (running or waiting); given back when dropped.
 pub struct Ticket(Arc<AtomicUsize>);
 
@@ -44,6 +50,40 @@ impl Pool {
         let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
         let t = Ticket(self.admitted.clone());
         (prev < self.workers).then_some(t)
+    }
+
+    /// Wait for a worker, in turn: the semaphore hands out workers first come, first
+    /// served, so live connections and requests waiting at the same time are served round
+    /// robin instead of whoever polls first winning every time. Counts as in flight from
+    /// the moment it has the worker.
+    pub async fn worker(&self) -> Result<Worker, String> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        self.admitted.fetch_add(1, Ordering::AcqRel);
+        Ok(Worker {
+            _permit: permit,
+            _ticket: Ticket(self.admitted.clone()),
+        })
+    }
+
+    /// Run `f` on a blocking thread with a worker from [`Pool::worker`], released when `f`
+    /// returns.
+    pub async fn run_on<T: Send + 'static>(
+        &self,
+        worker: Worker,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        tokio::task::spawn_blocking(move || {
+            let r = f();
+            drop(worker);
+            r
+        })
+        .await
+        .map_err(|e| format!("inference failed: {e}"))
     }
 
     /// Jobs running or waiting.

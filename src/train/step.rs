@@ -51,8 +51,19 @@ pub fn losses(
     cfg: &LossConfig,
     x: &Tensor,
 ) -> Losses {
-    let y = model.forward(x);
-    let fy = vgg.forward(&y);
+    losses_of(vgg, target, cfg, x, &model.forward(x))
+}
+
+/// The three losses of outputs `y` for content images `x` (however `y` was made: the bare
+/// network, the stylize pipeline with its margin, another engine).
+pub fn losses_of(
+    vgg: &Vgg16,
+    target: &StyleTarget,
+    cfg: &LossConfig,
+    x: &Tensor,
+    y: &Tensor,
+) -> Losses {
+    let fy = vgg.forward(y);
     let (fc, _) = vgg.forward_train(x, cfg.content_tap);
     let (c, _) = loss::content(
         &fy[cfg.content_tap],
@@ -62,7 +73,7 @@ pub fn losses(
     let s: f64 = (0..4)
         .map(|t| loss::style(&fy[t], &target.grams[t], cfg.style_weight).0)
         .sum();
-    let (t, _) = loss::tv(&y, cfg.tv_weight);
+    let (t, _) = loss::tv(y, cfg.tv_weight);
     Losses {
         content: c,
         style: s,

@@ -41,6 +41,7 @@ pub struct RunFiles {
     pub metrics: PathBuf,
     pub preview: PathBuf,
     pub curve: PathBuf,
+    pub lock: PathBuf,
 }
 
 impl RunFiles {
@@ -53,7 +54,61 @@ impl RunFiles {
             metrics: with(".metrics.jsonl"),
             preview: with(".preview.png"),
             curve: with(".loss.png"),
+            lock: with(".lock"),
         }
+    }
+
+    /// Take the run's lock (`OUTPUT.lock`, holding the process id), so that two runs on the
+    /// same output cannot interleave their checkpoints and metrics. A lock left by a
+    /// process that is no longer running is taken over.
+    pub fn lock(&self) -> Result<RunLock> {
+        let me = std::process::id();
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&self.lock)
+            {
+                Ok(mut f) => {
+                    writeln!(f, "{me}").map_err(|e| Error::io(&self.lock, e))?;
+                    return Ok(RunLock(self.lock.clone()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let pid = std::fs::read_to_string(&self.lock)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<u32>().ok());
+                    let running = pid.is_some_and(|p| {
+                        p != me
+                            && (!cfg!(target_os = "linux")
+                                || Path::new(&format!("/proc/{p}")).exists())
+                    });
+                    if running {
+                        return Err(Error::Usage(format!(
+                            "{}: another training run (process {}) is writing {}; wait for it to finish, or stop it",
+                            self.lock.display(),
+                            pid.unwrap_or_default(),
+                            self.model.display()
+                        )));
+                    }
+                    // Stale: its process is gone.
+                    let _ = std::fs::remove_file(&self.lock);
+                }
+                Err(e) => return Err(Error::io(&self.lock, e)),
+            }
+        }
+        Err(Error::Usage(format!(
+            "{}: cannot take the training lock",
+            self.lock.display()
+        )))
+    }
+}
+
+/// Held while a run writes its files; removes the lock file when dropped.
+pub struct RunLock(PathBuf);
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -282,6 +337,23 @@ pub fn train(
     opts: RunOptions,
     obs: &mut dyn Observer,
 ) -> Result<Outcome> {
+    if cfg.steps == 0 {
+        return Err(Error::Usage(
+            "zero training steps: give --steps or --epochs of at least 1".into(),
+        ));
+    }
+    if cfg.batch_size == 0 || cfg.image_size < 16 || !cfg.image_size.is_multiple_of(4) {
+        return Err(Error::Usage(format!(
+            "batch size {} / image size {}: the batch must hold at least one image and the size be a multiple of 4, at least 16",
+            cfg.batch_size, cfg.image_size
+        )));
+    }
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
+        return Err(Error::Usage(format!(
+            "learning rate {} must be a finite number above 0",
+            cfg.lr
+        )));
+    }
     let target = StyleTarget::new(vgg, style);
     let (mut model, mut adam, mut step, pos) = match opts.resume {
         Some(ck) => {
@@ -294,6 +366,16 @@ pub fn train(
                 return Err(Error::Usage(format!(
                     "{}: the checkpoint was made with a different style, architecture, image size, batch size or seed; remove it or train with the same settings",
                     opts.files.checkpoint.display()
+                )));
+            }
+            if ck.config.data != cfg.data || ck.config.dataset_size != cfg.dataset_size {
+                return Err(Error::Usage(format!(
+                    "{}: the checkpoint was made on {} ({} photos), not {} ({} photos); resume with the same --data, or remove the checkpoint to start over",
+                    opts.files.checkpoint.display(),
+                    ck.config.data,
+                    ck.config.dataset_size,
+                    cfg.data,
+                    cfg.dataset_size
                 )));
             }
             obs.message(&format!(
@@ -352,9 +434,22 @@ pub fn train(
         }
         let (losses, grads) = step::loss_and_grads(&model, vgg, &target, &cfg.loss, &batch.images);
         if !losses.total.is_finite() || grads.values().any(|g| g.iter().any(|v| !v.is_finite())) {
+            // Name the checkpoint only if there is one to go back to.
+            let advice = if opts.files.checkpoint.exists() {
+                format!(
+                    "The last good checkpoint ({}) is intact: lower --lr or the loss weights and continue with --resume",
+                    opts.files.checkpoint.display()
+                )
+            } else {
+                "No checkpoint was written yet, so nothing was saved: lower --lr or the loss weights and start again".to_string()
+            };
             return Err(Error::Usage(format!(
-                "the loss became {} at step {} (content {}, style {}, tv {}); stopping. The last good checkpoint ({}) is intact: lower --lr or the loss weights and resume",
-                losses.total, step + 1, losses.content, losses.style, losses.tv, opts.files.checkpoint.display()
+                "the loss became {} at step {} (content {}, style {}, tv {}); stopping. {advice}",
+                losses.total,
+                step + 1,
+                losses.content,
+                losses.style,
+                losses.tv
             )));
         }
         step::apply(&mut model, &mut adam, &grads);

@@ -13,6 +13,8 @@
 //! statistics passes cost about 6× a plain forward pass, so tiling only starts above
 //! `tile_threshold` pixels.
 
+pub mod guided;
+
 use crate::imageio::Decoded;
 use crate::kernels::norm::{moments_region, Moments, NormStats};
 use crate::model::transformer::{StatsSource, Transformer};
@@ -21,6 +23,59 @@ use image::{DynamicImage, Rgb32FImage, RgbImage, RgbaImage};
 
 /// See [`StylizeOptions::margin`]; measured with `impasto evaluate` (border artifact).
 pub const DEFAULT_MARGIN: usize = 16;
+
+/// The longest side at which `Scale::Auto` stops enlarging strokes: pictures up to this
+/// size are stylized at full resolution, larger ones at this size and brought back up.
+pub const REFERENCE_SIDE: u32 = 1024;
+
+/// How large the painting's strokes are drawn. The network paints strokes of a fixed size
+/// in pixels (learned on 128–256 px crops), so on a large photo they shrink to a fine
+/// texture. A factor `s` > 1 stylizes at 1/s of the size and brings the result back to
+/// full size by guided upsampling onto the photo's own luminance ([`guided`]): strokes `s`
+/// times larger, the photo's fine detail kept. `s` < 1 stylizes enlarged (finer strokes).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Scale {
+    /// `max(1, longest side / REFERENCE_SIDE)`: a print looks like the same painting at
+    /// 1024 px and at 4096 px.
+    Auto,
+    Factor(f32),
+}
+
+impl Scale {
+    pub fn factor(self, w: u32, h: u32) -> f32 {
+        match self {
+            Scale::Auto => (w.max(h) as f32 / REFERENCE_SIDE as f32).max(1.0),
+            Scale::Factor(s) => s,
+        }
+    }
+
+    /// `auto` or a factor from 0.25 to 16.
+    pub fn parse(s: &str) -> Result<Scale, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Scale::Auto);
+        }
+        match s.trim().parse::<f32>() {
+            Ok(v) if (0.25..=16.0).contains(&v) => Ok(Scale::Factor(v)),
+            _ => Err(format!(
+                "{s:?}: expected auto or a stroke scale from 0.25 to 16"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Scale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scale::Auto => write!(f, "auto"),
+            Scale::Factor(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// Guided upsampling's window radius (working-resolution pixels) and regularisation
+/// (0..255 scale): see `guided`; chosen by looking at sheets, `docs/stroke-scale.jpg`.
+const GUIDE_RADIUS: usize = 2;
+const GUIDE_EPS: f32 = 100.0;
 
 #[derive(Clone, Debug)]
 pub struct StylizeOptions {
@@ -36,8 +91,12 @@ pub struct StylizeOptions {
     pub halo: usize,
     /// Images with more (padded) pixels than this are tiled.
     pub tile_threshold: u64,
+    /// Stroke size (see [`Scale`]).
+    pub scale: Scale,
     /// Mirror-padding (pixels) added around the image before the network and cropped after,
-    /// so the network's own edge effects fall outside the picture.
+    /// so the network's own edge effects fall outside the picture. The instance norms take
+    /// their statistics from the picture alone ([`Picture`]), so 0 is the bare network and
+    /// any margin changes only the edges.
     pub margin: usize,
 }
 
@@ -51,6 +110,7 @@ impl Default for StylizeOptions {
             halo: 96,
             tile_threshold: 2048 * 2048,
             margin: DEFAULT_MARGIN,
+            scale: Scale::Auto,
         }
     }
 }
@@ -147,11 +207,57 @@ fn plan(h4: usize, w4: usize, core: usize, halo: usize) -> Vec<Tile> {
     tiles
 }
 
+/// Where the picture lies in the network's (mirror-padded, aligned) input: rows
+/// `[y0, y1)`, columns `[x0, x1)`. Instance-norm statistics are taken over it alone, so the
+/// margin and the alignment padding change only what the network sees at the picture's
+/// edges, never the statistics that set its colours and contrast everywhere else: with
+/// `margin` 0 the output is the bare network's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Picture {
+    pub y0: usize,
+    pub y1: usize,
+    pub x0: usize,
+    pub x1: usize,
+}
+
+/// Padded rows `[a, b)` seen in an activation whose row 0 is padded row `origin`, at
+/// `s` padded rows per row, `n` rows: clipped to it, rounded outward.
+fn span(a: usize, b: usize, origin: usize, s: usize, n: usize) -> (usize, usize) {
+    let hi = b.saturating_sub(origin).div_ceil(s).min(n);
+    let lo = (a.saturating_sub(origin) / s).min(hi);
+    (lo, hi)
+}
+
+impl Picture {
+    /// The picture's moments in activation `x`, which covers padded rows
+    /// `[oy, oy + sh·x.h)` and columns `[ox, ox + sw·x.w)`, intersected with
+    /// `[ry0, ry1) × [rx0, rx1)` (a tile's core; the whole image when untiled).
+    #[allow(clippy::too_many_arguments)]
+    fn moments(
+        &self,
+        x: &Tensor,
+        oy: usize,
+        ox: usize,
+        sh: usize,
+        sw: usize,
+        core: (usize, usize, usize, usize),
+    ) -> Moments {
+        let (ry0, ry1, rx0, rx1) = core;
+        let rows = span(self.y0.max(ry0), self.y1.min(ry1), oy, sh, x.h);
+        let cols = span(self.x0.max(rx0), self.x1.min(rx1), ox, sw, x.w);
+        if rows.0 == rows.1 || cols.0 == cols.1 {
+            return Moments::zeros(x.c);
+        }
+        moments_region(&x.data, x.c, x.h, x.w, rows, cols)
+    }
+}
+
 /// Statistics for pass `k`: the known global ones before `k`, accumulate at `k`, then stop.
 struct PassStats<'a> {
     known: &'a [NormStats],
     acc: Option<Moments>,
     tile: Tile,
+    picture: Picture,
 }
 
 impl StatsSource for PassStats<'_> {
@@ -160,12 +266,35 @@ impl StatsSource for PassStats<'_> {
             return Some(self.known[index].clone());
         }
         // The level of this activation: the tile is 2^level times its size.
-        let s = (self.tile.y1 - self.tile.y0) / x.h;
         let t = &self.tile;
-        let rows = ((t.cy0 - t.y0) / s, (t.cy1 - t.y0) / s);
-        let cols = ((t.cx0 - t.x0) / s, (t.cx1 - t.x0) / s);
-        self.acc = Some(moments_region(&x.data, x.c, x.h, x.w, rows, cols));
+        let (sh, sw) = ((t.y1 - t.y0) / x.h, (t.x1 - t.x0) / x.w);
+        self.acc = Some(
+            self.picture
+                .moments(x, t.y0, t.x0, sh, sw, (t.cy0, t.cy1, t.cx0, t.cx1)),
+        );
         None
+    }
+}
+
+/// Statistics of the picture inside one whole (untiled) padded input.
+pub struct PictureStats {
+    pub picture: Picture,
+    /// The padded input's size.
+    pub h: usize,
+    pub w: usize,
+}
+
+impl PictureStats {
+    fn moments(&self, x: &Tensor) -> Moments {
+        let (sh, sw) = (self.h / x.h, self.w / x.w);
+        self.picture
+            .moments(x, 0, 0, sh, sw, (0, self.h, 0, self.w))
+    }
+}
+
+impl StatsSource for PictureStats {
+    fn stats(&mut self, _index: usize, x: &Tensor, eps: f64) -> Option<NormStats> {
+        Some(self.moments(x).stats(eps))
     }
 }
 
@@ -193,6 +322,12 @@ fn run_network(
     } else {
         plan(h4, w4, h4.max(w4), 0)
     };
+    let picture = Picture {
+        y0: m,
+        y1: m + h,
+        x0: m,
+        x1: m + w,
+    };
     let n_norms = model.config.norm_count();
     let total = if tiled {
         (n_norms as u64 + 1) * tiles.len() as u64
@@ -210,6 +345,7 @@ fn run_network(
                     known: &known,
                     acc: None,
                     tile: *t,
+                    picture,
                 };
                 let _ = model.forward_with(&x, &mut src);
                 let m = src.acc.expect("pass reaches its norm");
@@ -232,12 +368,20 @@ fn run_network(
                 known: &known,
                 acc: None,
                 tile: *t,
+                picture,
             };
             model
                 .forward_with(&x, &mut src)
                 .expect("all statistics known")
         } else {
-            model.forward(&x)
+            let mut src = PictureStats {
+                picture,
+                h: h4,
+                w: w4,
+            };
+            model
+                .forward_with(&x, &mut src)
+                .expect("statistics never stop")
         };
         let (th, tw) = (y.h, y.w);
         let hw = th * tw;
@@ -320,17 +464,41 @@ pub fn stylize(
     } else {
         None
     };
+    let factor = opts.scale.factor(w as u32, h as u32);
+    let (lw, lh) = (
+        ((w as f32 / factor).round() as u32).max(1),
+        ((h as f32 / factor).round() as u32).max(1),
+    );
+    let scaled = (lw as usize, lh as usize) != (w, h);
     let content = if (w * h) as u64 > opts.tile_threshold {
         Content::U8(img.to_rgb8())
     } else {
         Content::F32(img.to_rgb32f())
     };
-    drop(img);
     let mut out = RgbImage::new(w as u32, h as u32);
-    run_network(model, &content, opts, progress, |y, x, s| {
-        let c = content.get(x, y);
-        out.put_pixel(x as u32, y as u32, image::Rgb(finish(opts, c, s)));
-    });
+    if !scaled {
+        drop(img);
+        run_network(model, &content, opts, progress, |y, x, s| {
+            let c = content.get(x, y);
+            out.put_pixel(x as u32, y as u32, image::Rgb(finish(opts, c, s)));
+        });
+    } else {
+        // Stylize at the working size, then bring the result to full size.
+        let filter = if factor > 1.0 {
+            image::imageops::FilterType::Lanczos3
+        } else {
+            image::imageops::FilterType::CatmullRom
+        };
+        let low = Content::F32(img.resize_exact(lw, lh, filter).to_rgb32f());
+        drop(img);
+        let planes = network_planes(model, &low, opts, progress);
+        resample_to(&planes, &low, &content, factor, |y, row| {
+            for (x, s) in row.iter().enumerate() {
+                let c = content.get(x, y);
+                out.put_pixel(x as u32, y as u32, image::Rgb(finish(opts, c, *s)));
+            }
+        });
+    }
     match alpha {
         None => DynamicImage::ImageRgb8(out),
         Some(a) => {
@@ -340,6 +508,75 @@ pub fn stylize(
                 *p = image::Rgba([c[0], c[1], c[2], a.get_pixel(x, y).0[1]]);
             }
             DynamicImage::ImageRgba8(rgba)
+        }
+    }
+}
+
+/// The network's output for `content` as three planes (0..255, unclamped).
+fn network_planes(
+    model: &Transformer,
+    content: &Content,
+    opts: &StylizeOptions,
+    progress: Option<Progress>,
+) -> [guided::Plane; 3] {
+    let (h, w) = content.dims();
+    let mut p = [
+        guided::Plane::new(w, h),
+        guided::Plane::new(w, h),
+        guided::Plane::new(w, h),
+    ];
+    run_network(model, content, opts, progress, |y, x, s| {
+        for c in 0..3 {
+            p[c].data[y * w + x] = s[c];
+        }
+    });
+    p
+}
+
+/// BT.601 luminance of a content image, as a plane (0..255).
+fn luma_plane(c: &Content) -> guided::Plane {
+    let (h, w) = c.dims();
+    let mut p = guided::Plane::new(w, h);
+    for y in 0..h {
+        for x in 0..w {
+            p.data[y * w + x] = to_ycc(c.get(x, y))[0];
+        }
+    }
+    p
+}
+
+/// A stylization made at the working size (`planes`, of the working-size content `low`)
+/// brought to the size of `full`, row by row into `emit(y, row)`: guided upsampling onto
+/// the full-resolution luminance when enlarging, plain resampling when reducing.
+fn resample_to(
+    planes: &[guided::Plane; 3],
+    low: &Content,
+    full: &Content,
+    factor: f32,
+    mut emit: impl FnMut(usize, &[[f32; 3]]),
+) {
+    let (h, w) = full.dims();
+    if factor > 1.0 {
+        let guide_low = luma_plane(low);
+        let coeffs = [0, 1, 2]
+            .map(|c| guided::coefficients(&guide_low, &planes[c], GUIDE_RADIUS, GUIDE_EPS));
+        let guide_row = |y: usize| (0..w).map(|x| to_ycc(full.get(x, y))[0]).collect();
+        guided::apply_rgb(&coeffs, w, h, guide_row, emit);
+    } else {
+        let (lh, lw) = low.dims();
+        let img = Rgb32FImage::from_fn(lw as u32, lh as u32, |x, y| {
+            let i = y as usize * lw + x as usize;
+            image::Rgb([planes[0].data[i], planes[1].data[i], planes[2].data[i]])
+        });
+        let r = image::imageops::resize(
+            &img,
+            w as u32,
+            h as u32,
+            image::imageops::FilterType::Lanczos3,
+        );
+        for y in 0..h {
+            let row: Vec<[f32; 3]> = (0..w).map(|x| r.get_pixel(x as u32, y as u32).0).collect();
+            emit(y, &row);
         }
     }
 }
@@ -374,6 +611,8 @@ pub fn stylize_tensor(model: &Transformer, x: &Tensor, opts: &StylizeOptions) ->
 pub struct SmoothStats {
     pub momentum: f32,
     prev: Vec<Option<(Vec<f32>, Vec<f32>)>>,
+    /// Where the frame lies in the padded input (set by [`stylize_frame`]).
+    frame: Option<PictureStats>,
 }
 
 impl SmoothStats {
@@ -381,13 +620,18 @@ impl SmoothStats {
         SmoothStats {
             momentum,
             prev: Vec::new(),
+            frame: None,
         }
     }
 }
 
 impl StatsSource for SmoothStats {
     fn stats(&mut self, index: usize, x: &Tensor, eps: f64) -> Option<NormStats> {
-        let own = crate::kernels::norm::moments(&x.data, x.c, x.h, x.w).stats(eps);
+        let own = match &self.frame {
+            Some(f) => f.moments(x),
+            None => crate::kernels::norm::moments(&x.data, x.c, x.h, x.w),
+        }
+        .stats(eps);
         if self.prev.len() <= index {
             self.prev.resize(index + 1, None);
         }
@@ -421,21 +665,73 @@ pub fn stylize_frame(
     model: &Transformer,
     frame: &RgbImage,
     opts: &StylizeOptions,
-    src: &mut dyn StatsSource,
+    src: &mut SmoothStats,
 ) -> RgbImage {
-    let (w, h) = (frame.width() as usize, frame.height() as usize);
+    let (fw, fh) = (frame.width() as usize, frame.height() as usize);
+    let factor = opts.scale.factor(fw as u32, fh as u32);
+    let (lw, lh) = (
+        ((fw as f32 / factor).round() as u32).max(1),
+        ((fh as f32 / factor).round() as u32).max(1),
+    );
+    let full = Content::U8(frame.clone());
+    let scaled = (lw as usize, lh as usize) != (fw, fh);
+    let work = if scaled {
+        let filter = if factor > 1.0 {
+            image::imageops::FilterType::Triangle
+        } else {
+            image::imageops::FilterType::CatmullRom
+        };
+        Content::U8(image::imageops::resize(frame, lw, lh, filter))
+    } else {
+        Content::U8(frame.clone())
+    };
+    let (h, w) = work.dims();
     let a = Transformer::ALIGN;
     let m = opts.margin;
     let (h4, w4) = ((h + 2 * m).div_ceil(a) * a, (w + 2 * m).div_ceil(a) * a);
-    let content = Content::U8(frame.clone());
-    let x = content.tensor(0, 0, h4, w4, m);
+    src.frame = Some(PictureStats {
+        picture: Picture {
+            y0: m,
+            y1: m + h,
+            x0: m,
+            x1: m + w,
+        },
+        h: h4,
+        w: w4,
+    });
+    let x = work.tensor(0, 0, h4, w4, m);
     let y = model.forward_with(&x, src).expect("statistics never stop");
     let hw = h4 * w4;
-    let mut out = RgbImage::new(w as u32, h as u32);
-    for (px, py, p) in out.enumerate_pixels_mut() {
-        let i = (py as usize + m) * w4 + px as usize + m;
-        let s = [y.data[i], y.data[hw + i], y.data[2 * hw + i]];
-        *p = image::Rgb(finish(opts, content.get(px as usize, py as usize), s));
+    let at = |px: usize, py: usize| {
+        let i = (py + m) * w4 + px + m;
+        [y.data[i], y.data[hw + i], y.data[2 * hw + i]]
+    };
+    let mut out = RgbImage::new(fw as u32, fh as u32);
+    if !scaled {
+        for (px, py, p) in out.enumerate_pixels_mut() {
+            let (px, py) = (px as usize, py as usize);
+            *p = image::Rgb(finish(opts, full.get(px, py), at(px, py)));
+        }
+    } else {
+        let mut planes = [
+            guided::Plane::new(w, h),
+            guided::Plane::new(w, h),
+            guided::Plane::new(w, h),
+        ];
+        for py in 0..h {
+            for px in 0..w {
+                let v = at(px, py);
+                for c in 0..3 {
+                    planes[c].data[py * w + px] = v[c];
+                }
+            }
+        }
+        resample_to(&planes, &work, &full, factor, |py, row| {
+            for (px, s) in row.iter().enumerate() {
+                let c = full.get(px, py);
+                out.put_pixel(px as u32, py as u32, image::Rgb(finish(opts, c, *s)));
+            }
+        });
     }
     out
 }
@@ -508,6 +804,89 @@ mod tests {
             let d = tiled.max_abs_diff(&whole);
             assert!(d < 0.05, "{arch:?}: tiled differs from whole by {d}");
         }
+    }
+
+    /// `margin` 0 is the bare network, bit for bit, whatever the architecture.
+    #[test]
+    fn margin_zero_is_the_bare_network() {
+        for arch in [Arch::Johnson, Arch::Seed] {
+            let model = random_model(arch, 5);
+            let x = smooth_image(64, 96);
+            let opts = StylizeOptions {
+                margin: 0,
+                ..Default::default()
+            };
+            let y = stylize_tensor(&model, &x, &opts);
+            let bare = model.forward(&x);
+            // (The pipeline's 0..1 image round trip may move the input by an ulp.)
+            let d = y.max_abs_diff(&bare);
+            assert!(d < 1e-2, "{arch:?}: {d}");
+        }
+    }
+
+    /// With a margin, the instance norms see the picture only: the first norm (whose input
+    /// over the picture is the same with a mirror margin as with the network's own
+    /// reflection padding) gets the bare network's statistics, where the whole padded
+    /// input's statistics used to differ.
+    #[test]
+    fn the_margin_keeps_the_pictures_statistics() {
+        struct First<S>(S, Option<NormStats>);
+        impl<S: StatsSource> StatsSource for First<S> {
+            fn stats(&mut self, i: usize, x: &Tensor, eps: f64) -> Option<NormStats> {
+                let s = self.0.stats(i, x, eps)?;
+                if i == 0 {
+                    self.1 = Some(s.clone());
+                }
+                Some(s)
+            }
+        }
+        let model = random_model(Arch::Johnson, 8);
+        let (h, w, m) = (64, 96, 16);
+        let x = smooth_image(h, w);
+        let mut bare = First(crate::model::transformer::OwnStats, None);
+        model.forward_with(&x, &mut bare).unwrap();
+        let img = Rgb32FImage::from_fn(w as u32, h as u32, |xx, yy| {
+            let i = yy as usize * w + xx as usize;
+            let hw = h * w;
+            image::Rgb([0, 1, 2].map(|c| x.data[c * hw + i] / 255.0))
+        });
+        let padded = Content::F32(img).tensor(0, 0, h + 2 * m, w + 2 * m, m);
+        let pic = Picture {
+            y0: m,
+            y1: m + h,
+            x0: m,
+            x1: m + w,
+        };
+        let mut ours = First(
+            PictureStats {
+                picture: pic,
+                h: h + 2 * m,
+                w: w + 2 * m,
+            },
+            None,
+        );
+        model.forward_with(&padded, &mut ours).unwrap();
+        let mut whole = First(crate::model::transformer::OwnStats, None);
+        model.forward_with(&padded, &mut whole).unwrap();
+        let (b, o, wh) = (bare.1.unwrap(), ours.1.unwrap(), whole.1.unwrap());
+        let diff = |a: &NormStats, b: &NormStats| {
+            a.mean
+                .iter()
+                .zip(&b.mean)
+                .chain(a.inv_std.iter().zip(&b.inv_std))
+                .map(|(p, q)| ((p - q) / q.abs().max(1e-3)).abs())
+                .fold(0.0f32, f32::max)
+        };
+        assert!(
+            diff(&o, &b) < 1e-4,
+            "picture statistics differ: {}",
+            diff(&o, &b)
+        );
+        assert!(
+            diff(&wh, &b) > 1e-3,
+            "the test cannot tell: {}",
+            diff(&wh, &b)
+        );
     }
 
     #[test]
