@@ -593,3 +593,108 @@ fn stale_temporary_files_are_removed_and_signals_leave_none() {
         assert!(left.is_empty(), "{left:?}");
     }
 }
+
+/// Fidelity issue, point 4: the README's first command works on a bare clone — the photo
+/// it stylizes ships in `assets/`.
+#[test]
+fn the_readme_first_command_works_without_shared() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let first = readme
+        .lines()
+        .find(|l| l.starts_with("cargo run --release -- stylize"))
+        .expect("README starts with the stylize command");
+    let args: Vec<&str> = first
+        .trim_start_matches("cargo run --release -- ")
+        .split_whitespace()
+        .collect();
+    let d = tempfile::tempdir().unwrap();
+    let out_name = args[args.iter().position(|a| *a == "-o").unwrap() + 1];
+    let out_path = d.path().join(out_name);
+    let args2: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == out_name { s(&out_path) } else { *a })
+        .collect();
+    let o = bin()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(&args2)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{first}: {}", stderr(&o));
+    let img = image::open(d.path().join(out_name)).unwrap();
+    let photo = image::open(Path::new(env!("CARGO_MANIFEST_DIR")).join(args[1])).unwrap();
+    assert_eq!((img.width(), img.height()), (photo.width(), photo.height()));
+    assert!(
+        !args[1].contains("shared"),
+        "the input must ship with the project"
+    );
+}
+
+/// Reliability issue, "also": a second `train` on the same output stops at once while the
+/// first one runs, saying which process holds it; a lock left by a dead process is taken.
+#[test]
+fn two_training_runs_on_one_output_cannot_interleave() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("p.png");
+    std::fs::write(&img, encode(&picture(32, 32), ImageFormat::Png)).unwrap();
+    let out = d.path().join("t.safetensors");
+    // A live process holds the lock (this test's own).
+    std::fs::write(d.path().join("t.lock"), format!("{}\n", std::process::id())).unwrap();
+    let o = run(&[
+        "train",
+        "--style",
+        s(&img),
+        "--data",
+        s(d.path()),
+        "-o",
+        s(&out),
+        "--steps",
+        "1",
+        "--vgg",
+        "/nonexistent.safetensors",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("another training run"),
+        "{}",
+        stderr(&o)
+    );
+    // A dead one: taken over (the run then stops on the missing VGG, and releases it).
+    std::fs::write(d.path().join("t.lock"), "4999999\n").unwrap();
+    let o = run(&[
+        "train",
+        "--style",
+        s(&img),
+        "--data",
+        s(d.path()),
+        "-o",
+        s(&out),
+        "--steps",
+        "1",
+        "--vgg",
+        "/nonexistent.safetensors",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("another training run"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!d.path().join("t.lock").exists(), "lock released");
+}
+
+/// `info` summarises an embedded painting thumbnail instead of printing kilobytes of base64.
+#[test]
+fn info_does_not_print_the_whole_thumbnail() {
+    let o = run(&[
+        "info",
+        &format!(
+            "{}/styles/great_wave.safetensors",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(o.stdout.len() < 8000, "{} bytes", o.stdout.len());
+    assert!(v.to_string().contains("JPEG thumbnail"), "{v}");
+}

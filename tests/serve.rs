@@ -983,3 +983,22 @@ fn sigterm_finishes_requests_in_flight_then_exits() {
     };
     assert!(st.success(), "{st:?}");
 }
+
+/// Reliability issue, point 3: an 18 KB JPEG whose header claims 7000×7000 is refused at
+/// once (400), without holding a worker while its size is paid for.
+#[test]
+fn a_small_jpeg_claiming_a_huge_size_is_refused_at_once() {
+    let s = Server::start(&["--workers", "1"]);
+    let style = impasto::styles::names()[0];
+    let mut jpg = encoded(&photo(256, 256), ImageFormat::Jpeg);
+    let sof = jpg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    jpg[sof + 5..sof + 7].copy_from_slice(&7000u16.to_be_bytes());
+    jpg[sof + 7..sof + 9].copy_from_slice(&7000u16.to_be_bytes());
+    jpg.truncate(jpg.len().min(18 << 10) - 100);
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        let r = s.post(&format!("/v1/stylize?style={style}"), "image/jpeg", &jpg);
+        r.assert_error(400, "image");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}

@@ -161,7 +161,15 @@ pub fn run(cli: Cli) -> Result<i32> {
                 "parameters": n,
             });
             for (k, v) in &m.metadata {
-                js[k] = serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone()));
+                js[k] = if k == impasto::styles::THUMBNAIL_KEY {
+                    // Not the whole base64 picture: what it is and how big.
+                    serde_json::Value::String(format!(
+                        "<JPEG thumbnail of the painting, {} bytes of base64>",
+                        v.len()
+                    ))
+                } else {
+                    serde_json::from_str(v).unwrap_or(serde_json::Value::String(v.clone()))
+                };
             }
             outln!("{}", serde_json::to_string_pretty(&js)?);
             Ok(0)

@@ -91,12 +91,27 @@ impl Observer for Bar {
     }
 }
 
+/// The images in a folder; folders skipped on the way (link loops, unreadable) are said.
+fn scan(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
+    let s = data::scan_reporting(dir)?;
+    for w in &s.warnings {
+        eprintln!("impasto: warning: {w}");
+    }
+    Ok(s.files)
+}
+
 pub fn train(a: TrainArgs) -> Result<i32> {
+    // First of all, so that a second run on the same output stops before any work.
+    let files = RunFiles::new(&a.output);
+    if let Some(d) = a.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|e| Error::output(&a.output, e.to_string()))?;
+    }
+    let _lock = files.lock()?;
     let vgg_path = vgg::locate(a.vgg.as_deref())?;
     let vgg_net = Vgg16::load(&vgg_path)?;
-    let photos = data::scan(&a.data)?;
+    let photos = scan(&a.data)?;
     let val = match &a.val {
-        Some(d) => Some(data::scan(d)?),
+        Some(d) => Some(scan(d)?),
         None => None,
     };
     let style = trainer::load_style(&a.style, Some(a.style_size))?;
@@ -123,11 +138,6 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         vgg_convention: vgg_net.pre.convention.clone(),
         checkpoint_every: a.checkpoint_every.max(1),
     };
-    let files = RunFiles::new(&a.output);
-    if let Some(d) = a.output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).map_err(|e| Error::output(&a.output, e.to_string()))?;
-    }
-    let _lock = files.lock()?;
     let resume = if a.resume {
         if !files.checkpoint.exists() {
             return Err(Error::Usage(format!(
@@ -256,7 +266,7 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
     }
     let style = trainer::load_style(&a.style, Some(a.style_size))?;
     let target = StyleTarget::new(&vgg_net, &style);
-    let files = data::scan(&a.photos)?;
+    let files = scan(&a.photos)?;
     let mut imgs = Vec::new();
     for f in &files {
         match data::load_crop(f, a.image_size, None) {

@@ -16,34 +16,35 @@ use std::sync::mpsc::{sync_channel, Receiver};
 
 pub const EXTS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 
-/// All images under `dir`, sorted.
-pub fn scan(dir: &Path) -> Result<Vec<PathBuf>> {
-    fn walk(d: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        let rd = std::fs::read_dir(d).map_err(|e| Error::io(d, e))?;
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(&p, out)?;
-            } else if p
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| EXTS.contains(&e.to_ascii_lowercase().as_str()))
-            {
-                out.push(p);
-            }
-        }
-        Ok(())
+/// All images under `dir`, sorted. Each folder is entered once (link loops are skipped);
+/// folders that cannot be read are left out. What was skipped is in [`Scan::warnings`].
+pub fn scan_reporting(dir: &Path) -> Result<Scan> {
+    let w = crate::walk::images(dir, &EXTS);
+    if let Some((d, e)) = w.unreadable.iter().find(|(d, _)| d == dir) {
+        return Err(Error::io(d, std::io::Error::new(e.kind(), e.to_string())));
     }
-    let mut v = Vec::new();
-    walk(dir, &mut v)?;
-    v.sort();
-    if v.is_empty() {
+    let warnings = w.messages().collect();
+    let mut files: Vec<PathBuf> = w.files.into_iter().map(|f| f.path).collect();
+    files.sort();
+    if files.is_empty() {
         return Err(Error::Usage(format!(
             "{}: no images (jpg, png, webp) found",
             dir.display()
         )));
     }
-    Ok(v)
+    Ok(Scan { files, warnings })
+}
+
+/// What [`scan_reporting`] found.
+pub struct Scan {
+    pub files: Vec<PathBuf>,
+    /// One line per folder skipped (a link loop, or unreadable).
+    pub warnings: Vec<String>,
+}
+
+/// [`scan_reporting`] without the warnings.
+pub fn scan(dir: &Path) -> Result<Vec<PathBuf>> {
+    scan_reporting(dir).map(|s| s.files)
 }
 
 /// Where the stream stands: the next image is `order(epoch)[index]`.
