@@ -120,8 +120,9 @@ fn main() {
         FilterType::Lanczos3,
     );
     sheet.save(&a[4]).unwrap();
-    // Whole pictures, downscaled, for a look.
-    let stem = a[4].trim_end_matches(".jpg");
+    // Whole pictures, downscaled, for a look (beside the build, not in the repository).
+    let _ = std::fs::create_dir_all("target");
+    let stem = "target/stroke-scale";
     down(&auto).save(format!("{stem}-auto-1024.jpg")).unwrap();
     down(&plain)
         .save(format!("{stem}-scale1-1024.jpg"))

@@ -26,8 +26,14 @@ pub fn take_buffer(n: usize) -> Vec<f32> {
             .map(|(i, _)| i);
         if let Some(i) = best {
             let mut b = pool.swap_remove(i);
-            // SAFETY: capacity >= n and every f32 bit pattern is valid; contents are stale.
-            unsafe { b.set_len(n) };
+            // Only the elements the buffer held are initialised (stale, which is fine): cut it
+            // to `n`, or fill the rest. (`set_len` up to the capacity exposed memory never
+            // written, which is undefined behaviour.)
+            if b.len() >= n {
+                b.truncate(n);
+            } else {
+                b.resize(n, 0.0);
+            }
             return b;
         }
     }

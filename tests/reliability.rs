@@ -444,6 +444,12 @@ fn invalid_arguments_are_refused_not_panics() {
             "--lr",
         ),
         (sv(&["stylize", img, "-m", m, "--tile", "4"]), "--tile"),
+        (sv(&["stylize", img, "-m", m, "--scale", "0"]), "--scale"),
+        (sv(&["stylize", img, "-m", m, "--scale", "NaN"]), "--scale"),
+        (
+            sv(&["stylize", img, "-m", m, "--margin", "300"]),
+            "--margin",
+        ),
         (
             sv(&["stylize", img, "-m", m, "--max-size", "0"]),
             "--max-size",

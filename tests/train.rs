@@ -306,3 +306,52 @@ fn optimize_writes_a_stylized_image_and_lowers_the_loss() {
     let img = image::open(&out).unwrap();
     assert_eq!(img.width().max(img.height()), 48);
 }
+
+/// Reliability issue: `--resume` with another `--data` folder is refused (the position in
+/// the data would mean nothing), and `--steps 0` is refused before any work.
+#[test]
+fn resume_refuses_another_data_folder() {
+    let Some(s) = setup("resume_refuses_another_data_folder") else {
+        return;
+    };
+    let out = s.root.join("r.safetensors");
+    let ckpt = s.root.join("r.ckpt.safetensors");
+    let status = interrupt_after_checkpoint(train_cmd(&s, &out, 50, &[]), &ckpt, "-INT");
+    assert_eq!(status.code(), Some(130));
+    let other = s.root.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    for e in std::fs::read_dir(s.root.join("data"))
+        .unwrap()
+        .flatten()
+        .take(3)
+    {
+        std::fs::copy(e.path(), other.join(e.file_name())).unwrap();
+    }
+    let mut c = bin();
+    c.args(["train", "--style"])
+        .arg(&s.style)
+        .arg("--data")
+        .arg(&other)
+        .arg("-o")
+        .arg(&out)
+        .arg("--vgg")
+        .arg(&s.vgg)
+        .args([
+            "--image-size",
+            "48",
+            "--style-size",
+            "96",
+            "--batch-size",
+            "2",
+            "--steps",
+            "50",
+            "--resume",
+        ]);
+    let o = c.output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the checkpoint was made on"),
+        "{}",
+        stderr(&o)
+    );
+}

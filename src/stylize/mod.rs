@@ -22,7 +22,7 @@ use crate::tensor::Tensor;
 use image::{DynamicImage, Rgb32FImage, RgbImage, RgbaImage};
 
 /// See [`StylizeOptions::margin`]; measured with `impasto evaluate` (border artifact).
-pub const DEFAULT_MARGIN: usize = 16;
+pub const DEFAULT_MARGIN: usize = 8;
 
 /// The longest side at which `Scale::Auto` stops enlarging strokes: pictures up to this
 /// size are stylized at full resolution, larger ones at this size and brought back up.
@@ -558,10 +558,10 @@ fn resample_to(
     let (h, w) = full.dims();
     if factor > 1.0 {
         let guide_low = luma_plane(low);
-        let coeffs = [0, 1, 2]
-            .map(|c| guided::coefficients(&guide_low, &planes[c], GUIDE_RADIUS, GUIDE_EPS));
+        let a = [0, 1, 2]
+            .map(|c| guided::coefficients(&guide_low, &planes[c], GUIDE_RADIUS, GUIDE_EPS).0);
         let guide_row = |y: usize| (0..w).map(|x| to_ycc(full.get(x, y))[0]).collect();
-        guided::apply_rgb(&coeffs, w, h, guide_row, emit);
+        guided::upsample_rgb(planes, &a, &guide_low, w, h, guide_row, emit);
     } else {
         let (lh, lw) = low.dims();
         let img = Rgb32FImage::from_fn(lw as u32, lh as u32, |x, y| {
@@ -887,6 +887,47 @@ mod tests {
             "the test cannot tell: {}",
             diff(&wh, &b)
         );
+    }
+
+    /// `scale` S stylizes at 1/S and brings the result back to full size: the output keeps
+    /// the input's size, and brought down again it is the stylization of the small picture
+    /// (guided upsampling adds the photo's detail without moving what the network painted).
+    #[test]
+    fn stroke_scale_enlarges_strokes_and_keeps_the_size() {
+        let model = random_model(Arch::Johnson, 12);
+        let x = smooth_image(96, 128);
+        let img = DynamicImage::ImageRgb32F(Rgb32FImage::from_fn(128, 96, |xx, yy| {
+            let i = yy as usize * 128 + xx as usize;
+            image::Rgb([0, 1, 2].map(|c| x.data[c * 96 * 128 + i] / 255.0))
+        }));
+        let run = |img: DynamicImage, scale: Scale| {
+            let d = Decoded {
+                image: img,
+                has_alpha: false,
+            };
+            let o = StylizeOptions {
+                scale,
+                ..Default::default()
+            };
+            stylize(&model, d, &o, None).to_rgb8()
+        };
+        let big = run(img.clone(), Scale::Factor(2.0));
+        assert_eq!(big.dimensions(), (128, 96));
+        let small_in = img.resize_exact(64, 48, image::imageops::FilterType::Lanczos3);
+        let small = run(small_in, Scale::Factor(1.0));
+        let down = image::imageops::resize(&big, 64, 48, image::imageops::FilterType::Triangle);
+        let mean: f64 = down
+            .as_raw()
+            .iter()
+            .zip(small.as_raw())
+            .map(|(a, b)| (*a as f64 - *b as f64).abs())
+            .sum::<f64>()
+            / small.as_raw().len() as f64;
+        assert!(mean < 6.0, "mean difference {mean}");
+        // Auto leaves pictures up to 1024 px alone.
+        assert_eq!(Scale::Auto.factor(1024, 700), 1.0);
+        assert_eq!(Scale::Auto.factor(4096, 3072), 4.0);
+        assert!(Scale::parse("0").is_err() && Scale::parse("auto").is_ok());
     }
 
     #[test]
