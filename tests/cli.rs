@@ -4,32 +4,10 @@ use impasto::model::{Arch, Transformer, TransformerConfig};
 use impasto::testutil::shared;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_impasto"));
-    c.env_remove("IMPASTO_THREADS");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run impasto")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-/// A small random-weight johnson model written to `dir`.
-fn model(dir: &Path) -> PathBuf {
-    let p = dir.join("model.safetensors");
-    if !p.exists() {
-        Transformer::init(TransformerConfig::new(Arch::Johnson), 7)
-            .save(&p, false)
-            .unwrap();
-    }
-    p
-}
+mod common;
+use common::{bin, model, run, stderr};
 
 use impasto::testutil::photo;
 

@@ -6,33 +6,11 @@ use impasto::model::{Arch, Transformer, TransformerConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_impasto"));
-    c.env_remove("IMPASTO_THREADS");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("run impasto")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
+mod common;
+use common::{bin, model, run, stderr};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// A small random-weight johnson model written to `dir`.
-fn model(dir: &Path) -> PathBuf {
-    let p = dir.join("model.safetensors");
-    if !p.exists() {
-        Transformer::init(TransformerConfig::new(Arch::Johnson), 7)
-            .save(&p, false)
-            .unwrap();
-    }
-    p
 }
 
 /// A textured test picture (so that compressed formats have real entropy-coded data).
@@ -644,21 +622,24 @@ fn two_training_runs_on_one_output_cannot_interleave() {
     let img = d.path().join("p.png");
     std::fs::write(&img, encode(&picture(32, 32), ImageFormat::Png)).unwrap();
     let out = d.path().join("t.safetensors");
+    let train = |lock: String| {
+        std::fs::write(d.path().join("t.lock"), lock).unwrap();
+        run(&[
+            "train",
+            "--style",
+            s(&img),
+            "--data",
+            s(d.path()),
+            "-o",
+            s(&out),
+            "--steps",
+            "1",
+            "--vgg",
+            "/nonexistent.safetensors",
+        ])
+    };
     // A live process holds the lock (this test's own).
-    std::fs::write(d.path().join("t.lock"), format!("{}\n", std::process::id())).unwrap();
-    let o = run(&[
-        "train",
-        "--style",
-        s(&img),
-        "--data",
-        s(d.path()),
-        "-o",
-        s(&out),
-        "--steps",
-        "1",
-        "--vgg",
-        "/nonexistent.safetensors",
-    ]);
+    let o = train(format!("{}\n", std::process::id()));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("another training run"),
@@ -666,20 +647,7 @@ fn two_training_runs_on_one_output_cannot_interleave() {
         stderr(&o)
     );
     // A dead one: taken over (the run then stops on the missing VGG, and releases it).
-    std::fs::write(d.path().join("t.lock"), "4999999\n").unwrap();
-    let o = run(&[
-        "train",
-        "--style",
-        s(&img),
-        "--data",
-        s(d.path()),
-        "-o",
-        s(&out),
-        "--steps",
-        "1",
-        "--vgg",
-        "/nonexistent.safetensors",
-    ]);
+    let o = train("4999999\n".into());
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         !stderr(&o).contains("another training run"),

@@ -53,11 +53,22 @@ fn train_cmd(s: &Setup, out: &Path, steps: u64, extra: &[&str]) -> Command {
 }
 
 fn train_cmd_every(s: &Setup, out: &Path, steps: u64, every: u64, extra: &[&str]) -> Command {
+    train_cmd_on(s, &s.root.join("data"), out, steps, every, extra)
+}
+
+fn train_cmd_on(
+    s: &Setup,
+    data: &Path,
+    out: &Path,
+    steps: u64,
+    every: u64,
+    extra: &[&str],
+) -> Command {
     let mut c = bin();
     c.args(["train", "--style"])
         .arg(&s.style)
         .arg("--data")
-        .arg(s.root.join("data"))
+        .arg(data)
         .arg("-o")
         .arg(out)
         .arg("--vgg")
@@ -327,26 +338,7 @@ fn resume_refuses_another_data_folder() {
     {
         std::fs::copy(e.path(), other.join(e.file_name())).unwrap();
     }
-    let mut c = bin();
-    c.args(["train", "--style"])
-        .arg(&s.style)
-        .arg("--data")
-        .arg(&other)
-        .arg("-o")
-        .arg(&out)
-        .arg("--vgg")
-        .arg(&s.vgg)
-        .args([
-            "--image-size",
-            "48",
-            "--style-size",
-            "96",
-            "--batch-size",
-            "2",
-            "--steps",
-            "50",
-            "--resume",
-        ]);
+    let mut c = train_cmd_on(&s, &other, &out, 50, 2, &["--resume"]);
     let o = c.output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(

@@ -9,7 +9,6 @@ use tokio::sync::Semaphore;
 pub struct Pool {
     permits: Arc<Semaphore>,
     admitted: Arc<AtomicUsize>,
-    workers: usize,
     capacity: usize,
 }
 
@@ -33,7 +32,6 @@ impl Pool {
         Pool {
             permits: Arc::new(Semaphore::new(workers.max(1))),
             admitted: Arc::new(AtomicUsize::new(0)),
-            workers: workers.max(1),
             capacity: workers.max(1) + queue,
         }
     }
@@ -45,24 +43,13 @@ impl Pool {
         (prev < self.capacity).then_some(t)
     }
 
-    /// A place only if a worker is free right now (live frames are dropped, not queued).
-    pub fn admit_now(&self) -> Option<Ticket> {
-        let prev = self.admitted.fetch_add(1, Ordering::AcqRel);
-        let t = Ticket(self.admitted.clone());
-        (prev < self.workers).then_some(t)
-    }
-
     /// Wait for a worker, in turn: the semaphore hands out workers first come, first
     /// served, so live connections and requests waiting at the same time are served round
     /// robin instead of whoever polls first winning every time. Counts as in flight from
     /// the moment it has the worker.
     pub async fn worker(&self) -> Result<Worker, String> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| e.to_string())?;
+        let permit = self.permits.clone().acquire_owned().await;
+        let permit = permit.map_err(|e| e.to_string())?;
         self.admitted.fetch_add(1, Ordering::AcqRel);
         Ok(Worker {
             _permit: permit,
@@ -105,14 +92,11 @@ impl Pool {
             .acquire_owned()
             .await
             .map_err(|e| e.to_string())?;
-        tokio::task::spawn_blocking(move || {
-            let r = f();
-            drop(permit);
-            drop(ticket);
-            r
-        })
-        .await
-        .map_err(|e| format!("inference failed: {e}"))
+        let worker = Worker {
+            _permit: permit,
+            _ticket: ticket,
+        };
+        self.run_on(worker, f).await
     }
 }
 
@@ -125,7 +109,6 @@ mod tests {
         let p = Pool::new(2, 1);
         let a = p.admit().unwrap();
         let b = p.admit().unwrap();
-        assert!(p.admit_now().is_none(), "both workers busy");
         let c = p.admit().unwrap();
         assert!(p.admit().is_none(), "queue full");
         assert_eq!(p.in_flight(), 3);
