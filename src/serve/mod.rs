@@ -4,7 +4,7 @@
 //!   preserve-colour, before/after, download, and live webcam mode.
 //! - `GET /v1/styles` — names, architecture, how each was trained, thumbnail URLs;
 //!   `GET /v1/styles/{name}/thumbnail` — a JPEG.
-//! - `POST /v1/stylize?style=&strength=&preserve_color=&max_size=&format=` — the image as the
+//! - `POST /v1/stylize?style=&strength=&preserve_color=&max_size=&format=&scale=&margin=` — the image as the
 //!   body or as a multipart field; answers the stylized image.
 //! - `GET /v1/live` — WebSocket: JSON settings as text, frames as binary; answers each frame
 //!   it processes with a JSON text record and the stylized JPEG. Frames that arrive while the
