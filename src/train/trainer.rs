@@ -415,6 +415,19 @@ pub fn train(
             data,
         }
         .save(&opts.files.checkpoint)
+        .map_err(|e| {
+            // Say what to do: the previous checkpoint (if any) is untouched, since a new one
+            // replaces it only once complete.
+            let kept = if opts.files.checkpoint.exists() {
+                "the previous checkpoint is intact; free space (or fix the folder) and continue with --resume"
+            } else {
+                "no checkpoint exists yet; free space (or fix the folder) and start again"
+            };
+            Error::output(
+                &opts.files.checkpoint,
+                format!("cannot save the checkpoint at step {step} ({e}); {kept}"),
+            )
+        })
     };
     let mut skipped_total = 0usize;
     while step < cfg.steps {
