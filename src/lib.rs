@@ -4,6 +4,8 @@
 //! - [`model::Vgg16`]: the frozen loss network.
 //! - [`kernels`]: the CPU kernels everything runs on.
 //! - [`stylize`]: the pipeline from an image file to a stylized image file.
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod error;
 pub mod imageio;
 pub mod io;

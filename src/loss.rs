@@ -18,7 +18,9 @@ pub struct LossConfig {
 
 /// One sample's Gram matrix F·Fᵀ / (C·H·W), C×C.
 pub fn gram(f: &[f32], c: usize, hw: usize) -> Vec<f32> {
+    assert!(f.len() >= c * hw, "gram: {} values for {c}×{hw}", f.len());
     let mut g = vec![0.0f32; c * c];
+    // SAFETY: F holds c × hw values (asserted) and g is c × c.
     unsafe {
         gemm::gemm(
             c,
@@ -98,6 +100,8 @@ pub fn style(f: &Tensor, target: &[f32], w: f64) -> (f64, Tensor) {
             *d = (2.0 * w / denom * e * 2.0 / (c * hw) as f64) as f32;
         }
         total += w * sum / denom;
+        // SAFETY: the GEMM reads the c × c difference and this sample's c × hw features and
+        // writes this sample's c × hw gradient, all inside their buffers.
         unsafe {
             gemm::gemm(
                 c,

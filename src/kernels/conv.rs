@@ -477,7 +477,10 @@ thread_local! {
 
 /// A raw output pointer shared by tasks that write disjoint parts of one buffer.
 pub(crate) struct SendPtr(*mut f32);
+// SAFETY: the pointer is only dereferenced by tasks that write disjoint elements of a buffer
+// that outlives them (each use says which part it owns).
 unsafe impl Send for SendPtr {}
+// SAFETY: as for Send: shared only between tasks writing disjoint elements.
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
     pub(crate) fn new(p: *mut f32) -> Self {
@@ -520,11 +523,16 @@ fn conv_sample(
             let col = &mut col[..kk * n];
             gather(g, x, conv.c_in, h, w, ymap, xmap, wo, p0, p1, col);
             // out[:, p0..p1] = W · col + bias
+            // SAFETY: this task owns pixel columns p0..p1 of every output channel; the output
+            // holds c_out·np floats, so every offset below is in bounds.
             let dst = unsafe { out_ptr.get().add(p0) };
             for o in 0..conv.c_out {
+                // SAFETY: row o, columns p0..p0+n: inside the output and owned by this task.
                 let row = unsafe { std::slice::from_raw_parts_mut(dst.add(o * np), n) };
                 row.fill(conv.bias[o]);
             }
+            // SAFETY: the GEMM reads W (c_out × kk) and col (kk × n) inside their slices and
+            // writes the c_out × n block of this task's columns (row stride np).
             unsafe {
                 gemm::gemm(
                     conv.c_out,

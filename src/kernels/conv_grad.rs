@@ -161,6 +161,8 @@ fn block_grad(
         let col = &mut col[..kk * n];
         gather(g, xs, ci, h, w, ymap, xmap, wo, p0, p1, col);
         // dW (co × kk) += dY[:, p0..p1] (co × n) · colᵀ (n × kk)
+        // SAFETY: dY's block (co rows of stride np from p0), col (kk × n) and this task's own
+        // accumulator dW (co × kk) are all inside their slices for these dimensions.
         unsafe {
             gemm::gemm(
                 co,
@@ -199,6 +201,8 @@ fn block_grad(
             }
             let dcol = &mut dcol[..kk * n];
             // dcol (kk × n) = Wᵀ (kk × co) · dY[:, p0..p1] (co × n)
+            // SAFETY: W (co × kk), dY's block and dcol (kk × n, this task's scratch) are inside
+            // their slices for these dimensions.
             unsafe {
                 gemm::gemm(
                     kk,

@@ -176,54 +176,59 @@ mod avx512 {
         plane: usize,
         wo: usize,
     ) {
-        let xptr = xp.as_ptr();
-        let mut x0 = 0;
-        while x0 < wo {
-            let mut masks = [0u16; XB];
-            for (v, m) in masks.iter_mut().enumerate() {
-                let start = x0 + v * 16;
-                let n = wo.saturating_sub(start).min(16);
-                *m = if n == 16 {
-                    0xffff
-                } else {
-                    ((1u32 << n) - 1) as u16
-                };
-            }
-            let mut acc = [[_mm512_setzero_ps(); XB]; OB];
-            for (o, a) in acc.iter_mut().enumerate() {
-                let b = _mm512_set1_ps(bias[o]);
-                for v in a.iter_mut() {
-                    *v = b;
+        // SAFETY: the caller checked AVX-512F; `xp` carries 16 floats of slack past its
+        // last padded row so every (masked) load stays inside it; `dst` is valid for this
+        // output row of `OB` channels and written by no other task.
+        unsafe {
+            let xptr = xp.as_ptr();
+            let mut x0 = 0;
+            while x0 < wo {
+                let mut masks = [0u16; XB];
+                for (v, m) in masks.iter_mut().enumerate() {
+                    let start = x0 + v * 16;
+                    let n = wo.saturating_sub(start).min(16);
+                    *m = if n == 16 {
+                        0xffff
+                    } else {
+                        ((1u32 << n) - 1) as u16
+                    };
                 }
-            }
-            let mut wi = 0;
-            for c in 0..c_in {
-                let cbase = c * hp * wp;
-                for ky in 0..k {
-                    let rbase = xptr.add(cbase + (y + ky) * wp + x0);
-                    for kx in 0..k {
-                        let mut wv = [_mm512_setzero_ps(); OB];
-                        for (o, wvo) in wv.iter_mut().enumerate() {
-                            *wvo = _mm512_set1_ps(*w.get_unchecked(wi + o));
-                        }
-                        wi += OB;
-                        for v in 0..XB {
-                            let xv = _mm512_maskz_loadu_ps(masks[v], rbase.add(kx + v * 16));
-                            for o in 0..OB {
-                                acc[o][v] = _mm512_fmadd_ps(wv[o], xv, acc[o][v]);
+                let mut acc = [[_mm512_setzero_ps(); XB]; OB];
+                for (o, a) in acc.iter_mut().enumerate() {
+                    let b = _mm512_set1_ps(bias[o]);
+                    for v in a.iter_mut() {
+                        *v = b;
+                    }
+                }
+                let mut wi = 0;
+                for c in 0..c_in {
+                    let cbase = c * hp * wp;
+                    for ky in 0..k {
+                        let rbase = xptr.add(cbase + (y + ky) * wp + x0);
+                        for kx in 0..k {
+                            let mut wv = [_mm512_setzero_ps(); OB];
+                            for (o, wvo) in wv.iter_mut().enumerate() {
+                                *wvo = _mm512_set1_ps(*w.get_unchecked(wi + o));
+                            }
+                            wi += OB;
+                            for v in 0..XB {
+                                let xv = _mm512_maskz_loadu_ps(masks[v], rbase.add(kx + v * 16));
+                                for o in 0..OB {
+                                    acc[o][v] = _mm512_fmadd_ps(wv[o], xv, acc[o][v]);
+                                }
                             }
                         }
                     }
                 }
-            }
-            for (o, a) in acc.iter().enumerate() {
-                for (v, &val) in a.iter().enumerate() {
-                    if masks[v] != 0 {
-                        _mm512_mask_storeu_ps(dst.add(o * plane + x0 + v * 16), masks[v], val);
+                for (o, a) in acc.iter().enumerate() {
+                    for (v, &val) in a.iter().enumerate() {
+                        if masks[v] != 0 {
+                            _mm512_mask_storeu_ps(dst.add(o * plane + x0 + v * 16), masks[v], val);
+                        }
                     }
                 }
+                x0 += XB * 16;
             }
-            x0 += XB * 16;
         }
     }
 }

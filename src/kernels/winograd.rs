@@ -164,13 +164,16 @@ unsafe fn block(
     h: usize,
     w: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::direct::has_avx512() {
-            return block_avx512(wg, xp, wp, tw, t0, nt, u, m, out, h, w);
+    // SAFETY: the caller upholds this function's contract (`out` valid for the tiles `t0..t0+nt`, written by no one else); the AVX-512 path is taken only when the CPU has it.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::direct::has_avx512() {
+                return block_avx512(wg, xp, wp, tw, t0, nt, u, m, out, h, w);
+            }
         }
+        block_generic(wg, xp, wp, tw, t0, nt, u, m, out, h, w)
     }
-    block_generic(wg, xp, wp, tw, t0, nt, u, m, out, h, w)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -189,7 +192,8 @@ unsafe fn block_avx512(
     h: usize,
     w: usize,
 ) {
-    block_generic(wg, xp, wp, tw, t0, nt, u, m, out, h, w)
+    // SAFETY: same contract as `block`; the caller checked that the CPU has AVX-512F.
+    unsafe { block_generic(wg, xp, wp, tw, t0, nt, u, m, out, h, w) }
 }
 
 #[inline(always)]
@@ -207,137 +211,140 @@ unsafe fn block_generic(
     h: usize,
     w: usize,
 ) {
-    let (ci, co) = (wg.c_in, wg.c_out);
-    let hp_wp = xp.len() / ci;
-    // Input transform, L tiles at a time.
-    for g0 in (0..nt).step_by(L) {
-        let gl = L.min(nt - g0);
-        let mut off = [0usize; L];
-        for (l, o) in off.iter_mut().enumerate() {
-            let t = t0 + g0 + l.min(gl - 1);
-            *o = (t / tw) * 4 * wp + (t % tw) * 4;
-        }
-        for c in 0..ci {
-            let plane = &xp[c * hp_wp..(c + 1) * hp_wp];
-            // d[i][j][lane]
-            let mut d = [[[0.0f32; L]; 6]; 6];
-            for (i, di) in d.iter_mut().enumerate() {
-                for (j, dij) in di.iter_mut().enumerate() {
+    // SAFETY: `xp` holds `c_in` padded planes of `wp` columns covering every tile read (`get_unchecked`); `u`/`m` hold 36·c·TB floats for the GEMMs; `out` is valid for `c_out·h·w` floats and only this block's tiles are written.
+    unsafe {
+        let (ci, co) = (wg.c_in, wg.c_out);
+        let hp_wp = xp.len() / ci;
+        // Input transform, L tiles at a time.
+        for g0 in (0..nt).step_by(L) {
+            let gl = L.min(nt - g0);
+            let mut off = [0usize; L];
+            for (l, o) in off.iter_mut().enumerate() {
+                let t = t0 + g0 + l.min(gl - 1);
+                *o = (t / tw) * 4 * wp + (t % tw) * 4;
+            }
+            for c in 0..ci {
+                let plane = &xp[c * hp_wp..(c + 1) * hp_wp];
+                // d[i][j][lane]
+                let mut d = [[[0.0f32; L]; 6]; 6];
+                for (i, di) in d.iter_mut().enumerate() {
+                    for (j, dij) in di.iter_mut().enumerate() {
+                        for l in 0..L {
+                            dij[l] = *plane.get_unchecked(off[l] + i * wp + j);
+                        }
+                    }
+                }
+                // Bᵀ d (columns), then (Bᵀ d) B (rows).
+                let mut t = [[[0.0f32; L]; 6]; 6];
+                for j in 0..6 {
                     for l in 0..L {
-                        dij[l] = *plane.get_unchecked(off[l] + i * wp + j);
+                        let (d0, d1, d2, d3, d4, d5) = (
+                            d[0][j][l], d[1][j][l], d[2][j][l], d[3][j][l], d[4][j][l], d[5][j][l],
+                        );
+                        t[0][j][l] = 4.0 * d0 - 5.0 * d2 + d4;
+                        t[1][j][l] = -4.0 * d1 - 4.0 * d2 + d3 + d4;
+                        t[2][j][l] = 4.0 * d1 - 4.0 * d2 - d3 + d4;
+                        t[3][j][l] = -2.0 * d1 - d2 + 2.0 * d3 + d4;
+                        t[4][j][l] = 2.0 * d1 - d2 - 2.0 * d3 + d4;
+                        t[5][j][l] = 4.0 * d1 - 5.0 * d3 + d5;
                     }
                 }
-            }
-            // Bᵀ d (columns), then (Bᵀ d) B (rows).
-            let mut t = [[[0.0f32; L]; 6]; 6];
-            for j in 0..6 {
-                for l in 0..L {
-                    let (d0, d1, d2, d3, d4, d5) = (
-                        d[0][j][l], d[1][j][l], d[2][j][l], d[3][j][l], d[4][j][l], d[5][j][l],
-                    );
-                    t[0][j][l] = 4.0 * d0 - 5.0 * d2 + d4;
-                    t[1][j][l] = -4.0 * d1 - 4.0 * d2 + d3 + d4;
-                    t[2][j][l] = 4.0 * d1 - 4.0 * d2 - d3 + d4;
-                    t[3][j][l] = -2.0 * d1 - d2 + 2.0 * d3 + d4;
-                    t[4][j][l] = 2.0 * d1 - d2 - 2.0 * d3 + d4;
-                    t[5][j][l] = 4.0 * d1 - 5.0 * d3 + d5;
-                }
-            }
-            for i in 0..6 {
-                let mut r = [[0.0f32; L]; 6];
-                for l in 0..L {
-                    let (d0, d1, d2, d3, d4, d5) = (
-                        t[i][0][l], t[i][1][l], t[i][2][l], t[i][3][l], t[i][4][l], t[i][5][l],
-                    );
-                    r[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
-                    r[1][l] = -4.0 * d1 - 4.0 * d2 + d3 + d4;
-                    r[2][l] = 4.0 * d1 - 4.0 * d2 - d3 + d4;
-                    r[3][l] = -2.0 * d1 - d2 + 2.0 * d3 + d4;
-                    r[4][l] = 2.0 * d1 - d2 - 2.0 * d3 + d4;
-                    r[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
-                }
-                for (j, rj) in r.iter().enumerate() {
-                    let dst = &mut u[((i * 6 + j) * ci + c) * TB + g0..][..gl];
-                    dst.copy_from_slice(&rj[..gl]);
+                for i in 0..6 {
+                    let mut r = [[0.0f32; L]; 6];
+                    for l in 0..L {
+                        let (d0, d1, d2, d3, d4, d5) = (
+                            t[i][0][l], t[i][1][l], t[i][2][l], t[i][3][l], t[i][4][l], t[i][5][l],
+                        );
+                        r[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
+                        r[1][l] = -4.0 * d1 - 4.0 * d2 + d3 + d4;
+                        r[2][l] = 4.0 * d1 - 4.0 * d2 - d3 + d4;
+                        r[3][l] = -2.0 * d1 - d2 + 2.0 * d3 + d4;
+                        r[4][l] = 2.0 * d1 - d2 - 2.0 * d3 + d4;
+                        r[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
+                    }
+                    for (j, rj) in r.iter().enumerate() {
+                        let dst = &mut u[((i * 6 + j) * ci + c) * TB + g0..][..gl];
+                        dst.copy_from_slice(&rj[..gl]);
+                    }
                 }
             }
         }
-    }
-    // 36 GEMMs: M[e] (co × nt) = V[e] (co × ci) · U[e] (ci × nt).
-    for e in 0..36 {
-        gemm::gemm(
-            co,
-            nt,
-            ci,
-            m.as_mut_ptr().add(e * co * TB),
-            1,
-            TB as isize,
-            false,
-            wg.v.as_ptr().add(e * co * ci),
-            1,
-            ci as isize,
-            u.as_ptr().add(e * ci * TB),
-            1,
-            TB as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-    // Output transform: Aᵀ M A, plus bias.
-    let plane = h * w;
-    for g0 in (0..nt).step_by(L) {
-        let gl = L.min(nt - g0);
-        for o in 0..co {
-            let mut mm = [[[0.0f32; L]; 6]; 6];
-            for (i, mi) in mm.iter_mut().enumerate() {
-                for (j, mij) in mi.iter_mut().enumerate() {
-                    let src = &m[((i * 6 + j) * co + o) * TB + g0..][..gl];
-                    mij[..gl].copy_from_slice(src);
-                }
-            }
-            let mut t = [[[0.0f32; L]; 6]; 4];
-            for j in 0..6 {
-                for l in 0..L {
-                    let (m0, m1, m2, m3, m4, m5) = (
-                        mm[0][j][l],
-                        mm[1][j][l],
-                        mm[2][j][l],
-                        mm[3][j][l],
-                        mm[4][j][l],
-                        mm[5][j][l],
-                    );
-                    t[0][j][l] = m0 + m1 + m2 + m3 + m4;
-                    t[1][j][l] = m1 - m2 + 2.0 * m3 - 2.0 * m4;
-                    t[2][j][l] = m1 + m2 + 4.0 * m3 + 4.0 * m4;
-                    t[3][j][l] = m1 - m2 + 8.0 * m3 - 8.0 * m4 + m5;
-                }
-            }
-            let bias = wg.bias[o];
-            for i in 0..4 {
-                let mut y = [[0.0f32; L]; 4];
-                for l in 0..L {
-                    let (m0, m1, m2, m3, m4, m5) = (
-                        t[i][0][l], t[i][1][l], t[i][2][l], t[i][3][l], t[i][4][l], t[i][5][l],
-                    );
-                    y[0][l] = m0 + m1 + m2 + m3 + m4 + bias;
-                    y[1][l] = m1 - m2 + 2.0 * m3 - 2.0 * m4 + bias;
-                    y[2][l] = m1 + m2 + 4.0 * m3 + 4.0 * m4 + bias;
-                    y[3][l] = m1 - m2 + 8.0 * m3 - 8.0 * m4 + m5 + bias;
-                }
-                for l in 0..gl {
-                    let t = t0 + g0 + l;
-                    let (oy, ox) = ((t / tw) * 4 + i, (t % tw) * 4);
-                    if oy >= h {
-                        continue;
+        // 36 GEMMs: M[e] (co × nt) = V[e] (co × ci) · U[e] (ci × nt).
+        for e in 0..36 {
+            gemm::gemm(
+                co,
+                nt,
+                ci,
+                m.as_mut_ptr().add(e * co * TB),
+                1,
+                TB as isize,
+                false,
+                wg.v.as_ptr().add(e * co * ci),
+                1,
+                ci as isize,
+                u.as_ptr().add(e * ci * TB),
+                1,
+                TB as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        // Output transform: Aᵀ M A, plus bias.
+        let plane = h * w;
+        for g0 in (0..nt).step_by(L) {
+            let gl = L.min(nt - g0);
+            for o in 0..co {
+                let mut mm = [[[0.0f32; L]; 6]; 6];
+                for (i, mi) in mm.iter_mut().enumerate() {
+                    for (j, mij) in mi.iter_mut().enumerate() {
+                        let src = &m[((i * 6 + j) * co + o) * TB + g0..][..gl];
+                        mij[..gl].copy_from_slice(src);
                     }
-                    let dst = out.add(o * plane + oy * w + ox);
-                    let n = 4.min(w - ox);
-                    for (j, yj) in y.iter().enumerate().take(n) {
-                        *dst.add(j) = yj[l];
+                }
+                let mut t = [[[0.0f32; L]; 6]; 4];
+                for j in 0..6 {
+                    for l in 0..L {
+                        let (m0, m1, m2, m3, m4, m5) = (
+                            mm[0][j][l],
+                            mm[1][j][l],
+                            mm[2][j][l],
+                            mm[3][j][l],
+                            mm[4][j][l],
+                            mm[5][j][l],
+                        );
+                        t[0][j][l] = m0 + m1 + m2 + m3 + m4;
+                        t[1][j][l] = m1 - m2 + 2.0 * m3 - 2.0 * m4;
+                        t[2][j][l] = m1 + m2 + 4.0 * m3 + 4.0 * m4;
+                        t[3][j][l] = m1 - m2 + 8.0 * m3 - 8.0 * m4 + m5;
+                    }
+                }
+                let bias = wg.bias[o];
+                for i in 0..4 {
+                    let mut y = [[0.0f32; L]; 4];
+                    for l in 0..L {
+                        let (m0, m1, m2, m3, m4, m5) = (
+                            t[i][0][l], t[i][1][l], t[i][2][l], t[i][3][l], t[i][4][l], t[i][5][l],
+                        );
+                        y[0][l] = m0 + m1 + m2 + m3 + m4 + bias;
+                        y[1][l] = m1 - m2 + 2.0 * m3 - 2.0 * m4 + bias;
+                        y[2][l] = m1 + m2 + 4.0 * m3 + 4.0 * m4 + bias;
+                        y[3][l] = m1 - m2 + 8.0 * m3 - 8.0 * m4 + m5 + bias;
+                    }
+                    for l in 0..gl {
+                        let t = t0 + g0 + l;
+                        let (oy, ox) = ((t / tw) * 4 + i, (t % tw) * 4);
+                        if oy >= h {
+                            continue;
+                        }
+                        let dst = out.add(o * plane + oy * w + ox);
+                        let n = 4.min(w - ox);
+                        for (j, yj) in y.iter().enumerate().take(n) {
+                            *dst.add(j) = yj[l];
+                        }
                     }
                 }
             }
