@@ -2,6 +2,7 @@
 //! style (Gram-matrix distance at relu1_2 … relu4_3) and total variation, each returning
 //! its value (f64) and its gradient.
 
+use crate::kernels::Strided;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -20,30 +21,26 @@ pub struct LossConfig {
 pub fn gram(f: &[f32], c: usize, hw: usize) -> Vec<f32> {
     assert!(f.len() >= c * hw, "gram: {} values for {c}×{hw}", f.len());
     let mut g = vec![0.0f32; c * c];
-    // SAFETY: F holds c × hw values (asserted) and g is c × c.
-    unsafe {
-        gemm::gemm(
-            c,
-            c,
-            hw,
-            g.as_mut_ptr(),
-            1,
-            c as isize,
-            false,
-            f.as_ptr(),
-            1,
-            hw as isize,
-            f.as_ptr(),
-            hw as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        );
-    }
+    // G = F · Fᵀ (Fᵀ: the same slice with the strides swapped).
+    crate::kernels::matmul(
+        c,
+        c,
+        hw,
+        &mut g,
+        c,
+        false,
+        Strided {
+            data: f,
+            rs: hw,
+            cs: 1,
+        },
+        Strided {
+            data: f,
+            rs: 1,
+            cs: hw,
+        },
+        gemm::Parallelism::Rayon(0),
+    );
     let n = (c * hw) as f32;
     g.iter_mut().for_each(|v| *v /= n);
     g
@@ -100,31 +97,27 @@ pub fn style(f: &Tensor, target: &[f32], w: f64) -> (f64, Tensor) {
             *d = (2.0 * w / denom * e * 2.0 / (c * hw) as f64) as f32;
         }
         total += w * sum / denom;
-        // SAFETY: the GEMM reads the c × c difference and this sample's c × hw features and
-        // writes this sample's c × hw gradient, all inside their buffers.
-        unsafe {
-            gemm::gemm(
-                c,
-                hw,
-                c,
-                grad.sample_mut(s).as_mut_ptr(),
-                1,
-                hw as isize,
-                false,
-                dg.as_ptr(),
-                1,
-                c as isize,
-                f.sample(s).as_ptr(),
-                1,
-                hw as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(0),
-            );
-        }
+        // dF = 2·dG·F/(C·H·W): dG (c × c) · F (c × hw).
+        let fs = f.sample(s);
+        crate::kernels::matmul(
+            c,
+            hw,
+            c,
+            grad.sample_mut(s),
+            hw,
+            false,
+            Strided {
+                data: &dg,
+                rs: c,
+                cs: 1,
+            },
+            Strided {
+                data: fs,
+                rs: hw,
+                cs: 1,
+            },
+            gemm::Parallelism::Rayon(0),
+        );
     }
     (total, grad)
 }

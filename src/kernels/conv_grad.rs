@@ -161,31 +161,25 @@ fn block_grad(
         let col = &mut col[..kk * n];
         gather(g, xs, ci, h, w, ymap, xmap, wo, p0, p1, col);
         // dW (co × kk) += dY[:, p0..p1] (co × n) · colᵀ (n × kk)
-        // SAFETY: dY's block (co rows of stride np from p0), col (kk × n) and this task's own
-        // accumulator dW (co × kk) are all inside their slices for these dimensions.
-        unsafe {
-            gemm::gemm(
-                co,
-                kk,
-                n,
-                acc.dw.as_mut_ptr(),
-                1,
-                kk as isize,
-                true,
-                dys.as_ptr().add(p0),
-                1,
-                np as isize,
-                col.as_ptr(),
-                n as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
+        super::matmul(
+            co,
+            kk,
+            n,
+            &mut acc.dw,
+            kk,
+            true,
+            super::Strided {
+                data: &dys[p0..],
+                rs: np,
+                cs: 1,
+            },
+            super::Strided {
+                data: col,
+                rs: 1,
+                cs: n,
+            },
+            gemm::Parallelism::None,
+        );
     });
     for o in 0..co {
         acc.db[o] += dys[o * np + p0..o * np + p1]
@@ -201,31 +195,25 @@ fn block_grad(
             }
             let dcol = &mut dcol[..kk * n];
             // dcol (kk × n) = Wᵀ (kk × co) · dY[:, p0..p1] (co × n)
-            // SAFETY: W (co × kk), dY's block and dcol (kk × n, this task's scratch) are inside
-            // their slices for these dimensions.
-            unsafe {
-                gemm::gemm(
-                    kk,
-                    n,
-                    co,
-                    dcol.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    conv.weight.as_ptr(),
-                    kk as isize,
-                    1,
-                    dys.as_ptr().add(p0),
-                    1,
-                    np as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            super::matmul(
+                kk,
+                n,
+                co,
+                dcol,
+                n,
+                false,
+                super::Strided {
+                    data: &conv.weight,
+                    rs: 1,
+                    cs: kk,
+                },
+                super::Strided {
+                    data: &dys[p0..],
+                    rs: np,
+                    cs: 1,
+                },
+                gemm::Parallelism::None,
+            );
             scatter(dcol, &mut acc.dx, ci, k, h, w, ymap, xmap, wo, p0, p1);
         });
     }

@@ -15,3 +15,76 @@ pub fn relu(x: &mut [f32]) {
     x.par_chunks_mut(1 << 14)
         .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
 }
+
+/// A matrix operand of [`matmul`]: element `(i, j)` of a `rows × cols` matrix is
+/// `data[i·rs + j·cs]` (so a transpose is the same slice with the strides swapped).
+#[derive(Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    rows == 0 || cols == 0 || (rows - 1) * rs + (cols - 1) * cs < len
+}
+
+/// `dst (m × n) = [dst +] lhs (m × k) · rhs (k × n)`: the one safe way into the `gemm`
+/// crate for operands that are slices. `dst` is row-major with row stride `dst_rs ≥ n`, so
+/// its elements never overlap; every element any operand's strides reach is checked to lie
+/// inside its slice (a panic, never an out-of-bounds access).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Strided,
+    rhs: Strided,
+    par: gemm::Parallelism,
+) {
+    assert!(
+        dst_rs >= n || m <= 1,
+        "matmul: overlapping destination rows"
+    );
+    assert!(
+        fits(dst.len(), m, n, dst_rs, 1),
+        "matmul: destination out of bounds"
+    );
+    assert!(
+        fits(lhs.data.len(), m, k, lhs.rs, lhs.cs),
+        "matmul: lhs out of bounds"
+    );
+    assert!(
+        fits(rhs.data.len(), k, n, rhs.rs, rhs.cs),
+        "matmul: rhs out of bounds"
+    );
+    // SAFETY: every element the GEMM reads or writes lies inside its slice (checked above);
+    // the destination rows do not overlap, and `dst` is a unique borrow, so it aliases
+    // neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}

@@ -271,25 +271,23 @@ unsafe fn block_generic(
         }
         // 36 GEMMs: M[e] (co × nt) = V[e] (co × ci) · U[e] (ci × nt).
         for e in 0..36 {
-            gemm::gemm(
+            super::matmul(
                 co,
                 nt,
                 ci,
-                m.as_mut_ptr().add(e * co * TB),
-                1,
-                TB as isize,
+                &mut m[e * co * TB..],
+                TB,
                 false,
-                wg.v.as_ptr().add(e * co * ci),
-                1,
-                ci as isize,
-                u.as_ptr().add(e * ci * TB),
-                1,
-                TB as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
+                super::Strided {
+                    data: &wg.v[e * co * ci..],
+                    rs: ci,
+                    cs: 1,
+                },
+                super::Strided {
+                    data: &u[e * ci * TB..],
+                    rs: TB,
+                    cs: 1,
+                },
                 gemm::Parallelism::None,
             );
         }
