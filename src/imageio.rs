@@ -379,6 +379,16 @@ mod jpeg {
         let interval = if restart == 0 { mcus } else { restart };
         let early =
             || "JPEG data ends early (inside the image data): the file is truncated".to_string();
+        // A Huffman symbol; running out of data is truncation, a bad code corruption.
+        let symbol = |bits: &mut Bits, h: &Huff| {
+            bits.decode(h).map_err(|e| {
+                if bits.i >= b.len() {
+                    early()
+                } else {
+                    corrupt(e)
+                }
+            })
+        };
         let mut i = start;
         let mut done = 0usize;
         while done < mcus {
@@ -387,26 +397,14 @@ mod jpeg {
             for _ in 0..n {
                 for &(h, v, dc, ac) in &comps {
                     for _ in 0..h * v {
-                        let s = bits.decode(dc).map_err(|e| {
-                            if bits.i >= b.len() {
-                                early()
-                            } else {
-                                corrupt(e)
-                            }
-                        })?;
+                        let s = symbol(&mut bits, dc)?;
                         if s > 11 {
                             return Err(corrupt("DC difference out of range"));
                         }
                         bits.skip(s as u32).ok_or_else(early)?;
                         let mut k = 1;
                         while k < 64 {
-                            let rs = bits.decode(ac).map_err(|e| {
-                                if bits.i >= b.len() {
-                                    early()
-                                } else {
-                                    corrupt(e)
-                                }
-                            })?;
+                            let rs = symbol(&mut bits, ac)?;
                             let (r, s) = ((rs >> 4) as usize, (rs & 15) as u32);
                             if s == 0 {
                                 if r != 15 {

@@ -97,7 +97,7 @@ pub fn remove_stale_partial_files(dir: &Path) {
         let stale = match pid {
             Some(p) if p == me => false,
             Some(p) => !alive(p) || old,
-            None => old || !mid.contains('-'),
+            None => old,
         };
         if stale {
             let _ = std::fs::remove_file(e.path());

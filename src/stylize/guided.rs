@@ -10,7 +10,7 @@
 //! layer has no low frequencies), so strokes keep their shape and contrast; where the
 //! network follows the photo's edges (`a` ≠ 0) they come back sharp at full resolution.
 //! (The guided filter's own output `A·I + B` was tried first: its box filters soften the
-//! strokes, and at 4096 px it scored 2.3× further from the 1024 px stylization than this.)
+//! strokes: at 4096 px its Gram distance to the 1024 px stylization was 3.15e5, this 3.35e4.)
 //! Linear in the number of pixels.
 
 use rayon::prelude::*;
@@ -59,8 +59,9 @@ fn box_mean(p: &Plane, r: usize) -> Plane {
     out
 }
 
-/// The smoothed linear coefficients `(A, B)` of `p ≈ A·guide + B` at the working size.
-pub fn coefficients(guide: &Plane, p: &Plane, r: usize, eps: f32) -> (Plane, Plane) {
+/// The smoothed slope `a` of the local fit `p ≈ a·guide + b` at the working size (the
+/// intercept is not needed: the enlarged `p` stands in for it).
+pub fn slope(guide: &Plane, p: &Plane, r: usize, eps: f32) -> Plane {
     assert_eq!((guide.w, guide.h), (p.w, p.h));
     let n = guide.data.len();
     let mul = |a: &Plane, b: &Plane| Plane {
@@ -73,14 +74,12 @@ pub fn coefficients(guide: &Plane, p: &Plane, r: usize, eps: f32) -> (Plane, Pla
     let mii = box_mean(&mul(guide, guide), r);
     let mip = box_mean(&mul(guide, p), r);
     let mut a = Plane::new(p.w, p.h);
-    let mut b = Plane::new(p.w, p.h);
     for i in 0..n {
         let var = (mii.data[i] - mi.data[i] * mi.data[i]).max(0.0);
         let cov = mip.data[i] - mi.data[i] * mp.data[i];
         a.data[i] = cov / (var + eps);
-        b.data[i] = mp.data[i] - a.data[i] * mi.data[i];
     }
-    (box_mean(&a, r), box_mean(&b, r))
+    box_mean(&a, r)
 }
 
 /// Bilinear sample of `p` at full-resolution pixel `(x, y)` of a `w×h` image (pixel centres
@@ -99,7 +98,7 @@ fn sample(p: &Plane, fx: f32, fy: f32) -> f32 {
 
 /// The full-size RGB result `up(p) + up(a)·(I − up(I_low))` of a `w×h` picture whose
 /// luminance row `y` is `guide_row(y)`, from the working-size stylization `p`, its
-/// coefficients `a` (from [`coefficients`]) and working-size luminance `guide_low`; row `y`
+/// coefficients `a` (from [`slope`]) and working-size luminance `guide_low`; row `y`
 /// goes to `emit(y, row)`. Rows are computed in parallel a band at a time, so memory stays
 /// at a band of rows.
 pub fn upsample_rgb(
@@ -178,9 +177,9 @@ mod tests {
         let flat = plane(16, 12, |_, _| 77.0);
         let p = [low_p.clone(), flat.clone(), low_p.clone()];
         let a = [
-            coefficients(&low_guide, &low_p, 2, 1e-3).0,
-            coefficients(&low_guide, &flat, 2, 1.0).0,
-            coefficients(&low_guide, &low_p, 2, 1e-3).0,
+            slope(&low_guide, &low_p, 2, 1e-3),
+            slope(&low_guide, &flat, 2, 1.0),
+            slope(&low_guide, &low_p, 2, 1e-3),
         ];
         let guide_row = |y: usize| full.data[y * 64..(y + 1) * 64].to_vec();
         let mut worst = 0.0f32;

@@ -49,6 +49,15 @@ impl Scale {
         }
     }
 
+    /// The factor for a `w×h` picture and the working size it gives, or `None` when the
+    /// picture is stylized at its own size.
+    fn working_size(self, w: usize, h: usize) -> Option<(f32, u32, u32)> {
+        let f = self.factor(w as u32, h as u32);
+        let lw = ((w as f32 / f).round() as u32).max(1);
+        let lh = ((h as f32 / f).round() as u32).max(1);
+        ((lw as usize, lh as usize) != (w, h)).then_some((f, lw, lh))
+    }
+
     /// `auto` or a factor from 0.25 to 16.
     pub fn parse(s: &str) -> Result<Scale, String> {
         if s.eq_ignore_ascii_case("auto") {
@@ -63,17 +72,9 @@ impl Scale {
     }
 }
 
-impl std::fmt::Display for Scale {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Scale::Auto => write!(f, "auto"),
-            Scale::Factor(s) => write!(f, "{s}"),
-        }
-    }
-}
-
-/// Guided upsampling's window radius (working-resolution pixels) and regularisation
-/// (0..255 scale): see `guided`; chosen by looking at sheets, `docs/stroke-scale.jpg`.
+/// Guided upsampling's window radius (working-resolution pixels) and regularisation (0..255
+/// scale, a variance): see `guided`. Not tuned — one setting, checked by eye on
+/// `docs/stroke-scale.jpg`; the measured figure in the README is for these values.
 const GUIDE_RADIUS: usize = 2;
 const GUIDE_EPS: f32 = 100.0;
 
@@ -464,25 +465,14 @@ pub fn stylize(
     } else {
         None
     };
-    let factor = opts.scale.factor(w as u32, h as u32);
-    let (lw, lh) = (
-        ((w as f32 / factor).round() as u32).max(1),
-        ((h as f32 / factor).round() as u32).max(1),
-    );
-    let scaled = (lw as usize, lh as usize) != (w, h);
+    let working = opts.scale.working_size(w, h);
     let content = if (w * h) as u64 > opts.tile_threshold {
         Content::U8(img.to_rgb8())
     } else {
         Content::F32(img.to_rgb32f())
     };
     let mut out = RgbImage::new(w as u32, h as u32);
-    if !scaled {
-        drop(img);
-        run_network(model, &content, opts, progress, |y, x, s| {
-            let c = content.get(x, y);
-            out.put_pixel(x as u32, y as u32, image::Rgb(finish(opts, c, s)));
-        });
-    } else {
+    if let Some((factor, lw, lh)) = working {
         // Stylize at the working size, then bring the result to full size.
         let filter = if factor > 1.0 {
             image::imageops::FilterType::Lanczos3
@@ -497,6 +487,12 @@ pub fn stylize(
                 let c = content.get(x, y);
                 out.put_pixel(x as u32, y as u32, image::Rgb(finish(opts, c, *s)));
             }
+        });
+    } else {
+        drop(img);
+        run_network(model, &content, opts, progress, |y, x, s| {
+            let c = content.get(x, y);
+            out.put_pixel(x as u32, y as u32, image::Rgb(finish(opts, c, s)));
         });
     }
     match alpha {
@@ -558,8 +554,7 @@ fn resample_to(
     let (h, w) = full.dims();
     if factor > 1.0 {
         let guide_low = luma_plane(low);
-        let a = [0, 1, 2]
-            .map(|c| guided::coefficients(&guide_low, &planes[c], GUIDE_RADIUS, GUIDE_EPS).0);
+        let a = [0, 1, 2].map(|c| guided::slope(&guide_low, &planes[c], GUIDE_RADIUS, GUIDE_EPS));
         let guide_row = |y: usize| (0..w).map(|x| to_ycc(full.get(x, y))[0]).collect();
         guided::upsample_rgb(planes, &a, &guide_low, w, h, guide_row, emit);
     } else {
@@ -668,22 +663,20 @@ pub fn stylize_frame(
     src: &mut SmoothStats,
 ) -> RgbImage {
     let (fw, fh) = (frame.width() as usize, frame.height() as usize);
-    let factor = opts.scale.factor(fw as u32, fh as u32);
-    let (lw, lh) = (
-        ((fw as f32 / factor).round() as u32).max(1),
-        ((fh as f32 / factor).round() as u32).max(1),
-    );
+    let working = opts.scale.working_size(fw, fh);
     let full = Content::U8(frame.clone());
-    let scaled = (lw as usize, lh as usize) != (fw, fh);
-    let work = if scaled {
-        let filter = if factor > 1.0 {
-            image::imageops::FilterType::Triangle
-        } else {
-            image::imageops::FilterType::CatmullRom
-        };
-        Content::U8(image::imageops::resize(frame, lw, lh, filter))
-    } else {
-        Content::U8(frame.clone())
+    let resized;
+    let work = match working {
+        Some((factor, lw, lh)) => {
+            let filter = if factor > 1.0 {
+                image::imageops::FilterType::Triangle
+            } else {
+                image::imageops::FilterType::CatmullRom
+            };
+            resized = Content::U8(image::imageops::resize(frame, lw, lh, filter));
+            &resized
+        }
+        None => &full,
     };
     let (h, w) = work.dims();
     let a = Transformer::ALIGN;
@@ -707,12 +700,14 @@ pub fn stylize_frame(
         [y.data[i], y.data[hw + i], y.data[2 * hw + i]]
     };
     let mut out = RgbImage::new(fw as u32, fh as u32);
-    if !scaled {
+    let Some((factor, ..)) = working else {
         for (px, py, p) in out.enumerate_pixels_mut() {
             let (px, py) = (px as usize, py as usize);
             *p = image::Rgb(finish(opts, full.get(px, py), at(px, py)));
         }
-    } else {
+        return out;
+    };
+    {
         let mut planes = [
             guided::Plane::new(w, h),
             guided::Plane::new(w, h),
@@ -726,7 +721,7 @@ pub fn stylize_frame(
                 }
             }
         }
-        resample_to(&planes, &work, &full, factor, |py, row| {
+        resample_to(&planes, work, &full, factor, |py, row| {
             for (px, s) in row.iter().enumerate() {
                 let c = full.get(px, py);
                 out.put_pixel(px as u32, py as u32, image::Rgb(finish(opts, c, *s)));
