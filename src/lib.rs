@@ -6,6 +6,7 @@
 //! - [`stylize`]: the pipeline from an image file to a stylized image file.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod backend;
 pub mod error;
 pub mod imageio;
 pub mod io;

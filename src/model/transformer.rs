@@ -28,14 +28,7 @@ pub enum Arch {
     Seed,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum OutputFn {
-    /// The raw conv output (0..255 scale), clamped only when written as an image.
-    Linear,
-    /// `clip(scale·tanh(x) + shift, 0, 255)`.
-    ScaledTanh { scale: f32, shift: f32 },
-}
+pub use crate::backend::OutputFn;
 
 /// Everything that defines the network's shape; stored in the model file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

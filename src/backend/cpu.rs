@@ -1,0 +1,452 @@
+//! The CPU backend: the engine's own kernels behind the seam. It owns the fast-path
+//! switches (Winograd for 3×3 stride-1 layers, direct AVX-512 kernels, sub-pixel
+//! upsampling), the buffer pool (`tensor::take_buffer`) and the `IMPASTO_PROFILE` timings.
+
+use super::{Backend, ConvGrads, ConvSpec, OutputFn, Resample};
+use crate::kernels::conv::{flip_transpose, SubPixel, UpsampleConv};
+use crate::kernels::norm::{self, Moments, NormStats};
+use crate::kernels::{pool, Conv2d, ConvGeom, Strided};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+use std::sync::OnceLock;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+/// A convolution prepared for the CPU kernels.
+#[derive(Debug)]
+pub struct CpuConv {
+    spec: ConvSpec,
+    /// `[c_out][c_in·k·k]`; for a transposed layer, its flipped forward conv.
+    conv: Conv2d,
+    /// The sub-pixel form of an upsampling or transposed 3×3 layer.
+    up: Option<UpsampleConv>,
+    /// The transposed convolution that computes the input gradient (frozen layers).
+    grad: OnceLock<Conv2d>,
+}
+
+fn prepare(spec: &ConvSpec, w: &[f32], b: Option<&[f32]>) -> (Conv2d, Option<UpsampleConv>) {
+    let (k, bias) = (spec.k, b.map(<[f32]>::to_vec));
+    let conv = if spec.resample == Resample::Transposed {
+        Conv2d::from_transposed(spec.c_in, spec.c_out, k, w, bias)
+    } else {
+        Conv2d::new(spec.c_out, spec.c_in, k, w.to_vec(), bias)
+    };
+    let up = match spec.resample {
+        _ if k != 3 => None,
+        Resample::Upsample => Some(UpsampleConv::new(&conv, 3, SubPixel::Upsample)),
+        Resample::Transposed => Some(UpsampleConv::new(&conv, 3, SubPixel::Transposed)),
+        Resample::None => None,
+    };
+    (conv, up)
+}
+
+fn profiling() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("IMPASTO_PROFILE").is_some())
+}
+
+/// With `IMPASTO_PROFILE` set, time `f` and print it to stderr (a developer's switch, like
+/// `RUST_LOG`; nothing is printed otherwise).
+fn timed<R>(f: impl FnOnce() -> R, what: impl FnOnce(&R) -> String) -> R {
+    if !profiling() {
+        return f();
+    }
+    let t = std::time::Instant::now();
+    let r = f();
+    eprintln!(
+        "profile {:>8.2} ms  {}",
+        t.elapsed().as_secs_f64() * 1e3,
+        what(&r)
+    );
+    r
+}
+
+impl CpuConv {
+    fn geom(&self, x: &Tensor) -> ConvGeom {
+        self.spec.geom(x.h, x.w)
+    }
+}
+
+impl Backend for Cpu {
+    type Tensor = Tensor;
+    type Conv = CpuConv;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn upload(&self, t: &Tensor) -> Tensor {
+        t.clone()
+    }
+
+    fn download(&self, t: &Tensor) -> Tensor {
+        t.clone()
+    }
+
+    fn dims(&self, t: &Tensor) -> [usize; 4] {
+        t.shape()
+    }
+
+    fn conv(&self, spec: &ConvSpec, weight: &[f32], bias: Option<&[f32]>) -> CpuConv {
+        let (conv, up) = prepare(spec, weight, bias);
+        CpuConv {
+            spec: *spec,
+            conv,
+            up,
+            grad: OnceLock::new(),
+        }
+    }
+
+    fn conv_update(&self, c: &mut CpuConv, weight: &[f32], bias: Option<&[f32]>) {
+        let (conv, up) = prepare(&c.spec, weight, bias);
+        c.conv = conv;
+        c.up = up;
+        c.grad = OnceLock::new();
+    }
+
+    fn conv_forward(&self, c: &CpuConv, x: &Tensor, precise: bool) -> Tensor {
+        timed(
+            || match &c.up {
+                Some(up) => up.forward(x),
+                None if precise => c.conv.forward_exact(x, &c.geom(x)),
+                None => c.conv.forward(x, &c.geom(x)),
+            },
+            |y| format!("conv {}x{}x{} -> {}x{}x{}", x.c, x.h, x.w, y.c, y.h, y.w),
+        )
+    }
+
+    fn conv_backward(
+        &self,
+        c: &CpuConv,
+        x: &Tensor,
+        dy: &Tensor,
+        want_dx: bool,
+    ) -> ConvGrads<Tensor> {
+        let g = timed(
+            || match &c.up {
+                Some(up) => up.backward(x, dy, want_dx),
+                None => c.conv.backward(&c.geom(x), x, dy, want_dx),
+            },
+            |_| format!("conv backward {}x{}x{}", x.c, x.h, x.w),
+        );
+        let dw = if c.spec.resample == Resample::Transposed {
+            // Back from the flipped forward layout to ConvTranspose's [c_in][c_out][k][k].
+            flip_transpose(&g.dw, c.spec.c_out, c.spec.c_in, c.spec.k)
+        } else {
+            g.dw
+        };
+        ConvGrads {
+            dx: g.dx,
+            dw,
+            db: g.db,
+        }
+    }
+
+    fn conv_input_grad(&self, c: &CpuConv, dy: &Tensor, h: usize, w: usize) -> Tensor {
+        let g = c.spec.geom(h, w);
+        let same = g.stride == 1
+            && g.upsample == 1
+            && g.dilate == 1
+            && g.mode == crate::kernels::PadMode::Zero
+            && g.pad == [c.spec.k / 2; 4];
+        if same {
+            // A stride-1 zero-padded "same" layer: its input gradient is the forward pass of
+            // the flipped, transposed kernel (which runs on Winograd).
+            let t = c.grad.get_or_init(|| c.conv.transposed_for_grad(c.spec.k));
+            return crate::kernels::conv_grad::same_conv_input_grad(t, c.spec.k, dy);
+        }
+        let x = Tensor::zeros(dy.n, c.spec.c_in, h, w);
+        self.conv_backward(c, &x, dy, true).dx.expect("dx")
+    }
+
+    fn moments(
+        &self,
+        x: &Tensor,
+        sample: usize,
+        rows: (usize, usize),
+        cols: (usize, usize),
+    ) -> Moments {
+        norm::moments_region(x.sample(sample), x.c, x.h, x.w, rows, cols)
+    }
+
+    fn norm_apply(
+        &self,
+        x: &mut Tensor,
+        sample: usize,
+        stats: &NormStats,
+        gamma: &[f32],
+        beta: &[f32],
+        relu: bool,
+        residual: Option<&Tensor>,
+    ) {
+        let (c, hw) = (x.c, x.plane());
+        timed(
+            || {
+                norm::apply(
+                    x.sample_mut(sample),
+                    c,
+                    hw,
+                    stats,
+                    gamma,
+                    beta,
+                    relu,
+                    residual.map(|r| r.sample(sample)),
+                )
+            },
+            |_| format!("norm {c}x{hw}"),
+        )
+    }
+
+    fn norm_backward(
+        &self,
+        xhat: &Tensor,
+        dy: &Tensor,
+        inv_std: &[Vec<f32>],
+        gamma: &[f32],
+    ) -> (Tensor, Vec<f32>, Vec<f32>) {
+        let (c, hw) = (xhat.c, xhat.plane());
+        let (mut dg, mut db) = (vec![0.0f64; c], vec![0.0f64; c]);
+        let mut dz = Tensor::for_overwrite(xhat.n, c, xhat.h, xhat.w);
+        for (s, inv_std) in inv_std.iter().enumerate().take(xhat.n) {
+            let d = norm::backward(
+                xhat.sample(s),
+                dy.sample(s),
+                c,
+                hw,
+                inv_std,
+                gamma,
+                &mut dg,
+                &mut db,
+            );
+            dz.sample_mut(s).copy_from_slice(&d);
+        }
+        let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+        (dz, f(dg), f(db))
+    }
+
+    fn relu(&self, x: &mut Tensor) {
+        crate::kernels::relu(&mut x.data);
+    }
+
+    fn relu_mask(&self, d: &mut Tensor, y: &Tensor) {
+        d.data
+            .par_chunks_mut(1 << 14)
+            .zip(y.data.par_chunks(1 << 14))
+            .for_each(|(d, y)| {
+                for (g, &v) in d.iter_mut().zip(y) {
+                    if v <= 0.0 {
+                        *g = 0.0;
+                    }
+                }
+            });
+    }
+
+    fn add(&self, a: &mut Tensor, b: &Tensor) {
+        assert_eq!(a.shape(), b.shape(), "add: shapes differ");
+        a.data
+            .par_chunks_mut(1 << 14)
+            .zip(b.data.par_chunks(1 << 14))
+            .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(x, y)| *x += y));
+    }
+
+    fn centre(&self, x: &Tensor) -> Tensor {
+        let mut y = x.clone();
+        let hw = x.plane();
+        for plane in y.data.chunks_mut(hw.max(1)) {
+            let m = (plane.iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32;
+            plane.iter_mut().for_each(|v| *v -= m);
+        }
+        y
+    }
+
+    fn channel_affine(
+        &self,
+        x: &Tensor,
+        src: [usize; 3],
+        scale: [f32; 3],
+        shift: [f32; 3],
+    ) -> Tensor {
+        let mut out = Tensor::for_overwrite(x.n, 3, x.h, x.w);
+        let hw = x.plane();
+        for b in 0..x.n {
+            for i in 0..3 {
+                let s = &x.data[(b * 3 + src[i]) * hw..][..hw];
+                let d = &mut out.data[(b * 3 + i) * hw..][..hw];
+                for (d, &s) in d.iter_mut().zip(s) {
+                    *d = s * scale[i] + shift[i];
+                }
+            }
+        }
+        out
+    }
+
+    fn channel_affine_backward(&self, dy: &Tensor, src: [usize; 3], scale: [f32; 3]) -> Tensor {
+        let mut out = Tensor::zeros(dy.n, 3, dy.h, dy.w);
+        let hw = dy.plane();
+        for b in 0..dy.n {
+            for i in 0..3 {
+                let g = &dy.data[(b * 3 + i) * hw..][..hw];
+                let d = &mut out.data[(b * 3 + src[i]) * hw..][..hw];
+                for (d, &g) in d.iter_mut().zip(g) {
+                    *d += scale[i] * g;
+                }
+            }
+        }
+        out
+    }
+
+    fn output(&self, x: &mut Tensor, f: OutputFn) {
+        if let OutputFn::ScaledTanh { scale, shift } = f {
+            x.data
+                .par_iter_mut()
+                .for_each(|v| *v = (scale * v.tanh() + shift).clamp(0.0, 255.0));
+        }
+    }
+
+    fn output_backward(&self, d: &mut Tensor, pre: &Tensor, f: OutputFn) {
+        if let OutputFn::ScaledTanh { scale, shift } = f {
+            d.data.par_iter_mut().zip(&pre.data).for_each(|(g, &u)| {
+                let t = u.tanh();
+                let y = scale * t + shift;
+                *g = if y > 0.0 && y < 255.0 {
+                    *g * scale * (1.0 - t * t)
+                } else {
+                    0.0
+                };
+            });
+        }
+    }
+
+    fn max_pool2(&self, x: &Tensor) -> Tensor {
+        pool::max_pool2(x)
+    }
+
+    fn max_pool2_backward(&self, x: &Tensor, dy: &Tensor) -> Tensor {
+        pool::max_pool2_backward(x, dy)
+    }
+
+    fn gram(&self, f: &Tensor) -> Vec<Vec<f32>> {
+        (0..f.n)
+            .map(|s| gram(f.sample(s), f.c, f.plane()))
+            .collect()
+    }
+
+    fn gram_backward(&self, f: &Tensor, dg: &[Vec<f32>]) -> Tensor {
+        let (c, hw) = (f.c, f.plane());
+        let mut grad = Tensor::for_overwrite(f.n, c, f.h, f.w);
+        for (s, dg) in dg.iter().enumerate().take(f.n) {
+            // dF = dG (c × c) · F (c × hw).
+            crate::kernels::matmul(
+                c,
+                hw,
+                c,
+                grad.sample_mut(s),
+                hw,
+                false,
+                Strided {
+                    data: dg,
+                    rs: c,
+                    cs: 1,
+                },
+                Strided {
+                    data: f.sample(s),
+                    rs: hw,
+                    cs: 1,
+                },
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+        grad
+    }
+
+    fn mse(&self, a: &Tensor, b: &Tensor, w: f64) -> (f64, Tensor) {
+        assert_eq!(a.shape(), b.shape(), "mse: shapes differ");
+        let n = a.data.len() as f64;
+        // Fixed chunks summed in order: deterministic whatever the scheduling.
+        let sum: f64 = a
+            .data
+            .par_chunks(1 << 16)
+            .zip(b.data.par_chunks(1 << 16))
+            .map(|(x, y)| {
+                x.iter()
+                    .zip(y)
+                    .map(|(p, q)| ((p - q) as f64).powi(2))
+                    .sum::<f64>()
+            })
+            .collect::<Vec<f64>>()
+            .iter()
+            .sum();
+        let k = (2.0 * w / n) as f32;
+        let mut g = a.clone();
+        g.data
+            .par_iter_mut()
+            .zip(&b.data)
+            .for_each(|(x, y)| *x = k * (*x - y));
+        (w * sum / n, g)
+    }
+
+    fn tv(&self, y: &Tensor, w: f64) -> (f64, Tensor) {
+        let (h, wd) = (y.h, y.w);
+        let mut g = Tensor::zeros(y.n, y.c, h, wd);
+        let k = (2.0 * w) as f32;
+        let total: f64 = g
+            .data
+            .par_chunks_mut(h * wd)
+            .zip(y.data.par_chunks(h * wd))
+            .map(|(gp, p)| {
+                let mut s = 0.0f64;
+                for i in 0..h {
+                    for j in 0..wd {
+                        let v = p[i * wd + j];
+                        if i + 1 < h {
+                            let d = p[(i + 1) * wd + j] - v;
+                            s += (d as f64) * (d as f64);
+                            gp[i * wd + j] -= k * d;
+                            gp[(i + 1) * wd + j] += k * d;
+                        }
+                        if j + 1 < wd {
+                            let d = p[i * wd + j + 1] - v;
+                            s += (d as f64) * (d as f64);
+                            gp[i * wd + j] -= k * d;
+                            gp[i * wd + j + 1] += k * d;
+                        }
+                    }
+                }
+                s
+            })
+            .collect::<Vec<f64>>()
+            .iter()
+            .sum();
+        (w * total, g)
+    }
+}
+
+/// One sample's Gram matrix F·Fᵀ / (C·H·W), C×C.
+fn gram(f: &[f32], c: usize, hw: usize) -> Vec<f32> {
+    assert!(f.len() >= c * hw, "gram: {} values for {c}×{hw}", f.len());
+    let mut g = vec![0.0f32; c * c];
+    // G = F · Fᵀ (Fᵀ: the same slice with the strides swapped).
+    crate::kernels::matmul(
+        c,
+        c,
+        hw,
+        &mut g,
+        c,
+        false,
+        Strided {
+            data: f,
+            rs: hw,
+            cs: 1,
+        },
+        Strided {
+            data: f,
+            rs: 1,
+            cs: hw,
+        },
+        gemm::Parallelism::Rayon(0),
+    );
+    let n = (c * hw) as f32;
+    g.iter_mut().for_each(|v| *v /= n);
+    g
+}

@@ -1,0 +1,275 @@
+//! The backend seam: the small set of operations the transformation network, the VGG16 loss
+//! network and the losses are written in, and nothing more.
+//!
+//! A backend owns its tensors (`Backend::Tensor`) and its prepared convolutions
+//! (`Backend::Conv`); images cross to it only through [`Backend::upload`] and
+//! [`Backend::download`]. Small per-channel vectors (instance-norm scale and shift, moments,
+//! Gram matrices) stay on the host: they are a few hundred floats.
+//!
+//! - [`Cpu`]: the engine's own kernels (im2col + GEMM, Winograd, direct AVX-512, sub-pixel
+//!   upsampling, the buffer pool, the `IMPASTO_PROFILE` timings).
+//! - [`Reference`]: plain loops, no `unsafe`, no SIMD, no tricks: obviously correct, slow.
+//!   Every op of every backend is tested against it (`backend::tests`), and a new backend
+//!   (CUDA) is tested with the same harness.
+
+pub mod cpu;
+pub mod reference;
+
+pub use cpu::Cpu;
+pub use reference::Reference;
+
+use crate::kernels::norm::{Moments, NormStats};
+use crate::kernels::{ConvGeom, PadMode};
+use crate::tensor::Tensor;
+
+/// How a convolution fills its border.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Padding {
+    /// Reflection, `k/2` on every side (johnson).
+    Reflect,
+    /// Zeros, `k/2` on every side (VGG).
+    Zero,
+    /// TensorFlow's `SAME` (ONNX `SAME_UPPER`): zeros, the odd one after (seed).
+    SameUpper,
+}
+
+/// What happens to the input before the convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resample {
+    None,
+    /// Nearest-neighbour ×2 upsampling (johnson's decoder).
+    Upsample,
+    /// Stride-2 transposed convolution, pads (0, 1) (seed's decoder); the weight is stored
+    /// in ConvTranspose's `[c_in][c_out][k][k]` layout.
+    Transposed,
+}
+
+/// One convolution layer's shape: what a backend needs besides the weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub padding: Padding,
+    pub resample: Resample,
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// A plain `k×k` convolution.
+    pub fn new(c_in: usize, c_out: usize, k: usize, stride: usize, padding: Padding) -> Self {
+        ConvSpec {
+            c_in,
+            c_out,
+            k,
+            stride,
+            padding,
+            resample: Resample::None,
+            bias: true,
+        }
+    }
+
+    /// The weight's shape as stored in model files: `[c_out, c_in, k, k]`, or
+    /// ConvTranspose's `[c_in, c_out, k, k]`.
+    pub fn weight_shape(&self) -> [usize; 4] {
+        match self.resample {
+            Resample::Transposed => [self.c_in, self.c_out, self.k, self.k],
+            _ => [self.c_out, self.c_in, self.k, self.k],
+        }
+    }
+
+    /// PyTorch's fan-in for initialisation (`weight.size(1)·k·k`, for both layouts).
+    pub fn fan_in(&self) -> usize {
+        self.weight_shape()[1] * self.k * self.k
+    }
+
+    /// The kernels' geometry for an `h × w` input.
+    pub fn geom(&self, h: usize, w: usize) -> ConvGeom {
+        let k = self.k;
+        match (self.padding, self.resample) {
+            // ConvTranspose k, stride 2, pads (0, 1): zero-insert, pad k-1 before, k-2 after.
+            (_, Resample::Transposed) => ConvGeom {
+                k,
+                stride: 1,
+                pad: [k - 1, k - 2, k - 1, k - 2],
+                mode: PadMode::Zero,
+                upsample: 1,
+                dilate: 2,
+            },
+            (Padding::SameUpper, _) => {
+                let same = |n: usize| {
+                    let out = n.div_ceil(self.stride);
+                    let total = ((out - 1) * self.stride + k).saturating_sub(n);
+                    (total / 2, total - total / 2)
+                };
+                let ((t, b), (l, r)) = (same(h), same(w));
+                ConvGeom {
+                    k,
+                    stride: self.stride,
+                    pad: [t, b, l, r],
+                    mode: PadMode::Zero,
+                    upsample: 1,
+                    dilate: 1,
+                }
+            }
+            (p, r) => ConvGeom {
+                k,
+                stride: self.stride,
+                pad: [k / 2; 4],
+                mode: if p == Padding::Reflect {
+                    PadMode::Reflect
+                } else {
+                    PadMode::Zero
+                },
+                upsample: if r == Resample::Upsample { 2 } else { 1 },
+                dilate: 1,
+            },
+        }
+    }
+
+    /// Output size for an `h × w` input.
+    pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        self.geom(h, w).out_size(h, w)
+    }
+
+    /// Nominal multiply-adds ×2 for an `h × w` input.
+    pub fn flops(&self, h: usize, w: usize) -> f64 {
+        let (ho, wo) = self.out_size(h, w);
+        2.0 * (ho * wo) as f64 * (self.c_in * self.c_out * self.k * self.k) as f64
+    }
+}
+
+/// The gradients of one convolution, summed over the batch.
+pub struct ConvGrads<T> {
+    /// d/dx, when asked for.
+    pub dx: Option<T>,
+    /// d/dW in the stored layout ([`ConvSpec::weight_shape`]).
+    pub dw: Vec<f32>,
+    /// d/db (zeros when the layer has no bias).
+    pub db: Vec<f32>,
+}
+
+/// The network's output function.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum OutputFn {
+    /// The raw conv output (0..255 scale), clamped only when written as an image.
+    Linear,
+    /// `clip(scale·tanh(x) + shift, 0, 255)`.
+    ScaledTanh { scale: f32, shift: f32 },
+}
+
+/// The operations the networks and losses are made of. Shapes are NCHW; every op that takes
+/// a `sample` works on that sample of the batch.
+pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
+    /// A dense NCHW float32 tensor on the device.
+    type Tensor: Clone + Send + Sync;
+    /// A convolution's weights, prepared for this backend.
+    type Conv: Send + Sync;
+
+    fn name(&self) -> &'static str;
+
+    // Moving data.
+    fn upload(&self, t: &Tensor) -> Self::Tensor;
+    fn download(&self, t: &Self::Tensor) -> Tensor;
+    fn dims(&self, t: &Self::Tensor) -> [usize; 4];
+
+    // Convolutions (plain, strided, upsampling, transposed).
+    fn conv(&self, spec: &ConvSpec, weight: &[f32], bias: Option<&[f32]>) -> Self::Conv;
+    /// New weights for a prepared convolution (after an optimiser step).
+    fn conv_update(&self, conv: &mut Self::Conv, weight: &[f32], bias: Option<&[f32]>);
+    /// `precise`: no fast algorithms with larger rounding error (Winograd); training uses it.
+    fn conv_forward(&self, conv: &Self::Conv, x: &Self::Tensor, precise: bool) -> Self::Tensor;
+    fn conv_backward(
+        &self,
+        conv: &Self::Conv,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        want_dx: bool,
+    ) -> ConvGrads<Self::Tensor>;
+    /// The input gradient alone, for a frozen layer (VGG) and an `h × w` input.
+    fn conv_input_grad(
+        &self,
+        conv: &Self::Conv,
+        dy: &Self::Tensor,
+        h: usize,
+        w: usize,
+    ) -> Self::Tensor;
+
+    // Instance norm.
+    /// Per-channel moments of rows `rows` × columns `cols` of one sample.
+    fn moments(
+        &self,
+        x: &Self::Tensor,
+        sample: usize,
+        rows: (usize, usize),
+        cols: (usize, usize),
+    ) -> Moments;
+    /// `x ← γ·(x − μ)·inv_std + β`, then ReLU if asked, then `+ residual`; one sample.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_apply(
+        &self,
+        x: &mut Self::Tensor,
+        sample: usize,
+        stats: &NormStats,
+        gamma: &[f32],
+        beta: &[f32],
+        relu: bool,
+        residual: Option<&Self::Tensor>,
+    );
+    /// Backward of `y = γ·x̂ + β` per sample, given x̂, each sample's inv_std and dy:
+    /// returns (dx, dγ, dβ), dγ and dβ summed over the batch.
+    fn norm_backward(
+        &self,
+        xhat: &Self::Tensor,
+        dy: &Self::Tensor,
+        inv_std: &[Vec<f32>],
+        gamma: &[f32],
+    ) -> (Self::Tensor, Vec<f32>, Vec<f32>);
+
+    // Elementwise.
+    fn relu(&self, x: &mut Self::Tensor);
+    /// `d ← 0` wherever `y ≤ 0` (the backward of a ReLU whose output was `y`).
+    fn relu_mask(&self, d: &mut Self::Tensor, y: &Self::Tensor);
+    /// `a ← a + b`.
+    fn add(&self, a: &mut Self::Tensor, b: &Self::Tensor);
+    /// Each sample's per-channel mean subtracted (f64 sums).
+    fn centre(&self, x: &Self::Tensor) -> Self::Tensor;
+    /// Output channel `i` = `scale[i]·x[src[i]] + shift[i]` (VGG's preprocessing).
+    fn channel_affine(
+        &self,
+        x: &Self::Tensor,
+        src: [usize; 3],
+        scale: [f32; 3],
+        shift: [f32; 3],
+    ) -> Self::Tensor;
+    /// Backward of [`Backend::channel_affine`].
+    fn channel_affine_backward(
+        &self,
+        dy: &Self::Tensor,
+        src: [usize; 3],
+        scale: [f32; 3],
+    ) -> Self::Tensor;
+    fn output(&self, x: &mut Self::Tensor, f: OutputFn);
+    /// `d ← d · f'(pre)` (zero where the output was clipped).
+    fn output_backward(&self, d: &mut Self::Tensor, pre: &Self::Tensor, f: OutputFn);
+
+    // Pooling.
+    fn max_pool2(&self, x: &Self::Tensor) -> Self::Tensor;
+    /// Each gradient goes to the first maximum of its window.
+    fn max_pool2_backward(&self, x: &Self::Tensor, dy: &Self::Tensor) -> Self::Tensor;
+
+    // Losses.
+    /// Each sample's Gram matrix F·Fᵀ / (C·H·W), C×C, on the host.
+    fn gram(&self, f: &Self::Tensor) -> Vec<Vec<f32>>;
+    /// `dF = dG · F` per sample (dG symmetric, C×C per sample).
+    fn gram_backward(&self, f: &Self::Tensor, dg: &[Vec<f32>]) -> Self::Tensor;
+    /// `w · mean((a − b)²)` and its gradient with respect to `a`.
+    fn mse(&self, a: &Self::Tensor, b: &Self::Tensor, w: f64) -> (f64, Self::Tensor);
+    /// `w · Σ (vertical² + horizontal² neighbour differences)` and its gradient.
+    fn tv(&self, y: &Self::Tensor, w: f64) -> (f64, Self::Tensor);
+}
+
+#[cfg(test)]
+mod tests;
