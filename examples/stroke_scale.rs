@@ -73,7 +73,7 @@ fn main() {
     let gram_dist = |img: &RgbImage| -> f64 {
         let f = vgg.forward(&tensor(img));
         (0..4)
-            .map(|t| impasto::loss::style(&f[t], &target.grams[t], 1.0).0)
+            .map(|t| impasto::loss::style(&impasto::backend::Cpu, &f[t], &target.grams[t], 1.0).0)
             .sum()
     };
     let photo_small = down(&big);

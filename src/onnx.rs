@@ -6,8 +6,9 @@
 //! protobuf code generator. Every read is bounds-checked: a truncated or hostile file is a
 //! clear error, never a panic.
 
+use crate::backend::{OutputFn, Resample};
 use crate::error::{Error, Result};
-use crate::model::transformer::{Arch, OutputFn, Transformer, TransformerConfig};
+use crate::model::transformer::{Arch, Transformer, TransformerConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -232,14 +233,6 @@ pub fn import_bytes(bytes: &[u8]) -> R<Transformer> {
             .get(name)
             .ok_or_else(|| format!("missing initializer `{name}`"))
     };
-    let scalar = |name: &str| -> R<f32> {
-        let t = init(name)?;
-        if t.data.len() != 1 {
-            return Err(format!("`{name}` is not a scalar"));
-        }
-        Ok(t.data[0])
-    };
-
     let convs: Vec<&Node> = nodes
         .iter()
         .filter(|n| n.op == "Conv" || n.op == "ConvTranspose")
@@ -260,38 +253,50 @@ pub fn import_bytes(bytes: &[u8]) -> R<Transformer> {
             n_res
         ));
     }
-    let mut names: Vec<String> = vec!["conv1".into(), "conv2".into(), "conv3".into()];
-    let mut nnames: Vec<String> = vec!["in1".into(), "in2".into(), "in3".into()];
-    for r in 1..=n_res {
-        names.push(format!("res{r}.conv1"));
-        names.push(format!("res{r}.conv2"));
-        nnames.push(format!("res{r}.in1"));
-        nnames.push(format!("res{r}.in2"));
+    // The graph's hyper-parameters first; then the plan of that config says what every
+    // node must be, in order.
+    let mut eps = None;
+    for n in &norms {
+        let e = *n.floats.get("epsilon").unwrap_or(&1e-5) as f64;
+        if eps.is_some_and(|x: f64| (x - e).abs() > 1e-9) {
+            return Err("instance norms with different epsilons".into());
+        }
+        eps = Some(e);
     }
-    names.extend(["deconv1".into(), "deconv2".into(), "deconv3".into()]);
-    nnames.extend(["in4".into(), "in5".into(), "in6".into()]);
-
+    let width = |i: usize| -> R<usize> {
+        let w = init(convs[i].inputs.get(1).ok_or("convolution without weight")?)?;
+        match w.dims.as_slice() {
+            [o, _, _, _] if *o > 0 => Ok(*o),
+            d => Err(format!(
+                "convolution {i}: weight `{}` has shape {d:?}, expected 4 dimensions",
+                convs[i].inputs[1]
+            )),
+        }
+    };
     let mut config = TransformerConfig::new(Arch::Seed);
     config.res_blocks = n_res;
+    config.norm_eps = eps.unwrap_or(1e-3);
+    config.channels = [width(0)?, width(1)?, width(2)?];
+    config.output = output_fn(&nodes, &inits)?;
+    config.validate()?;
+    let plan = config.plan();
     let mut params = BTreeMap::new();
-    for (i, (c, name)) in convs.iter().zip(&names).enumerate() {
-        let transposed = name == "deconv1" || name == "deconv2";
+    for (i, (c, layer)) in convs.iter().zip(&plan.convs).enumerate() {
+        let name = &layer.name;
+        let s = layer.spec;
+        let transposed = s.resample == Resample::Transposed;
         if transposed != (c.op == "ConvTranspose") {
             return Err(format!(
                 "layer {i} ({name}) is a {}, not what the seed network has there",
                 c.op
             ));
         }
-        if c.inputs.len() != 2 {
+        if c.inputs.len() != 2 + s.bias as usize {
             return Err(format!(
                 "{name}: convolutions with bias are not supported in the seed architecture"
             ));
         }
-        let stride = if name == "conv2" || name == "conv3" || transposed {
-            2
-        } else {
-            1
-        };
+        let stride = if transposed { 2 } else { s.stride as i64 };
         if c.ints.get("strides").map(|s| s.as_slice()) != Some(&[stride, stride][..]) {
             return Err(format!(
                 "{name}: strides {:?}, expected [{stride}, {stride}]",
@@ -315,32 +320,36 @@ pub fn import_bytes(bytes: &[u8]) -> R<Transformer> {
                 c.inputs[1], w.dims
             ));
         }
-        params.insert(
-            format!("{name}.conv2d.weight"),
-            (w.dims.clone(), w.data.clone()),
-        );
+        let spec = &plan.params[layer.weight];
+        params.insert(spec.name.clone(), (w.dims.clone(), w.data.clone()));
     }
-    let mut eps = None;
-    for (n, name) in norms.iter().zip(&nnames) {
-        let e = *n.floats.get("epsilon").unwrap_or(&1e-5) as f64;
-        if eps.is_some_and(|x: f64| (x - e).abs() > 1e-9) {
-            return Err("instance norms with different epsilons".into());
-        }
-        eps = Some(e);
+    for (n, layer) in norms.iter().zip(&plan.norms) {
         let (g, b) = (
             init(n.inputs.get(1).ok_or("norm without scale")?)?,
             init(n.inputs.get(2).ok_or("norm without bias")?)?,
         );
-        params.insert(format!("{name}.weight"), (g.dims.clone(), g.data.clone()));
-        params.insert(format!("{name}.bias"), (b.dims.clone(), b.data.clone()));
+        for (id, t) in [(layer.scale, g), (layer.shift, b)] {
+            params.insert(
+                plan.params[id].name.clone(),
+                (t.dims.clone(), t.data.clone()),
+            );
+        }
     }
-    config.norm_eps = eps.unwrap_or(1e-3);
-    config.channels = [
-        params["conv1.conv2d.weight"].0[0],
-        params["conv2.conv2d.weight"].0[0],
-        params["conv3.conv2d.weight"].0[0],
-    ];
-    // Output: Tanh → Mul(scale) → Add(shift) → Clip(0, 255).
+    // Checks every name and shape against the plan.
+    Transformer::from_named(config, params, BTreeMap::new())
+}
+
+/// Output: Tanh → Mul(scale) → Add(shift) → Clip(0, 255).
+fn output_fn(nodes: &[Node], inits: &HashMap<String, Tensor>) -> R<OutputFn> {
+    let scalar = |name: &str| -> R<f32> {
+        let t = inits
+            .get(name)
+            .ok_or_else(|| format!("missing initializer `{name}`"))?;
+        if t.data.len() != 1 {
+            return Err(format!("`{name}` is not a scalar"));
+        }
+        Ok(t.data[0])
+    };
     let find = |op: &str| {
         nodes
             .iter()
@@ -371,22 +380,7 @@ pub fn import_bytes(bytes: &[u8]) -> R<Transformer> {
     if lo != 0.0 || hi != 255.0 {
         return Err(format!("output clip to [{lo}, {hi}], expected [0, 255]"));
     }
-    config.output = OutputFn::ScaledTanh { scale, shift };
-
-    config.validate()?;
-    // Check every shape against the config before building.
-    for (name, shape) in config.param_shapes() {
-        match params.get(&name) {
-            None => return Err(format!("missing parameter {name}")),
-            Some((s, _)) if *s != shape => {
-                return Err(format!("{name} has shape {s:?}, expected {shape:?}"))
-            }
-            _ => {}
-        }
-    }
-    let t = Transformer::from_params(config, params, BTreeMap::new());
-    t.validate()?;
-    Ok(t)
+    Ok(OutputFn::ScaledTanh { scale, shift })
 }
 
 pub fn import(path: &Path) -> Result<Transformer> {

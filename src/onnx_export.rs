@@ -7,8 +7,10 @@
 //!
 //! Input `image` [1,3,H,W] RGB 0..255 with H and W multiples of 4; output `stylized`.
 
+use crate::backend::{OutputFn, Padding, Resample};
 use crate::error::Result;
-use crate::model::transformer::{Arch, OutputFn, Transformer};
+use crate::model::plan::{Block, ParamId};
+use crate::model::transformer::Transformer;
 use std::path::Path;
 
 /// A protobuf message under construction.
@@ -164,23 +166,48 @@ pub fn to_onnx(model: &Transformer) -> Vec<u8> {
 }
 
 fn to_onnx_in(model: &Transformer, mut g: Graph) -> Vec<u8> {
-    let cfg = &model.config;
-    let p = |n: &str| &model.params[n];
-    let eps = cfg.norm_eps as f32;
-    let conv = |g: &mut Graph, x: &str, name: &str, stride: i64, kind: &str| -> String {
-        let (shape, w) = p(&format!("{name}.conv2d.weight"));
-        let k = shape[2] as i64;
-        let wn = g.init_f32(&format!("{name}.conv2d.weight"), shape, w);
-        let mut inputs = vec![x.to_string(), wn];
-        if cfg.conv_bias {
-            let (bs, b) = p(&format!("{name}.conv2d.bias"));
-            inputs.push(g.init_f32(&format!("{name}.conv2d.bias"), bs, b));
+    let plan = model.plan();
+    let p = |id: ParamId| -> (&[usize], &[f32]) {
+        let spec = &plan.params[id];
+        (&spec.shape, model.param_values(id))
+    };
+    let init = |g: &mut Graph, id: ParamId| -> String {
+        let (shape, v) = p(id);
+        g.init_f32(&plan.params[id].name, shape, v)
+    };
+    let eps = plan.norm_eps as f32;
+    // One node (or a few) per conv of the plan, by its padding and resampling.
+    let conv = |g: &mut Graph, x: &str, i: usize| -> String {
+        let layer = &plan.convs[i];
+        let s = layer.spec;
+        let (k, stride) = (s.k as i64, s.stride as i64);
+        let mut inputs = vec![x.to_string(), init(g, layer.weight)];
+        if let Some(b) = layer.bias {
+            inputs.push(init(g, b));
         }
         let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        match (cfg.arch, kind) {
-            (Arch::Johnson, _) => {
+        match (s.padding, s.resample) {
+            (_, Resample::Transposed) => g.node(
+                "ConvTranspose",
+                &refs,
+                &[
+                    Attr::Ints("kernel_shape", &[k, k]),
+                    Attr::Ints("strides", &[2, 2]),
+                    Attr::Ints("pads", &[0, 0, 1, 1]),
+                ],
+            ),
+            (Padding::SameUpper, _) => g.node(
+                "Conv",
+                &refs,
+                &[
+                    Attr::Str("auto_pad", "SAME_UPPER"),
+                    Attr::Ints("kernel_shape", &[k, k]),
+                    Attr::Ints("strides", &[stride, stride]),
+                ],
+            ),
+            (padding, resample) => {
                 let mut x = x.to_string();
-                if kind == "up" {
+                if resample == Resample::Upsample {
                     let sn = g.fresh("scales");
                     let scales = g.init_f32(&sn, &[4], &[1.0, 1.0, 2.0, 2.0]);
                     x = g.node(
@@ -196,7 +223,12 @@ fn to_onnx_in(model: &Transformer, mut g: Graph) -> Vec<u8> {
                 let pd = k / 2;
                 let pn = g.fresh("pads");
                 let pads = g.init_i64(&pn, &[0, 0, pd, pd, 0, 0, pd, pd]);
-                let padded = g.node("Pad", &[&x, &pads], &[Attr::Str("mode", "reflect")]);
+                let mode = if padding == Padding::Reflect {
+                    "reflect"
+                } else {
+                    "constant"
+                };
+                let padded = g.node("Pad", &[&x, &pads], &[Attr::Str("mode", mode)]);
                 let mut r = refs.clone();
                 r[0] = &padded;
                 g.node(
@@ -208,31 +240,12 @@ fn to_onnx_in(model: &Transformer, mut g: Graph) -> Vec<u8> {
                     ],
                 )
             }
-            (Arch::Seed, "up") => g.node(
-                "ConvTranspose",
-                &refs,
-                &[
-                    Attr::Ints("kernel_shape", &[k, k]),
-                    Attr::Ints("strides", &[2, 2]),
-                    Attr::Ints("pads", &[0, 0, 1, 1]),
-                ],
-            ),
-            (Arch::Seed, _) => g.node(
-                "Conv",
-                &refs,
-                &[
-                    Attr::Str("auto_pad", "SAME_UPPER"),
-                    Attr::Ints("kernel_shape", &[k, k]),
-                    Attr::Ints("strides", &[stride, stride]),
-                ],
-            ),
         }
     };
-    let norm = |g: &mut Graph, x: &str, name: &str, relu: bool| -> String {
-        let (s, gm) = p(&format!("{name}.weight"));
-        let (_, bt) = p(&format!("{name}.bias"));
-        let gn = g.init_f32(&format!("{name}.weight"), s, gm);
-        let bn = g.init_f32(&format!("{name}.bias"), s, bt);
+    let norm = |g: &mut Graph, x: &str, i: usize, relu: bool| -> String {
+        let layer = &plan.norms[i];
+        let gn = init(g, layer.scale);
+        let bn = init(g, layer.shift);
         let y = g.node(
             "InstanceNormalization",
             &[x, &gn, &bn],
@@ -245,35 +258,44 @@ fn to_onnx_in(model: &Transformer, mut g: Graph) -> Vec<u8> {
         }
     };
     let mut h = "image".to_string();
-    for (i, s) in [(1, 1), (2, 2), (3, 2)] {
-        let c = conv(&mut g, &h, &format!("conv{i}"), s, "");
-        h = norm(&mut g, &c, &format!("in{i}"), true);
+    for block in &plan.blocks {
+        h = match *block {
+            Block::ConvNormRelu { conv: c, norm: n } => {
+                let z = conv(&mut g, &h, c);
+                norm(&mut g, &z, n, true)
+            }
+            Block::Residual {
+                conv1,
+                norm1,
+                conv2,
+                norm2,
+            } => {
+                let z = conv(&mut g, &h, conv1);
+                let a = norm(&mut g, &z, norm1, true);
+                let z = conv(&mut g, &a, conv2);
+                let b = norm(&mut g, &z, norm2, false);
+                g.node("Add", &[&h, &b], &[])
+            }
+            Block::Output { conv: c, norm: n } => {
+                let mut y = conv(&mut g, &h, c);
+                if let Some(n) = n {
+                    y = norm(&mut g, &y, n, false);
+                }
+                if let OutputFn::ScaledTanh { scale, shift } = plan.output {
+                    let t = g.node("Tanh", &[&y], &[]);
+                    let sc = g.init_f32("out.scale", &[], &[scale]);
+                    let m = g.node("Mul", &[&t, &sc], &[]);
+                    let sh = g.init_f32("out.shift", &[], &[shift]);
+                    let a = g.node("Add", &[&m, &sh], &[]);
+                    let lo = g.init_f32("out.min", &[], &[0.0]);
+                    let hi = g.init_f32("out.max", &[], &[255.0]);
+                    y = g.node("Clip", &[&a, &lo, &hi], &[]);
+                }
+                y
+            }
+        };
     }
-    for r in 1..=cfg.res_blocks {
-        let c = conv(&mut g, &h, &format!("res{r}.conv1"), 1, "");
-        let a = norm(&mut g, &c, &format!("res{r}.in1"), true);
-        let c = conv(&mut g, &a, &format!("res{r}.conv2"), 1, "");
-        let b = norm(&mut g, &c, &format!("res{r}.in2"), false);
-        h = g.node("Add", &[&h, &b], &[]);
-    }
-    for (d, n) in [("deconv1", "in4"), ("deconv2", "in5")] {
-        let c = conv(&mut g, &h, d, 1, "up");
-        h = norm(&mut g, &c, n, true);
-    }
-    let mut y = conv(&mut g, &h, "deconv3", 1, "");
-    if cfg.final_norm {
-        y = norm(&mut g, &y, "in6", false);
-    }
-    if let OutputFn::ScaledTanh { scale, shift } = cfg.output {
-        let t = g.node("Tanh", &[&y], &[]);
-        let sc = g.init_f32("out.scale", &[], &[scale]);
-        let m = g.node("Mul", &[&t, &sc], &[]);
-        let sh = g.init_f32("out.shift", &[], &[shift]);
-        let a = g.node("Add", &[&m, &sh], &[]);
-        let lo = g.init_f32("out.min", &[], &[0.0]);
-        let hi = g.init_f32("out.max", &[], &[255.0]);
-        y = g.node("Clip", &[&a, &lo, &hi], &[]);
-    }
+    let y = h;
     let mut id = Msg::default();
     id.str(1, &y)
         .str(2, "stylized")
@@ -309,7 +331,7 @@ pub fn export(model: &Transformer, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::TransformerConfig;
+    use crate::model::{Arch, TransformerConfig};
 
     /// The exported seed graph reads back through impasto's own importer into the same
     /// network (the johnson graph is checked against onnxruntime by scripts/check_export.sh).
@@ -318,8 +340,8 @@ mod tests {
         let m = Transformer::init(TransformerConfig::new(Arch::Seed), 4);
         let back = crate::onnx::import_bytes(&to_onnx(&m)).unwrap();
         assert_eq!(back.config.channels, m.config.channels);
-        for (n, (_, v)) in &m.params {
-            assert_eq!(&back.params[n].1, v, "{n}");
+        for (spec, v) in m.params() {
+            assert_eq!(back.param(&spec.name).unwrap(), v, "{}", spec.name);
         }
     }
 

@@ -495,23 +495,13 @@ fn preserve_color_keeps_the_photos_colours() {
     // A tame random model whose output stays mostly inside 0..255, so that clipping does
     // not decide the colours.
     let t = Transformer::init(TransformerConfig::new(Arch::Johnson), 5);
-    let mut params = t.params.clone();
-    params
-        .get_mut("deconv3.conv2d.weight")
-        .unwrap()
-        .1
-        .iter_mut()
-        .for_each(|w| *w *= 20.0);
-    params
-        .get_mut("deconv3.conv2d.bias")
-        .unwrap()
-        .1
-        .iter_mut()
-        .for_each(|b| *b = 128.0);
+    let mut t = t;
+    t.edit_param("deconv3.conv2d.weight", |w| {
+        w.iter_mut().for_each(|w| *w *= 20.0)
+    });
+    t.edit_param("deconv3.conv2d.bias", |b| b.fill(128.0));
     let m = d.path().join("tame.safetensors");
-    Transformer::from_params(t.config.clone(), params, Default::default())
-        .save(&m, false)
-        .unwrap();
+    t.save(&m, false).unwrap();
     let p = d.path().join("a.png");
     let img = photo(64, 48);
     img.save(&p).unwrap();

@@ -181,43 +181,45 @@ fn train_step_reproduces_pytorch() {
     // noise means nothing, so those tensors are checked to be noise-sized instead, and all
     // the others to the README's relative tolerance.
     let nrm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let scale = model
-        .params
-        .keys()
+    let names: Vec<String> = model.params().map(|(p, _)| p.name.clone()).collect();
+    let grad = |name: &str| &grads[model.plan().param_id(name).unwrap()];
+    let scale = names
+        .iter()
         .map(|n| nrm(&g.tensors[&format!("grad.{n}")].1))
         .fold(0.0, f64::max);
     let structurally_zero = |name: &str| nrm(&g.tensors[&format!("grad.{name}")].1) < 1e-12 * scale;
     let mut worst = (0.0f64, String::new());
     let mut zeros = 0;
-    for name in model.params.keys() {
+    for name in &names {
         let want = &g.tensors[&format!("grad.{name}")].1;
         if structurally_zero(name) {
             zeros += 1;
             assert!(
-                nrm(&grads[name]) < 1e-6 * scale,
+                nrm(grad(name)) < 1e-6 * scale,
                 "grad.{name} should be ~0, is {:.3e}",
-                nrm(&grads[name])
+                nrm(grad(name))
             );
             continue;
         }
-        let err = impasto::tensor::rel_error(&grads[name], want);
+        let err = impasto::tensor::rel_error(grad(name), want);
         if err > worst.0 {
             worst = (err, name.clone());
         }
         assert!(err < 1e-3, "grad.{name}: relative error {err}");
     }
     eprintln!("gradients: worst relative error {:.2e} ({}); {zeros} structurally-zero tensors are noise-sized", worst.0, worst.1);
-    let before = model.params.clone();
+    let before = model.clone();
     let mut opt = Adam::new(meta("lr"));
     apply(&mut model, &mut opt, &grads);
     let mut worst = 0.0f64;
-    for (name, (_, p)) in model.params.iter() {
+    for (spec, p) in model.params() {
+        let name = &spec.name;
         let want = &g.tensors[&format!("after1.{name}")].1;
         if structurally_zero(name) {
             // Adam turns noise into at most one learning rate of movement, either way.
             let moved = p
                 .iter()
-                .zip(&before[name].1)
+                .zip(before.param(name).unwrap())
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f32, f32::max);
             assert!(moved as f64 <= meta("lr") * 1.001, "{name} moved {moved}");

@@ -91,7 +91,9 @@ fn train_cmd_on(
 
 fn weights(p: &Path) -> Vec<(String, Vec<f32>)> {
     let m = impasto::model::Transformer::load(p).unwrap();
-    m.params.into_iter().map(|(k, (_, v))| (k, v)).collect()
+    m.params()
+        .map(|(p, v)| (p.name.clone(), v.to_vec()))
+        .collect()
 }
 
 /// Start a run, wait for its first checkpoint, then send `signal`; returns the exit status.
@@ -224,8 +226,7 @@ fn a_diverging_run_stops_with_its_checkpoint_intact() {
         impasto::train::trainer::Checkpoint::load(&s.root.join("nan.ckpt.safetensors")).unwrap();
     assert!(ck
         .model
-        .params
-        .values()
+        .params()
         .all(|(_, v)| v.iter().all(|x| x.is_finite())));
 }
 

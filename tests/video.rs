@@ -24,22 +24,12 @@ fn have_ffmpeg(test: &str) -> bool {
 fn model(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("m.safetensors");
     let t = Transformer::init(TransformerConfig::new(Arch::Johnson), 3);
-    let mut params = t.params.clone();
-    params
-        .get_mut("deconv3.conv2d.weight")
-        .unwrap()
-        .1
-        .iter_mut()
-        .for_each(|w| *w *= 60.0);
-    params
-        .get_mut("deconv3.conv2d.bias")
-        .unwrap()
-        .1
-        .iter_mut()
-        .for_each(|b| *b = 128.0);
-    Transformer::from_params(t.config.clone(), params, Default::default())
-        .save(&p, false)
-        .unwrap();
+    let mut t = t;
+    t.edit_param("deconv3.conv2d.weight", |w| {
+        w.iter_mut().for_each(|w| *w *= 60.0)
+    });
+    t.edit_param("deconv3.conv2d.bias", |b| b.fill(128.0));
+    t.save(&p, false).unwrap();
     p
 }
 

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 pub struct Cpu;
 
 /// A convolution prepared for the CPU kernels.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CpuConv {
     spec: ConvSpec,
     /// `[c_out][c_in·k·k]`; for a transposed layer, its flipped forward conv.

@@ -166,7 +166,7 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// A dense NCHW float32 tensor on the device.
     type Tensor: Clone + Send + Sync;
     /// A convolution's weights, prepared for this backend.
-    type Conv: Send + Sync;
+    type Conv: Clone + Send + Sync;
 
     fn name(&self) -> &'static str;
 

@@ -89,12 +89,7 @@ fn train(a: Args) -> Result<i32> {
     let vgg = impasto::model::Vgg16::load(&impasto::model::vgg::locate(a.vgg.as_deref())?)?;
     let mut model = super::model_or_init(&a.model, a.arch)?;
     let threads = rayon::current_num_threads();
-    let cfg = LossConfig {
-        content_weight: 1.0,
-        style_weight: 5.0,
-        tv_weight: 1e-6,
-        content_tap: 1,
-    };
+    let cfg = LossConfig::default();
     let mut rng = impasto::rng::Rng::new(7);
     let style = Tensor::from_vec(
         1,

@@ -154,7 +154,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Info { model } => {
             let m = Transformer::load(&model)?;
-            let n: usize = m.params.values().map(|(_, v)| v.len()).sum();
+            let n: usize = m.plan().param_count();
             let mut js = serde_json::json!({
                 "file": model.display().to_string(),
                 "config": m.config,

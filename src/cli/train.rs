@@ -14,9 +14,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
 /// Default loss weights for the default (Caffe) VGG; see the README for how they were chosen.
-pub const DEFAULT_CONTENT_WEIGHT: f64 = 1.0;
-pub const DEFAULT_STYLE_WEIGHT: f64 = 1.5;
-pub const DEFAULT_TV_WEIGHT: f64 = 1e-6;
+pub const DEFAULT_CONTENT_WEIGHT: f64 = LossConfig::DEFAULT_CONTENT_WEIGHT;
+pub const DEFAULT_STYLE_WEIGHT: f64 = LossConfig::DEFAULT_STYLE_WEIGHT;
+pub const DEFAULT_TV_WEIGHT: f64 = LossConfig::DEFAULT_TV_WEIGHT;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -246,15 +246,7 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
                 .map_err(|e| Error::model(&a.model, format!("bad impasto.loss metadata: {e}")))?,
             true,
         ),
-        None => (
-            LossConfig {
-                content_weight: DEFAULT_CONTENT_WEIGHT,
-                style_weight: DEFAULT_STYLE_WEIGHT,
-                tv_weight: DEFAULT_TV_WEIGHT,
-                content_tap: 1,
-            },
-            false,
-        ),
+        None => (LossConfig::default(), false),
     };
     let mut loss = loss;
     let recorded = recorded && a.style_weight.is_none() && a.content_weight.is_none();

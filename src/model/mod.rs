@@ -1,5 +1,6 @@
 //! The networks and the model file format.
 pub mod format;
+pub mod plan;
 pub mod transformer;
 pub mod vgg;
 

@@ -8,14 +8,19 @@
 //!   transposed convolutions, eps 1e-3, an instance norm on the output, then
 //!   `clip(150·tanh(x) + 127.5, 0, 255)`; no conv biases.
 //!
+//! The topology is written once, in [`TransformerConfig::plan`] (`model::plan`); this file
+//! runs that plan on any [`Backend`]: one forward pass (which records a tape only when
+//! training) and the backward pass that walks the same blocks in reverse.
+//!
 //! The forward pass hands each instance norm's pre-activation to a caller-supplied
 //! statistics source, so that tiled inference can impose global statistics on every tile
 //! (see `stylize::tiled`). Plain inference computes them from the tensor itself.
 
+use crate::backend::{Backend, Cpu, Padding, Resample};
 use crate::error::{Error, Result};
-use crate::kernels::conv::{SubPixel, UpsampleConv};
-use crate::kernels::{norm, Conv2d, ConvGeom, PadMode};
+use crate::kernels::norm::{Moments, NormStats};
 use crate::model::format::TensorFile;
+use crate::model::plan::{Block, Init, ParamId, ParamSpec, Plan};
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -102,303 +107,310 @@ impl TransformerConfig {
         Ok(())
     }
 
-    /// Every parameter: name and shape, in forward order.
+    /// Every parameter: name and shape, in forward order (from the plan).
     pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let [c1, c2, c3] = self.channels;
-        let mut v = Vec::new();
-        let conv = |v: &mut Vec<(String, Vec<usize>)>, name: &str, shape: [usize; 4]| {
-            v.push((format!("{name}.conv2d.weight"), shape.to_vec()));
-            if self.conv_bias {
-                let out =
-                    if name.starts_with("deconv") && self.arch == Arch::Seed && name != "deconv3" {
-                        shape[1]
-                    } else {
-                        shape[0]
-                    };
-                v.push((format!("{name}.conv2d.bias"), vec![out]));
-            }
-        };
-        let normp = |v: &mut Vec<(String, Vec<usize>)>, name: &str, c: usize| {
-            v.push((format!("{name}.weight"), vec![c]));
-            v.push((format!("{name}.bias"), vec![c]));
-        };
-        conv(&mut v, "conv1", [c1, 3, 9, 9]);
-        normp(&mut v, "in1", c1);
-        conv(&mut v, "conv2", [c2, c1, 3, 3]);
-        normp(&mut v, "in2", c2);
-        conv(&mut v, "conv3", [c3, c2, 3, 3]);
-        normp(&mut v, "in3", c3);
-        for r in 1..=self.res_blocks {
-            conv(&mut v, &format!("res{r}.conv1"), [c3, c3, 3, 3]);
-            normp(&mut v, &format!("res{r}.in1"), c3);
-            conv(&mut v, &format!("res{r}.conv2"), [c3, c3, 3, 3]);
-            normp(&mut v, &format!("res{r}.in2"), c3);
-        }
-        match self.arch {
-            // ConvTranspose weights are [c_in, c_out, k, k].
-            Arch::Seed => {
-                conv(&mut v, "deconv1", [c3, c2, 3, 3]);
-                normp(&mut v, "in4", c2);
-                conv(&mut v, "deconv2", [c2, c1, 3, 3]);
-                normp(&mut v, "in5", c1);
-            }
-            Arch::Johnson => {
-                conv(&mut v, "deconv1", [c2, c3, 3, 3]);
-                normp(&mut v, "in4", c2);
-                conv(&mut v, "deconv2", [c1, c2, 3, 3]);
-                normp(&mut v, "in5", c1);
-            }
-        }
-        conv(&mut v, "deconv3", [3, c1, 9, 9]);
-        if self.final_norm {
-            normp(&mut v, "in6", 3);
-        }
-        v
+        self.plan()
+            .params
+            .into_iter()
+            .map(|p| (p.name, p.shape))
+            .collect()
     }
 
     /// How many instance norms the forward pass runs.
     pub fn norm_count(&self) -> usize {
-        5 + 2 * self.res_blocks + self.final_norm as usize
+        self.plan().norms.len()
     }
 }
 
-fn profiling() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("IMPASTO_PROFILE").is_some())
+/// One sample's activation as a statistics source sees it: its size, and its moments over
+/// any rectangle (computed by the backend, returned to the host).
+pub struct Activation<'a> {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    region: &'a dyn Fn((usize, usize), (usize, usize)) -> Moments,
 }
 
-fn profile_start() -> Option<std::time::Instant> {
-    profiling().then(std::time::Instant::now)
-}
-
-/// With `IMPASTO_PROFILE` set, print each layer's time to stderr.
-fn profile_end(t: Option<std::time::Instant>, what: impl FnOnce() -> String) {
-    if let Some(t) = t {
-        eprintln!(
-            "profile {:>8.2} ms  {}",
-            t.elapsed().as_secs_f64() * 1e3,
-            what()
-        );
+impl Activation<'_> {
+    /// Per-channel moments of rows `rows` × columns `cols`.
+    pub fn moments_region(&self, rows: (usize, usize), cols: (usize, usize)) -> Moments {
+        (self.region)(rows, cols)
     }
-}
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Resample {
-    None,
-    Upsample,
-    Transposed,
-}
-
-#[derive(Clone, Debug)]
-struct Layer {
-    name: String,
-    conv: Conv2d,
-    /// The sub-pixel form of an upsample + 3×3 conv (johnson's decoder).
-    up: Option<UpsampleConv>,
-    k: usize,
-    stride: usize,
-    resample: Resample,
-}
-
-#[derive(Clone, Debug)]
-struct Norm {
-    name: String,
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
+    /// Per-channel moments of the whole plane.
+    pub fn moments(&self) -> Moments {
+        self.moments_region((0, self.h), (0, self.w))
+    }
 }
 
 /// Source of instance-norm statistics: given the norm's index and its (single-sample)
 /// pre-activation, return the statistics to normalise with, or `None` to stop the pass.
 pub trait StatsSource {
-    fn stats(&mut self, index: usize, x: &Tensor, eps: f64) -> Option<norm::NormStats>;
+    fn stats(&mut self, index: usize, x: &Activation, eps: f64) -> Option<NormStats>;
 }
 
 /// Statistics of the tensor itself: ordinary instance norm.
 pub struct OwnStats;
 
 impl StatsSource for OwnStats {
-    fn stats(&mut self, _index: usize, x: &Tensor, eps: f64) -> Option<norm::NormStats> {
-        Some(norm::moments(&x.data, x.c, x.h, x.w).stats(eps))
+    fn stats(&mut self, _index: usize, x: &Activation, eps: f64) -> Option<NormStats> {
+        Some(x.moments().stats(eps))
     }
 }
 
-struct ProfileGuard(Option<std::time::Instant>, usize);
-impl Drop for ProfileGuard {
-    fn drop(&mut self) {
-        let i = self.1;
-        profile_end(self.0, || format!("norm {i}"));
-    }
-}
-
-/// A loaded transformation network.
-#[derive(Clone, Debug)]
-pub struct Transformer {
+/// A transformation network on a backend: its plan, its parameters (one store, indexed by
+/// [`ParamId`]) and each convolution prepared for the backend.
+pub struct Transformer<B: Backend = Cpu> {
     pub config: TransformerConfig,
-    /// The file's parameters as stored (PyTorch layouts), for saving and export.
-    pub params: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
     /// Free-form provenance (how the model was made), kept with the file.
     pub metadata: BTreeMap<String, String>,
-    layers: Vec<Layer>,
-    norms: Vec<Norm>,
+    plan: Plan,
+    params: Vec<Vec<f32>>,
+    backend: B,
+    convs: Vec<B::Conv>,
+}
+
+impl<B: Backend> Clone for Transformer<B> {
+    fn clone(&self) -> Self {
+        Self::build(
+            self.backend.clone(),
+            self.config.clone(),
+            self.params.clone(),
+            self.metadata.clone(),
+        )
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for Transformer<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transformer")
+            .field("config", &self.config)
+            .field("backend", &self.backend.name())
+            .field("parameters", &self.plan.param_count())
+            .finish()
+    }
 }
 
 pub const CONFIG_KEY: &str = "impasto.config";
 
-impl Transformer {
+/// Per-parameter gradients, indexed by [`ParamId`].
+#[derive(Clone, Debug, Default)]
+pub struct Grads(pub Vec<Vec<f32>>);
+
+impl std::ops::Index<ParamId> for Grads {
+    type Output = [f32];
+    fn index(&self, id: ParamId) -> &[f32] {
+        &self.0[id]
+    }
+}
+
+impl Transformer<Cpu> {
+    /// Sizes the network maps to themselves: multiples of 4 (two stride-2 stages).
+    pub const ALIGN: usize = 4;
+
     pub fn load(path: &Path) -> Result<Self> {
-        let file = TensorFile::read(path)?;
-        Self::from_file(file).map_err(|msg| Error::model(path, msg))
+        Self::load_on(Cpu, path)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
         Self::from_file(TensorFile::from_bytes(bytes)?)
     }
 
-    pub fn from_file(mut file: TensorFile) -> std::result::Result<Self, String> {
+    pub fn from_file(file: TensorFile) -> std::result::Result<Self, String> {
+        Self::from_file_on(Cpu, file)
+    }
+
+    /// From named tensors (PyTorch layouts); every tensor of the config's plan must be there
+    /// with its shape, and nothing else.
+    pub fn from_named(
+        config: TransformerConfig,
+        tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+        metadata: BTreeMap<String, String>,
+    ) -> std::result::Result<Self, String> {
+        Self::from_named_on(Cpu, config, tensors, metadata)
+    }
+
+    /// A freshly initialised network (PyTorch's default: weights and biases uniform in
+    /// ±1/√fan_in, instance-norm scale 1 and shift 0), reproducible from `seed`.
+    pub fn init(config: TransformerConfig, seed: u64) -> Self {
+        Self::init_on(Cpu, config, seed)
+    }
+}
+
+impl<B: Backend> Transformer<B> {
+    fn build(
+        backend: B,
+        config: TransformerConfig,
+        params: Vec<Vec<f32>>,
+        metadata: BTreeMap<String, String>,
+    ) -> Self {
+        let plan = config.plan();
+        assert_eq!(
+            params.len(),
+            plan.params.len(),
+            "parameters for another plan"
+        );
+        let convs = plan
+            .convs
+            .iter()
+            .map(|l| {
+                let bias = l.bias.map(|b| params[b].as_slice());
+                backend.conv(&l.spec, &params[l.weight], bias)
+            })
+            .collect();
+        Transformer {
+            config,
+            metadata,
+            plan,
+            params,
+            backend,
+            convs,
+        }
+    }
+
+    pub fn load_on(backend: B, path: &Path) -> Result<Self> {
+        let file = TensorFile::read(path)?;
+        Self::from_file_on(backend, file).map_err(|msg| Error::model(path, msg))
+    }
+
+    pub fn from_file_on(backend: B, file: TensorFile) -> std::result::Result<Self, String> {
         let config = match file.metadata.get(CONFIG_KEY) {
             Some(js) => serde_json::from_str::<TransformerConfig>(js).map_err(|e| format!("bad `{CONFIG_KEY}` metadata: {e}"))?,
             // A plain pytorch/examples TransformerNet state dict.
             None if file.tensors.contains_key("conv1.conv2d.weight") => TransformerConfig::new(Arch::Johnson),
             None => return Err("not an impasto model: no `impasto.config` metadata and no `conv1.conv2d.weight` tensor".into()),
         };
+        let mut metadata = file.metadata;
+        metadata.remove(CONFIG_KEY);
+        Self::from_named_on(
+            backend,
+            config,
+            file.tensors.into_iter().collect(),
+            metadata,
+        )
+    }
+
+    /// [`Transformer::from_named`] on any backend.
+    pub fn from_named_on(
+        backend: B,
+        config: TransformerConfig,
+        mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+        metadata: BTreeMap<String, String>,
+    ) -> std::result::Result<Self, String> {
         config.validate()?;
-        let mut params = BTreeMap::new();
-        for (name, shape) in config.param_shapes() {
-            let v = file.take(&name, &shape)?;
-            params.insert(name, (shape, v));
+        let mut params = Vec::new();
+        for p in config.plan().params {
+            match tensors.remove(&p.name) {
+                None => return Err(format!("missing tensor `{}`", p.name)),
+                Some((shape, _)) if shape != p.shape => {
+                    return Err(format!(
+                        "`{}` has shape {shape:?}, expected {:?}",
+                        p.name, p.shape
+                    ))
+                }
+                Some((_, v)) if v.len() != p.len() => {
+                    return Err(format!(
+                        "`{}` holds {} values, expected {}",
+                        p.name,
+                        v.len(),
+                        p.len()
+                    ))
+                }
+                Some((_, v)) => params.push(v),
+            }
         }
-        if let Some(extra) = file.tensors.keys().next() {
+        if let Some(extra) = tensors.keys().next() {
             return Err(format!(
                 "unexpected tensor `{extra}` for the {:?} architecture",
                 config.arch
             ));
         }
-        let mut metadata = file.metadata;
-        metadata.remove(CONFIG_KEY);
-        let t = Self::from_params(config, params, metadata);
+        let t = Self::build(backend, config, params, metadata);
         t.validate()?;
         Ok(t)
     }
 
-    /// Build from parameters already checked against `config.param_shapes()`.
-    pub fn from_params(
-        config: TransformerConfig,
-        params: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-        metadata: BTreeMap<String, String>,
-    ) -> Self {
-        let p = |n: &str| params[n].1.clone();
-        let bias = |n: &str| {
-            if config.conv_bias {
-                Some(p(&format!("{n}.conv2d.bias")))
-            } else {
-                None
-            }
-        };
-        let shape = |n: &str| params[&format!("{n}.conv2d.weight")].0.clone();
-        let mk = |name: &str, stride: usize, resample: Resample| {
-            let s = shape(name);
-            let w = p(&format!("{name}.conv2d.weight"));
-            let conv = if resample == Resample::Transposed {
-                Conv2d::from_transposed(s[0], s[1], s[2], &w, bias(name))
-            } else {
-                Conv2d::new(s[0], s[1], s[2], w, bias(name))
-            };
-            let up = match resample {
-                _ if s[2] != 3 => None,
-                Resample::Upsample => Some(UpsampleConv::new(&conv, 3, SubPixel::Upsample)),
-                Resample::Transposed => Some(UpsampleConv::new(&conv, 3, SubPixel::Transposed)),
-                Resample::None => None,
-            };
-            Layer {
-                name: name.to_string(),
-                conv,
-                up,
-                k: s[2],
-                stride,
-                resample,
-            }
-        };
-        let up = if config.arch == Arch::Seed {
-            Resample::Transposed
-        } else {
-            Resample::Upsample
-        };
-        let mut layers = vec![
-            mk("conv1", 1, Resample::None),
-            mk("conv2", 2, Resample::None),
-            mk("conv3", 2, Resample::None),
-        ];
-        let mut norm_names = vec!["in1".to_string(), "in2".into(), "in3".into()];
-        for r in 1..=config.res_blocks {
-            layers.push(mk(&format!("res{r}.conv1"), 1, Resample::None));
-            layers.push(mk(&format!("res{r}.conv2"), 1, Resample::None));
-            norm_names.push(format!("res{r}.in1"));
-            norm_names.push(format!("res{r}.in2"));
-        }
-        layers.push(mk("deconv1", 1, up));
-        layers.push(mk("deconv2", 1, up));
-        layers.push(mk("deconv3", 1, Resample::None));
-        norm_names.push("in4".into());
-        norm_names.push("in5".into());
-        if config.final_norm {
-            norm_names.push("in6".into());
-        }
-        let norms = norm_names
+    /// [`Transformer::init`] on any backend.
+    pub fn init_on(backend: B, config: TransformerConfig, seed: u64) -> Self {
+        let mut rng = crate::rng::Rng::new(seed);
+        let params = config
+            .plan()
+            .params
             .iter()
-            .map(|n| Norm {
-                name: n.clone(),
-                gamma: p(&format!("{n}.weight")),
-                beta: p(&format!("{n}.bias")),
+            .map(|p| match p.init {
+                Init::Ones => vec![1.0; p.len()],
+                Init::Zeros => vec![0.0; p.len()],
+                Init::Uniform { fan_in } => {
+                    let b = 1.0 / (fan_in as f32).sqrt();
+                    (0..p.len()).map(|_| (rng.f32() * 2.0 - 1.0) * b).collect()
+                }
             })
             .collect();
-        Transformer {
-            config,
-            params,
-            metadata,
-            layers,
-            norms,
+        Self::build(backend, config, params, BTreeMap::new())
+    }
+
+    /// The same network on another backend.
+    pub fn to_backend<C: Backend>(&self, backend: C) -> Transformer<C> {
+        Transformer::build(
+            backend,
+            self.config.clone(),
+            self.params.clone(),
+            self.metadata.clone(),
+        )
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Every parameter with its spec, in plan order.
+    pub fn params(&self) -> impl Iterator<Item = (&ParamSpec, &[f32])> {
+        self.plan
+            .params
+            .iter()
+            .zip(&self.params)
+            .map(|(s, v)| (s, v.as_slice()))
+    }
+
+    /// A parameter by its id.
+    pub fn param_values(&self, id: ParamId) -> &[f32] {
+        &self.params[id]
+    }
+
+    /// A parameter by its file name.
+    pub fn param(&self, name: &str) -> Option<&[f32]> {
+        self.plan.param_id(name).map(|i| self.params[i].as_slice())
+    }
+
+    /// Change parameters in place (an optimiser step, a test's edit); the prepared
+    /// convolutions are updated afterwards.
+    pub fn update_params(&mut self, f: impl FnOnce(&Plan, &mut [Vec<f32>])) {
+        f(&self.plan, &mut self.params);
+        for (l, conv) in self.plan.convs.iter().zip(&mut self.convs) {
+            let bias = l.bias.map(|b| self.params[b].as_slice());
+            self.backend.conv_update(conv, &self.params[l.weight], bias);
         }
     }
 
-    /// A freshly initialised network (PyTorch's default: weights and biases uniform in
-    /// ±1/√fan_in, instance-norm scale 1 and shift 0), reproducible from `seed`.
-    pub fn init(config: TransformerConfig, seed: u64) -> Self {
-        let mut rng = crate::rng::Rng::new(seed);
-        let mut params = BTreeMap::new();
-        let shapes = config.param_shapes();
-        for (name, shape) in &shapes {
-            let n: usize = shape.iter().product();
-            let v: Vec<f32> = if shape.len() == 1 && !name.contains("conv2d") {
-                vec![if name.ends_with(".weight") { 1.0 } else { 0.0 }; n]
-            } else {
-                // fan_in of the conv this tensor belongs to.
-                let wname = name.replace(".bias", ".weight");
-                let ws = &shapes
-                    .iter()
-                    .find(|(n, _)| *n == wname)
-                    .expect("conv weight")
-                    .1;
-                let fan_in = if config.arch == Arch::Seed
-                    && name.starts_with("deconv")
-                    && name != "deconv3.conv2d.weight"
-                {
-                    ws[1] * ws[2] * ws[3]
-                } else {
-                    ws[1..].iter().product()
-                };
-                let b = 1.0 / (fan_in as f32).sqrt();
-                (0..n).map(|_| (rng.f32() * 2.0 - 1.0) * b).collect()
-            };
-            params.insert(name.clone(), (shape.clone(), v));
-        }
-        Self::from_params(config, params, BTreeMap::new())
+    /// Edit one named parameter (see [`Transformer::update_params`]).
+    pub fn edit_param(&mut self, name: &str, f: impl FnOnce(&mut [f32])) {
+        let id = self
+            .plan
+            .param_id(name)
+            .unwrap_or_else(|| panic!("no parameter `{name}`"));
+        self.update_params(|_, p| f(&mut p[id]));
     }
 
     /// The model as a tensor file (config and provenance in the metadata).
     pub fn to_file(&self) -> TensorFile {
         let mut f = TensorFile::default();
-        for (n, (s, v)) in &self.params {
-            f.tensors.insert(n.clone(), (s.clone(), v.clone()));
+        for (spec, v) in self.params() {
+            f.tensors
+                .insert(spec.name.clone(), (spec.shape.clone(), v.to_vec()));
         }
         f.metadata = self.metadata.clone();
         f.metadata.insert(
@@ -415,14 +427,16 @@ impl Transformer {
         self.validate().map_err(|m| Error::model(path, m))?;
         if half {
             // f16 overflows to infinity above 65504.
-            if let Some((n, _)) = self
-                .params
-                .iter()
-                .find(|(_, (_, v))| v.iter().any(|x| x.abs() > 65504.0))
+            if let Some((spec, _)) = self
+                .params()
+                .find(|(_, v)| v.iter().any(|x| x.abs() > 65504.0))
             {
                 return Err(Error::model(
                     path,
-                    format!("`{n}` has values beyond float16's range (±65504); save it as f32"),
+                    format!(
+                        "`{}` has values beyond float16's range (±65504); save it as f32",
+                        spec.name
+                    ),
                 ));
             }
         }
@@ -430,107 +444,20 @@ impl Transformer {
     }
 
     /// The one check every model passes before it is used or written: a plausible config
-    /// and finite parameters of the config's shapes.
+    /// and finite parameters.
     pub fn validate(&self) -> std::result::Result<(), String> {
         self.config.validate()?;
-        for (name, shape) in self.config.param_shapes() {
-            match self.params.get(&name) {
-                None => return Err(format!("missing tensor `{name}`")),
-                Some((s, v)) => {
-                    if *s != shape || v.len() != shape.iter().product::<usize>() {
-                        return Err(format!("`{name}` has shape {s:?}, expected {shape:?}"));
-                    }
-                    if let Some(x) = v.iter().find(|x| !x.is_finite()) {
-                        return Err(format!("`{name}` holds a non-finite value ({x})"));
-                    }
-                }
+        for (spec, v) in self.params() {
+            if let Some(x) = v.iter().find(|x| !x.is_finite()) {
+                return Err(format!("`{}` holds a non-finite value ({x})", spec.name));
             }
         }
         Ok(())
     }
 
-    fn geom(&self, l: &Layer, h: usize, w: usize) -> ConvGeom {
-        match (self.config.arch, l.resample) {
-            (Arch::Johnson, r) => ConvGeom {
-                k: l.k,
-                stride: l.stride,
-                pad: [l.k / 2; 4],
-                mode: PadMode::Reflect,
-                upsample: if r == Resample::Upsample { 2 } else { 1 },
-                dilate: 1,
-            },
-            // ConvTranspose k3 s2 pads (0, 1): zero-insert, pad k-1 before and k-2 after.
-            (Arch::Seed, Resample::Transposed) => ConvGeom {
-                k: l.k,
-                stride: 1,
-                pad: [l.k - 1, l.k - 2, l.k - 1, l.k - 2],
-                mode: PadMode::Zero,
-                upsample: 1,
-                dilate: 2,
-            },
-            (Arch::Seed, _) => {
-                let same = |n: usize| {
-                    let out = n.div_ceil(l.stride);
-                    let total = ((out - 1) * l.stride + l.k).saturating_sub(n);
-                    (total / 2, total - total / 2)
-                };
-                let (t, b) = same(h);
-                let (le, r) = same(w);
-                ConvGeom {
-                    k: l.k,
-                    stride: l.stride,
-                    pad: [t, b, le, r],
-                    mode: PadMode::Zero,
-                    upsample: 1,
-                    dilate: 1,
-                }
-            }
-        }
-    }
-
-    fn conv(&self, i: usize, x: &Tensor) -> Tensor {
-        self.conv_in(i, x, true)
-    }
-
-    fn conv_in(&self, i: usize, x: &Tensor, winograd: bool) -> Tensor {
-        let l = &self.layers[i];
-        let t = profile_start();
-        let y = match &l.up {
-            Some(up) => up.forward(x),
-            None if winograd => l.conv.forward(x, &self.geom(l, x.h, x.w)),
-            None => l.conv.forward_exact(x, &self.geom(l, x.h, x.w)),
-        };
-        profile_end(t, || {
-            format!(
-                "conv {i} {}x{}x{} -> {}x{}x{}",
-                x.c, x.h, x.w, y.c, y.h, y.w
-            )
-        });
-        y
-    }
-
-    fn norm(
-        &self,
-        i: usize,
-        x: &mut Tensor,
-        st: &norm::NormStats,
-        relu: bool,
-        residual: Option<&Tensor>,
-    ) {
-        let n = &self.norms[i];
-        let (c, hw) = (x.c, x.plane());
-        let t = profile_start();
-        let _g = ProfileGuard(t, i);
-        norm::apply(
-            &mut x.data,
-            c,
-            hw,
-            st,
-            &n.gamma,
-            &n.beta,
-            relu,
-            residual.map(|r| r.data.as_slice()),
-        );
+    /// Approximate multiply-adds ×2 for one `h × w` forward pass.
+    pub fn flops(&self, h: usize, w: usize) -> f64 {
+        self.plan.flops(h, w)
     }
 
     /// Ordinary forward pass; any batch size. Input and output RGB on the 0..255 scale.
@@ -556,214 +483,242 @@ impl Transformer {
         )
     }
 
+    /// Forward pass of a batch already on the backend (ordinary instance norm).
+    pub fn forward_batch(&self, x: &B::Tensor) -> B::Tensor {
+        self.pass(x, &mut OwnStats, None, false)
+            .expect("own statistics never stop")
+    }
+
     /// Forward pass of one sample with instance-norm statistics from `src`.
     /// Returns `None` if `src` stopped the pass.
     pub fn forward_with(&self, x: &Tensor, src: &mut dyn StatsSource) -> Option<Tensor> {
         assert_eq!(x.n, 1, "forward_with takes one sample");
-        assert_eq!(x.c, 3, "the network takes RGB input");
-        let eps = self.config.norm_eps;
-        let mut ni = 0;
-        let mut step = |t: &mut Tensor,
-                        relu_after: bool,
-                        residual: Option<&Tensor>,
-                        this: &Self|
-         -> Option<()> {
-            let st = src.stats(ni, t, eps)?;
-            this.norm(ni, t, &st, relu_after, residual);
-            ni += 1;
-            Some(())
-        };
-        let mut h = self.conv(0, x);
-        step(&mut h, true, None, self)?;
-        for i in 1..3 {
-            h = self.conv(i, &h);
-            step(&mut h, true, None, self)?;
-        }
-        for r in 0..self.config.res_blocks {
-            let mut a = self.conv(3 + 2 * r, &h);
-            step(&mut a, true, None, self)?;
-            let mut b = self.conv(4 + 2 * r, &a);
-            drop(a);
-            step(&mut b, false, Some(&h), self)?;
-            h = b;
-        }
-        let base = 3 + 2 * self.config.res_blocks;
-        for i in base..base + 2 {
-            h = self.conv(i, &h);
-            step(&mut h, true, None, self)?;
-        }
-        let mut y = self.conv(base + 2, &h);
-        drop(h);
-        if self.config.final_norm {
-            step(&mut y, false, None, self)?;
-        }
-        if let OutputFn::ScaledTanh { scale, shift } = self.config.output {
-            for v in y.data.iter_mut() {
-                *v = (scale * v.tanh() + shift).clamp(0.0, 255.0);
-            }
-        }
-        Some(y)
+        let y = self.pass(&self.backend.upload(x), src, None, false)?;
+        Some(self.backend.download(&y))
     }
 
-    /// Sizes the network maps to themselves: multiples of 4 (two stride-2 stages).
-    pub const ALIGN: usize = 4;
-
-    /// Approximate multiply-adds ×2 for one `h × w` forward pass.
-    pub fn flops(&self, h: usize, w: usize) -> f64 {
-        let px = (h * w) as f64;
-        let [c1, c2, c3] = self.config.channels.map(|c| c as f64);
-        let full = 2.0 * px * (c1 * 3.0 * 81.0 + 3.0 * c1 * 81.0 + c1 * c2 * 9.0);
-        let half = 2.0 * px / 4.0 * (c2 * c1 * 9.0 + c3 * c2 * 9.0);
-        let quarter =
-            2.0 * px / 16.0 * (c3 * c2 * 9.0 + 2.0 * self.config.res_blocks as f64 * c3 * c3 * 9.0);
-        full + half + quarter
-    }
-}
-
-/// What the training forward pass keeps for the backward pass.
-pub struct Tape {
-    /// The input of every conv layer, in order.
-    inputs: Vec<Tensor>,
-    /// Per instance norm: x̂ (normalised, before γ/β) and each sample's 1/σ.
-    xhat: Vec<Tensor>,
-    inv_std: Vec<Vec<Vec<f32>>>,
-    /// The value the output function was applied to (seed: after the last norm).
-    pre_output: Tensor,
-}
-
-/// Per-parameter gradients, by parameter name (the model file's layouts).
-pub type Grads = BTreeMap<String, Vec<f32>>;
-
-impl Transformer {
-    /// Instance norm of a batch with its own statistics; returns the output and records x̂.
-    fn norm_train(
-        &self,
-        i: usize,
-        z: &Tensor,
-        relu_after: bool,
-        residual: Option<&Tensor>,
-        tape: &mut Tape,
-    ) -> Tensor {
-        let n = &self.norms[i];
-        let hw = z.plane();
-        let mut xhat = z.clone();
-        let mut out = z.clone();
-        let mut inv = Vec::with_capacity(z.n);
-        for s in 0..z.n {
-            let st = norm::moments(z.sample(s), z.c, z.h, z.w).stats(self.config.norm_eps);
-            let ones = vec![1.0f32; z.c];
-            let zeros = vec![0.0f32; z.c];
-            norm::apply(xhat.sample_mut(s), z.c, hw, &st, &ones, &zeros, false, None);
-            norm::apply(
-                out.sample_mut(s),
-                z.c,
-                hw,
-                &st,
-                &n.gamma,
-                &n.beta,
-                relu_after,
-                residual.map(|r| r.sample(s)),
-            );
-            inv.push(st.inv_std);
-        }
-        tape.xhat.push(xhat);
-        tape.inv_std.push(inv);
-        out
-    }
-
-    /// Forward pass of a batch that records what [`Transformer::backward`] needs.
-    pub fn forward_train(&self, x: &Tensor) -> (Tensor, Tape) {
+    /// Forward pass of a batch on the backend that records what [`Transformer::backward`]
+    /// needs.
+    pub fn forward_train(&self, x: &B::Tensor) -> (B::Tensor, Tape<B>) {
         let mut tape = Tape {
             inputs: Vec::new(),
             xhat: Vec::new(),
             inv_std: Vec::new(),
-            pre_output: Tensor::zeros(0, 0, 0, 0),
+            pre_output: None,
         };
         // Without Winograd: the gradient of the perceptual loss is sensitive to rounding in
         // the forward pass (on AVX2 machines Winograd's larger rounding error in the
         // residual blocks moved every gradient by 2.5e-3 against PyTorch's float64 golden;
         // the exact kernels give 6e-6). Inference keeps Winograd.
-        let conv = |i: usize, h: &Tensor, tape: &mut Tape| {
-            tape.inputs.push(h.clone());
-            self.conv_in(i, h, false)
-        };
-        let mut ni = 0;
-        let mut h = x.clone();
-        for i in 0..3 {
-            let z = conv(i, &h, &mut tape);
-            h = self.norm_train(ni, &z, true, None, &mut tape);
-            ni += 1;
-        }
-        for r in 0..self.config.res_blocks {
-            let z = conv(3 + 2 * r, &h, &mut tape);
-            let a = self.norm_train(ni, &z, true, None, &mut tape);
-            let z = conv(4 + 2 * r, &a, &mut tape);
-            h = self.norm_train(ni + 1, &z, false, Some(&h), &mut tape);
-            ni += 2;
-        }
-        let base = 3 + 2 * self.config.res_blocks;
-        for i in base..base + 2 {
-            let z = conv(i, &h, &mut tape);
-            h = self.norm_train(ni, &z, true, None, &mut tape);
-            ni += 1;
-        }
-        let mut y = conv(base + 2, &h, &mut tape);
-        if self.config.final_norm {
-            y = self.norm_train(ni, &y, false, None, &mut tape);
-        }
-        tape.pre_output = y.clone();
-        if let OutputFn::ScaledTanh { scale, shift } = self.config.output {
-            for v in y.data.iter_mut() {
-                *v = (scale * v.tanh() + shift).clamp(0.0, 255.0);
-            }
-        }
+        let y = self
+            .pass(x, &mut OwnStats, Some(&mut tape), true)
+            .expect("own statistics never stop");
         (y, tape)
     }
 
-    /// Backward of one norm (index `i`) given the gradient at its output (after any ReLU
-    /// mask): the gradient at its input; γ/β gradients go into `grads`.
-    fn norm_backward(&self, i: usize, tape: &Tape, dout: &Tensor, grads: &mut Grads) -> Tensor {
-        let n = &self.norms[i];
-        let xhat = &tape.xhat[i];
-        let (c, hw) = (xhat.c, xhat.plane());
-        let (mut dg, mut db) = (vec![0.0f64; c], vec![0.0f64; c]);
-        let mut dz = Tensor::zeros(xhat.n, c, xhat.h, xhat.w);
-        for s in 0..xhat.n {
-            let d = norm::backward(
-                xhat.sample(s),
-                dout.sample(s),
-                c,
-                hw,
-                &tape.inv_std[i][s],
-                &n.gamma,
-                &mut dg,
-                &mut db,
-            );
-            dz.sample_mut(s).copy_from_slice(&d);
+    /// The plan's blocks in order, on the backend.
+    fn pass(
+        &self,
+        x: &B::Tensor,
+        src: &mut dyn StatsSource,
+        mut tape: Option<&mut Tape<B>>,
+        precise: bool,
+    ) -> Option<B::Tensor> {
+        assert_eq!(self.backend.dims(x)[1], 3, "the network takes RGB input");
+        let mut h: Option<B::Tensor> = None;
+        for block in &self.plan.blocks {
+            let input = h.as_ref().unwrap_or(x);
+            let out = match *block {
+                Block::ConvNormRelu { conv, norm } => {
+                    let mut z = self.conv(conv, input, &mut tape, precise);
+                    self.norm(norm, &mut z, true, None, src, &mut tape)?;
+                    z
+                }
+                Block::Residual {
+                    conv1,
+                    norm1,
+                    conv2,
+                    norm2,
+                } => {
+                    let mut a = self.conv(conv1, input, &mut tape, precise);
+                    self.norm(norm1, &mut a, true, None, src, &mut tape)?;
+                    let mut z = self.conv(conv2, &a, &mut tape, precise);
+                    drop(a);
+                    self.norm(norm2, &mut z, false, Some(input), src, &mut tape)?;
+                    z
+                }
+                Block::Output { conv, norm } => {
+                    let mut y = self.conv(conv, input, &mut tape, precise);
+                    if let Some(n) = norm {
+                        self.norm(n, &mut y, false, None, src, &mut tape)?;
+                    }
+                    if let Some(t) = tape.as_deref_mut() {
+                        t.pre_output = Some(y.clone());
+                    }
+                    self.backend.output(&mut y, self.plan.output);
+                    y
+                }
+            };
+            h = Some(out);
         }
-        grads.insert(
-            format!("{}.weight", n.name),
-            dg.into_iter().map(|v| v as f32).collect(),
+        h
+    }
+
+    fn conv(
+        &self,
+        i: usize,
+        x: &B::Tensor,
+        tape: &mut Option<&mut Tape<B>>,
+        precise: bool,
+    ) -> B::Tensor {
+        if let Some(t) = tape.as_deref_mut() {
+            t.inputs.push(x.clone());
+        }
+        self.backend.conv_forward(&self.convs[i], x, precise)
+    }
+
+    /// Instance norm `i` of every sample, with statistics from `src`; fused ReLU and
+    /// residual add. Records x̂ and 1/σ when taping.
+    fn norm(
+        &self,
+        i: usize,
+        z: &mut B::Tensor,
+        relu: bool,
+        residual: Option<&B::Tensor>,
+        src: &mut dyn StatsSource,
+        tape: &mut Option<&mut Tape<B>>,
+    ) -> Option<()> {
+        let b = &self.backend;
+        let [n, c, h, w] = b.dims(z);
+        let layer = &self.plan.norms[i];
+        let (gamma, beta) = (&self.params[layer.scale], &self.params[layer.shift]);
+        let mut xhat = tape.is_some().then(|| z.clone());
+        let (ones, zeros) = (vec![1.0f32; c], vec![0.0f32; c]);
+        let mut inv = Vec::with_capacity(n);
+        for s in 0..n {
+            let st = {
+                let zr: &B::Tensor = z;
+                let region = |rows, cols| b.moments(zr, s, rows, cols);
+                let act = Activation {
+                    c,
+                    h,
+                    w,
+                    region: &region,
+                };
+                src.stats(i, &act, self.plan.norm_eps)?
+            };
+            if let Some(xh) = &mut xhat {
+                b.norm_apply(xh, s, &st, &ones, &zeros, false, None);
+                inv.push(st.inv_std.clone());
+            }
+            b.norm_apply(z, s, &st, gamma, beta, relu, residual);
+        }
+        if let (Some(t), Some(xh)) = (tape.as_deref_mut(), xhat) {
+            t.xhat.push(xh);
+            t.inv_std.push(inv);
+        }
+        Some(())
+    }
+}
+
+/// What the training forward pass keeps for the backward pass.
+pub struct Tape<B: Backend = Cpu> {
+    /// The input of every conv layer, in plan order.
+    inputs: Vec<B::Tensor>,
+    /// Per instance norm: x̂ (normalised, before γ/β) and each sample's 1/σ.
+    xhat: Vec<B::Tensor>,
+    inv_std: Vec<Vec<Vec<f32>>>,
+    /// The value the output function was applied to.
+    pre_output: Option<B::Tensor>,
+}
+
+impl<B: Backend> Transformer<B> {
+    /// Gradients of a scalar loss with respect to every parameter, given d(loss)/d(output):
+    /// the plan's blocks in reverse.
+    pub fn backward(&self, tape: &Tape<B>, dy: &B::Tensor) -> Grads {
+        let b = &self.backend;
+        let mut grads = Grads(vec![Vec::new(); self.params.len()]);
+        let mut d = dy.clone();
+        let pre = tape.pre_output.as_ref().expect("a taped forward pass");
+        b.output_backward(&mut d, pre, self.plan.output);
+        let blocks = &self.plan.blocks;
+        for (bi, block) in blocks.iter().enumerate().rev() {
+            // What this block produced: the input of the next block's first conv.
+            let out = blocks.get(bi + 1).map(|n| &tape.inputs[n.first_conv()]);
+            d = match *block {
+                Block::Output { conv, norm } => {
+                    if let Some(n) = norm {
+                        d = self.norm_backward(n, tape, &d, &mut grads);
+                    }
+                    match self.conv_backward(conv, tape, &d, bi > 0, &mut grads) {
+                        Some(dx) => dx,
+                        None => break,
+                    }
+                }
+                Block::ConvNormRelu { conv, norm } => {
+                    b.relu_mask(&mut d, out.expect("a block after it"));
+                    let dz = self.norm_backward(norm, tape, &d, &mut grads);
+                    match self.conv_backward(conv, tape, &dz, bi > 0, &mut grads) {
+                        Some(dx) => dx,
+                        None => break,
+                    }
+                }
+                Block::Residual {
+                    conv1,
+                    norm1,
+                    conv2,
+                    norm2,
+                } => {
+                    let dz2 = self.norm_backward(norm2, tape, &d, &mut grads);
+                    let mut da = self
+                        .conv_backward(conv2, tape, &dz2, true, &mut grads)
+                        .expect("dx");
+                    b.relu_mask(&mut da, &tape.inputs[conv2]);
+                    let dz1 = self.norm_backward(norm1, tape, &da, &mut grads);
+                    let dx = self
+                        .conv_backward(conv1, tape, &dz1, true, &mut grads)
+                        .expect("dx");
+                    b.add(&mut d, &dx);
+                    d
+                }
+            };
+        }
+        grads
+    }
+
+    /// Backward of norm `i` given the gradient at its output (after any ReLU mask): the
+    /// gradient at its input; γ/β gradients into `grads`.
+    fn norm_backward(
+        &self,
+        i: usize,
+        tape: &Tape<B>,
+        dout: &B::Tensor,
+        grads: &mut Grads,
+    ) -> B::Tensor {
+        let layer = &self.plan.norms[i];
+        let (dz, dg, db) = self.backend.norm_backward(
+            &tape.xhat[i],
+            dout,
+            &tape.inv_std[i],
+            &self.params[layer.scale],
         );
-        grads.insert(
-            format!("{}.bias", n.name),
-            db.into_iter().map(|v| v as f32).collect(),
-        );
+        grads.0[layer.scale] = dg;
+        grads.0[layer.shift] = db;
         dz
     }
 
-    /// Backward of conv layer `i`: the gradient at its input (if wanted); W/b into `grads`.
+    /// Backward of conv `i`: the gradient at its input (if wanted); W/b gradients into
+    /// `grads`.
     fn conv_backward(
         &self,
         i: usize,
-        tape: &Tape,
-        dz: &Tensor,
+        tape: &Tape<B>,
+        dz: &B::Tensor,
         want_dx: bool,
         grads: &mut Grads,
-    ) -> Option<Tensor> {
-        let l = &self.layers[i];
+    ) -> Option<B::Tensor> {
+        let layer = &self.plan.convs[i];
         let mut x = &tape.inputs[i];
-        let geom = self.geom(l, x.h, x.w);
         // The first conv sees the image (0..255): its weight gradient Σ x·dz sums large
         // terms whose total nearly cancels, because dz (coming back through instance norm)
         // has zero mean per channel. Centring x per channel is exact in that case (with
@@ -771,139 +726,85 @@ impl Transformer {
         // without it float32 loses three digits on machines whose kernels sum in another
         // order (AVX2: 2.5e-3 relative error against PyTorch, 4e-7 with it).
         let centred;
-        if i == 0 && l.up.is_none() && geom.mode == PadMode::Reflect && !want_dx {
-            centred = centre_channels(x);
+        if i == 0
+            && !want_dx
+            && layer.spec.padding == Padding::Reflect
+            && layer.spec.resample == Resample::None
+        {
+            centred = self.backend.centre(x);
             x = &centred;
         }
-        let t = profile_start();
-        let g = match &l.up {
-            Some(up) => up.backward(x, dz, want_dx),
-            None => l.conv.backward(&geom, x, dz, want_dx),
-        };
-        profile_end(t, || format!("conv {i} backward {}x{}x{}", x.c, x.h, x.w));
-        let wname = format!("{}.conv2d.weight", l.name);
-        let dw = if l.resample == Resample::Transposed {
-            // Back from the flipped forward layout to ConvTranspose's [c_in][c_out][k][k].
-            crate::kernels::conv::flip_transpose(&g.dw, l.conv.c_out, l.conv.c_in, l.k)
-        } else {
-            g.dw
-        };
-        grads.insert(wname, dw);
-        if self.config.conv_bias {
-            grads.insert(format!("{}.conv2d.bias", l.name), g.db);
+        let g = self.backend.conv_backward(&self.convs[i], x, dz, want_dx);
+        grads.0[layer.weight] = g.dw;
+        if let Some(b) = layer.bias {
+            grads.0[b] = g.db;
         }
         g.dx
     }
-
-    /// Gradients of a scalar loss with respect to every parameter, given d(loss)/d(output).
-    pub fn backward(&self, tape: &Tape, dy: &Tensor) -> Grads {
-        let mut grads = Grads::new();
-        let mut d = dy.clone();
-        if let OutputFn::ScaledTanh { scale, shift } = self.config.output {
-            for (g, &u) in d.data.iter_mut().zip(&tape.pre_output.data) {
-                let t = u.tanh();
-                let y = scale * t + shift;
-                *g = if y > 0.0 && y < 255.0 {
-                    *g * scale * (1.0 - t * t)
-                } else {
-                    0.0
-                };
-            }
-        }
-        let mut ni = self.norms.len();
-        if self.config.final_norm {
-            ni -= 1;
-            d = self.norm_backward(ni, tape, &d, &mut grads);
-        }
-        let last = self.layers.len() - 1;
-        let mask = |d: &mut Tensor, x: &Tensor| {
-            for (g, &v) in d.data.iter_mut().zip(&x.data) {
-                if v <= 0.0 {
-                    *g = 0.0;
-                }
-            }
-        };
-        // deconv3, then the two upsampling stages.
-        let mut dh = self
-            .conv_backward(last, tape, &d, true, &mut grads)
-            .expect("dx");
-        for i in (last - 2..last).rev() {
-            mask(&mut dh, &tape.inputs[i + 1]);
-            ni -= 1;
-            let dz = self.norm_backward(ni, tape, &dh, &mut grads);
-            dh = self
-                .conv_backward(i, tape, &dz, true, &mut grads)
-                .expect("dx");
-        }
-        // Residual blocks: h_out = h_in + IN2(conv2(relu(IN1(conv1(h_in))))).
-        for r in (0..self.config.res_blocks).rev() {
-            let (c1, c2) = (3 + 2 * r, 4 + 2 * r);
-            ni -= 2;
-            let dz2 = self.norm_backward(ni + 1, tape, &dh, &mut grads);
-            let mut da = self
-                .conv_backward(c2, tape, &dz2, true, &mut grads)
-                .expect("dx");
-            mask(&mut da, &tape.inputs[c2]);
-            let dz1 = self.norm_backward(ni, tape, &da, &mut grads);
-            let dx = self
-                .conv_backward(c1, tape, &dz1, true, &mut grads)
-                .expect("dx");
-            dh.data.iter_mut().zip(&dx.data).for_each(|(a, b)| *a += b);
-        }
-        // conv3, conv2, conv1.
-        for i in (0..3).rev() {
-            mask(&mut dh, &tape.inputs[i + 1]);
-            ni -= 1;
-            let dz = self.norm_backward(ni, tape, &dh, &mut grads);
-            match self.conv_backward(i, tape, &dz, i > 0, &mut grads) {
-                Some(dx) => dh = dx,
-                None => break,
-            }
-        }
-        debug_assert_eq!(ni, 0);
-        grads
-    }
-}
-
-/// `x` with each sample's per-channel mean subtracted (f64 sums).
-fn centre_channels(x: &Tensor) -> Tensor {
-    let mut y = x.clone();
-    let hw = x.plane();
-    for plane in y.data.chunks_mut(hw) {
-        let m = (plane.iter().map(|&v| v as f64).sum::<f64>() / hw as f64) as f32;
-        plane.iter_mut().for_each(|v| *v -= m);
-    }
-    y
 }
 
 #[cfg(test)]
-mod grad_tests {
+mod tests {
     use super::*;
+    use crate::backend::Reference;
+    use crate::rng::Rng;
+
+    fn image(rng: &mut Rng, n: usize, h: usize, w: usize) -> Tensor {
+        Tensor::from_vec(
+            n,
+            3,
+            h,
+            w,
+            (0..n * 3 * h * w).map(|_| rng.f32() * 255.0).collect(),
+        )
+    }
+
+    /// A network whose seed output is kept out of tanh saturation, so that gradients are
+    /// real.
+    fn model(config: TransformerConfig, seed: u64) -> Transformer {
+        let mut m = Transformer::init(config, seed);
+        if m.config.final_norm {
+            m.edit_param("in6.weight", |p| p.fill(0.01));
+        }
+        m
+    }
+
+    /// The whole network, forward and backward, on the CPU backend against the reference
+    /// backend: both architectures, a batch of two, an odd-ish size.
+    #[test]
+    fn cpu_and_reference_backends_run_the_same_network() {
+        let mut rng = Rng::new(2);
+        for arch in [Arch::Johnson, Arch::Seed] {
+            let mut config = TransformerConfig::new(arch);
+            config.channels = [8, 16, 24];
+            config.res_blocks = 2;
+            let cpu = model(config, 9);
+            let reference = cpu.to_backend(Reference);
+            let x = image(&mut rng, 2, 20, 28);
+            let (yc, tc) = cpu.forward_train(&x);
+            let (yr, tr) = reference.forward_train(&x);
+            let e = yc.rel_error(&yr);
+            assert!(e < 1e-5, "{arch:?} forward: {e:.2e}");
+            assert!(cpu.forward(&x).rel_error(&yr) < 1e-4, "{arch:?} inference");
+            let dy = image(&mut rng, 2, 20, 28);
+            let (gc, gr) = (cpu.backward(&tc, &dy), reference.backward(&tr, &dy));
+            for (id, p) in cpu.plan().params.iter().enumerate() {
+                let e = crate::tensor::rel_error(&gc[id], &gr[id]);
+                // Conv biases before a norm have an exactly-zero gradient: compare sizes.
+                let tiny = gr[id].iter().all(|v| v.abs() < 1e-3);
+                assert!(e < 1e-3 || tiny, "{arch:?} {}: {e:.2e}", p.name);
+            }
+        }
+    }
 
     /// The whole network's backward pass, both architectures, against central differences
-    /// of L = Σ r ⊙ y for a few parameters of every kind of layer.
+    /// of L = Σ r ⊙ y along each checked tensor's own gradient.
     #[test]
     fn backward_matches_finite_differences_for_both_architectures() {
         for arch in [Arch::Johnson, Arch::Seed] {
-            let mut model = Transformer::init(TransformerConfig::new(arch), 11);
-            if arch == Arch::Seed {
-                // Keep tanh out of saturation so that the check sees real gradients.
-                let p = &mut model.params.get_mut("in6.weight").unwrap().1;
-                p.iter_mut().for_each(|v| *v = 0.01);
-                model = Transformer::from_params(
-                    model.config.clone(),
-                    model.params.clone(),
-                    Default::default(),
-                );
-            }
-            let mut rng = crate::rng::Rng::new(3);
-            let x = Tensor::from_vec(
-                1,
-                3,
-                32,
-                48,
-                (0..3 * 32 * 48).map(|_| rng.f32() * 255.0).collect(),
-            );
+            let model = model(TransformerConfig::new(arch), 11);
+            let mut rng = Rng::new(3);
+            let x = image(&mut rng, 1, 32, 48);
             let (y, tape) = model.forward_train(&x);
             let r: Vec<f32> = (0..y.data.len()).map(|_| rng.f32() - 0.5).collect();
             let dy = Tensor::from_vec(y.n, y.c, y.h, y.w, r.clone());
@@ -916,8 +817,6 @@ mod grad_tests {
                     .map(|(a, b)| *a as f64 * *b as f64)
                     .sum()
             };
-            // Directional derivative along each tensor's own gradient: a large, robust signal
-            // (single-coordinate differences drown in ReLU kinks and float32 noise).
             for name in [
                 "conv1.conv2d.weight",
                 "in2.weight",
@@ -927,10 +826,11 @@ mod grad_tests {
                 "in5.bias",
                 "deconv3.conv2d.weight",
             ] {
-                let g = &grads[name];
+                let id = model.plan().param_id(name).unwrap();
+                let g = &grads[id];
                 let norm = g.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
-                let pw = &model.params[name].1;
-                let pnorm = pw
+                let pnorm = model
+                    .param_values(id)
                     .iter()
                     .map(|v| (*v as f64).powi(2))
                     .sum::<f64>()
@@ -938,15 +838,13 @@ mod grad_tests {
                     .max(1.0);
                 let h = 1e-3 * pnorm / norm;
                 let shifted = |sign: f64| {
-                    let mut p = model.params.clone();
-                    for (v, d) in p.get_mut(name).unwrap().1.iter_mut().zip(g) {
-                        *v += (sign * h * *d as f64) as f32;
-                    }
-                    loss(&Transformer::from_params(
-                        model.config.clone(),
-                        p,
-                        Default::default(),
-                    ))
+                    let mut m = model.clone();
+                    m.edit_param(name, |p| {
+                        for (v, d) in p.iter_mut().zip(g) {
+                            *v += (sign * h * *d as f64) as f32;
+                        }
+                    });
+                    loss(&m)
                 };
                 let num = (shifted(1.0) - shifted(-1.0)) / (2.0 * h);
                 let ana = norm * norm;
@@ -954,6 +852,84 @@ mod grad_tests {
                     (num - ana).abs() < 0.03 * ana,
                     "{arch:?} {name}: numeric {num:.5e} vs analytic {ana:.5e}"
                 );
+            }
+        }
+    }
+
+    /// A random VGG16 in impasto's layout (enough to exercise training without the shared
+    /// weights).
+    fn random_vgg() -> crate::model::Vgg16 {
+        let mut rng = Rng::new(4);
+        let mut f = TensorFile::default();
+        for (name, ci, co) in crate::model::vgg::LAYERS {
+            let b = (2.0 / (ci * 9) as f32).sqrt();
+            let w = (0..co * ci * 9)
+                .map(|_| (rng.f32() * 2.0 - 1.0) * b)
+                .collect();
+            f.tensors
+                .insert(format!("{name}.weight"), (vec![co, ci, 3, 3], w));
+            f.tensors
+                .insert(format!("{name}.bias"), (vec![co], vec![0.0; co]));
+        }
+        f.metadata.insert("channel_order".into(), "bgr".into());
+        f.metadata
+            .insert("mean_bgr".into(), "103.939,116.779,123.68".into());
+        crate::model::Vgg16::from_file(f).unwrap()
+    }
+
+    /// The topology lives in the config: other widths and another block count train, save,
+    /// load, export and (seed) import back without any other change.
+    #[test]
+    fn a_config_with_other_widths_and_blocks_trains_and_exports() {
+        use crate::train::step::{apply, loss_and_grads, Adam, StyleTarget};
+        let vgg = random_vgg();
+        let mut rng = Rng::new(6);
+        let style = image(&mut rng, 1, 32, 32);
+        let target = StyleTarget::new(&vgg, &style);
+        let cfg = crate::loss::LossConfig::default();
+        for arch in [Arch::Johnson, Arch::Seed] {
+            let mut config = TransformerConfig::new(arch);
+            config.channels = [8, 12, 20];
+            config.res_blocks = 3;
+            let mut m = model(config.clone(), 1);
+            assert_eq!(m.plan().convs.len(), 6 + 2 * 3);
+            let x = image(&mut rng, 2, 32, 32);
+            let mut opt = Adam::new(1e-2);
+            let (first, _) = loss_and_grads(&m, &vgg, &target, &cfg, &x);
+            for _ in 0..8 {
+                let (_, g) = loss_and_grads(&m, &vgg, &target, &cfg, &x);
+                apply(&mut m, &mut opt, &g);
+            }
+            let (last, _) = loss_and_grads(&m, &vgg, &target, &cfg, &x);
+            assert!(
+                last.total < first.total,
+                "{arch:?}: {} -> {}",
+                first.total,
+                last.total
+            );
+            let y = m.forward(&x);
+            assert_eq!(y.shape(), [2, 3, 32, 32]);
+            let dir = tempfile::tempdir().unwrap();
+            m.save(&dir.path().join("m.safetensors"), false).unwrap();
+            let back = Transformer::load(&dir.path().join("m.safetensors")).unwrap();
+            assert_eq!(back.config, config);
+            assert_eq!(back.forward(&x), y, "{arch:?}: saved and loaded");
+            let onnx = crate::onnx_export::to_onnx(&m);
+            if arch == Arch::Seed {
+                let imported = crate::onnx::import_bytes(&onnx).unwrap();
+                // ONNX holds epsilon as a float32.
+                let want = TransformerConfig {
+                    norm_eps: config.norm_eps as f32 as f64,
+                    ..config.clone()
+                };
+                assert_eq!(imported.config, want);
+                let e = imported.forward(&x).rel_error(&y);
+                assert!(e < 1e-6, "exported and imported: {e:.2e}");
+            } else {
+                // 12 convolutions, 11 norms, 3 residual adds in the graph.
+                let count = |s: &[u8]| onnx.windows(s.len()).filter(|w| *w == s).count();
+                assert_eq!(count(b"\x22\x04Conv"), 12);
+                assert_eq!(count(b"InstanceNormalization"), 11);
             }
         }
     }

@@ -6,10 +6,9 @@
 //! mean/std). The network always takes RGB on the 0..255 scale and applies the file's own
 //! preprocessing, so callers never need to know.
 
+use crate::backend::{Backend, ConvSpec, Cpu, Padding};
 use crate::error::{Error, Result};
-use crate::kernels::{pool::max_pool2, relu, Conv2d, ConvGeom, PadMode};
 use crate::model::format::TensorFile;
-use crate::tensor::Tensor;
 use std::path::Path;
 
 /// The 10 convolutions up to conv4_3: (name, c_in, c_out).
@@ -76,65 +75,77 @@ impl Preprocess {
         }
     }
 
-    pub fn apply(&self, x: &Tensor) -> Tensor {
-        let mut out = Tensor::zeros(x.n, 3, x.h, x.w);
-        let hw = x.plane();
-        for b in 0..x.n {
-            for i in 0..3 {
-                let src = &x.data[(b * 3 + self.src[i]) * hw..][..hw];
-                let dst = &mut out.data[(b * 3 + i) * hw..][..hw];
-                for (d, &s) in dst.iter_mut().zip(src) {
-                    *d = s * self.scale[i] + self.shift[i];
-                }
-            }
-        }
-        out
+    fn apply<B: Backend>(&self, b: &B, x: &B::Tensor) -> B::Tensor {
+        b.channel_affine(x, self.src, self.scale, self.shift)
     }
 }
 
+/// The loss network on a backend: VGG16's convolutions up to conv4_3 (frozen).
 #[derive(Clone, Debug)]
-pub struct Vgg16 {
+pub struct Vgg16<B: Backend = Cpu> {
     pub pre: Preprocess,
-    convs: Vec<Conv2d>,
-    /// Each conv's transposed conv (its input gradient), made on first use.
-    grad_convs: Vec<std::sync::OnceLock<Conv2d>>,
+    backend: B,
+    convs: Vec<B::Conv>,
 }
 
-impl Vgg16 {
+impl Vgg16<Cpu> {
     pub fn load(path: &Path) -> Result<Self> {
-        let file = TensorFile::read(path)?;
-        Self::from_file(file).map_err(|m| Error::model(path, m))
+        Self::load_on(Cpu, path)
     }
 
-    pub fn from_file(mut f: TensorFile) -> std::result::Result<Self, String> {
+    pub fn from_file(f: TensorFile) -> std::result::Result<Self, String> {
+        Self::from_file_on(Cpu, f)
+    }
+}
+
+impl<B: Backend> Vgg16<B> {
+    pub fn load_on(backend: B, path: &Path) -> Result<Self> {
+        let file = TensorFile::read(path)?;
+        Self::from_file_on(backend, file).map_err(|m| Error::model(path, m))
+    }
+
+    pub fn from_file_on(backend: B, mut f: TensorFile) -> std::result::Result<Self, String> {
         let pre = Preprocess::from_metadata(&f.metadata)?;
         let mut convs = Vec::new();
         for (name, ci, co) in LAYERS {
             let w = f.take(&format!("{name}.weight"), &[co, ci, 3, 3])?;
             let b = f.take(&format!("{name}.bias"), &[co])?;
-            convs.push(Conv2d::new(co, ci, 3, w, Some(b)));
+            convs.push(backend.conv(&ConvSpec::new(ci, co, 3, 1, Padding::Zero), &w, Some(&b)));
         }
-        let grad_convs = convs.iter().map(|_| std::sync::OnceLock::new()).collect();
         Ok(Vgg16 {
             pre,
+            backend,
             convs,
-            grad_convs,
         })
     }
 
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
     /// The four tap activations for an RGB 0..255 batch.
-    pub fn forward(&self, x: &Tensor) -> Vec<Tensor> {
-        let g = ConvGeom::simple(3, 1, 1, PadMode::Zero);
-        let mut h = self.pre.apply(x);
+    pub fn forward(&self, x: &B::Tensor) -> Vec<B::Tensor> {
+        self.run(x, TAPS.len() - 1, None)
+    }
+
+    /// Forward up to tap `upto` (0..4); with a tape, records every ReLU output.
+    fn run(&self, x: &B::Tensor, upto: usize, mut tape: Option<&mut VggTape<B>>) -> Vec<B::Tensor> {
+        let b = &self.backend;
+        let mut h = self.pre.apply(b, x);
         let mut taps = Vec::with_capacity(4);
         for (i, conv) in self.convs.iter().enumerate() {
-            h = conv.forward(&h, &g);
-            relu(&mut h.data);
-            if TAPS.contains(&i) {
+            h = b.conv_forward(conv, &h, false);
+            b.relu(&mut h);
+            if let Some(t) = tape.as_deref_mut() {
+                t.relu.push(h.clone());
+                t.size.push(b.dims(&h));
+            }
+            if let Some(t) = TAPS.iter().position(|&t| t == i) {
                 taps.push(h.clone());
-                if i != 9 {
-                    h = max_pool2(&h);
+                if t == upto {
+                    break;
                 }
+                h = b.max_pool2(&h);
             }
         }
         taps
@@ -142,79 +153,52 @@ impl Vgg16 {
 }
 
 /// The activations the VGG backward pass needs: every ReLU output.
-pub struct VggTape {
-    relu: Vec<Tensor>,
+pub struct VggTape<B: Backend = Cpu> {
+    relu: Vec<B::Tensor>,
+    size: Vec<[usize; 4]>,
 }
 
-impl Vgg16 {
+impl<B: Backend> Vgg16<B> {
     /// Forward up to the tap `upto` (0..4) recording the ReLU outputs; returns the taps.
-    pub fn forward_train(&self, x: &Tensor, upto: usize) -> (Vec<Tensor>, VggTape) {
-        let g = ConvGeom::simple(3, 1, 1, PadMode::Zero);
-        let mut h = self.pre.apply(x);
-        let mut taps = Vec::new();
-        let mut relu_out = Vec::new();
-        for (i, conv) in self.convs.iter().enumerate() {
-            h = conv.forward(&h, &g);
-            relu(&mut h.data);
-            relu_out.push(h.clone());
-            if let Some(t) = TAPS.iter().position(|&t| t == i) {
-                taps.push(h.clone());
-                if t == upto {
-                    break;
-                }
-                h = max_pool2(&h);
-            }
-        }
-        (taps, VggTape { relu: relu_out })
+    pub fn forward_train(&self, x: &B::Tensor, upto: usize) -> (Vec<B::Tensor>, VggTape<B>) {
+        let mut tape = VggTape {
+            relu: Vec::new(),
+            size: Vec::new(),
+        };
+        let taps = self.run(x, upto, Some(&mut tape));
+        (taps, tape)
     }
 
     /// d(loss)/d(input RGB) given d(loss)/d(tap) for each recorded tap (None = no gradient).
-    pub fn backward(&self, tape: &VggTape, dtaps: &[Option<Tensor>]) -> Tensor {
+    pub fn backward(&self, tape: &VggTape<B>, dtaps: &[Option<B::Tensor>]) -> B::Tensor {
+        let b = &self.backend;
         let top = tape.relu.len() - 1;
-        let mut d: Option<Tensor> = None;
+        let mut d: Option<B::Tensor> = None;
         for i in (0..=top).rev() {
             if let Some(t) = TAPS.iter().position(|&t| t == i) {
                 if i != top {
                     // Through the pool that followed this tap.
-                    let below = d
-                        .take()
-                        .map(|dd| crate::kernels::pool::max_pool2_backward(&tape.relu[i], &dd));
-                    d = below;
+                    d = d.take().map(|dd| b.max_pool2_backward(&tape.relu[i], &dd));
                 }
                 if let Some(Some(dt)) = dtaps.get(t) {
                     d = Some(match d.take() {
                         None => dt.clone(),
                         Some(mut a) => {
-                            a.data.iter_mut().zip(&dt.data).for_each(|(x, y)| *x += y);
+                            b.add(&mut a, dt);
                             a
                         }
                     });
                 }
             }
             let Some(mut g) = d.take() else { continue };
-            // ReLU mask, then the conv's input gradient via its transposed conv.
-            for (v, &a) in g.data.iter_mut().zip(&tape.relu[i].data) {
-                if a <= 0.0 {
-                    *v = 0.0;
-                }
-            }
-            let t = self.grad_convs[i].get_or_init(|| self.convs[i].transposed_for_grad(3));
-            d = Some(crate::kernels::conv_grad::same_conv_input_grad(t, 3, &g));
+            // ReLU mask, then the conv's input gradient.
+            b.relu_mask(&mut g, &tape.relu[i]);
+            let [_, _, h, w] = tape.size[i];
+            d = Some(b.conv_input_grad(&self.convs[i], &g, h, w));
         }
         let d = d.expect("at least one tap gradient");
         // Preprocessing: net[i] = scale[i]·rgb[src[i]] + shift[i].
-        let mut out = Tensor::zeros(d.n, 3, d.h, d.w);
-        let hw = d.plane();
-        for b in 0..d.n {
-            for i in 0..3 {
-                let s = self.pre.src[i];
-                for p in 0..hw {
-                    out.data[(b * 3 + s) * hw + p] +=
-                        self.pre.scale[i] * d.data[(b * 3 + i) * hw + p];
-                }
-            }
-        }
-        out
+        b.channel_affine_backward(&d, self.pre.src, self.pre.scale)
     }
 }
 

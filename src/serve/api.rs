@@ -234,7 +234,7 @@ pub async fn styles(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value
                 "name": s.name,
                 "source": s.source,
                 "architecture": s.model.config.arch,
-                "parameters": s.model.params.values().map(|(_, v)| v.len()).sum::<usize>(),
+                "parameters": s.model.plan().param_count(),
                 "trained": trained,
                 "thumbnail": format!("/v1/styles/{}/thumbnail", s.name),
             })

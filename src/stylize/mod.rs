@@ -16,8 +16,8 @@
 pub mod guided;
 
 use crate::imageio::Decoded;
-use crate::kernels::norm::{moments_region, Moments, NormStats};
-use crate::model::transformer::{StatsSource, Transformer};
+use crate::kernels::norm::{Moments, NormStats};
+use crate::model::transformer::{Activation, StatsSource, Transformer};
 use crate::tensor::Tensor;
 use image::{DynamicImage, Rgb32FImage, RgbImage, RgbaImage};
 
@@ -236,7 +236,7 @@ impl Picture {
     #[allow(clippy::too_many_arguments)]
     fn moments(
         &self,
-        x: &Tensor,
+        x: &Activation,
         oy: usize,
         ox: usize,
         sh: usize,
@@ -249,7 +249,7 @@ impl Picture {
         if rows.0 == rows.1 || cols.0 == cols.1 {
             return Moments::zeros(x.c);
         }
-        moments_region(&x.data, x.c, x.h, x.w, rows, cols)
+        x.moments_region(rows, cols)
     }
 }
 
@@ -262,7 +262,7 @@ struct PassStats<'a> {
 }
 
 impl StatsSource for PassStats<'_> {
-    fn stats(&mut self, index: usize, x: &Tensor, _eps: f64) -> Option<NormStats> {
+    fn stats(&mut self, index: usize, x: &Activation, _eps: f64) -> Option<NormStats> {
         if index < self.known.len() {
             return Some(self.known[index].clone());
         }
@@ -286,7 +286,7 @@ pub struct PictureStats {
 }
 
 impl PictureStats {
-    fn moments(&self, x: &Tensor) -> Moments {
+    fn moments(&self, x: &Activation) -> Moments {
         let (sh, sw) = (self.h / x.h, self.w / x.w);
         self.picture
             .moments(x, 0, 0, sh, sw, (0, self.h, 0, self.w))
@@ -294,7 +294,7 @@ impl PictureStats {
 }
 
 impl StatsSource for PictureStats {
-    fn stats(&mut self, _index: usize, x: &Tensor, eps: f64) -> Option<NormStats> {
+    fn stats(&mut self, _index: usize, x: &Activation, eps: f64) -> Option<NormStats> {
         Some(self.moments(x).stats(eps))
     }
 }
@@ -621,10 +621,10 @@ impl SmoothStats {
 }
 
 impl StatsSource for SmoothStats {
-    fn stats(&mut self, index: usize, x: &Tensor, eps: f64) -> Option<NormStats> {
+    fn stats(&mut self, index: usize, x: &Activation, eps: f64) -> Option<NormStats> {
         let own = match &self.frame {
             Some(f) => f.moments(x),
-            None => crate::kernels::norm::moments(&x.data, x.c, x.h, x.w),
+            None => x.moments(),
         }
         .stats(eps);
         if self.prev.len() <= index {
@@ -765,7 +765,7 @@ mod tests {
                 .collect();
             params.insert(name, (shape, v));
         }
-        Transformer::from_params(config, params, BTreeMap::new())
+        Transformer::from_named(config, params, BTreeMap::new()).unwrap()
     }
 
     fn smooth_image(h: usize, w: usize) -> Tensor {
@@ -827,7 +827,7 @@ mod tests {
     fn the_margin_keeps_the_pictures_statistics() {
         struct First<S>(S, Option<NormStats>);
         impl<S: StatsSource> StatsSource for First<S> {
-            fn stats(&mut self, i: usize, x: &Tensor, eps: f64) -> Option<NormStats> {
+            fn stats(&mut self, i: usize, x: &Activation, eps: f64) -> Option<NormStats> {
                 let s = self.0.stats(i, x, eps)?;
                 if i == 0 {
                     self.1 = Some(s.clone());

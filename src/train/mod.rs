@@ -1,5 +1,6 @@
 //! Training: Johnson's recipe. `step` holds the mathematics of one step (loss, gradients,
-//! Adam).
+//! the optimiser update); `adam` the optimiser, shared with `optimize`.
+pub mod adam;
 pub mod data;
 pub mod optimize;
 pub mod plot;

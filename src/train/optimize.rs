@@ -4,9 +4,11 @@
 use crate::loss::LossConfig;
 use crate::model::Vgg16;
 use crate::tensor::Tensor;
+use crate::train::adam::Adam;
 use crate::train::step::{image_loss_and_grad, Losses, StyleTarget};
 
-/// Optimise from the content image for `iters` steps; `each(iter, losses)` is called after
+/// Optimise from the content image for `iters` steps with Adam (step `lr` on the 0..255
+/// scale, pixels clamped to 0..255 after each step); `each(iter, losses)` is called after
 /// every step (the losses of the image before that step).
 pub fn optimize(
     vgg: &Vgg16,
@@ -21,17 +23,11 @@ pub fn optimize(
     let (fc, _) = vgg.forward_train(content, cfg.content_tap);
     let fc = fc[cfg.content_tap].clone();
     let mut y = content.clone();
-    let (mut m, mut v) = (vec![0.0f32; y.data.len()], vec![0.0f32; y.data.len()]);
-    let (b1, b2, eps) = (0.9f32, 0.999f32, 1e-8f32);
+    let mut adam = Adam::new(lr as f64);
     for it in 1..=iters {
         let (l, g) = image_loss_and_grad(vgg, &target, &fc, cfg, &y);
-        let (c1, c2) = (1.0 - b1.powi(it as i32), 1.0 - b2.powi(it as i32));
-        for i in 0..y.data.len() {
-            m[i] = b1 * m[i] + (1.0 - b1) * g.data[i];
-            v[i] = b2 * v[i] + (1.0 - b2) * g.data[i] * g.data[i];
-            y.data[i] =
-                (y.data[i] - lr * (m[i] / c1) / ((v[i] / c2).sqrt() + eps)).clamp(0.0, 255.0);
-        }
+        adam.step(std::slice::from_mut(&mut y.data), &[g.into_data()]);
+        y.data.iter_mut().for_each(|v| *v = v.clamp(0.0, 255.0));
         each(it, &l);
     }
     let (fin, _) = image_loss_and_grad(vgg, &target, &fc, cfg, &y);
@@ -67,10 +63,8 @@ mod tests {
             (0..3 * 32 * 32).map(|_| r.f32() * 255.0).collect(),
         );
         let cfg = LossConfig {
-            content_weight: 1.0,
             style_weight: 5.0,
-            tv_weight: 1e-6,
-            content_tap: 1,
+            ..LossConfig::default()
         };
         let mut first = None;
         let (_, fin) = optimize(&vgg, &content, &style, &cfg, 20, 4.0, |_, l| {

@@ -163,14 +163,17 @@ struct CkptMeta {
 impl Checkpoint {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut f = TensorFile::default();
-        for (n, (s, v)) in &self.model.params {
+        for (id, (p, v)) in self.model.params().enumerate() {
+            let (n, s) = (&p.name, &p.shape);
             f.tensors
-                .insert(format!("param.{n}"), (s.clone(), v.clone()));
-            if let (Some(m), Some(vv)) = (self.adam.m.get(n), self.adam.v.get(n)) {
-                f.tensors
-                    .insert(format!("adam.m.{n}"), (s.clone(), m.clone()));
-                f.tensors
-                    .insert(format!("adam.v.{n}"), (s.clone(), vv.clone()));
+                .insert(format!("param.{n}"), (s.clone(), v.to_vec()));
+            if let (Some(m), Some(vv)) = (self.adam.m.get(id), self.adam.v.get(id)) {
+                if m.len() == v.len() {
+                    f.tensors
+                        .insert(format!("adam.m.{n}"), (s.clone(), m.clone()));
+                    f.tensors
+                        .insert(format!("adam.v.{n}"), (s.clone(), vv.clone()));
+                }
             }
         }
         let meta = CkptMeta {
@@ -200,6 +203,7 @@ impl Checkpoint {
         let mut params = std::collections::BTreeMap::new();
         let mut adam = Adam::new(meta.lr);
         adam.t = meta.adam_t;
+        meta.model.validate().map_err(bad)?;
         for (name, shape) in meta.model.param_shapes() {
             params.insert(
                 name.clone(),
@@ -209,17 +213,13 @@ impl Checkpoint {
                 ),
             );
             if meta.adam_t > 0 {
-                adam.m.insert(
-                    name.clone(),
-                    f.take(&format!("adam.m.{name}"), &shape).map_err(bad)?,
-                );
-                adam.v.insert(
-                    name.clone(),
-                    f.take(&format!("adam.v.{name}"), &shape).map_err(bad)?,
-                );
+                adam.m
+                    .push(f.take(&format!("adam.m.{name}"), &shape).map_err(bad)?);
+                adam.v
+                    .push(f.take(&format!("adam.v.{name}"), &shape).map_err(bad)?);
             }
         }
-        let model = Transformer::from_params(meta.model, params, Default::default());
+        let model = Transformer::from_named(meta.model, params, Default::default()).map_err(bad)?;
         Ok(Checkpoint {
             config: meta.train,
             model,
@@ -446,7 +446,7 @@ pub fn train(
             obs.message(&format!("warning: skipped {}: {e}", p.display()));
         }
         let (losses, grads) = step::loss_and_grads(&model, vgg, &target, &cfg.loss, &batch.images);
-        if !losses.total.is_finite() || grads.values().any(|g| g.iter().any(|v| !v.is_finite())) {
+        if !losses.total.is_finite() || grads.0.iter().any(|g| g.iter().any(|v| !v.is_finite())) {
             // Name the checkpoint only if there is one to go back to.
             let advice = if opts.files.checkpoint.exists() {
                 format!(
