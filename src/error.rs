@@ -23,8 +23,27 @@ pub enum Error {
     },
     #[error("{}: cannot write output: {msg}", path.display())]
     Output { path: PathBuf, msg: String },
+    /// Bad arguments or settings that contradict each other.
     #[error("{0}")]
     Usage(String),
+    /// Something the machine lacks: a program (ffmpeg), the VGG16 weights.
+    #[error("{0}")]
+    Environment(String),
+    /// A download failed (the Hugging Face hub).
+    #[error("{0}")]
+    Network(String),
+    /// The server could not start its runtime or listen on its address.
+    #[error("{0}")]
+    Server(String),
+    /// Another process holds what this one needs (a training run's lock): wait or stop it.
+    #[error("{0}")]
+    Locked(String),
+    /// A folder of training or evaluation photos with nothing usable in it.
+    #[error("{0}")]
+    Data(String),
+    /// Training diverged: a non-finite loss or gradient. The last checkpoint is intact.
+    #[error("{0}")]
+    Diverged(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -64,6 +83,12 @@ impl Error {
             Error::Io { .. } => "io",
             Error::Output { .. } => "output",
             Error::Usage(_) => "usage",
+            Error::Environment(_) => "environment",
+            Error::Network(_) => "network",
+            Error::Server(_) => "server",
+            Error::Locked(_) => "locked",
+            Error::Data(_) => "data",
+            Error::Diverged(_) => "diverged",
         }
     }
 }

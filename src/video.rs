@@ -27,7 +27,7 @@ fn tool(name: &str) -> Result<PathBuf> {
             return Ok(p);
         }
     }
-    Err(Error::Usage(format!("`{name}` was not found on PATH; video needs the system ffmpeg (e.g. `apt-get install ffmpeg`)")))
+    Err(Error::Environment(format!("`{name}` was not found on PATH; video needs the system ffmpeg (e.g. `apt-get install ffmpeg`)")))
 }
 
 /// Size, frame rate and (if known) frame count of the first video stream.

@@ -43,15 +43,10 @@ fn reflect(mut l: isize, n: isize) -> isize {
 
 impl RefConv {
     fn weight(&self, o: usize, i: usize, ky: usize, kx: usize) -> f64 {
-        let k = self.spec.k;
-        let [_, d1, _, _] = self.spec.weight_shape();
-        let (a, b) = match self.spec.resample {
-            Resample::Transposed => (i, o),
-            _ => (o, i),
-        };
-        self.w[((a * d1 + b) * k + ky) * k + kx] as f64
+        self.w[self.weight_index(o, i, ky, kx)] as f64
     }
 
+    /// Where tap (`ky`, `kx`) from input channel `i` to output channel `o` is stored.
     fn weight_index(&self, o: usize, i: usize, ky: usize, kx: usize) -> usize {
         let k = self.spec.k;
         let [_, d1, _, _] = self.spec.weight_shape();

@@ -3,9 +3,9 @@ use anyhow::Result;
 use impasto::loss::LossConfig;
 use impasto::model::vgg;
 use impasto::model::{Arch, Vgg16};
-use impasto::tensor::Tensor;
 use impasto::train::data;
-use impasto::train::step::{Losses, StyleTarget};
+use impasto::train::evaluate::EvalOptions;
+use impasto::train::step::Losses;
 use impasto::train::trainer::{
     self, Checkpoint, Observer, Outcome, RunFiles, RunOptions, TrainConfig,
 };
@@ -240,79 +240,35 @@ pub struct EvalArgs {
 pub fn evaluate(a: EvalArgs) -> Result<i32> {
     let model = impasto::styles::resolve(&a.model.to_string_lossy())?;
     let vgg_net = Vgg16::load(&vgg::locate(a.vgg.as_deref())?)?;
-    let (loss, recorded) = match model.metadata.get("impasto.loss") {
-        Some(js) => (
-            serde_json::from_str::<LossConfig>(js)
-                .map_err(|e| Error::model(&a.model, format!("bad impasto.loss metadata: {e}")))?,
-            true,
-        ),
-        None => (LossConfig::default(), false),
+    let opts = EvalOptions {
+        image_size: a.image_size,
+        style_size: a.style_size,
+        style_weight: a.style_weight,
+        content_weight: a.content_weight,
+        margin: a.margin,
     };
-    let mut loss = loss;
-    let recorded = recorded && a.style_weight.is_none() && a.content_weight.is_none();
-    if let Some(w) = a.style_weight {
-        loss.style_weight = w;
+    let e =
+        impasto::train::evaluate::evaluate(&model, &a.model, &vgg_net, &a.style, &a.photos, &opts)?;
+    for (_, why) in &e.skipped {
+        eprintln!("impasto: warning: skipped {why}");
     }
-    if let Some(w) = a.content_weight {
-        loss.content_weight = w;
-    }
-    let style = trainer::load_style(&a.style, Some(a.style_size))?;
-    let target = StyleTarget::new(&vgg_net, &style);
-    let files = scan(&a.photos)?;
-    let mut imgs = Vec::new();
-    for f in &files {
-        match data::load_crop(f, a.image_size, None) {
-            Ok(v) => imgs.push(Tensor::from_vec(1, 3, a.image_size, a.image_size, v)),
-            Err(e) => eprintln!("impasto: warning: skipped {e}"),
-        }
-    }
-    let l = trainer::validate(&model, &vgg_net, &target, &loss, &imgs);
-    // Artifact measures, of the stylized photos and (as the baseline) of the photos.
-    let (mut grid, mut border, mut grid_photo, mut border_photo) = (0f64, 0f64, 0f64, 0f64);
-    // The loss of what `stylize` gives (mirror margin and all), beside the bare network's.
-    let mut pipe = impasto::train::step::Losses::default();
-    for x in &imgs {
-        let opts = impasto::stylize::StylizeOptions {
-            margin: a.margin,
-            ..Default::default()
-        };
-        let out = impasto::stylize::stylize_tensor(&model, x, &opts);
-        let p = impasto::train::step::losses_of(&vgg_net, &target, &loss, x, &out);
-        pipe.content += p.content / imgs.len() as f64;
-        pipe.style += p.style / imgs.len() as f64;
-        pipe.tv += p.tv / imgs.len() as f64;
-        pipe.total += p.total / imgs.len() as f64;
-        grid += impasto::quality::grid_artifact(&out);
-        let y = impasto::quality::luminance(&out);
-        border += impasto::quality::border_artifact(&y, x.h, x.w);
-        grid_photo += impasto::quality::grid_artifact(x);
-        let p = impasto::quality::luminance(x);
-        border_photo += impasto::quality::border_artifact(&p, x.h, x.w);
-    }
-    let k = imgs.len().max(1) as f64;
-    // Border: the magnitude of the mean signed step (see `quality::border_artifact`).
-    let (grid, border, grid_photo, border_photo) = (
-        grid / k,
-        (border / k).abs(),
-        grid_photo / k,
-        (border_photo / k).abs(),
-    );
+    let (l, loss, pipe) = (&e.network, &e.loss_config, &e.pipeline);
     if a.json {
         outln!(
             "{}",
-            serde_json::json!({"model": a.model.display().to_string(), "style": a.style.display().to_string(), "photos": imgs.len(),
+            serde_json::json!({"model": a.model.display().to_string(), "style": a.style.display().to_string(), "photos": e.photos,
                 "content": l.content, "style_loss": l.style, "style_unweighted": l.style / loss.style_weight,
-                "grid_artifact": grid, "border_artifact": border, "margin": a.margin, "pipeline": {"content": pipe.content, "style_loss": pipe.style, "tv": pipe.tv, "total": pipe.total}, "border_artifact_photos": border_photo, "grid_artifact_photos": grid_photo, "tv": l.tv, "total": l.total, "loss_config": loss, "loss_config_recorded": recorded})
+                "grid_artifact": e.grid_artifact, "border_artifact": e.border_artifact, "margin": a.margin, "pipeline": {"content": pipe.content, "style_loss": pipe.style, "tv": pipe.tv, "total": pipe.total}, "border_artifact_photos": e.border_artifact_photos, "grid_artifact_photos": e.grid_artifact_photos, "tv": l.tv, "total": l.total, "loss_config": loss, "loss_config_recorded": e.loss_config_recorded})
         );
     } else {
         outln!(
             "{}: {} photos, loss weights content {} style {} tv {} ({})",
             a.model.display(),
-            imgs.len(),
+            e.photos,
             loss.content_weight,
             loss.style_weight,
             loss.tv_weight,
-            if recorded {
+            if e.loss_config_recorded {
                 "as recorded in the model"
             } else if a.style_weight.is_some() || a.content_weight.is_some() {
                 "as given"
@@ -336,7 +292,11 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
             pipe.total
         );
         outln!(
-            "artifacts: grid {grid:.2} (checkerboard: spectral peak at the period-2/4 frequencies; the photos themselves: {grid_photo:.2}), border {border:.4} (the photos: {border_photo:.4})"
+            "artifacts: grid {:.2} (checkerboard: spectral peak at the period-2/4 frequencies; the photos themselves: {:.2}), border {:.4} (the photos: {:.4})",
+            e.grid_artifact,
+            e.grid_artifact_photos,
+            e.border_artifact,
+            e.border_artifact_photos
         );
     }
     Ok(0)

@@ -256,7 +256,7 @@ pub fn locate(flag: Option<&Path>) -> Result<std::path::PathBuf> {
             }
         }
     }
-    Err(Error::Usage(format!(
+    Err(Error::Environment(format!(
         "no VGG16 weights found (the loss network training needs). Pass --vgg FILE, set IMPASTO_VGG=FILE, or run `impasto fetch-vgg` to download torchvision's VGG16 from the Hugging Face hub into {}",
         dir.map(|d| d.display().to_string()).unwrap_or_else(|| "the cache folder".into())
     )))
@@ -289,6 +289,7 @@ pub fn convert_torchvision(mut f: TensorFile) -> std::result::Result<TensorFile,
     Ok(out)
 }
 
+#[cfg(feature = "hub")]
 /// Download torchvision's VGG16 (`timm/vgg16.tv_in1k`) and convert it into `dir`.
 pub fn fetch(dir: &Path) -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -296,9 +297,9 @@ pub fn fetch(dir: &Path) -> Result<std::path::PathBuf> {
         .with_cache_dir(dir.join("hf"))
         .with_progress(true)
         .build()
-        .map_err(|e| Error::Usage(format!("cannot set up the Hugging Face hub client: {e}")))?;
+        .map_err(|e| Error::Network(format!("cannot set up the Hugging Face hub client: {e}")))?;
     let src = api.model("timm/vgg16.tv_in1k".into()).get("model.safetensors").map_err(|e| {
-        Error::Usage(format!(
+        Error::Network(format!(
             "could not download timm/vgg16.tv_in1k from the Hugging Face hub ({e}). Without network access, copy VGG16 weights in impasto's format to {} or pass --vgg FILE",
             dir.join(CACHE_FILES[1]).display()
         ))

@@ -125,17 +125,17 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         .thread_name("impasto-serve")
         .enable_all()
         .build()
-        .map_err(|e| Error::Usage(format!("cannot start the server runtime: {e}")))?;
+        .map_err(|e| Error::Server(format!("cannot start the server runtime: {e}")))?;
     let addr = cfg.addr;
     let pool = Pool::new(cfg.workers, cfg.queue);
     let app = Arc::new(App { cfg, styles, pool });
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| Error::Usage(format!("cannot listen on {addr}: {e}")))?;
+            .map_err(|e| Error::Server(format!("cannot listen on {addr}: {e}")))?;
         let local = listener
             .local_addr()
-            .map_err(|e| Error::Usage(format!("cannot listen on {addr}: {e}")))?;
+            .map_err(|e| Error::Server(format!("cannot listen on {addr}: {e}")))?;
         eprintln!(
             "impasto serve: {} styles ({}), {} workers, queue {}",
             app.styles.len(),

@@ -27,7 +27,7 @@ pub fn scan_reporting(dir: &Path) -> Result<Scan> {
     let mut files: Vec<PathBuf> = w.files.into_iter().map(|f| f.path).collect();
     files.sort();
     if files.is_empty() {
-        return Err(Error::Usage(format!(
+        return Err(Error::Data(format!(
             "{}: no images (jpg, png, webp) found",
             dir.display()
         )));

@@ -2,6 +2,7 @@
 //! the optimiser update); `adam` the optimiser, shared with `optimize`.
 pub mod adam;
 pub mod data;
+pub mod evaluate;
 pub mod optimize;
 pub mod plot;
 pub mod step;

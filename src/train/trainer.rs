@@ -83,7 +83,7 @@ impl RunFiles {
                                 || Path::new(&format!("/proc/{p}")).exists())
                     });
                     if running {
-                        return Err(Error::Usage(format!(
+                        return Err(Error::Locked(format!(
                             "{}: another training run (process {}) is writing {}; wait for it to finish, or stop it",
                             self.lock.display(),
                             pid.unwrap_or_default(),
@@ -96,7 +96,7 @@ impl RunFiles {
                 Err(e) => return Err(Error::io(&self.lock, e)),
             }
         }
-        Err(Error::Usage(format!(
+        Err(Error::Locked(format!(
             "{}: cannot take the training lock",
             self.lock.display()
         )))
@@ -436,7 +436,7 @@ pub fn train(
             return Ok(Outcome::Interrupted { step });
         }
         let batch = loader.next().ok_or_else(|| {
-            Error::Usage(format!(
+            Error::Data(format!(
                 "{}: none of the {} images could be read",
                 cfg.data, cfg.dataset_size
             ))
@@ -456,7 +456,7 @@ pub fn train(
             } else {
                 "No checkpoint was written yet, so nothing was saved: lower --lr or the loss weights and start again".to_string()
             };
-            return Err(Error::Usage(format!(
+            return Err(Error::Diverged(format!(
                 "the loss became {} at step {} (content {}, style {}, tv {}); stopping. {advice}",
                 losses.total,
                 step + 1,
@@ -523,7 +523,7 @@ pub fn train(
                 .metadata
                 .insert(crate::styles::THUMBNAIL_KEY.into(), t);
         }
-        Err(e) => eprintln!("warning: no painting thumbnail in the model: {e}"),
+        Err(e) => obs.message(&format!("warning: no painting thumbnail in the model: {e}")),
     }
     model.save(&opts.files.model, opts.half)?;
     Ok(Outcome::Finished)
