@@ -14,8 +14,8 @@ pub enum Error {
         h: u32,
         limit: u64,
     },
-    #[error("{}: invalid model file: {msg}", path.display())]
-    Model { path: PathBuf, msg: String },
+    #[error("{}: invalid model file: {source}", path.display())]
+    Model { path: PathBuf, source: ModelError },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -48,6 +48,49 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What is wrong with a model or weights file, for a caller that wants to act on it (the
+/// CLI prints it after the file's path).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    #[error("missing tensor `{0}`")]
+    MissingTensor(String),
+    #[error("tensor `{name}` has shape {got:?}, expected {want:?}")]
+    Shape {
+        name: String,
+        got: Vec<usize>,
+        want: Vec<usize>,
+    },
+    #[error("unexpected tensor `{name}` for the {arch} architecture")]
+    UnexpectedTensor { name: String, arch: String },
+    #[error("tensor `{name}` holds a non-finite value ({value})")]
+    NonFinite { name: String, value: f32 },
+    /// Metadata that is missing or does not parse.
+    #[error("bad `{key}` metadata: {msg}")]
+    Metadata { key: String, msg: String },
+    /// Anything else: not safetensors, an unsupported dtype, an implausible config, an
+    /// ONNX graph that is not the network.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<String> for ModelError {
+    fn from(s: String) -> Self {
+        ModelError::Invalid(s)
+    }
+}
+
+impl From<&str> for ModelError {
+    fn from(s: &str) -> Self {
+        ModelError::Invalid(s.into())
+    }
+}
+
+impl From<ModelError> for String {
+    fn from(e: ModelError) -> Self {
+        e.to_string()
+    }
+}
+
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {
@@ -55,10 +98,10 @@ impl Error {
             source,
         }
     }
-    pub fn model(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+    pub fn model(path: impl AsRef<Path>, problem: impl Into<ModelError>) -> Self {
         Error::Model {
             path: path.as_ref().to_path_buf(),
-            msg: msg.into(),
+            source: problem.into(),
         }
     }
     pub fn image(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {

@@ -13,6 +13,48 @@ use zune_core::options::DecoderOptions;
 /// Default limit on decoded pixels: 16k × 16k.
 pub const DEFAULT_MAX_PIXELS: u64 = 268_435_456;
 
+/// What a read may cost, checked before any pixel is decoded (image-rs style, settable by
+/// the caller: the CLI's `--max-pixels`, the server's per-request limit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Decoded width × height.
+    pub max_pixels: u64,
+    /// Size of the encoded file or request body.
+    pub max_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pixels: DEFAULT_MAX_PIXELS,
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+impl Limits {
+    /// The defaults with another pixel limit.
+    pub fn max_pixels(max_pixels: u64) -> Self {
+        Limits {
+            max_pixels,
+            ..Limits::default()
+        }
+    }
+
+    fn check_bytes(&self, path: &Path, n: u64) -> Result<()> {
+        if n > self.max_bytes {
+            return Err(Error::image(
+                path,
+                format!(
+                    "{n} bytes, over the limit of {} bytes for an image",
+                    self.max_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A decoded image: colour as RGB plus the alpha channel if the file had one.
 pub struct Decoded {
     pub image: DynamicImage,
@@ -496,23 +538,30 @@ fn decode_jpeg(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Decoded> {
     })
 }
 
-pub fn read_path(path: &Path, max_pixels: u64) -> Result<Decoded> {
+pub fn read_path(path: &Path, limits: &Limits) -> Result<Decoded> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    if file.metadata().map(|m| m.len() == 0).unwrap_or(false) {
+    let len = file.metadata().map(|m| m.len()).unwrap_or(1);
+    if len == 0 {
         return Err(Error::image(path, "file is empty (0 bytes)"));
     }
+    limits.check_bytes(path, len)?;
     decode(
         ImageReader::new(std::io::BufReader::new(file)),
         path,
-        max_pixels,
+        limits.max_pixels,
     )
 }
 
-pub fn read_bytes(bytes: &[u8], name: &Path, max_pixels: u64) -> Result<Decoded> {
+pub fn read_bytes(bytes: &[u8], name: &Path, limits: &Limits) -> Result<Decoded> {
     if bytes.is_empty() {
         return Err(Error::image(name, "input is empty (0 bytes)"));
     }
-    decode(ImageReader::new(Cursor::new(bytes)), name, max_pixels)
+    limits.check_bytes(name, bytes.len() as u64)?;
+    decode(
+        ImageReader::new(Cursor::new(bytes)),
+        name,
+        limits.max_pixels,
+    )
 }
 
 /// Output format from a file name's extension.
@@ -558,4 +607,33 @@ pub fn write_path(img: &DynamicImage, path: &Path) -> Result<()> {
         encode(img, format, &mut w)?;
         std::io::Write::flush(&mut w)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let img = DynamicImage::ImageRgb8(image::RgbImage::new(w, h));
+        let mut out = Vec::new();
+        encode(&img, ImageFormat::Png, &mut Cursor::new(&mut out)).unwrap();
+        out
+    }
+
+    #[test]
+    fn limits_refuse_too_many_bytes_or_pixels_and_name_the_input() {
+        let b = png(40, 30);
+        let name = Path::new("x.png");
+        assert!(read_bytes(&b, name, &Limits::default()).is_ok());
+        let tight = Limits {
+            max_bytes: 10,
+            ..Limits::default()
+        };
+        let e = read_bytes(&b, name, &tight).err().unwrap().to_string();
+        assert!(e.contains("x.png") && e.contains("over the limit"), "{e}");
+        let e = read_bytes(&b, name, &Limits::max_pixels(1000))
+            .err()
+            .unwrap();
+        assert_eq!(e.category(), "image-too-large");
+    }
 }

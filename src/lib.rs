@@ -19,7 +19,7 @@
 //! use std::path::Path;
 //!
 //! let model = styles::resolve("great_wave")?; // a built-in name, or a model file's path
-//! let photo = imageio::read_path(Path::new("assets/coffee.jpg"), imageio::DEFAULT_MAX_PIXELS)?;
+//! let photo = imageio::read_path(Path::new("assets/coffee.jpg"), &imageio::Limits::default())?;
 //! let out = stylize::stylize(&model, photo, &stylize::StylizeOptions::default(), None);
 //! imageio::write_path(&out, &std::env::temp_dir().join("coffee-great_wave.jpg"))?;
 //! # Ok::<(), impasto::Error>(())
@@ -66,4 +66,4 @@ pub mod train;
 pub mod video;
 pub mod walk;
 
-pub use error::{Error, Result};
+pub use error::{Error, ModelError, Result};

@@ -336,7 +336,7 @@ pub fn import_bytes(bytes: &[u8]) -> R<Transformer> {
         }
     }
     // Checks every name and shape against the plan.
-    Transformer::from_named(config, params, BTreeMap::new())
+    Transformer::from_named(config, params, BTreeMap::new()).map_err(String::from)
 }
 
 /// Output: Tanh → Mul(scale) → Add(shift) → Clip(0, 255).
@@ -394,10 +394,12 @@ pub fn import(path: &Path) -> Result<Transformer> {
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
-    t.metadata.insert(
-        "impasto.provenance".into(),
-        serde_json::json!({"made_by": "impasto import", "source": name, "source_format": "onnx"})
-            .to_string(),
-    );
+    crate::model::provenance::Provenance {
+        made_by: "impasto import".into(),
+        source: Some(name),
+        source_format: Some("onnx".into()),
+        ..Default::default()
+    }
+    .to_metadata(&mut t.metadata);
     Ok(t)
 }

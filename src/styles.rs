@@ -45,7 +45,7 @@ pub const THUMBNAIL_KEY: &str = "impasto.style_thumbnail";
 /// A painting's thumbnail for [`THUMBNAIL_KEY`]: longest side 160 pixels, JPEG, base64.
 pub fn painting_thumbnail(painting: &Path) -> Result<String> {
     use base64::Engine;
-    let d = crate::imageio::read_path(painting, crate::imageio::DEFAULT_MAX_PIXELS)?;
+    let d = crate::imageio::read_path(painting, &Default::default())?;
     let t = d.image.thumbnail(160, 160);
     let mut jpg = Vec::new();
     crate::imageio::encode(&t, image::ImageFormat::Jpeg, &mut jpg)

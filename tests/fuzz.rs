@@ -142,7 +142,12 @@ fn image_decoder_never_panics_on_mutated_files() {
     }
     fuzz("image", &seeds, 17, |b| {
         // A modest pixel limit, as a server would set.
-        impasto::imageio::read_bytes(b, Path::new("fuzz"), 4_000_000).is_ok()
+        impasto::imageio::read_bytes(
+            b,
+            Path::new("fuzz"),
+            &impasto::imageio::Limits::max_pixels(4_000_000),
+        )
+        .is_ok()
     });
 }
 

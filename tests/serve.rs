@@ -943,7 +943,10 @@ fn live_clients_share_the_workers_fairly() {
             "every frame answered: {results:?}"
         );
     }
-    assert!(min >= 3, "a client was starved: {results:?}");
+    // Throughput depends on the machine (a loaded CI box gives 2-3 frames each, a quiet one
+    // 8-9); the property is that nobody starves and the shares stay within 3x (before the fix
+    // two clients got everything and ten got nothing).
+    assert!(min >= 1, "a client was starved: {results:?}");
     assert!(min * 3 >= max, "unfair share: {results:?}");
 }
 

@@ -11,19 +11,18 @@ pub fn list() -> Result<i32> {
     }
     for n in names {
         let m = impasto::styles::builtin(n).expect("listed")?;
-        let prov: serde_json::Value = m
-            .metadata
-            .get("impasto.provenance")
-            .and_then(|s| serde_json::from_str(s).ok())
+        let prov = impasto::model::provenance::Provenance::from_metadata(&m.metadata)
+            .transpose()?
             .unwrap_or_default();
-        let t = &prov["train"];
+        let t = prov.train.unwrap_or_default();
+        let show = |v: Option<String>| v.unwrap_or_else(|| "?".into());
         outln!(
             "{n:<20} {:?}, trained {} steps at {}² on {} photos (style weight {})",
             m.config.arch,
-            prov["steps_done"],
-            t["image_size"],
-            t["dataset_size"],
-            t["loss"]["style_weight"]
+            show(prov.steps_done.map(|v| v.to_string())),
+            show(t.image_size.map(|v| v.to_string())),
+            show(t.dataset_size.map(|v| v.to_string())),
+            show(t.loss.map(|l| l.style_weight.to_string()))
         );
     }
     Ok(0)
@@ -72,7 +71,7 @@ pub fn sheet(a: Args) -> Result<i32> {
         };
         models.push((label, impasto::styles::resolve(n)?));
     }
-    let decoded = impasto::imageio::read_path(&a.photo, impasto::imageio::DEFAULT_MAX_PIXELS)?;
+    let decoded = impasto::imageio::read_path(&a.photo, &Default::default())?;
     let opts = StylizeOptions {
         max_size: Some(a.max_size),
         ..Default::default()

@@ -433,9 +433,15 @@ fn one(
             std::io::stdin()
                 .read_to_end(&mut buf)
                 .map_err(|e| Error::io("<stdin>", e))?;
-            imageio::read_bytes(&buf, Path::new("<stdin>"), max_pixels)?
+            imageio::read_bytes(
+                &buf,
+                Path::new("<stdin>"),
+                &imageio::Limits::max_pixels(max_pixels),
+            )?
         }
-        Input::File { path, .. } => imageio::read_path(path, max_pixels)?,
+        Input::File { path, .. } => {
+            imageio::read_path(path, &imageio::Limits::max_pixels(max_pixels))?
+        }
     };
     // Big images take a while: show the tile passes.
     let px = decoded.width() as u64 * decoded.height() as u64;

@@ -6,7 +6,7 @@
 //! Every read is validated: header, dtypes, shapes and the presence of every tensor the
 //! architecture needs, each failure reported with the file's path.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ModelError, Result};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -34,12 +34,9 @@ impl TensorFile {
         Self::from_bytes(&bytes).map_err(|msg| Error::model(path, msg))
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, ModelError> {
         if bytes.len() < 8 {
-            return Err(format!(
-                "too short to be safetensors ({} bytes)",
-                bytes.len()
-            ));
+            return Err(format!("too short to be safetensors ({} bytes)", bytes.len()).into());
         }
         let (_, md) = SafeTensors::read_metadata(bytes)
             .map_err(|e| format!("bad safetensors header: {e}"))?;
@@ -62,10 +59,12 @@ impl TensorFile {
                     .chunks_exact(2)
                     .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
                     .collect(),
-                other => return Err(format!("tensor `{name}` has unsupported dtype {other:?}")),
+                other => {
+                    return Err(format!("tensor `{name}` has unsupported dtype {other:?}").into())
+                }
             };
-            if vals.iter().any(|v| !v.is_finite()) {
-                return Err(format!("tensor `{name}` holds NaN or infinite values"));
+            if let Some(&value) = vals.iter().find(|v| !v.is_finite()) {
+                return Err(ModelError::NonFinite { name, value });
             }
             tensors.insert(name, (shape, vals));
         }
@@ -78,12 +77,18 @@ impl TensorFile {
     }
 
     /// Take a tensor that must exist with exactly this shape.
-    pub fn take(&mut self, name: &str, shape: &[usize]) -> std::result::Result<Vec<f32>, String> {
+    pub fn take(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+    ) -> std::result::Result<Vec<f32>, ModelError> {
         match self.tensors.remove(name) {
-            None => Err(format!("missing tensor `{name}`")),
-            Some((s, _)) if s != shape => Err(format!(
-                "tensor `{name}` has shape {s:?}, expected {shape:?}"
-            )),
+            None => Err(ModelError::MissingTensor(name.into())),
+            Some((got, _)) if got != shape => Err(ModelError::Shape {
+                name: name.into(),
+                got,
+                want: shape.to_vec(),
+            }),
             Some((_, v)) => Ok(v),
         }
     }
@@ -197,10 +202,12 @@ mod tests {
     fn garbage_is_a_clear_error() {
         assert!(TensorFile::from_bytes(b"")
             .unwrap_err()
+            .to_string()
             .contains("too short"));
         assert!(
             TensorFile::from_bytes(b"\xff\xff\xff\xff\xff\xff\xff\x7fxxxx")
                 .unwrap_err()
+                .to_string()
                 .contains("header")
         );
         assert!(

@@ -1,6 +1,7 @@
 //! The networks and the model file format.
 pub mod format;
 pub mod plan;
+pub mod provenance;
 pub mod transformer;
 pub mod vgg;
 

@@ -17,7 +17,7 @@
 //! (see `stylize::tiled`). Plain inference computes them from the tensor itself.
 
 use crate::backend::{Backend, Cpu, Padding, Resample};
-use crate::error::{Error, Result};
+use crate::error::{Error, ModelError, Result};
 use crate::kernels::norm::{Moments, NormStats};
 use crate::model::format::TensorFile;
 use crate::model::plan::{Block, Init, ParamId, ParamSpec, Plan};
@@ -213,11 +213,11 @@ impl Transformer<Cpu> {
         Self::load_on(Cpu, path)
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, ModelError> {
         Self::from_file(TensorFile::from_bytes(bytes)?)
     }
 
-    pub fn from_file(file: TensorFile) -> std::result::Result<Self, String> {
+    pub fn from_file(file: TensorFile) -> std::result::Result<Self, ModelError> {
         Self::from_file_on(Cpu, file)
     }
 
@@ -227,7 +227,7 @@ impl Transformer<Cpu> {
         config: TransformerConfig,
         tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
         metadata: BTreeMap<String, String>,
-    ) -> std::result::Result<Self, String> {
+    ) -> std::result::Result<Self, ModelError> {
         Self::from_named_on(Cpu, config, tensors, metadata)
     }
 
@@ -274,9 +274,9 @@ impl<B: Backend> Transformer<B> {
         Self::from_file_on(backend, file).map_err(|msg| Error::model(path, msg))
     }
 
-    pub fn from_file_on(backend: B, file: TensorFile) -> std::result::Result<Self, String> {
+    pub fn from_file_on(backend: B, file: TensorFile) -> std::result::Result<Self, ModelError> {
         let config = match file.metadata.get(CONFIG_KEY) {
-            Some(js) => serde_json::from_str::<TransformerConfig>(js).map_err(|e| format!("bad `{CONFIG_KEY}` metadata: {e}"))?,
+            Some(js) => serde_json::from_str::<TransformerConfig>(js).map_err(|e| ModelError::Metadata { key: CONFIG_KEY.into(), msg: e.to_string() })?,
             // A plain pytorch/examples TransformerNet state dict.
             None if file.tensors.contains_key("conv1.conv2d.weight") => TransformerConfig::new(Arch::Johnson),
             None => return Err("not an impasto model: no `impasto.config` metadata and no `conv1.conv2d.weight` tensor".into()),
@@ -297,17 +297,18 @@ impl<B: Backend> Transformer<B> {
         config: TransformerConfig,
         mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
         metadata: BTreeMap<String, String>,
-    ) -> std::result::Result<Self, String> {
+    ) -> std::result::Result<Self, ModelError> {
         config.validate()?;
         let mut params = Vec::new();
         for p in config.plan().params {
             match tensors.remove(&p.name) {
-                None => return Err(format!("missing tensor `{}`", p.name)),
-                Some((shape, _)) if shape != p.shape => {
-                    return Err(format!(
-                        "`{}` has shape {shape:?}, expected {:?}",
-                        p.name, p.shape
-                    ))
+                None => return Err(ModelError::MissingTensor(p.name)),
+                Some((got, _)) if got != p.shape => {
+                    return Err(ModelError::Shape {
+                        name: p.name,
+                        got,
+                        want: p.shape,
+                    })
                 }
                 Some((_, v)) if v.len() != p.len() => {
                     return Err(format!(
@@ -315,16 +316,17 @@ impl<B: Backend> Transformer<B> {
                         p.name,
                         v.len(),
                         p.len()
-                    ))
+                    )
+                    .into())
                 }
                 Some((_, v)) => params.push(v),
             }
         }
         if let Some(extra) = tensors.keys().next() {
-            return Err(format!(
-                "unexpected tensor `{extra}` for the {:?} architecture",
-                config.arch
-            ));
+            return Err(ModelError::UnexpectedTensor {
+                name: extra.clone(),
+                arch: format!("{:?}", config.arch),
+            });
         }
         let t = Self::build(backend, config, params, metadata);
         t.validate()?;
@@ -446,11 +448,14 @@ impl<B: Backend> Transformer<B> {
 
     /// The one check every model passes before it is used or written: a plausible config
     /// and finite parameters.
-    pub fn validate(&self) -> std::result::Result<(), String> {
+    pub fn validate(&self) -> std::result::Result<(), ModelError> {
         self.config.validate()?;
         for (spec, v) in self.params() {
-            if let Some(x) = v.iter().find(|x| !x.is_finite()) {
-                return Err(format!("`{}` holds a non-finite value ({x})", spec.name));
+            if let Some(&value) = v.iter().find(|x| !x.is_finite()) {
+                return Err(ModelError::NonFinite {
+                    name: spec.name.clone(),
+                    value,
+                });
             }
         }
         Ok(())

@@ -7,7 +7,7 @@
 //! preprocessing, so callers never need to know.
 
 use crate::backend::{Backend, ConvSpec, Cpu, Padding};
-use crate::error::{Error, Result};
+use crate::error::{Error, ModelError, Result};
 use crate::model::format::TensorFile;
 use std::path::Path;
 
@@ -41,18 +41,20 @@ pub struct Preprocess {
 impl Preprocess {
     fn from_metadata(
         md: &std::collections::BTreeMap<String, String>,
-    ) -> std::result::Result<Self, String> {
-        let triple = |key: &str| -> std::result::Result<[f64; 3], String> {
-            let s = md
-                .get(key)
-                .ok_or_else(|| format!("metadata lacks `{key}`"))?;
+    ) -> std::result::Result<Self, ModelError> {
+        let bad = |key: &str, msg: String| ModelError::Metadata {
+            key: key.into(),
+            msg,
+        };
+        let triple = |key: &str| -> std::result::Result<[f64; 3], ModelError> {
+            let s = md.get(key).ok_or_else(|| bad(key, "missing".into()))?;
+            let not_three = || bad(key, format!("{s:?} is not three numbers"));
             let v: Vec<f64> = s
                 .split(',')
                 .map(|t| t.trim().parse::<f64>())
                 .collect::<std::result::Result<_, _>>()
-                .map_err(|_| format!("metadata `{key}` = {s:?} is not three numbers"))?;
-            v.try_into()
-                .map_err(|_| format!("metadata `{key}` = {s:?} is not three numbers"))
+                .map_err(|_| not_three())?;
+            v.try_into().map_err(|_| not_three())
         };
         match md.get("channel_order").map(String::as_str) {
             Some("bgr") => {
@@ -69,9 +71,17 @@ impl Preprocess {
                 let s = triple("std_rgb")?;
                 let f = |i: usize| ((1.0 / 255.0) / s[i]) as f32;
                 let b = |i: usize| (-m[i] / s[i]) as f32;
-                Ok(Preprocess { convention: "torchvision".into(), src: [0, 1, 2], scale: [f(0), f(1), f(2)], shift: [b(0), b(1), b(2)] })
+                Ok(Preprocess {
+                    convention: "torchvision".into(),
+                    src: [0, 1, 2],
+                    scale: [f(0), f(1), f(2)],
+                    shift: [b(0), b(1), b(2)],
+                })
             }
-            other => Err(format!("metadata `channel_order` is {other:?}; expected \"bgr\" (Caffe) or \"rgb\" (torchvision)")),
+            other => Err(bad(
+                "channel_order",
+                format!("{other:?}; expected \"bgr\" (Caffe) or \"rgb\" (torchvision)"),
+            )),
         }
     }
 
@@ -93,7 +103,7 @@ impl Vgg16<Cpu> {
         Self::load_on(Cpu, path)
     }
 
-    pub fn from_file(f: TensorFile) -> std::result::Result<Self, String> {
+    pub fn from_file(f: TensorFile) -> std::result::Result<Self, ModelError> {
         Self::from_file_on(Cpu, f)
     }
 }
@@ -104,7 +114,7 @@ impl<B: Backend> Vgg16<B> {
         Self::from_file_on(backend, file).map_err(|m| Error::model(path, m))
     }
 
-    pub fn from_file_on(backend: B, mut f: TensorFile) -> std::result::Result<Self, String> {
+    pub fn from_file_on(backend: B, mut f: TensorFile) -> std::result::Result<Self, ModelError> {
         let pre = Preprocess::from_metadata(&f.metadata)?;
         let mut convs = Vec::new();
         for (name, ci, co) in LAYERS {
@@ -264,7 +274,7 @@ pub fn locate(flag: Option<&Path>) -> Result<std::path::PathBuf> {
 
 /// Convert torchvision/timm VGG16 weights (`features.N.weight`) into impasto's layout
 /// (`conv1_1.weight` …) with the torchvision preprocessing in the metadata.
-pub fn convert_torchvision(mut f: TensorFile) -> std::result::Result<TensorFile, String> {
+pub fn convert_torchvision(mut f: TensorFile) -> std::result::Result<TensorFile, ModelError> {
     let mut out = TensorFile::default();
     for (&idx, (name, ci, co)) in TORCHVISION_FEATURES.iter().zip(LAYERS) {
         let w = f.take(&format!("features.{idx}.weight"), &[co, ci, 3, 3])?;

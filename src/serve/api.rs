@@ -213,22 +213,19 @@ pub async fn styles(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value
         .styles
         .iter()
         .map(|s| {
-            let prov: serde_json::Value = s
-                .model
-                .metadata
-                .get("impasto.provenance")
-                .and_then(|p| serde_json::from_str(p).ok())
-                .unwrap_or_default();
-            let t = &prov["train"];
-            let trained = if prov.is_null() {
-                serde_json::Value::Null
-            } else {
-                serde_json::json!({
-                    "steps": prov["steps_done"],
-                    "image_size": t["image_size"],
-                    "style_weight": t["loss"]["style_weight"],
-                    "photos": t["dataset_size"],
-                })
+            let prov = crate::model::provenance::Provenance::from_metadata(&s.model.metadata)
+                .and_then(|p| p.ok());
+            let trained = match prov {
+                Some(p) => {
+                    let t = p.train.unwrap_or_default();
+                    serde_json::json!({
+                        "steps": p.steps_done,
+                        "image_size": t.image_size,
+                        "style_weight": t.loss.map(|l| l.style_weight),
+                        "photos": t.dataset_size,
+                    })
+                }
+                None => serde_json::Value::Null,
             };
             serde_json::json!({
                 "name": s.name,
@@ -560,8 +557,11 @@ async fn stylize_inner(
     let fmt = params.format;
     let job = move || -> Result<(Vec<u8>, ImageFormat, u32, u32, f64), ApiError> {
         let t0 = Instant::now();
-        let decoded =
-            crate::imageio::read_bytes(&bytes, std::path::Path::new("request body"), max_pixels)?;
+        let decoded = crate::imageio::read_bytes(
+            &bytes,
+            std::path::Path::new("request body"),
+            &crate::imageio::Limits::max_pixels(max_pixels),
+        )?;
         let fmt = fmt.unwrap_or(match image::guess_format(&bytes) {
             Ok(ImageFormat::Jpeg) => ImageFormat::Jpeg,
             Ok(ImageFormat::WebP) => ImageFormat::WebP,

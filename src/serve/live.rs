@@ -177,7 +177,11 @@ fn frame(
     opts: &crate::stylize::StylizeOptions,
     stats: &mut SmoothStats,
 ) -> Result<(Vec<u8>, u32, u32), ApiError> {
-    let d = crate::imageio::read_bytes(bytes, std::path::Path::new("frame"), max_pixels)?;
+    let d = crate::imageio::read_bytes(
+        bytes,
+        std::path::Path::new("frame"),
+        &crate::imageio::Limits::max_pixels(max_pixels),
+    )?;
     let img = if d.width().max(d.height()) > max_side {
         d.image.thumbnail(max_side, max_side)
     } else {

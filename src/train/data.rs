@@ -64,7 +64,7 @@ pub fn order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
 /// Decode `path` and make a `size × size` RGB crop: shorter side resized to `size`, then a
 /// crop placed by `rng` (or centred when `rng` is None).
 pub fn load_crop(path: &Path, size: usize, rng: Option<&mut Rng>) -> Result<Vec<f32>> {
-    let img = crate::imageio::read_path(path, crate::imageio::DEFAULT_MAX_PIXELS)?.image;
+    let img = crate::imageio::read_path(path, &Default::default())?.image;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let s = size as f64 / w.min(h) as f64;
     let (nw, nh) = (

@@ -120,7 +120,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 /// The style image as a 1×3×H×W RGB 0..255 tensor, scaled so its longest side is `size`.
 pub fn load_style(path: &Path, size: Option<u32>) -> Result<Tensor> {
-    let mut img = crate::imageio::read_path(path, crate::imageio::DEFAULT_MAX_PIXELS)?.image;
+    let mut img = crate::imageio::read_path(path, &Default::default())?.image;
     if let Some(s) = size {
         let (w, h) = (img.width(), img.height());
         let k = s as f64 / w.max(h) as f64;
@@ -193,17 +193,22 @@ impl Checkpoint {
 
     pub fn load(path: &Path) -> Result<Self> {
         let mut f = TensorFile::read(path)?;
-        let bad = |m: String| Error::model(path, m);
+        let bad = |m: crate::error::ModelError| Error::model(path, m);
         let meta: CkptMeta = serde_json::from_str(
             f.metadata
                 .get("impasto.checkpoint")
                 .ok_or_else(|| bad("not an impasto checkpoint".into()))?,
         )
-        .map_err(|e| bad(format!("bad checkpoint metadata: {e}")))?;
+        .map_err(|e| {
+            bad(crate::error::ModelError::Metadata {
+                key: "impasto.checkpoint".into(),
+                msg: e.to_string(),
+            })
+        })?;
         let mut params = std::collections::BTreeMap::new();
         let mut adam = Adam::new(meta.lr);
         adam.t = meta.adam_t;
-        meta.model.validate().map_err(bad)?;
+        meta.model.validate().map_err(|m| bad(m.into()))?;
         for (name, shape) in meta.model.param_shapes() {
             params.insert(
                 name.clone(),
@@ -501,14 +506,15 @@ pub fn train(
         ));
     }
     let mut model = model;
-    let prov = serde_json::json!({
-        "made_by": format!("impasto {} train", env!("CARGO_PKG_VERSION")),
-        "train": cfg,
-        "steps_done": step,
-    });
-    model
-        .metadata
-        .insert("impasto.provenance".into(), prov.to_string());
+    let train = serde_json::from_value(serde_json::to_value(cfg).expect("serialises"))
+        .expect("a training config is a training record");
+    crate::model::provenance::Provenance {
+        made_by: format!("impasto {} train", env!("CARGO_PKG_VERSION")),
+        steps_done: Some(step),
+        train: Some(train),
+        ..Default::default()
+    }
+    .to_metadata(&mut model.metadata);
     model.metadata.insert(
         "impasto.loss".into(),
         serde_json::to_string(&cfg.loss).expect("serialises"),
