@@ -60,6 +60,13 @@ pub struct Evaluation {
     pub skipped: Vec<(PathBuf, String)>,
 }
 
+impl Evaluation {
+    /// As JSON (what `evaluate --json` and the Python package report).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("an evaluation serialises")
+    }
+}
+
 /// Evaluate `model` against the style image `style` on the photos under `photos`.
 pub fn evaluate(
     model: &Transformer,

@@ -1,0 +1,102 @@
+"""impasto: real-time neural style transfer (Johnson, Alahi & Fei-Fei 2016), in Rust.
+
+    >>> import impasto, numpy as np
+    >>> m = impasto.Model("great_wave")
+    >>> out = m.stylize(np.zeros((64, 96, 3), np.uint8))   # H×W×3 uint8 in, H×W×3 out
+
+Images are numpy ``uint8`` arrays (H×W gray, H×W×3 RGB, H×W×4 RGBA with the alpha kept) or
+PIL images (returned as PIL images). The engine releases the GIL while it computes, so
+Python threads stylize in parallel with other Python work.
+"""
+
+import json as _json
+
+from . import _impasto
+from ._impasto import ImpastoError, ModelError, read_image, styles
+
+__all__ = ["Model", "styles", "read_image", "evaluate", "ImpastoError", "ModelError"]
+
+
+def _is_pil(img):
+    return type(img).__module__.startswith("PIL.")
+
+
+def _to_array(img):
+    import numpy as np
+
+    if _is_pil(img):
+        if img.mode not in ("L", "RGB", "RGBA"):
+            img = img.convert("RGBA" if "A" in img.mode else "RGB")
+        return np.asarray(img)
+    a = np.asarray(img)
+    if a.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 array, got dtype {a.dtype}")
+    return a
+
+
+def _like(out, img):
+    if _is_pil(img):
+        from PIL import Image
+
+        return Image.fromarray(out)
+    return out
+
+
+class Model:
+    """A style: a built-in name (see :func:`styles`) or a model file's path.
+
+    Load once and reuse; one model may be used from several threads at once.
+    """
+
+    def __init__(self, style):
+        self._m = _impasto.Model(str(style))
+
+    @property
+    def name(self):
+        return self._m.name
+
+    @property
+    def arch(self):
+        """``"johnson"`` or ``"seed"``."""
+        return self._m.arch
+
+    @property
+    def parameters(self):
+        return self._m.parameters
+
+    def stylize(self, image, strength=1.0, preserve_color=False, max_size=None):
+        """Stylize one image; the result has the input's size (after ``max_size``).
+
+        ``strength`` blends towards the photo (0..1); ``preserve_color`` keeps the photo's
+        colours; ``max_size`` scales the longest side down first. Bad images or parameters
+        raise ``ValueError``.
+        """
+        out = self._m.stylize(_to_array(image), strength, preserve_color, max_size)
+        return _like(out, image)
+
+    def stylize_batch(self, images, strength=1.0, preserve_color=False, max_size=None):
+        """Stylize a list of images (any sizes) in one call, the GIL released throughout."""
+        images = list(images)
+        outs = self._m.stylize_batch(
+            [_to_array(i) for i in images], strength, preserve_color, max_size
+        )
+        return [_like(o, i) for o, i in zip(outs, images)]
+
+    def __repr__(self):
+        return repr(self._m)
+
+
+def evaluate(model, style, photos, vgg=None, image_size=256, style_size=256, margin=8):
+    """``impasto evaluate`` as a dict: the model's content, style and TV losses on the
+    photos (bare network and the stylize pipeline) and its artifact measures."""
+    return _json.loads(
+        _impasto.evaluate_json(
+            str(model),
+            str(style),
+            str(photos),
+            None if vgg is None else str(vgg),
+            image_size,
+            style_size,
+            margin,
+        )
+    )

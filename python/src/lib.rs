@@ -1,0 +1,269 @@
+//! `impasto._impasto`: the Python extension (PyO3, abi3). numpy `uint8` arrays in and out;
+//! the GIL is released while the engine computes; impasto's errors become Python
+//! exceptions with the CLI's messages. The Python-facing API (PIL images, docstrings, type
+//! stubs) is in `python/impasto/`.
+
+use impasto::imageio::Decoded;
+use impasto::model::Transformer;
+use impasto::stylize::{self, StylizeOptions};
+use impasto::Error;
+use numpy::ndarray::Array3;
+use numpy::{IntoPyArray, PyArray3, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyFileNotFoundError, PyValueError};
+use pyo3::prelude::*;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+create_exception!(
+    _impasto,
+    ImpastoError,
+    PyException,
+    "An impasto error that is not about a bad argument or a missing file."
+);
+create_exception!(
+    _impasto,
+    ModelError,
+    ImpastoError,
+    "A model file that is not a valid impasto model."
+);
+
+/// The CLI's message, as the exception a Python caller expects.
+fn to_py(e: Error) -> PyErr {
+    let msg = e.to_string();
+    match &e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            PyFileNotFoundError::new_err(msg)
+        }
+        Error::Image { .. } | Error::ImageTooLarge { .. } | Error::Usage(_) | Error::Data(_) => {
+            PyValueError::new_err(msg)
+        }
+        Error::Model { .. } => ModelError::new_err(msg),
+        _ => ImpastoError::new_err(msg),
+    }
+}
+
+/// An H×W (gray), H×W×1, H×W×3 or H×W×4 `uint8` array as an image.
+fn to_image(a: &PyReadonlyArrayDyn<u8>) -> PyResult<Decoded> {
+    let shape = a.shape().to_vec();
+    let (h, w, c) = match shape.as_slice() {
+        [h, w] => (*h, *w, 1),
+        [h, w, c] if [1, 3, 4].contains(c) => (*h, *w, *c),
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "expected an H×W, H×W×1, H×W×3 or H×W×4 uint8 array, got shape {shape:?}"
+            )))
+        }
+    };
+    if h == 0 || w == 0 {
+        return Err(PyValueError::new_err(format!(
+            "the image is empty (shape {shape:?})"
+        )));
+    }
+    let (w32, h32) = (
+        u32::try_from(w).map_err(|_| PyValueError::new_err("image too wide"))?,
+        u32::try_from(h).map_err(|_| PyValueError::new_err("image too tall"))?,
+    );
+    if w as u64 * h as u64 > impasto::imageio::DEFAULT_MAX_PIXELS {
+        return Err(to_py(Error::ImageTooLarge {
+            path: PathBuf::from("array"),
+            w: w32,
+            h: h32,
+            limit: impasto::imageio::DEFAULT_MAX_PIXELS,
+        }));
+    }
+    // Logical (C) order whatever the array's strides.
+    let v: Vec<u8> = a.as_array().iter().copied().collect();
+    let bad = || PyValueError::new_err("array size does not match its shape");
+    let image = match c {
+        1 => image::DynamicImage::ImageLuma8(
+            image::GrayImage::from_raw(w32, h32, v).ok_or_else(bad)?,
+        ),
+        3 => {
+            image::DynamicImage::ImageRgb8(image::RgbImage::from_raw(w32, h32, v).ok_or_else(bad)?)
+        }
+        _ => image::DynamicImage::ImageRgba8(
+            image::RgbaImage::from_raw(w32, h32, v).ok_or_else(bad)?,
+        ),
+    };
+    Ok(Decoded {
+        image,
+        has_alpha: c == 4,
+    })
+}
+
+fn to_array(img: image::DynamicImage) -> Array3<u8> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (c, v) = if img.color().has_alpha() {
+        (4, img.into_rgba8().into_raw())
+    } else {
+        (3, img.into_rgb8().into_raw())
+    };
+    Array3::from_shape_vec((h, w, c), v).expect("pixel buffer matches its size")
+}
+
+fn options(strength: f32, preserve_color: bool, max_size: Option<u32>) -> PyResult<StylizeOptions> {
+    if !(0.0..=1.0).contains(&strength) {
+        return Err(PyValueError::new_err(format!(
+            "strength {strength} must be between 0 and 1"
+        )));
+    }
+    if max_size == Some(0) {
+        return Err(PyValueError::new_err("max_size must be at least 1"));
+    }
+    Ok(StylizeOptions {
+        strength,
+        preserve_color,
+        max_size,
+        ..Default::default()
+    })
+}
+
+/// A style: a transformation network loaded once, usable from many threads.
+#[pyclass(frozen, module = "impasto._impasto")]
+struct Model {
+    inner: Arc<Transformer>,
+    #[pyo3(get)]
+    name: String,
+}
+
+#[pymethods]
+impl Model {
+    /// A built-in style's name (see `styles()`) or a model file's path.
+    #[new]
+    fn new(py: Python<'_>, style: PathBuf) -> PyResult<Self> {
+        let spec = style.to_string_lossy().to_string();
+        let inner = py
+            .allow_threads(|| impasto::styles::resolve(&spec))
+            .map_err(to_py)?;
+        Ok(Model {
+            inner: Arc::new(inner),
+            name: spec,
+        })
+    }
+
+    /// The architecture ("johnson" or "seed").
+    #[getter]
+    fn arch(&self) -> String {
+        format!("{:?}", self.inner.config.arch).to_lowercase()
+    }
+
+    /// The number of learnable parameters.
+    #[getter]
+    fn parameters(&self) -> usize {
+        self.inner.plan().param_count()
+    }
+
+    #[pyo3(signature = (image, strength = 1.0, preserve_color = false, max_size = None))]
+    fn stylize<'py>(
+        &self,
+        py: Python<'py>,
+        image: PyReadonlyArrayDyn<'py, u8>,
+        strength: f32,
+        preserve_color: bool,
+        max_size: Option<u32>,
+    ) -> PyResult<Bound<'py, PyArray3<u8>>> {
+        let opts = options(strength, preserve_color, max_size)?;
+        let input = to_image(&image)?;
+        drop(image);
+        let model = self.inner.clone();
+        let out = py.allow_threads(move || to_array(stylize::stylize(&model, input, &opts, None)));
+        Ok(out.into_pyarray(py))
+    }
+
+    #[pyo3(signature = (images, strength = 1.0, preserve_color = false, max_size = None))]
+    fn stylize_batch<'py>(
+        &self,
+        py: Python<'py>,
+        images: Vec<PyReadonlyArrayDyn<'py, u8>>,
+        strength: f32,
+        preserve_color: bool,
+        max_size: Option<u32>,
+    ) -> PyResult<Vec<Bound<'py, PyArray3<u8>>>> {
+        let opts = options(strength, preserve_color, max_size)?;
+        let inputs = images.iter().map(to_image).collect::<PyResult<Vec<_>>>()?;
+        drop(images);
+        let model = self.inner.clone();
+        let outs: Vec<Array3<u8>> = py.allow_threads(move || {
+            inputs
+                .into_iter()
+                .map(|i| to_array(stylize::stylize(&model, i, &opts, None)))
+                .collect()
+        });
+        Ok(outs.into_iter().map(|a| a.into_pyarray(py)).collect())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "impasto.Model({:?}, arch={:?}, parameters={})",
+            self.name,
+            self.arch(),
+            self.parameters()
+        )
+    }
+}
+
+/// The built-in styles' names.
+#[pyfunction]
+fn styles() -> Vec<&'static str> {
+    impasto::styles::names()
+}
+
+/// Read an image file with impasto's own (strict) decoders: the pixels the CLI sees.
+#[pyfunction]
+fn read_image<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyArray3<u8>>> {
+    let d = py
+        .allow_threads(|| impasto::imageio::read_path(&path, &Default::default()))
+        .map_err(to_py)?;
+    let img = if d.has_alpha {
+        image::DynamicImage::ImageRgba8(d.image.into_rgba8())
+    } else {
+        image::DynamicImage::ImageRgb8(d.image.into_rgb8())
+    };
+    Ok(to_array(img).into_pyarray(py))
+}
+
+/// `impasto evaluate` as JSON text (the Python wrapper turns it into a dict).
+#[pyfunction]
+#[pyo3(signature = (model, style, photos, vgg = None, image_size = 256, style_size = 256, margin = 8))]
+#[allow(clippy::too_many_arguments)]
+fn evaluate_json(
+    py: Python<'_>,
+    model: PathBuf,
+    style: PathBuf,
+    photos: PathBuf,
+    vgg: Option<PathBuf>,
+    image_size: usize,
+    style_size: u32,
+    margin: usize,
+) -> PyResult<String> {
+    if image_size < 16 || !image_size.is_multiple_of(4) {
+        return Err(PyValueError::new_err(format!(
+            "image_size {image_size} must be a multiple of 4, at least 16"
+        )));
+    }
+    py.allow_threads(|| {
+        let m = impasto::styles::resolve(&model.to_string_lossy())?;
+        let v = impasto::model::Vgg16::load(&impasto::model::vgg::locate(vgg.as_deref())?)?;
+        let opts = impasto::train::evaluate::EvalOptions {
+            image_size,
+            style_size,
+            margin,
+            ..Default::default()
+        };
+        let e = impasto::train::evaluate::evaluate(&m, &model, &v, &style, &photos, &opts)?;
+        Ok(e.to_json())
+    })
+    .map_err(to_py)
+}
+
+#[pymodule]
+fn _impasto(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Model>()?;
+    m.add_function(wrap_pyfunction!(styles, m)?)?;
+    m.add_function(wrap_pyfunction!(read_image, m)?)?;
+    m.add_function(wrap_pyfunction!(evaluate_json, m)?)?;
+    m.add("ImpastoError", m.py().get_type::<ImpastoError>())?;
+    m.add("ModelError", m.py().get_type::<ModelError>())?;
+    Ok(())
+}

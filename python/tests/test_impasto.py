@@ -1,0 +1,163 @@
+"""The Python package end to end: numpy in/out, PIL, errors, threads, the CLI's pixels."""
+
+import os
+import pathlib
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import impasto
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+COFFEE = ROOT / "assets" / "coffee.jpg"
+SHARED = pathlib.Path(os.environ.get("IMPASTO_SHARED", ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return impasto.Model("great_wave")
+
+
+def smooth(h, w, c=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([(x * 255 // max(w - 1, 1)), (y * 255 // max(h - 1, 1)), (x + y) % 256], -1)
+    img = (base + rng.integers(0, 8, (h, w, 3))).clip(0, 255).astype(np.uint8)
+    if c == 4:
+        alpha = ((x * 7 + y * 3) % 256).astype(np.uint8)[..., None]
+        img = np.concatenate([img, alpha], -1)
+    return img
+
+
+def test_styles_lists_the_built_ins():
+    assert "great_wave" in impasto.styles()
+    m = impasto.Model("great_wave")
+    assert m.arch == "johnson" and m.parameters > 1_000_000
+
+
+def test_numpy_output_equals_the_cli_output_bit_for_bit(model, tmp_path):
+    exe = pathlib.Path(os.environ.get("IMPASTO_BIN", ROOT / "target" / "release" / "impasto"))
+    if not exe.exists():
+        pytest.skip(f"SKIPPED: no impasto binary at {exe} (cargo build --release)")
+    out = tmp_path / "cli.png"
+    subprocess.run([str(exe), "stylize", str(COFFEE), "--style", "great_wave", "-o", str(out)], check=True)
+    ours = model.stylize(impasto.read_image(COFFEE))
+    cli = impasto.read_image(out)
+    assert ours.shape == cli.shape
+    assert np.array_equal(ours, cli), f"{np.count_nonzero(ours != cli)} values differ"
+
+
+def test_odd_sizes_grayscale_and_rgba(model):
+    for h, w in [(37, 53), (5, 3), (64, 1)]:
+        out = model.stylize(smooth(h, w))
+        assert out.shape == (h, w, 3) and out.dtype == np.uint8
+    gray = smooth(41, 29)[..., 0]
+    assert model.stylize(gray).shape == (41, 29, 3)
+    assert model.stylize(gray[..., None]).shape == (41, 29, 3)
+    rgba = smooth(30, 44, 4)
+    out = model.stylize(rgba)
+    assert out.shape == (30, 44, 4)
+    assert np.array_equal(out[..., 3], rgba[..., 3]), "alpha kept"
+    # Non-contiguous input (a transposed view) is read in logical order.
+    t = np.ascontiguousarray(smooth(20, 24).transpose(1, 0, 2))
+    assert np.array_equal(model.stylize(t), model.stylize(smooth(20, 24).transpose(1, 0, 2)))
+
+
+def test_options_and_batch(model):
+    img = smooth(48, 64)
+    assert np.array_equal(model.stylize(img, strength=0.0), img)
+    small = model.stylize(img, max_size=32)
+    assert small.shape == (24, 32, 3)
+    pc = model.stylize(img, preserve_color=True)
+    assert pc.shape == img.shape
+    imgs = [smooth(20, 28, seed=1), smooth(33, 17, seed=2)]
+    batch = model.stylize_batch(imgs)
+    for b, i in zip(batch, imgs):
+        assert np.array_equal(b, model.stylize(i))
+
+
+def test_pil_images_in_and_out(model):
+    PIL = pytest.importorskip("PIL.Image")
+    img = PIL.fromarray(smooth(40, 60))
+    out = model.stylize(img)
+    assert isinstance(out, PIL.Image) and out.size == (60, 40)
+    assert np.array_equal(np.asarray(out), model.stylize(np.asarray(img)))
+
+
+def test_bad_input_raises(model, tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        model.stylize(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        model.stylize(np.zeros((8, 8, 2), np.uint8))
+    with pytest.raises(ValueError, match="empty"):
+        model.stylize(np.zeros((0, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="strength"):
+        model.stylize(smooth(8, 8), strength=2.0)
+    with pytest.raises(ValueError, match="unknown style"):
+        impasto.Model("no_such_style")
+    with pytest.raises(FileNotFoundError):
+        impasto.Model(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with pytest.raises(impasto.ModelError, match="bad.safetensors"):
+        impasto.Model(bad)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(COFFEE.read_bytes()[:2000])
+    with pytest.raises(ValueError, match="broken.jpg"):
+        impasto.read_image(broken)
+
+
+def test_threads_run_while_the_engine_computes(model):
+    """Two threads stylize at once and both finish with the serial results; while the
+    engine runs, Python code in another thread keeps running (the GIL is released)."""
+    imgs = [smooth(256, 256, seed=3), smooth(256, 320, seed=4)]
+    serial = [model.stylize(i) for i in imgs]
+    results = [None, None]
+
+    def work(k):
+        results[k] = model.stylize(imgs[k])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r, s in zip(results, serial):
+        assert np.array_equal(r, s)
+
+    def count_for(seconds):
+        n, end = 0, time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            n += 1
+        return n
+
+    big = smooth(768, 768, seed=5)
+    t0 = time.perf_counter()
+    model.stylize(big)
+    took = time.perf_counter() - t0
+    alone = count_for(took)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (model.stylize(big), done.set()))
+    worker.start()
+    during = 0
+    while not done.is_set():
+        during += 1
+    worker.join()
+    # Held GIL: the loop would barely run. Released: it runs, sharing the two cores.
+    print(f"python loop iterations while stylizing: {during} (alone in the same time: {alone})")
+    assert during > 0.1 * alone
+
+
+def test_evaluate_returns_a_dict():
+    vgg = SHARED / "weights" / "vgg16_caffe_relu4_3.safetensors"
+    photos = SHARED / "data" / "photos" / "val"
+    style = SHARED / "data" / "styles" / "great_wave.jpg"
+    if not (vgg.exists() and photos.exists() and style.exists()):
+        pytest.skip(f"SKIPPED: needs {SHARED} (VGG16 weights, val photos, styles)")
+    e = impasto.evaluate("great_wave", style, photos, vgg=vgg, image_size=64)
+    assert e["photos"] >= 1
+    assert e["network"]["content"] > 0 and e["network"]["style"] > 0
+    assert e["loss_config_recorded"] is True
