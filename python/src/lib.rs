@@ -13,6 +13,7 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyFileNotFoundError, PyValueError};
 use pyo3::prelude::*;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 create_exception!(
@@ -257,12 +258,161 @@ fn evaluate_json(
     .map_err(to_py)
 }
 
+/// Reports training progress to a Python callable; a callback that raises (or a pending
+/// Ctrl-C) stops the run at the next step, with its checkpoint saved.
+struct Progress {
+    callback: Option<PyObject>,
+    stop: &'static AtomicBool,
+    error: Option<PyErr>,
+    messages: Vec<String>,
+}
+
+impl impasto::train::trainer::Observer for Progress {
+    fn step(&mut self, step: u64, total: u64, l: &impasto::train::step::Losses, ips: f64) {
+        Python::with_gil(|py| {
+            if let Err(e) = py.check_signals() {
+                self.error.get_or_insert(e);
+                self.stop.store(true, Ordering::SeqCst);
+                return;
+            }
+            let Some(cb) = &self.callback else { return };
+            let info = pyo3::types::PyDict::new(py);
+            let r = (|| {
+                info.set_item("step", step)?;
+                info.set_item("steps", total)?;
+                info.set_item("content", l.content)?;
+                info.set_item("style", l.style)?;
+                info.set_item("tv", l.tv)?;
+                info.set_item("total", l.total)?;
+                info.set_item("images_per_second", ips)?;
+                cb.call1(py, (info,)).map(|_| ())
+            })();
+            if let Err(e) = r {
+                self.error.get_or_insert(e);
+                self.stop.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+
+    fn message(&mut self, msg: &str) {
+        self.messages.push(msg.to_string());
+    }
+}
+
+/// `impasto train` (see the Python wrapper's docstring); returns the run's outcome.
+#[pyfunction]
+#[pyo3(signature = (style, data, output, steps = None, epochs = None, batch_size = 4, image_size = 256,
+    style_size = 256, lr = 1e-3, content_weight = None, style_weight = None, tv_weight = None,
+    arch = "johnson", seed = 42, checkpoint_every = 500, val = None, resume = false, vgg = None,
+    half = false, on_progress = None))]
+#[allow(clippy::too_many_arguments)]
+fn train(
+    py: Python<'_>,
+    style: PathBuf,
+    data: PathBuf,
+    output: PathBuf,
+    steps: Option<u64>,
+    epochs: Option<u64>,
+    batch_size: usize,
+    image_size: usize,
+    style_size: u32,
+    lr: f64,
+    content_weight: Option<f64>,
+    style_weight: Option<f64>,
+    tv_weight: Option<f64>,
+    arch: &str,
+    seed: u64,
+    checkpoint_every: u64,
+    val: Option<PathBuf>,
+    resume: bool,
+    vgg: Option<PathBuf>,
+    half: bool,
+    on_progress: Option<PyObject>,
+) -> PyResult<(String, u64, Vec<String>, String, String)> {
+    use impasto::train::trainer::{self, Outcome, RunFiles, TrainRequest};
+    let arch = match arch {
+        "johnson" => impasto::model::Arch::Johnson,
+        "seed" => impasto::model::Arch::Seed,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "arch {other:?}: expected \"johnson\" or \"seed\""
+            )))
+        }
+    };
+    if steps == Some(0) || epochs == Some(0) || batch_size == 0 || checkpoint_every == 0 {
+        return Err(PyValueError::new_err(
+            "steps, epochs, batch_size and checkpoint_every must be at least 1",
+        ));
+    }
+    if image_size < 16 || !image_size.is_multiple_of(4) || style_size < 16 {
+        return Err(PyValueError::new_err(format!(
+            "image_size {image_size} must be a multiple of 4, at least 16; style_size at least 16"
+        )));
+    }
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(PyValueError::new_err(format!("lr {lr} must be above 0")));
+    }
+    let mut req = TrainRequest::new(style, data, output);
+    req.steps = steps;
+    req.epochs = epochs;
+    req.batch_size = batch_size;
+    req.image_size = image_size;
+    req.style_size = style_size;
+    req.lr = lr;
+    for (w, slot) in [
+        (content_weight, &mut req.loss.content_weight),
+        (style_weight, &mut req.loss.style_weight),
+        (tv_weight, &mut req.loss.tv_weight),
+    ] {
+        if let Some(w) = w {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(PyValueError::new_err(format!(
+                    "loss weight {w} must be 0 or more"
+                )));
+            }
+            *slot = w;
+        }
+    }
+    req.arch = arch;
+    req.seed = seed;
+    req.checkpoint_every = checkpoint_every;
+    req.val = val;
+    req.resume = resume;
+    req.vgg = vgg;
+    req.half = half;
+    // One flag per run (a run is minutes long; the leak is a byte).
+    let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    let mut progress = Progress {
+        callback: on_progress,
+        stop,
+        error: None,
+        messages: Vec::new(),
+    };
+    let out = py.allow_threads(|| trainer::run(&req, &mut progress, stop));
+    if let Some(e) = progress.error {
+        return Err(e);
+    }
+    let files = RunFiles::new(&req.output);
+    let (outcome, step) = match out.map_err(to_py)? {
+        Outcome::Finished => ("finished", 0),
+        Outcome::Interrupted { step } => ("interrupted", step),
+    };
+    Ok((
+        outcome.into(),
+        step,
+        progress.messages,
+        files.checkpoint.display().to_string(),
+        files.metrics.display().to_string(),
+    ))
+}
+
 #[pymodule]
 fn _impasto(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_function(wrap_pyfunction!(styles, m)?)?;
     m.add_function(wrap_pyfunction!(read_image, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate_json, m)?)?;
+    m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add("ImpastoError", m.py().get_type::<ImpastoError>())?;
     m.add("ModelError", m.py().get_type::<ModelError>())?;
     Ok(())

@@ -161,3 +161,39 @@ def test_evaluate_returns_a_dict():
     assert e["photos"] >= 1
     assert e["network"]["content"] > 0 and e["network"]["style"] > 0
     assert e["loss_config_recorded"] is True
+
+
+def test_a_short_train_run_reports_progress_and_resumes(tmp_path):
+    vgg = SHARED / "weights" / "vgg16_caffe_relu4_3.safetensors"
+    photos = SHARED / "data" / "photos" / "val"
+    style = SHARED / "data" / "styles" / "great_wave.jpg"
+    if not (vgg.exists() and photos.exists() and style.exists()):
+        pytest.skip(f"SKIPPED: needs {SHARED} (VGG16 weights, photos, styles)")
+    seen = []
+    out = tmp_path / "wave.safetensors"
+    r = impasto.train(style, photos, out, steps=3, batch_size=1, image_size=32, style_size=64,
+                      checkpoint_every=2, vgg=vgg, on_progress=seen.append)
+    assert r["outcome"] == "finished" and out.exists()
+    assert [s["step"] for s in seen] == [1, 2, 3] and all(s["steps"] == 3 for s in seen)
+    assert all(s["total"] > 0 for s in seen)
+    m = impasto.Model(out)
+    assert m.stylize(smooth(32, 32)).shape == (32, 32, 3)
+
+    # A callback that raises stops the run with its checkpoint saved; resume continues.
+    out2 = tmp_path / "stopped.safetensors"
+
+    def stop_at_2(info):
+        if info["step"] == 2:
+            raise KeyError("enough")
+
+    with pytest.raises(KeyError, match="enough"):
+        impasto.train(style, photos, out2, steps=4, batch_size=1, image_size=32, style_size=64,
+                      checkpoint_every=1, vgg=vgg, on_progress=stop_at_2)
+    assert not out2.exists() and pathlib.Path(str(out2)[: -len(".safetensors")] + ".ckpt.safetensors").exists()
+    steps = []
+    r = impasto.train(style, photos, out2, steps=4, batch_size=1, image_size=32, style_size=64,
+                      checkpoint_every=1, vgg=vgg, resume=True, on_progress=lambda i: steps.append(i["step"]))
+    assert r["outcome"] == "finished" and out2.exists()
+    assert steps[0] >= 2 and steps[-1] == 4, steps
+    with pytest.raises(ValueError, match="image_size"):
+        impasto.train(style, photos, tmp_path / "x.safetensors", image_size=30, vgg=vgg)

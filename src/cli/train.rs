@@ -3,12 +3,9 @@ use anyhow::Result;
 use impasto::loss::LossConfig;
 use impasto::model::vgg;
 use impasto::model::{Arch, Vgg16};
-use impasto::train::data;
 use impasto::train::evaluate::EvalOptions;
 use impasto::train::step::Losses;
-use impasto::train::trainer::{
-    self, Checkpoint, Observer, Outcome, RunFiles, RunOptions, TrainConfig,
-};
+use impasto::train::trainer::{self, Observer, Outcome, RunFiles, TrainRequest};
 use impasto::Error;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -91,42 +88,17 @@ impl Observer for Bar {
     }
 }
 
-/// The images in a folder; folders skipped on the way (link loops, unreadable) are said.
-fn scan(dir: &std::path::Path) -> Result<Vec<PathBuf>> {
-    let s = data::scan_reporting(dir)?;
-    for w in &s.warnings {
-        eprintln!("impasto: warning: {w}");
-    }
-    Ok(s.files)
-}
-
 pub fn train(a: TrainArgs) -> Result<i32> {
-    // First of all, so that a second run on the same output stops before any work.
-    let files = RunFiles::new(&a.output);
-    if let Some(d) = a.output.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(d).map_err(|e| Error::output(&a.output, e.to_string()))?;
-    }
-    let _lock = files.lock()?;
-    let vgg_path = vgg::locate(a.vgg.as_deref())?;
-    let vgg_net = Vgg16::load(&vgg_path)?;
-    let photos = scan(&a.data)?;
-    let val = match &a.val {
-        Some(d) => Some(scan(d)?),
-        None => None,
-    };
-    let style = trainer::load_style(&a.style, Some(a.style_size))?;
-    let per_epoch = photos.len().div_ceil(a.batch_size) as u64;
-    let steps = a.steps.unwrap_or(per_epoch * a.epochs.unwrap_or(2));
-    let cfg = TrainConfig {
-        arch: a.arch,
-        style: a.style.display().to_string(),
-        style_sha256: trainer::sha256_file(&a.style)?,
-        style_size: Some(a.style_size),
-        data: a.data.display().to_string(),
-        dataset_size: photos.len(),
-        image_size: a.image_size,
+    let req = TrainRequest {
+        style: a.style.clone(),
+        data: a.data.clone(),
+        val: a.val.clone(),
+        output: a.output.clone(),
+        steps: a.steps,
+        epochs: a.epochs,
         batch_size: a.batch_size,
-        steps,
+        image_size: a.image_size,
+        style_size: a.style_size,
         lr: a.lr,
         loss: LossConfig {
             content_weight: a.content_weight,
@@ -134,32 +106,16 @@ pub fn train(a: TrainArgs) -> Result<i32> {
             tv_weight: a.tv_weight,
             content_tap: 1,
         },
+        arch: a.arch,
         seed: a.seed,
-        vgg_convention: vgg_net.pre.convention.clone(),
-        checkpoint_every: a.checkpoint_every.max(1),
-    };
-    let resume = if a.resume {
-        if !files.checkpoint.exists() {
-            return Err(Error::Usage(format!(
-                "--resume: no checkpoint at {}",
-                files.checkpoint.display()
-            ))
-            .into());
-        }
-        Some(Checkpoint::load(&files.checkpoint)?)
-    } else {
-        if files.checkpoint.exists() {
-            return Err(Error::Usage(format!(
-                "{} exists: pass --resume to continue that run, or delete it to start over",
-                files.checkpoint.display()
-            ))
-            .into());
-        }
-        let _ = std::fs::remove_file(&files.metrics);
-        None
+        checkpoint_every: a.checkpoint_every,
+        val_every: a.val_every,
+        resume: a.resume,
+        vgg: a.vgg.clone(),
+        half: a.half,
     };
     super::signals::graceful();
-    let bar = ProgressBar::new(steps);
+    let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
             "{bar:30} {pos}/{len} steps  {elapsed_precise} eta {eta_precise}  {msg}",
@@ -167,27 +123,8 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         .unwrap(),
     );
     let mut obs = Bar(bar);
-    obs.message(&format!(
-        "training {:?} on {} photos ({} steps of {}, {}²), style {}, VGG {} ({})",
-        cfg.arch,
-        photos.len(),
-        steps,
-        cfg.batch_size,
-        cfg.image_size,
-        a.style.display(),
-        vgg_path.display(),
-        cfg.vgg_convention
-    ));
-    let opts = RunOptions {
-        val,
-        val_every: a.val_every.unwrap_or(cfg.checkpoint_every).max(1),
-        files,
-        resume,
-        half: a.half,
-        interrupt: &super::signals::STOP,
-    };
-    let ckpt = opts.files.checkpoint.clone();
-    let out = trainer::train(&cfg, &vgg_net, &style, photos, opts, &mut obs)?;
+    let ckpt = RunFiles::new(&a.output).checkpoint;
+    let out = trainer::run(&req, &mut obs, &super::signals::STOP)?;
     obs.0.finish_and_clear();
     match out {
         Outcome::Finished => {

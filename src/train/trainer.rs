@@ -333,6 +333,160 @@ fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
     writeln!(f, "{v}").map_err(|e| Error::io(path, e))
 }
 
+/// A training run as a caller asks for it (the CLI's `impasto train` flags, the Python
+/// package's `impasto.train(...)`): [`run`] turns it into a [`TrainConfig`] and runs it.
+#[derive(Clone, Debug)]
+pub struct TrainRequest {
+    /// The style painting.
+    pub style: PathBuf,
+    /// Folder of training photos (searched recursively).
+    pub data: PathBuf,
+    /// Folder of validation photos: validation loss and preview grids.
+    pub val: Option<PathBuf>,
+    /// The model file to write (checkpoint, metrics, previews beside it).
+    pub output: PathBuf,
+    /// Training steps; default `epochs` passes over the photos.
+    pub steps: Option<u64>,
+    /// Passes over the photos when `steps` is not given (default 2).
+    pub epochs: Option<u64>,
+    pub batch_size: usize,
+    pub image_size: usize,
+    /// Longest side the style image is scaled to.
+    pub style_size: u32,
+    pub lr: f64,
+    pub loss: LossConfig,
+    pub arch: Arch,
+    pub seed: u64,
+    pub checkpoint_every: u64,
+    /// Validate and preview every N steps (default: `checkpoint_every`).
+    pub val_every: Option<u64>,
+    /// Continue from the checkpoint beside the output.
+    pub resume: bool,
+    /// VGG16 weights (else `$IMPASTO_VGG`, else the cache).
+    pub vgg: Option<PathBuf>,
+    /// Store the finished model as float16.
+    pub half: bool,
+}
+
+impl TrainRequest {
+    /// Johnson's recipe with impasto's defaults: 2 epochs of batch 4 at 256², Adam 1e-3.
+    pub fn new(
+        style: impl Into<PathBuf>,
+        data: impl Into<PathBuf>,
+        output: impl Into<PathBuf>,
+    ) -> Self {
+        TrainRequest {
+            style: style.into(),
+            data: data.into(),
+            val: None,
+            output: output.into(),
+            steps: None,
+            epochs: None,
+            batch_size: 4,
+            image_size: 256,
+            style_size: 256,
+            lr: 1e-3,
+            loss: LossConfig::default(),
+            arch: Arch::Johnson,
+            seed: 42,
+            checkpoint_every: 500,
+            val_every: None,
+            resume: false,
+            vgg: None,
+            half: false,
+        }
+    }
+}
+
+/// Set up and run (or, with `resume`, continue) a training run: the output's lock first (so
+/// a second run on the same output stops before any work), the VGG16 weights, the photos
+/// (skipped folders reported through `obs`), the style, the checkpoint.
+pub fn run(
+    req: &TrainRequest,
+    obs: &mut dyn Observer,
+    interrupt: &'static AtomicBool,
+) -> Result<Outcome> {
+    let files = RunFiles::new(&req.output);
+    if let Some(d) = req.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|e| Error::output(&req.output, e.to_string()))?;
+    }
+    let _lock = files.lock()?;
+    let vgg_path = crate::model::vgg::locate(req.vgg.as_deref())?;
+    let vgg = Vgg16::load(&vgg_path)?;
+    let mut scan = |dir: &Path| -> Result<Vec<PathBuf>> {
+        let s = crate::train::data::scan_reporting(dir)?;
+        for w in &s.warnings {
+            obs.message(&format!("warning: {w}"));
+        }
+        Ok(s.files)
+    };
+    let photos = scan(&req.data)?;
+    let val = match &req.val {
+        Some(d) => Some(scan(d)?),
+        None => None,
+    };
+    if req.batch_size == 0 {
+        return Err(Error::Usage("the batch size must be at least 1".into()));
+    }
+    let style = load_style(&req.style, Some(req.style_size))?;
+    let per_epoch = photos.len().div_ceil(req.batch_size) as u64;
+    let steps = req.steps.unwrap_or(per_epoch * req.epochs.unwrap_or(2));
+    let cfg = TrainConfig {
+        arch: req.arch,
+        style: req.style.display().to_string(),
+        style_sha256: sha256_file(&req.style)?,
+        style_size: Some(req.style_size),
+        data: req.data.display().to_string(),
+        dataset_size: photos.len(),
+        image_size: req.image_size,
+        batch_size: req.batch_size,
+        steps,
+        lr: req.lr,
+        loss: req.loss.clone(),
+        seed: req.seed,
+        vgg_convention: vgg.pre.convention.clone(),
+        checkpoint_every: req.checkpoint_every.max(1),
+    };
+    let resume = if req.resume {
+        if !files.checkpoint.exists() {
+            return Err(Error::Usage(format!(
+                "--resume: no checkpoint at {}",
+                files.checkpoint.display()
+            )));
+        }
+        Some(Checkpoint::load(&files.checkpoint)?)
+    } else {
+        if files.checkpoint.exists() {
+            return Err(Error::Usage(format!(
+                "{} exists: pass --resume to continue that run, or delete it to start over",
+                files.checkpoint.display()
+            )));
+        }
+        let _ = std::fs::remove_file(&files.metrics);
+        None
+    };
+    obs.message(&format!(
+        "training {:?} on {} photos ({} steps of {}, {}²), style {}, VGG {} ({})",
+        cfg.arch,
+        photos.len(),
+        steps,
+        cfg.batch_size,
+        cfg.image_size,
+        req.style.display(),
+        vgg_path.display(),
+        cfg.vgg_convention
+    ));
+    let opts = RunOptions {
+        val,
+        val_every: req.val_every.unwrap_or(cfg.checkpoint_every).max(1),
+        files,
+        resume,
+        half: req.half,
+        interrupt,
+    };
+    train(&cfg, &vgg, &style, photos, opts, obs)
+}
+
 /// Run (or continue) training. Returns when the steps are done or on interruption.
 pub fn train(
     cfg: &TrainConfig,

@@ -14,7 +14,7 @@ import json as _json
 from . import _impasto
 from ._impasto import ImpastoError, ModelError, read_image, styles
 
-__all__ = ["Model", "styles", "read_image", "evaluate", "ImpastoError", "ModelError"]
+__all__ = ["Model", "styles", "read_image", "train", "evaluate", "ImpastoError", "ModelError"]
 
 
 def _is_pil(img):
@@ -100,3 +100,53 @@ def evaluate(model, style, photos, vgg=None, image_size=256, style_size=256, mar
             margin,
         )
     )
+
+
+def train(
+    style,
+    data,
+    output,
+    steps=None,
+    epochs=None,
+    batch_size=4,
+    image_size=256,
+    style_size=256,
+    lr=1e-3,
+    content_weight=None,
+    style_weight=None,
+    tv_weight=None,
+    arch="johnson",
+    seed=42,
+    checkpoint_every=500,
+    val=None,
+    resume=False,
+    vgg=None,
+    half=False,
+    on_progress=None,
+):
+    """Train a style from a painting on a folder of photos (``impasto train``).
+
+    Writes ``output`` (the model), ``OUTPUT.ckpt.safetensors`` (a checkpoint every
+    ``checkpoint_every`` steps; ``resume=True`` continues from it exactly), a metrics log and,
+    with ``val``, preview grids. ``on_progress(info)`` is called after every step with a dict
+    (``step``, ``steps``, ``content``, ``style``, ``tv``, ``total``, ``images_per_second``); if
+    it raises, or on Ctrl-C, the run stops at that step with its checkpoint saved and the
+    exception propagates. Returns a dict: ``outcome`` ("finished" or "interrupted"),
+    ``model``, ``checkpoint``, ``metrics``, ``messages``.
+    """
+    p = lambda v: None if v is None else str(v)
+    outcome, step, messages, checkpoint, metrics = _impasto.train(
+        str(style), str(data), str(output), steps, epochs, batch_size, image_size,
+        style_size, lr, content_weight, style_weight, tv_weight, arch, seed,
+        checkpoint_every, p(val), resume, p(vgg), half, on_progress,
+    )
+    out = {
+        "outcome": outcome,
+        "model": str(output),
+        "checkpoint": checkpoint,
+        "metrics": metrics,
+        "messages": messages,
+    }
+    if outcome == "interrupted":
+        out["step"] = step
+    return out

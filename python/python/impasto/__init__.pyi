@@ -1,5 +1,5 @@
 from os import PathLike
-from typing import Any, Dict, List, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +20,29 @@ def evaluate(
     image_size: int = ...,
     style_size: int = ...,
     margin: int = ...,
+) -> Dict[str, Any]: ...
+
+def train(
+    style: StrPath,
+    data: StrPath,
+    output: StrPath,
+    steps: Optional[int] = ...,
+    epochs: Optional[int] = ...,
+    batch_size: int = ...,
+    image_size: int = ...,
+    style_size: int = ...,
+    lr: float = ...,
+    content_weight: Optional[float] = ...,
+    style_weight: Optional[float] = ...,
+    tv_weight: Optional[float] = ...,
+    arch: str = ...,
+    seed: int = ...,
+    checkpoint_every: int = ...,
+    val: Optional[StrPath] = ...,
+    resume: bool = ...,
+    vgg: Optional[StrPath] = ...,
+    half: bool = ...,
+    on_progress: Optional[Callable[[Dict[str, float]], Any]] = ...,
 ) -> Dict[str, Any]: ...
 
 class Model:
