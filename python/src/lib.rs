@@ -224,6 +224,36 @@ fn read_image<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyArra
     Ok(to_array(img).into_pyarray(py))
 }
 
+/// Decode an encoded image (the bytes of a PNG, JPEG, WebP, TIFF or BMP file) with impasto's
+/// strict decoders; `name` is what errors call it.
+#[pyfunction]
+#[pyo3(signature = (data, name = "bytes"))]
+fn decode_image<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    name: &str,
+) -> PyResult<Bound<'py, PyArray3<u8>>> {
+    let name = PathBuf::from(name);
+    let d = py
+        .allow_threads(|| impasto::imageio::read_bytes(data, &name, &Default::default()))
+        .map_err(to_py)?;
+    let img = if d.has_alpha {
+        image::DynamicImage::ImageRgba8(d.image.into_rgba8())
+    } else {
+        image::DynamicImage::ImageRgb8(d.image.into_rgb8())
+    };
+    Ok(to_array(img).into_pyarray(py))
+}
+
+/// Write an image (format from the extension), atomically: a failed write leaves nothing.
+#[pyfunction]
+fn write_image(py: Python<'_>, path: PathBuf, image: PyReadonlyArrayDyn<'_, u8>) -> PyResult<()> {
+    let img = to_image(&image)?.image;
+    drop(image);
+    py.allow_threads(|| impasto::imageio::write_path(&img, &path))
+        .map_err(to_py)
+}
+
 /// `impasto evaluate` as JSON text (the Python wrapper turns it into a dict).
 #[pyfunction]
 #[pyo3(signature = (model, style, photos, vgg = None, image_size = 256, style_size = 256, margin = 8))]
@@ -413,6 +443,8 @@ fn _impasto(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_image, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate_json, m)?)?;
     m.add_function(wrap_pyfunction!(train, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_image, m)?)?;
+    m.add_function(wrap_pyfunction!(write_image, m)?)?;
     m.add("ImpastoError", m.py().get_type::<ImpastoError>())?;
     m.add("ModelError", m.py().get_type::<ModelError>())?;
     Ok(())

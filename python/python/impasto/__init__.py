@@ -12,9 +12,19 @@ Python threads stylize in parallel with other Python work.
 import json as _json
 
 from . import _impasto
-from ._impasto import ImpastoError, ModelError, read_image, styles
+from ._impasto import ImpastoError, ModelError, decode_image, read_image, styles, write_image
 
-__all__ = ["Model", "styles", "read_image", "train", "evaluate", "ImpastoError", "ModelError"]
+__all__ = [
+    "Model",
+    "styles",
+    "read_image",
+    "decode_image",
+    "write_image",
+    "train",
+    "evaluate",
+    "ImpastoError",
+    "ModelError",
+]
 
 
 def _is_pil(img):
