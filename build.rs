@@ -1,4 +1,4 @@
-//! Embed the built-in style models (`styles/*.safetensors`, f16) in the binary.
+//! Embed the built-in style models (`styles/*.safetensors`, int8 conv weights) in the binary.
 use std::io::Write;
 
 fn main() {

@@ -73,6 +73,9 @@ pub enum Cmd {
         /// Store the weights as float16.
         #[arg(long)]
         half: bool,
+        /// Store the conv weights as int8 with per-channel scales (a quarter of f32).
+        #[arg(long, conflicts_with = "half")]
+        int8: bool,
         /// Record a thumbnail of the style painting in the file (for galleries such as
         /// `impasto serve`'s page).
         #[arg(long, value_name = "PAINTING")]
@@ -136,18 +139,24 @@ pub fn run(cli: Cli) -> Result<i32> {
             input,
             output,
             half,
+            int8,
             style_image,
         } => {
+            use impasto::model::format::Precision;
+            let precision = match (half, int8) {
+                (_, true) => Precision::Int8,
+                (true, _) => Precision::F16,
+                _ => Precision::F32,
+            };
             let mut m = Transformer::load(&input)?;
             if let Some(p) = style_image {
                 let t = impasto::styles::painting_thumbnail(&p)?;
                 m.metadata.insert(impasto::styles::THUMBNAIL_KEY.into(), t);
             }
-            m.save(&output, half)?;
+            m.save_as(&output, precision)?;
             eprintln!(
-                "wrote {} ({}, {:?})",
+                "wrote {} ({precision:?}, {:?})",
                 output.display(),
-                if half { "f16" } else { "f32" },
                 m.config.arch
             );
             Ok(0)

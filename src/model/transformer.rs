@@ -427,8 +427,15 @@ impl<B: Backend> Transformer<B> {
     /// implausible config) is refused here too, so no command writes a file impasto cannot
     /// read back.
     pub fn save(&self, path: &Path, half: bool) -> Result<()> {
+        use crate::model::format::Precision;
+        self.save_as(path, if half { Precision::F16 } else { Precision::F32 })
+    }
+
+    /// [`Transformer::save`] in any [`Precision`](crate::model::format::Precision).
+    pub fn save_as(&self, path: &Path, precision: crate::model::format::Precision) -> Result<()> {
+        use crate::model::format::Precision;
         self.validate().map_err(|m| Error::model(path, m))?;
-        if half {
+        if precision != Precision::F32 {
             // f16 overflows to infinity above 65504.
             if let Some((spec, _)) = self
                 .params()
@@ -443,7 +450,7 @@ impl<B: Backend> Transformer<B> {
                 ));
             }
         }
-        self.to_file().write(path, half)
+        self.to_file().write_as(path, precision)
     }
 
     /// The one check every model passes before it is used or written: a plausible config
