@@ -5,7 +5,7 @@
 //! - seed: `Conv(auto_pad=SAME_UPPER)`, `ConvTranspose(stride 2, pads 0,0,1,1)`, the final
 //!   norm, `Tanh`, `Mul`, `Add`, `Clip`.
 //!
-//! Input `image` [1,3,H,W] RGB 0..255 with H and W multiples of 4; output `stylized`.
+//! Input `image` `[1, 3, H, W]` RGB 0..255 with H and W multiples of 4; output `stylized`.
 
 use crate::backend::{OutputFn, Padding, Resample};
 use crate::error::Result;

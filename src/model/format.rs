@@ -1,7 +1,7 @@
 //! The model file: safetensors with impasto's metadata.
 //!
 //! Weights are stored under PyTorch-compatible names (f32, f16 or bf16 on disk; always f32 in
-//! memory). The metadata key `impasto.config` holds the network's [`TransformerConfig`] as
+//! memory). The metadata key `impasto.config` holds the network's [`TransformerConfig`](crate::model::TransformerConfig) as
 //! JSON and `impasto.provenance` how the file was made, so a model file is self-describing.
 //! Every read is validated: header, dtypes, shapes and the presence of every tensor the
 //! architecture needs, each failure reported with the file's path.
