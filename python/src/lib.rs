@@ -103,6 +103,16 @@ fn to_array(img: image::DynamicImage) -> Array3<u8> {
     Array3::from_shape_vec((h, w, c), v).expect("pixel buffer matches its size")
 }
 
+/// A decoded file as H×W×3, or H×W×4 when it has alpha.
+fn decoded_array(d: Decoded) -> Array3<u8> {
+    let img = if d.has_alpha {
+        image::DynamicImage::ImageRgba8(d.image.into_rgba8())
+    } else {
+        image::DynamicImage::ImageRgb8(d.image.into_rgb8())
+    };
+    to_array(img)
+}
+
 fn options(strength: f32, preserve_color: bool, max_size: Option<u32>) -> PyResult<StylizeOptions> {
     if !(0.0..=1.0).contains(&strength) {
         return Err(PyValueError::new_err(format!(
@@ -216,12 +226,7 @@ fn read_image<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyArra
     let d = py
         .allow_threads(|| impasto::imageio::read_path(&path, &Default::default()))
         .map_err(to_py)?;
-    let img = if d.has_alpha {
-        image::DynamicImage::ImageRgba8(d.image.into_rgba8())
-    } else {
-        image::DynamicImage::ImageRgb8(d.image.into_rgb8())
-    };
-    Ok(to_array(img).into_pyarray(py))
+    Ok(decoded_array(d).into_pyarray(py))
 }
 
 /// Decode an encoded image (the bytes of a PNG, JPEG, WebP, TIFF or BMP file) with impasto's
@@ -237,12 +242,7 @@ fn decode_image<'py>(
     let d = py
         .allow_threads(|| impasto::imageio::read_bytes(data, &name, &Default::default()))
         .map_err(to_py)?;
-    let img = if d.has_alpha {
-        image::DynamicImage::ImageRgba8(d.image.into_rgba8())
-    } else {
-        image::DynamicImage::ImageRgb8(d.image.into_rgb8())
-    };
-    Ok(to_array(img).into_pyarray(py))
+    Ok(decoded_array(d).into_pyarray(py))
 }
 
 /// Write an image (format from the extension), atomically: a failed write leaves nothing.
@@ -256,7 +256,7 @@ fn write_image(py: Python<'_>, path: PathBuf, image: PyReadonlyArrayDyn<'_, u8>)
 
 /// `impasto evaluate` as JSON text (the Python wrapper turns it into a dict).
 #[pyfunction]
-#[pyo3(signature = (model, style, photos, vgg = None, image_size = 256, style_size = 256, margin = 8))]
+#[pyo3(signature = (model, style, photos, vgg = None, image_size = 256, style_size = 256, margin = None))]
 #[allow(clippy::too_many_arguments)]
 fn evaluate_json(
     py: Python<'_>,
@@ -266,7 +266,7 @@ fn evaluate_json(
     vgg: Option<PathBuf>,
     image_size: usize,
     style_size: u32,
-    margin: usize,
+    margin: Option<usize>,
 ) -> PyResult<String> {
     if image_size < 16 || !image_size.is_multiple_of(4) {
         return Err(PyValueError::new_err(format!(
@@ -276,11 +276,12 @@ fn evaluate_json(
     py.allow_threads(|| {
         let m = impasto::styles::resolve(&model.to_string_lossy())?;
         let v = impasto::model::Vgg16::load(&impasto::model::vgg::locate(vgg.as_deref())?)?;
+        let defaults = impasto::train::evaluate::EvalOptions::default();
         let opts = impasto::train::evaluate::EvalOptions {
             image_size,
             style_size,
-            margin,
-            ..Default::default()
+            margin: margin.unwrap_or(defaults.margin),
+            ..defaults
         };
         let e = impasto::train::evaluate::evaluate(&m, &model, &v, &style, &photos, &opts)?;
         Ok(e.to_json())

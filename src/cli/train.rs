@@ -186,6 +186,9 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
     };
     let e =
         impasto::train::evaluate::evaluate(&model, &a.model, &vgg_net, &a.style, &a.photos, &opts)?;
+    for w in &e.warnings {
+        eprintln!("impasto: warning: {w}");
+    }
     for (_, why) in &e.skipped {
         eprintln!("impasto: warning: skipped {why}");
     }

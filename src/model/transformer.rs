@@ -605,8 +605,10 @@ impl<B: Backend> Transformer<B> {
         let [n, c, h, w] = b.dims(z);
         let layer = &self.plan.norms[i];
         let (gamma, beta) = (&self.params[layer.scale], &self.params[layer.shift]);
-        let mut xhat = tape.is_some().then(|| z.clone());
-        let (ones, zeros) = (vec![1.0f32; c], vec![0.0f32; c]);
+        // When taping: x̂ (normalised with γ = 1, β = 0) beside the output.
+        let mut xhat = tape
+            .is_some()
+            .then(|| (z.clone(), vec![1.0f32; c], vec![0.0f32; c]));
         let mut inv = Vec::with_capacity(n);
         for s in 0..n {
             let st = {
@@ -620,13 +622,13 @@ impl<B: Backend> Transformer<B> {
                 };
                 src.stats(i, &act, self.plan.norm_eps)?
             };
-            if let Some(xh) = &mut xhat {
-                b.norm_apply(xh, s, &st, &ones, &zeros, false, None);
+            if let Some((xh, ones, zeros)) = &mut xhat {
+                b.norm_apply(xh, s, &st, ones, zeros, false, None);
                 inv.push(st.inv_std.clone());
             }
             b.norm_apply(z, s, &st, gamma, beta, relu, residual);
         }
-        if let (Some(t), Some(xh)) = (tape.as_deref_mut(), xhat) {
+        if let (Some(t), Some((xh, _, _))) = (tape.as_deref_mut(), xhat) {
             t.xhat.push(xh);
             t.inv_std.push(inv);
         }

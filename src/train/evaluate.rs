@@ -58,6 +58,9 @@ pub struct Evaluation {
     /// Photos that could not be read, with why.
     #[serde(skip)]
     pub skipped: Vec<(PathBuf, String)>,
+    /// Folders left out of the scan (link loops, unreadable), one line each.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 impl Evaluation {
@@ -94,7 +97,8 @@ pub fn evaluate(
     let target = StyleTarget::new(vgg, &trainer::load_style(style, Some(opts.style_size))?);
     let size = opts.image_size;
     let (mut imgs, mut skipped) = (Vec::new(), Vec::new());
-    for f in data::scan(photos)? {
+    let scan = data::scan_reporting(photos)?;
+    for f in scan.files {
         match data::load_crop(&f, size, None) {
             Ok(v) => imgs.push(Tensor::from_vec(1, 3, size, size, v)),
             Err(e) => skipped.push((f, e.to_string())),
@@ -132,5 +136,6 @@ pub fn evaluate(
         border_artifact: (border / k).abs(),
         border_artifact_photos: (border_photo / k).abs(),
         skipped,
+        warnings: scan.warnings,
     })
 }

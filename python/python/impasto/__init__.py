@@ -96,7 +96,7 @@ class Model:
         return repr(self._m)
 
 
-def evaluate(model, style, photos, vgg=None, image_size=256, style_size=256, margin=8):
+def evaluate(model, style, photos, vgg=None, image_size=256, style_size=256, margin=None):
     """``impasto evaluate`` as a dict: the model's content, style and TV losses on the
     photos (bare network and the stylize pipeline) and its artifact measures."""
     return _json.loads(

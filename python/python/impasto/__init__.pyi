@@ -21,7 +21,7 @@ def evaluate(
     vgg: Optional[StrPath] = ...,
     image_size: int = ...,
     style_size: int = ...,
-    margin: int = ...,
+    margin: Optional[int] = ...,
 ) -> Dict[str, Any]: ...
 
 def train(
