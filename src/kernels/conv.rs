@@ -875,6 +875,44 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn direct_kernels_of_every_isa_this_cpu_has_match_naive() {
+        use super::super::direct::{forward_isa, has_avx512, Isa};
+        let mut isas = Vec::new();
+        if has_avx512() {
+            isas.push(Isa::Avx512);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            isas.push(Isa::Avx2);
+        }
+        if isas.is_empty() {
+            eprintln!("SKIPPED: this CPU has neither AVX-512 nor AVX2+FMA");
+            return;
+        }
+        // Widths around the vector and block sizes (8·3, 8·4, 16·4 …) and odd ones.
+        for isa in isas {
+            for (co, ci, w) in [
+                (3usize, 8usize, 7usize),
+                (8, 3, 24),
+                (3, 8, 33),
+                (4, 5, 65),
+                (5, 8, 40),
+                (8, 3, 97),
+            ] {
+                let g = ConvGeom::simple(9, 1, 4, PadMode::Reflect);
+                let x = Tensor::from_vec(2, ci, 11, w, pseudo(2 * ci * 11 * w, (co * w) as u32));
+                let conv = Conv2d::new(co, ci, 9, pseudo(co * ci * 81, 2), Some(pseudo(co, 4)));
+                let (ho, wo) = g.out_size(x.h, x.w);
+                let ymap = g.index_map(x.h, ho, g.pad[0]);
+                let xmap = g.index_map(x.w, wo, g.pad[2]);
+                let got = forward_isa(isa, &conv, &g, &x, &ymap, &xmap, ho, wo);
+                let err = got.rel_error(&naive(&conv, &g, &x));
+                assert!(err < 1e-5, "{isa:?} {ci}->{co} width {w}: {err:.2e}");
+            }
+        }
+    }
+
+    #[test]
     fn transposed_conv_matches_scatter_definition() {
         // ConvTranspose2d(stride 2, k 3, pads begin 0 end 1) computed by scattering.
         let (ci, co, k, h, w) = (2, 3, 3, 5, 6);

@@ -1,10 +1,12 @@
-//! Direct stride-1 convolution with AVX-512 register blocking, for the layers where
+//! Direct stride-1 convolution with AVX-512 (or AVX2 + FMA) register blocking, for the layers where
 //! im2col + GEMM is a poor fit: the 9×9 convolutions at full resolution, whose patch matrix
 //! would be as large as the work itself (the final 32→3 conv has only three output rows).
 //!
 //! Each task computes a few output rows; within a row, a block of `OB` output channels ×
-//! `XB`·16 pixels is held in registers while every input channel and tap is streamed
-//! through, reading the (once-padded) input directly with unaligned loads.
+//! `XB` vectors of pixels (16 lanes with AVX-512, 8 with AVX2) is held in registers while
+//! every input channel and tap is streamed through, reading the (once-padded) input directly
+//! with unaligned loads. The AVX2 path is what the compact live models run on machines
+//! without AVX-512 (their time was half in these two layers as im2col + GEMM).
 
 use crate::kernels::conv::{Conv2d, ConvGeom};
 use crate::tensor::Tensor;
@@ -17,7 +19,35 @@ pub fn applicable(conv: &Conv2d, g: &ConvGeom) -> bool {
         && g.dilate == 1
         && g.k >= 5
         && conv.c_in * g.k * g.k >= 64
-        && has_avx512()
+        && isa().is_some()
+}
+
+/// Which vector kernel this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+}
+
+/// The widest direct kernel this CPU supports (`IMPASTO_NO_AVX512` / `IMPASTO_NO_AVX2` turn
+/// them off, for comparisons and tests).
+pub fn isa() -> Option<Isa> {
+    if has_avx512() {
+        return Some(Isa::Avx512);
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let avx2 = *ON.get_or_init(|| {
+            std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::env::var_os("IMPASTO_NO_AVX2").is_none()
+        });
+        if avx2 {
+            return Some(Isa::Avx2);
+        }
+    }
+    None
 }
 
 pub fn has_avx512() -> bool {
@@ -99,6 +129,22 @@ pub fn forward(
     ho: usize,
     wo: usize,
 ) -> Tensor {
+    let isa = isa().expect("direct::forward called without a supported ISA");
+    forward_isa(isa, conv, g, x, ymap, xmap, ho, wo)
+}
+
+/// [`forward`] with a chosen kernel (the caller checks the CPU has it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn forward_isa(
+    isa: Isa,
+    conv: &Conv2d,
+    g: &ConvGeom,
+    x: &Tensor,
+    ymap: &[i32],
+    xmap: &[i32],
+    ho: usize,
+    wo: usize,
+) -> Tensor {
     let mut out = Tensor::for_overwrite(x.n, conv.c_out, ho, wo);
     let k = g.k;
     // Weights regrouped per output-channel block: [block][c][ky][kx][OB].
@@ -132,20 +178,25 @@ pub fn forward(
                     for b in 0..nb {
                         let w = &wp[b * kk * ob..(b + 1) * kk * ob];
                         let bias = &conv.bias[b * ob..(b + 1) * ob];
-                        // SAFETY: has_avx512() was checked by `applicable`; each task writes its
-                        // own rows; loads stay within `xp` thanks to its slack.
+                        // SAFETY: `applicable` checked that the CPU has the kernel's ISA; each
+                        // task writes its own rows; loads stay within `xp` thanks to its slack
+                        // (AVX-512) or are masked (AVX2).
                         unsafe {
                             let dst = optr.get().add(b * ob * plane + y * wo);
-                            match ob {
-                                4 => avx512::row::<4, 4>(
-                                    &xp, hp, wpad, conv.c_in, k, y, w, bias, dst, plane, wo,
-                                ),
-                                3 => avx512::row::<3, 6>(
-                                    &xp, hp, wpad, conv.c_in, k, y, w, bias, dst, plane, wo,
-                                ),
-                                _ => avx512::row::<1, 8>(
-                                    &xp, hp, wpad, conv.c_in, k, y, w, bias, dst, plane, wo,
-                                ),
+                            macro_rules! row {
+                                ($m:ident, $ob:literal, $xb:literal) => {
+                                    $m::row::<$ob, $xb>(
+                                        &xp, hp, wpad, conv.c_in, k, y, w, bias, dst, plane, wo,
+                                    )
+                                };
+                            }
+                            match (isa, ob) {
+                                (Isa::Avx512, 4) => row!(avx512, 4, 4),
+                                (Isa::Avx512, 3) => row!(avx512, 3, 6),
+                                (Isa::Avx512, _) => row!(avx512, 1, 8),
+                                (Isa::Avx2, 4) => row!(avx2, 4, 3),
+                                (Isa::Avx2, 3) => row!(avx2, 3, 4),
+                                (Isa::Avx2, _) => row!(avx2, 1, 6),
                             }
                         }
                     }
@@ -230,6 +281,114 @@ mod avx512 {
                 x0 += XB * 16;
             }
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// One output row for `OB` output channels, `XB` vectors of 8 pixels at a time; the
+    /// row's tail is handled with masked loads and stores.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn row<const OB: usize, const XB: usize>(
+        xp: &[f32],
+        hp: usize,
+        wp: usize,
+        c_in: usize,
+        k: usize,
+        y: usize,
+        w: &[f32],
+        bias: &[f32],
+        dst: *mut f32,
+        plane: usize,
+        wo: usize,
+    ) {
+        // SAFETY: the caller checked AVX2 and FMA; every load of a vector that would run
+        // past the padded row's end is masked (a masked-off lane is never read), and `xp`
+        // holds `c_in` planes of `hp × wp` floats; `dst` is valid for this output row of `OB`
+        // channels and written by no other task.
+        unsafe {
+            debug_assert!(xp.len() >= c_in * hp * wp);
+            let xptr = xp.as_ptr();
+            let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mut x0 = 0;
+            while x0 < wo {
+                let mut masks = [_mm256_setzero_si256(); XB];
+                let mut full = [false; XB];
+                let mut any = [false; XB];
+                for v in 0..XB {
+                    let n = wo.saturating_sub(x0 + v * 8).min(8);
+                    masks[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lane);
+                    full[v] = n == 8;
+                    any[v] = n > 0;
+                }
+                let mut acc = [[_mm256_setzero_ps(); XB]; OB];
+                for (o, a) in acc.iter_mut().enumerate() {
+                    let b = _mm256_set1_ps(bias[o]);
+                    for v in a.iter_mut() {
+                        *v = b;
+                    }
+                }
+                let all_full = full.iter().all(|&f| f);
+                let mut wi = 0;
+                for c in 0..c_in {
+                    let cbase = c * hp * wp;
+                    for ky in 0..k {
+                        let rbase = xptr.add(cbase + (y + ky) * wp + x0);
+                        for kx in 0..k {
+                            let mut xv = [_mm256_setzero_ps(); XB];
+                            for v in 0..XB {
+                                xv[v] = if all_full {
+                                    _mm256_loadu_ps(rbase.add(kx + v * 8))
+                                } else {
+                                    _mm256_maskload_ps(rbase.add(kx + v * 8), masks[v])
+                                };
+                            }
+                            for (o, a) in acc.iter_mut().enumerate() {
+                                let wv = _mm256_set1_ps(*w.get_unchecked(wi + o));
+                                for (av, &xvv) in a.iter_mut().zip(&xv) {
+                                    *av = _mm256_fmadd_ps(wv, xvv, *av);
+                                }
+                            }
+                            wi += OB;
+                        }
+                    }
+                }
+                for (o, a) in acc.iter().enumerate() {
+                    for (v, &val) in a.iter().enumerate() {
+                        let p = dst.add(o * plane + x0 + v * 8);
+                        if full[v] {
+                            _mm256_storeu_ps(p, val);
+                        } else if any[v] {
+                            _mm256_maskstore_ps(p, masks[v], val);
+                        }
+                    }
+                }
+                x0 += XB * 8;
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod avx2 {
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn row<const OB: usize, const XB: usize>(
+        _: &[f32],
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: &[f32],
+        _: &[f32],
+        _: *mut f32,
+        _: usize,
+        _: usize,
+    ) {
+        unreachable!("direct kernel needs AVX2")
     }
 }
 
