@@ -9,7 +9,10 @@ THREADS="${THREADS:-2}"
 VGG="${IMPASTO_VGG:-${IMPASTO_SHARED:-../shared}/weights/vgg16_caffe_relu4_3.safetensors}"
 cargo build --release -q
 VENV="$(scripts/bench-venv.sh >/dev/null; echo target/bench-venv)"
-"$VENV/bin/python" -c 'import torch' 2>/dev/null || "$VENV/bin/python" -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+# PyTorch from the ordinary package registry (PyPI): the default wheel runs on the CPU, and
+# a machine that reaches only the registries can install it (download.pytorch.org may be
+# out of reach).
+"$VENV/bin/python" -c 'import torch' 2>/dev/null || "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch
 rss() { grep "Maximum resident" "$1" | awk '{printf "%.2f GB", $6/1e6}'; }
 /usr/bin/time -v target/release/impasto bench --train --threads "$THREADS" --vgg "$VGG" --sizes 256 --batch 4 --runs "$RUNS" --json > /tmp/impasto_train.json 2> /tmp/impasto_train.time
 /usr/bin/time -v "$VENV/bin/python" scripts/bench_train.py --vgg "$VGG" --runs "$RUNS" --threads "$THREADS" > /tmp/torch_train.json 2> /tmp/torch_train.time

@@ -20,11 +20,17 @@ fn main() {
             if cli::is_broken_pipe(&e) {
                 0
             } else {
-                eprintln!("impasto: error: {e:#}");
-                if e.downcast_ref::<impasto::Error>().is_some() {
-                    2
-                } else {
-                    1
+                // impasto's errors already name their cause (the path, then the problem);
+                // anything else gets anyhow's chain.
+                match e.downcast_ref::<impasto::Error>() {
+                    Some(ie) => {
+                        eprintln!("impasto: error: {ie}");
+                        2
+                    }
+                    None => {
+                        eprintln!("impasto: error: {e:#}");
+                        1
+                    }
                 }
             }
         }

@@ -19,6 +19,40 @@ pub fn builtin(name: &str) -> Option<Result<Transformer>> {
     })
 }
 
+/// The name suffix of the built-in live models: `great_wave_live` is `great_wave`
+/// distilled into the compact live network (`impasto distill`).
+pub const LIVE_SUFFIX: &str = "_live";
+
+/// The live twin of a built-in style, if it has one (`great_wave` → `great_wave_live`).
+pub fn live_twin(name: &str) -> Option<&'static str> {
+    let want = format!("{name}{LIVE_SUFFIX}");
+    BUILTIN.iter().map(|(n, _)| *n).find(|n| *n == want)
+}
+
+/// The style `--live` asks for: the live twin of a built-in style, or the style itself when
+/// it already is a live model; anything else is a usage error that says what to do.
+pub fn resolve_live(spec: &str) -> Result<Transformer> {
+    if spec.ends_with(LIVE_SUFFIX) && builtin(spec).is_some() {
+        return resolve(spec);
+    }
+    if let Some(t) = live_twin(spec) {
+        return resolve(t);
+    }
+    Err(Error::Usage(format!(
+        "--live: {spec:?} has no live twin (built-in styles with one: {}); make one with `impasto distill --teacher {spec} --data PHOTOS -o live.safetensors` and pass that file without --live",
+        names()
+            .into_iter()
+            .filter(|n| live_twin(n).is_some())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
+/// A built-in style's model file bytes.
+pub fn builtin_bytes(name: &str) -> Option<&'static [u8]> {
+    BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+}
+
 /// `--style` / `--model`: a built-in name, else a model file.
 pub fn resolve(spec: &str) -> Result<Transformer> {
     if let Some(m) = builtin(spec) {

@@ -33,11 +33,91 @@ pub struct Args {
     /// VGG16 weights for --train.
     #[arg(long)]
     vgg: Option<PathBuf>,
+    /// Time the server's live pipeline instead (JPEG decode, stylize with blended
+    /// statistics, JPEG encode, as one WebSocket frame) on the shipped photo scaled to each
+    /// WxH, e.g. `--frames 320x240,640x480`; `--model` may be a built-in style name.
+    #[arg(long, value_delimiter = ',', value_parser = parse_frame)]
+    frames: Vec<(u32, u32)>,
+}
+
+fn parse_frame(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once('x')
+        .ok_or_else(|| format!("{s:?}: expected WIDTHxHEIGHT, e.g. 320x240"))?;
+    let p = |v: &str| {
+        v.parse::<u32>()
+            .ok()
+            .filter(|&n| (16..=8192).contains(&n))
+            .ok_or_else(|| format!("{s:?}: sides must be whole numbers from 16 to 8192"))
+    };
+    Ok((p(w)?, p(h)?))
+}
+
+/// The shipped photo (assets/coffee.jpg, embedded) scaled to `w × h`, as a JPEG of quality
+/// 80: what the page sends for a frame.
+fn frame_jpeg(w: u32, h: u32) -> Result<Vec<u8>> {
+    static PHOTO: &[u8] = include_bytes!("../../assets/coffee.jpg");
+    let img =
+        image::load_from_memory(PHOTO)?.resize_to_fill(w, h, image::imageops::FilterType::Triangle);
+    let mut jpg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 80)
+        .encode_image(&img.to_rgb8())?;
+    Ok(jpg)
+}
+
+/// Frames per second of the live pipeline (see `--frames`).
+fn frames(a: &Args) -> Result<i32> {
+    let model = match &a.model {
+        Some(p) => impasto::styles::resolve(&p.to_string_lossy())?,
+        None => {
+            impasto::model::Transformer::init(impasto::model::TransformerConfig::new(a.arch), 1)
+        }
+    };
+    let threads = rayon::current_num_threads();
+    if !a.json {
+        outln!("| frame | median ms | min ms | fps (median) | threads |");
+        outln!("|---|---|---|---|---|");
+    }
+    for &(w, h) in &a.frames {
+        let jpg = frame_jpeg(w, h)?;
+        let mut stats = None;
+        let mut one = || {
+            impasto::serve::live_frame(&jpg, &model, w.max(h), &mut stats)
+                .map_err(anyhow::Error::msg)
+        };
+        for _ in 0..a.warmup.max(1) {
+            one()?;
+        }
+        let mut ms = Vec::new();
+        for _ in 0..a.runs.max(1) {
+            let t = Instant::now();
+            std::hint::black_box(one()?);
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        ms.sort_by(f64::total_cmp);
+        let med = ms[ms.len() / 2];
+        if a.json {
+            outln!(
+                "{}",
+                serde_json::json!({"engine": "impasto", "pipeline": "live", "width": w, "height": h, "median_ms": med, "min_ms": ms[0], "fps": 1e3 / med, "runs": ms, "threads": threads})
+            );
+        } else {
+            outln!(
+                "| {w}×{h} | {med:.1} | {:.1} | {:.1} | {threads} |",
+                ms[0],
+                1e3 / med
+            );
+        }
+    }
+    Ok(0)
 }
 
 pub fn run(a: Args) -> Result<i32> {
     if a.train {
         return train(a);
+    }
+    if !a.frames.is_empty() {
+        return frames(&a);
     }
     let model = super::model_or_init(&a.model, a.arch)?;
     let threads = rayon::current_num_threads();

@@ -83,12 +83,16 @@ pub enum Cmd {
     },
     /// Serve the styles over HTTP: a JSON API, a web page and live webcam stylization.
     Serve(serve::Args),
-    /// Show a model file's architecture and how it was made.
+    /// Show a model's architecture and how it was made (a file or a built-in style name).
     Info { model: PathBuf },
     /// Time the transformation network at several sizes (median of runs).
     Bench(bench::Args),
     /// Train a style: `--style painting.jpg --data photos/ -o style.safetensors`.
     Train(train::TrainArgs),
+    /// Distill a compact live model from a trained style: `--teacher great_wave --data photos/
+    /// -o great_wave_live.safetensors` (no VGG backward through the teacher: several times
+    /// cheaper per step than `train`).
+    Distill(train::DistillArgs),
     /// Mean content, style and TV loss of a model over a folder of photos.
     Evaluate(train::EvalArgs),
     /// Gatys et al.: optimise one image's pixels against the perceptual loss (slow; the
@@ -162,7 +166,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Info { model } => {
-            let m = Transformer::load(&model)?;
+            let m = impasto::styles::resolve(&model.to_string_lossy())?;
             let n: usize = m.plan().param_count();
             let mut js = serde_json::json!({
                 "file": model.display().to_string(),
@@ -185,6 +189,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Bench(a) => bench::run(a),
         Cmd::Train(a) => train::train(a),
+        Cmd::Distill(a) => train::distill(a),
         Cmd::Evaluate(a) => train::evaluate(a),
         Cmd::Optimize(a) => train::optimize(a),
         Cmd::FetchVgg { dir } => train::fetch_vgg(dir),

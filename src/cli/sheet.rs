@@ -16,6 +16,18 @@ pub fn list() -> Result<i32> {
             .unwrap_or_default();
         let t = prov.train.unwrap_or_default();
         let show = |v: Option<String>| v.unwrap_or_else(|| "?".into());
+        if let Some(d) = t.other.get("distill") {
+            outln!(
+                "{n:<20} live: {:?} channels, {} residual blocks ({} parameters), distilled from {} in {} steps at {}²",
+                m.config.channels,
+                m.config.res_blocks,
+                m.plan().param_count(),
+                d["teacher"].as_str().unwrap_or("?"),
+                show(prov.steps_done.map(|v| v.to_string())),
+                show(t.image_size.map(|v| v.to_string())),
+            );
+            continue;
+        }
         outln!(
             "{n:<20} {:?}, trained {} steps at {}² on {} photos (style weight {})",
             m.config.arch,

@@ -39,11 +39,19 @@ pub struct Look {
     /// like the same painting at any size), or a factor (2 = strokes twice as large).
     #[arg(long, default_value = "auto", value_parser = impasto::stylize::Scale::parse)]
     scale: impasto::stylize::Scale,
+    /// Use the style's live twin: the compact network distilled from it (several times
+    /// faster, for previews and real time; `impasto styles` lists them).
+    #[arg(long)]
+    live: bool,
 }
 
 impl Look {
     pub(super) fn model(&self) -> impasto::Result<Transformer> {
-        impasto::styles::resolve(&self.style)
+        if self.live {
+            impasto::styles::resolve_live(&self.style)
+        } else {
+            impasto::styles::resolve(&self.style)
+        }
     }
     pub(super) fn options(&self) -> StylizeOptions {
         StylizeOptions {

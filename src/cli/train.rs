@@ -3,9 +3,10 @@ use anyhow::Result;
 use impasto::loss::LossConfig;
 use impasto::model::vgg;
 use impasto::model::{Arch, Vgg16};
+use impasto::train::distill::DistillConfig;
 use impasto::train::evaluate::EvalOptions;
 use impasto::train::step::Losses;
-use impasto::train::trainer::{self, Observer, Outcome, RunFiles, TrainRequest};
+use impasto::train::trainer::{self, DistillRequest, Observer, Outcome, RunFiles, TrainRequest};
 use impasto::Error;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -78,10 +79,8 @@ impl Observer for Bar {
     fn step(&mut self, step: u64, total: u64, l: &Losses, ips: f64) {
         self.0.set_length(total);
         self.0.set_position(step);
-        self.0.set_message(format!(
-            "loss {:.3e} (content {:.3e} style {:.3e} tv {:.3e})  {ips:.2} img/s",
-            l.total, l.content, l.style, l.tv
-        ));
+        self.0
+            .set_message(format!("{}  {ips:.2} img/s", l.describe()));
     }
     fn message(&mut self, msg: &str) {
         self.0.suspend(|| eprintln!("{msg}"));
@@ -114,6 +113,17 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         vgg: a.vgg.clone(),
         half: a.half,
     };
+    let out = with_progress(&a.output, |obs| {
+        trainer::run(&req, obs, &super::signals::STOP)
+    })?;
+    Ok(out)
+}
+
+/// Run a training loop under a progress bar; report where the model and checkpoint are.
+fn with_progress(
+    output: &std::path::Path,
+    f: impl FnOnce(&mut dyn Observer) -> impasto::Result<Outcome>,
+) -> Result<i32> {
     super::signals::graceful();
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -123,16 +133,12 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         .unwrap(),
     );
     let mut obs = Bar(bar);
-    let ckpt = RunFiles::new(&a.output).checkpoint;
-    let out = trainer::run(&req, &mut obs, &super::signals::STOP)?;
+    let ckpt = RunFiles::new(output).checkpoint;
+    let out = f(&mut obs)?;
     obs.0.finish_and_clear();
     match out {
         Outcome::Finished => {
-            eprintln!(
-                "wrote {} (checkpoint {})",
-                a.output.display(),
-                ckpt.display()
-            );
+            eprintln!("wrote {} (checkpoint {})", output.display(), ckpt.display());
             Ok(0)
         }
         Outcome::Interrupted { step } => {
@@ -140,6 +146,108 @@ pub fn train(a: TrainArgs) -> Result<i32> {
             Ok(130)
         }
     }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DistillArgs {
+    /// The teacher: a built-in style name or a model file.
+    #[arg(long)]
+    teacher: String,
+    /// Folder of training photos (searched recursively).
+    #[arg(long)]
+    data: PathBuf,
+    /// Folder of validation photos: validation loss and preview grids (photo | teacher | student).
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// The model file to write.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Training steps (batches). Default: 2 epochs.
+    #[arg(long, conflicts_with = "epochs", value_parser = super::args::at_least_u64(1))]
+    steps: Option<u64>,
+    /// Passes over the training photos.
+    #[arg(long, value_parser = super::args::at_least_u64(1))]
+    epochs: Option<u64>,
+    #[arg(long, default_value_t = 4, value_parser = super::args::at_least_usize(1))]
+    batch_size: usize,
+    /// Training crop size (pixels, a multiple of 4, at least 16).
+    #[arg(long, default_value_t = 256, value_parser = super::args::crop_size)]
+    image_size: usize,
+    /// Learning rate at the first step.
+    #[arg(long, default_value_t = DistillConfig::DEFAULT_LR, value_parser = super::args::positive_f64)]
+    lr: f64,
+    /// Learning rate at the last step (half-cosine annealing from --lr).
+    #[arg(long, default_value_t = DistillConfig::DEFAULT_LR_FINAL, value_parser = super::args::positive_f64)]
+    lr_final: f64,
+    /// The student's channel widths after conv1, conv2, conv3 (default: the live network).
+    #[arg(long, value_delimiter = ',', num_args = 3)]
+    channels: Option<Vec<usize>>,
+    /// The student's residual blocks (default: the live network's).
+    #[arg(long, value_parser = super::args::at_most_usize(64))]
+    res_blocks: Option<usize>,
+    #[arg(long, default_value_t = DistillConfig::DEFAULT_PIXEL_WEIGHT, value_parser = super::args::non_negative_f64)]
+    pixel_weight: f64,
+    /// Weight of the VGG relu1_2 feature distance to the teacher's output (0: no VGG needed).
+    #[arg(long, default_value_t = DistillConfig::DEFAULT_PERCEPTUAL_WEIGHT, value_parser = super::args::non_negative_f64)]
+    perceptual_weight: f64,
+    /// Weight of the noise-stability term (0 turns it off).
+    #[arg(long, default_value_t = DistillConfig::DEFAULT_STABILITY_WEIGHT, value_parser = super::args::non_negative_f64)]
+    stability_weight: f64,
+    /// Standard deviation of the stability term's noise (0..255 scale).
+    #[arg(long, default_value_t = DistillConfig::DEFAULT_NOISE_SIGMA, value_parser = super::args::non_negative_f64)]
+    noise_sigma: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Save a checkpoint (and, with --val, validate) every N steps.
+    #[arg(long, default_value_t = 500, value_parser = super::args::at_least_u64(1))]
+    checkpoint_every: u64,
+    /// Validate and write a preview every N steps (default: --checkpoint-every).
+    #[arg(long, value_parser = super::args::at_least_u64(1))]
+    val_every: Option<u64>,
+    /// Continue from the checkpoint beside the output (OUTPUT.ckpt.safetensors).
+    #[arg(long)]
+    resume: bool,
+    /// VGG16 weights for the perceptual term (else $IMPASTO_VGG, else the cache).
+    #[arg(long)]
+    vgg: Option<PathBuf>,
+    /// Store the finished model as float16.
+    #[arg(long)]
+    half: bool,
+}
+
+pub fn distill(a: DistillArgs) -> Result<i32> {
+    let mut req = DistillRequest::new(a.teacher.clone(), a.data.clone(), a.output.clone());
+    if let Some(c) = &a.channels {
+        if c.contains(&0) {
+            return Err(
+                Error::Usage(format!("--channels {c:?}: every width must be at least 1")).into(),
+            );
+        }
+        req.network.channels = [c[0], c[1], c[2]];
+    }
+    if let Some(r) = a.res_blocks {
+        req.network.res_blocks = r;
+    }
+    req.val = a.val.clone();
+    req.steps = a.steps;
+    req.epochs = a.epochs;
+    req.batch_size = a.batch_size;
+    req.image_size = a.image_size;
+    req.lr = a.lr;
+    req.lr_final = Some(a.lr_final);
+    req.pixel_weight = a.pixel_weight;
+    req.perceptual_weight = a.perceptual_weight;
+    req.stability_weight = a.stability_weight;
+    req.noise_sigma = a.noise_sigma;
+    req.seed = a.seed;
+    req.checkpoint_every = a.checkpoint_every;
+    req.val_every = a.val_every;
+    req.resume = a.resume;
+    req.vgg = a.vgg.clone();
+    req.half = a.half;
+    with_progress(&a.output, |obs| {
+        trainer::distill(&req, obs, &super::signals::STOP)
+    })
 }
 
 #[derive(clap::Args, Debug)]

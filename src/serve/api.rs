@@ -227,9 +227,17 @@ pub async fn styles(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value
                 }
                 None => serde_json::Value::Null,
             };
+            let twin = format!("{}{}", s.name, crate::styles::LIVE_SUFFIX);
+            let live = app.styles.get(&twin).map(|_| twin);
+            let teacher = s
+                .name
+                .strip_suffix(crate::styles::LIVE_SUFFIX)
+                .filter(|t| app.styles.get(t).is_some());
             serde_json::json!({
                 "name": s.name,
                 "source": s.source,
+                "live": live,
+                "live_of": teacher,
                 "architecture": s.model.config.arch,
                 "parameters": s.model.plan().param_count(),
                 "trained": trained,

@@ -169,6 +169,25 @@ fn settings(text: &str, app: &App) -> Result<Params, ApiError> {
     Params::parse(&q, app)
 }
 
+/// One live frame as a WebSocket connection handles it, with the live defaults (settings
+/// `{"style"}` only): decode, scale to at most `max_side`, stylize with blended statistics,
+/// JPEG-encode. For `impasto bench --frames`, which times exactly the server's work per frame.
+pub fn default_frame(
+    bytes: &[u8],
+    model: &crate::model::Transformer,
+    max_side: u32,
+    stats: &mut Option<SmoothStats>,
+) -> Result<Vec<u8>, String> {
+    let opts = crate::stylize::StylizeOptions {
+        max_size: Some(max_side),
+        ..Default::default()
+    };
+    let st = stats.get_or_insert_with(|| SmoothStats::new(MOMENTUM));
+    frame(bytes, u64::MAX, max_side, model, &opts, st)
+        .map(|(jpg, _, _)| jpg)
+        .map_err(|e| e.json().to_string())
+}
+
 fn frame(
     bytes: &[u8],
     max_pixels: u64,

@@ -22,6 +22,7 @@ mod live;
 mod pool;
 mod registry;
 
+pub use live::default_frame as live_frame;
 pub use pool::Pool;
 pub use registry::{Registry, Style};
 

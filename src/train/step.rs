@@ -40,10 +40,38 @@ impl StyleTarget {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Losses {
+    /// Content loss (in a distillation run: the perceptual term against the teacher).
     pub content: f64,
     pub style: f64,
     pub tv: f64,
+    /// Distillation: mean squared pixel difference from the teacher (weighted).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pixel: f64,
+    /// Distillation: the noisy photo's pixel loss against the teacher's clean output.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stability: f64,
     pub total: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+impl Losses {
+    /// One line for progress displays: the terms the run has.
+    pub fn describe(&self) -> String {
+        if self.pixel > 0.0 || self.stability > 0.0 {
+            format!(
+                "loss {:.3e} (pixel {:.3e} perceptual {:.3e} stability {:.3e})",
+                self.total, self.pixel, self.content, self.stability
+            )
+        } else {
+            format!(
+                "loss {:.3e} (content {:.3e} style {:.3e} tv {:.3e})",
+                self.total, self.content, self.style, self.tv
+            )
+        }
+    }
 }
 
 /// The three losses of one batch of content images (RGB 0..255).
@@ -84,6 +112,7 @@ pub fn losses_of<B: Backend>(
         style: s,
         tv: t,
         total: c + s + t,
+        ..Default::default()
     }
 }
 
@@ -142,6 +171,7 @@ pub fn image_loss_and_grad<B: Backend>(
             style: ls,
             tv: lt,
             total: lc + ls + lt,
+            ..Default::default()
         },
         dy,
     )

@@ -1,0 +1,303 @@
+//! Distillation: train a compact network to reproduce a trained one (the *teacher*), for
+//! the live models. The target is the teacher's output, so a step needs one teacher forward
+//! pass and no VGG backward through anything but the student's output: a pixel loss, a
+//! small perceptual term at VGG's relu1_2 (so the strokes stay crisp, not averaged), and a
+//! noise-stability term: the student also sees the photo with sensor-like noise and is asked
+//! for the teacher's output of the clean photo, so that video frames that differ only by
+//! noise give the same picture.
+
+use crate::model::transformer::Grads;
+use crate::model::{Transformer, TransformerConfig, Vgg16};
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+use crate::train::step::Losses;
+use serde::{Deserialize, Serialize};
+
+/// The live models' network: the johnson layer plan at 8-16-32 channels with two residual
+/// blocks (52,899 parameters, 1.4 GFLOP at 320×240: 17× fewer than the full network;
+/// the README's table has every candidate measured).
+pub fn live_config() -> TransformerConfig {
+    let mut c = TransformerConfig::new(crate::model::Arch::Johnson);
+    c.channels = [8, 16, 32];
+    c.res_blocks = 2;
+    c
+}
+
+/// How a distillation run weighs its terms; stored with the run's settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DistillConfig {
+    /// The teacher as given (built-in name or file).
+    pub teacher: String,
+    /// SHA-256 of the teacher's model file (the embedded bytes for a built-in style).
+    pub teacher_sha256: String,
+    /// Weight of mean((student − teacher)²) on the 0..255 scale.
+    pub pixel_weight: f64,
+    /// Weight of mean((VGG relu1_2(student) − VGG relu1_2(teacher))²); 0 runs without VGG.
+    pub perceptual_weight: f64,
+    /// Weight of the pixel loss of the noisy photo against the teacher's clean output;
+    /// 0 turns the term (and its second student pass) off.
+    pub stability_weight: f64,
+    /// Standard deviation of the added Gaussian noise, on the 0..255 scale.
+    pub noise_sigma: f64,
+}
+
+impl DistillConfig {
+    pub const DEFAULT_PIXEL_WEIGHT: f64 = 1.0;
+    pub const DEFAULT_PERCEPTUAL_WEIGHT: f64 = 0.05;
+    pub const DEFAULT_STABILITY_WEIGHT: f64 = 0.5;
+    pub const DEFAULT_NOISE_SIGMA: f64 = 6.0;
+    pub const DEFAULT_LR: f64 = 1e-2;
+    pub const DEFAULT_LR_FINAL: f64 = 5e-4;
+}
+
+/// A teacher and what the loss needs: everything of a distillation step but the student.
+pub struct Distiller {
+    pub teacher: Transformer,
+    /// VGG16 for the perceptual term (None when its weight is 0).
+    pub vgg: Option<Vgg16>,
+    pub cfg: DistillConfig,
+}
+
+/// Mean squared difference and its gradient `2w(a − b)/n` (f64 sum).
+fn mse(a: &[f32], b: &[f32], w: f64) -> (f64, Vec<f32>) {
+    let n = a.len().max(1) as f64;
+    let mut s = 0.0f64;
+    let k = (2.0 * w / n) as f32;
+    let g = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let d = x - y;
+            s += (d as f64) * (d as f64);
+            k * d
+        })
+        .collect();
+    (w * s / n, g)
+}
+
+/// The photo with Gaussian noise of `sigma` (0..255 scale), clamped to the valid range;
+/// `seed` makes it reproducible (the step number, so resumed runs see the same noise).
+pub fn add_noise(x: &Tensor, sigma: f64, seed: u64) -> Tensor {
+    let mut rng = Rng::new(seed ^ 0x6e6f_6973_6521);
+    let mut y = x.clone();
+    for v in y.data.iter_mut() {
+        *v = (*v + (rng.normal() * sigma) as f32).clamp(0.0, 255.0);
+    }
+    y
+}
+
+impl Distiller {
+    /// Start a fresh student where the teacher ends: its output layer's bias (and the
+    /// output norm's affine, where the architecture has one) copied from the teacher, so
+    /// that the first hundreds of steps are not spent moving the output to the teacher's
+    /// colour means (a bias moves about `lr` per Adam step).
+    pub fn warm_start(&self, student: &mut Transformer) {
+        let (tp, sp) = (self.teacher.plan().clone(), student.plan().clone());
+        let (Some(tl), Some(sl)) = (tp.convs.last(), sp.convs.last()) else {
+            return;
+        };
+        let mut copy = |t: Option<usize>, s: Option<usize>| {
+            if let (Some(t), Some(s)) = (t, s) {
+                let v = self.teacher.param_values(t).to_vec();
+                let name = sp.params[s].name.clone();
+                if sp.params[s].shape == tp.params[t].shape {
+                    student.edit_param(&name, |d| d.copy_from_slice(&v));
+                }
+            }
+        };
+        copy(tl.bias, sl.bias);
+        if let (Some(tn), Some(sn)) = (tp.norms.last(), sp.norms.last()) {
+            if tp.blocks.last().is_some_and(|b| {
+                matches!(b, crate::model::plan::Block::Output { norm: Some(_), .. })
+            }) && sp.blocks.last().is_some_and(|b| {
+                matches!(b, crate::model::plan::Block::Output { norm: Some(_), .. })
+            }) {
+                copy(Some(tn.scale), Some(sn.scale));
+                copy(Some(tn.shift), Some(sn.shift));
+            }
+        }
+    }
+
+    /// The distillation losses of `student` on the photos `x` and, with `grads`, their
+    /// gradient with respect to every student parameter. `seed` fixes the noise.
+    pub fn loss(
+        &self,
+        student: &Transformer,
+        x: &Tensor,
+        seed: u64,
+        grads: bool,
+    ) -> (Losses, Option<Grads>) {
+        let c = &self.cfg;
+        let target = self.teacher.forward_batch(x);
+        let stable = c.stability_weight > 0.0;
+        let input = if stable {
+            let noisy = add_noise(x, c.noise_sigma, seed);
+            let mut d = x.data.clone();
+            d.extend_from_slice(&noisy.data);
+            Tensor::from_vec(2 * x.n, x.c, x.h, x.w, d)
+        } else {
+            x.clone()
+        };
+        let (y, tape) = if grads {
+            let (y, t) = student.forward_train(&input);
+            (y, Some(t))
+        } else {
+            (student.forward_batch(&input), None)
+        };
+        let half = target.data.len();
+        let (clean, noisy) = y.data.split_at(half);
+        let (pixel, mut dy) = mse(clean, &target.data, c.pixel_weight);
+        let mut stability = 0.0;
+        if stable {
+            let (l, d) = mse(noisy, &target.data, c.stability_weight);
+            stability = l;
+            dy.extend_from_slice(&d);
+        }
+        let mut perceptual = 0.0;
+        if let (Some(vgg), true) = (&self.vgg, c.perceptual_weight > 0.0) {
+            let b = vgg.backend();
+            let yc = Tensor::from_vec(x.n, 3, y.h, y.w, clean.to_vec());
+            let (ft, _) = vgg.forward_train(&target, 0);
+            let (fy, vtape) = vgg.forward_train(&yc, 0);
+            let (l, d) = crate::loss::content(b, &fy[0], &ft[0], c.perceptual_weight);
+            perceptual = l;
+            if grads {
+                let dimg = vgg.backward(&vtape, &[Some(d)]);
+                dy[..half]
+                    .iter_mut()
+                    .zip(&dimg.data)
+                    .for_each(|(a, b)| *a += b);
+            }
+        }
+        let losses = Losses {
+            content: perceptual,
+            style: 0.0,
+            tv: 0.0,
+            pixel,
+            stability,
+            total: pixel + perceptual + stability,
+        };
+        let g = tape.map(|t| {
+            let dy = Tensor::from_vec(y.n, y.c, y.h, y.w, dy);
+            student.backward(&t, &dy)
+        });
+        (losses, g)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_image(n: usize, h: usize, w: usize, seed: u64) -> Tensor {
+        let mut r = Rng::new(seed);
+        Tensor::from_vec(
+            n,
+            3,
+            h,
+            w,
+            (0..n * 3 * h * w).map(|_| r.f32() * 255.0).collect(),
+        )
+    }
+
+    /// Central differences on a few entries of the last two parameters.
+    fn check_gradient(d: &Distiller, what: &str) {
+        let student = {
+            let mut tc = live_config();
+            tc.channels = [4, 6, 8];
+            tc.res_blocks = 1;
+            Transformer::init(tc, 4)
+        };
+        let x = pseudo_image(2, 16, 16, 7);
+        let (l, g) = d.loss(&student, &x, 11, true);
+        assert!(l.total.is_finite() && l.total > 0.0);
+        let g = g.unwrap();
+        let plan = student.plan().clone();
+        let mut checked = 0;
+        for p in plan.params.iter().rev().take(2) {
+            let id = plan.param_id(&p.name).unwrap();
+            for i in [0usize, p.len() / 2] {
+                let eps = 1e-2f32;
+                let f = |delta: f32| {
+                    let mut s = student.clone();
+                    s.edit_param(&p.name, |v| v[i] += delta);
+                    d.loss(&s, &x, 11, false).0.total
+                };
+                let num = (f(eps) - f(-eps)) / (2.0 * eps as f64);
+                let ana = g.0[id][i] as f64;
+                assert!(
+                    (num - ana).abs() <= 2e-2 * num.abs().max(ana.abs()).max(1e-3),
+                    "{what}: {} [{i}]: numeric {num} analytic {ana}",
+                    p.name
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 4);
+    }
+
+    fn tiny_teacher() -> Transformer {
+        let mut tc = live_config();
+        tc.channels = [4, 6, 8];
+        tc.res_blocks = 1;
+        Transformer::init(tc, 3)
+    }
+
+    fn cfg(perceptual: f64, stability: f64) -> DistillConfig {
+        DistillConfig {
+            teacher: "t".into(),
+            teacher_sha256: String::new(),
+            pixel_weight: 1.0,
+            perceptual_weight: perceptual,
+            stability_weight: stability,
+            noise_sigma: 6.0,
+        }
+    }
+
+    #[test]
+    fn the_pixel_and_stability_gradient_matches_finite_differences() {
+        let d = Distiller {
+            teacher: tiny_teacher(),
+            vgg: None,
+            cfg: cfg(0.0, 0.5),
+        };
+        let (l, _) = d.loss(&tiny_teacher(), &pseudo_image(1, 16, 16, 2), 1, false);
+        assert_eq!(l.pixel, 0.0, "the teacher reproduces itself");
+        assert!(l.stability > 0.0, "but not from a noisy photo");
+        check_gradient(&d, "pixel + stability");
+    }
+
+    #[test]
+    fn the_perceptual_gradient_matches_finite_differences() {
+        let Some(p) = crate::testutil::shared(
+            "weights/vgg16_caffe_relu4_3.safetensors",
+            "the_perceptual_gradient_matches_finite_differences",
+        ) else {
+            return;
+        };
+        let d = Distiller {
+            teacher: tiny_teacher(),
+            vgg: Some(Vgg16::load(&p).unwrap()),
+            cfg: cfg(1.0, 0.0),
+        };
+        check_gradient(&d, "pixel + perceptual");
+    }
+
+    #[test]
+    fn noise_is_reproducible_and_in_range() {
+        let x = pseudo_image(1, 8, 8, 1);
+        let a = add_noise(&x, 6.0, 5);
+        assert_eq!(a.data, add_noise(&x, 6.0, 5).data);
+        assert_ne!(a.data, add_noise(&x, 6.0, 6).data);
+        assert!(a.data.iter().all(|v| (0.0..=255.0).contains(v)));
+        let rms = (a
+            .data
+            .iter()
+            .zip(&x.data)
+            .map(|(p, q)| ((p - q) as f64).powi(2))
+            .sum::<f64>()
+            / x.data.len() as f64)
+            .sqrt();
+        assert!(rms > 2.0 && rms < 7.0, "rms {rms}");
+    }
+}
