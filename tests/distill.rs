@@ -53,6 +53,8 @@ fn distill_cmd(data: &Path, out: &Path, steps: u64, extra: &[&str]) -> Command {
             "2",
             "--perceptual-weight",
             "0",
+            "--loss-weight",
+            "0",
             "--steps",
         ])
         .arg(steps.to_string())
@@ -147,6 +149,57 @@ fn distill_trains_resumes_exactly_and_records_its_teacher() {
         "validation pixel loss {vals:?}"
     );
     assert!(rows.iter().all(|r| r["stability"].as_f64().unwrap() > 0.0));
+}
+
+#[test]
+fn the_teachers_loss_joins_in_the_last_part_of_a_run() {
+    let test = "the_teachers_loss_joins_in_the_last_part_of_a_run";
+    let (Some(vgg), Some(painting)) = (
+        impasto::testutil::shared("weights/vgg16_caffe_relu4_3.safetensors", test),
+        impasto::testutil::shared("data/styles/great_wave.jpg", test),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = photos(dir.path());
+    let out = dir.path().join("l.safetensors");
+    let o = bin()
+        .args(["distill", "--teacher", "great_wave", "--data"])
+        .arg(&data)
+        .arg("-o")
+        .arg(&out)
+        .arg("--vgg")
+        .arg(&vgg)
+        .arg("--style")
+        .arg(&painting)
+        .args([
+            "--image-size",
+            "32",
+            "--batch-size",
+            "2",
+            "--steps",
+            "4",
+            "--loss-from",
+            "0.5",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = std::fs::read_to_string(dir.path().join("l.metrics.jsonl")).unwrap();
+    let style: Vec<f64> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| v["style"].as_f64().unwrap())
+        .collect();
+    assert_eq!(style.len(), 4);
+    assert!(style[..2].iter().all(|&s| s == 0.0), "{style:?}");
+    assert!(style[2..].iter().all(|&s| s > 0.0), "{style:?}");
+    let m = impasto::model::Transformer::load(&out).unwrap();
+    let prov: serde_json::Value = serde_json::from_str(&m.metadata["impasto.provenance"]).unwrap();
+    let d = &prov["train"]["distill"];
+    assert_eq!(d["loss_from"], 0.5);
+    assert_eq!(d["painting_sha256"].as_str().unwrap().len(), 64);
+    assert!(d["perceptual_weight"].as_f64().unwrap() > 0.0);
 }
 
 #[test]

@@ -644,7 +644,12 @@ fn browser_end_to_end() {
     let img = photo(200, 150);
     let file = dir.path().join("photo.png");
     img.save(&file).unwrap();
-    let style = *impasto::styles::names().last().unwrap();
+    // The last style of the gallery (live twins are not cards of their own).
+    let style = *impasto::styles::names()
+        .iter()
+        .rev()
+        .find(|n| !n.ends_with(impasto::styles::LIVE_SUFFIX))
+        .unwrap();
 
     d.cmd(
         "POST",
@@ -720,6 +725,23 @@ fn browser_end_to_end() {
     let fps = d.js("return document.getElementById('fps').textContent");
     println!("browser live mode: {fps}");
     assert!(fps.as_str().unwrap().ends_with("fps"));
+    // Live mode runs the style's live twin by default, and says so.
+    if let Some(twin) = impasto::styles::live_twin(style) {
+        let info = d.js("return document.getElementById('live-info').textContent");
+        let want = twin.replace('_', " ");
+        assert!(info.as_str().unwrap().starts_with(&want), "{info}");
+        let cards = d.js("return document.querySelectorAll('.style-card').length");
+        let names = impasto::styles::names();
+        let twins = names
+            .iter()
+            .filter(|n| impasto::styles::live_twin(n).is_some())
+            .count();
+        assert_eq!(
+            cards.as_u64().unwrap() as usize,
+            names.len() - twins,
+            "twins are not cards"
+        );
+    }
     d.cmd(
         "POST",
         &format!("/element/{live}/click"),

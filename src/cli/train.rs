@@ -193,6 +193,17 @@ pub struct DistillArgs {
     /// Weight of the noise-stability term (0 turns it off).
     #[arg(long, default_value_t = DistillConfig::DEFAULT_STABILITY_WEIGHT, value_parser = super::args::non_negative_f64)]
     stability_weight: f64,
+    /// Weight of the teacher's own training loss (content, style and TV against its
+    /// painting) in the last part of the run; 0 turns it off.
+    #[arg(long, default_value_t = DistillConfig::DEFAULT_LOSS_WEIGHT, value_parser = super::args::non_negative_f64)]
+    loss_weight: f64,
+    /// The fraction of the run after which the teacher's loss is on (0..1).
+    #[arg(long, default_value_t = DistillConfig::DEFAULT_LOSS_FROM, value_parser = super::args::non_negative_f64)]
+    loss_from: f64,
+    /// The teacher's painting, for its loss (default: the file its provenance names, when
+    /// it is there).
+    #[arg(long)]
+    style: Option<PathBuf>,
     /// Standard deviation of the stability term's noise (0..255 scale).
     #[arg(long, default_value_t = DistillConfig::DEFAULT_NOISE_SIGMA, value_parser = super::args::non_negative_f64)]
     noise_sigma: f64,
@@ -239,6 +250,9 @@ pub fn distill(a: DistillArgs) -> Result<i32> {
     req.perceptual_weight = a.perceptual_weight;
     req.stability_weight = a.stability_weight;
     req.noise_sigma = a.noise_sigma;
+    req.loss_weight = a.loss_weight;
+    req.loss_from = a.loss_from;
+    req.painting = a.style.clone();
     req.seed = a.seed;
     req.checkpoint_every = a.checkpoint_every;
     req.val_every = a.val_every;

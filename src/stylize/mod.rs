@@ -148,18 +148,28 @@ impl Content {
     /// The rectangle as a 1×3×h×w tensor, in the coordinates of the image extended by
     /// `m` pixels of mirror padding on every side (and mirrored further up to a multiple of 4).
     fn tensor(&self, y0: usize, x0: usize, h: usize, w: usize, m: usize) -> Tensor {
+        use rayon::prelude::*;
         let (ih, iw) = self.dims();
         let mut t = Tensor::zeros(1, 3, h, w);
         let hw = h * w;
-        for y in 0..h {
-            let sy = mirror((y0 + y) as i64 - m as i64, ih);
-            for x in 0..w {
-                let p = self.get(mirror((x0 + x) as i64 - m as i64, iw), sy);
-                for (c, v) in p.into_iter().enumerate() {
-                    t.data[c * hw + y * w + x] = v;
+        let xs: Vec<usize> = (0..w)
+            .map(|x| mirror((x0 + x) as i64 - m as i64, iw))
+            .collect();
+        // Rows in parallel (a live frame's conversion is otherwise serial beside the
+        // network's parallel layers); each task writes its row of the three planes.
+        let (r, rest) = t.data.split_at_mut(hw);
+        let (g, b) = rest.split_at_mut(hw);
+        r.par_chunks_mut(w)
+            .zip(g.par_chunks_mut(w))
+            .zip(b.par_chunks_mut(w))
+            .enumerate()
+            .for_each(|(y, ((r, g), b))| {
+                let sy = mirror((y0 + y) as i64 - m as i64, ih);
+                for (x, &sx) in xs.iter().enumerate() {
+                    let p = self.get(sx, sy);
+                    (r[x], g[x], b[x]) = (p[0], p[1], p[2]);
                 }
-            }
-        }
+            });
         t
     }
 }
@@ -701,10 +711,15 @@ pub fn stylize_frame(
     };
     let mut out = RgbImage::new(fw as u32, fh as u32);
     let Some((factor, ..)) = working else {
-        for (px, py, p) in out.enumerate_pixels_mut() {
-            let (px, py) = (px as usize, py as usize);
-            *p = image::Rgb(finish(opts, full.get(px, py), at(px, py)));
-        }
+        use rayon::prelude::*;
+        let raw: &mut [u8] = &mut out;
+        raw.par_chunks_mut(3 * fw)
+            .enumerate()
+            .for_each(|(py, row)| {
+                for (px, p) in row.chunks_exact_mut(3).enumerate() {
+                    p.copy_from_slice(&finish(opts, full.get(px, py), at(px, py)));
+                }
+            });
         return out;
     };
     {

@@ -1,16 +1,27 @@
 //! Distillation: train a compact network to reproduce a trained one (the *teacher*), for
 //! the live models. The target is the teacher's output, so a step needs one teacher forward
-//! pass and no VGG backward through anything but the student's output: a pixel loss, a
-//! small perceptual term at VGG's relu1_2 (so the strokes stay crisp, not averaged), and a
-//! noise-stability term: the student also sees the photo with sensor-like noise and is asked
-//! for the teacher's output of the clean photo, so that video frames that differ only by
-//! noise give the same picture.
+//! pass and no backward through the teacher: a pixel loss, a small perceptual term at
+//! VGG's relu1_2, and a noise-stability term (the student also sees the photo with
+//! sensor-like noise and is asked for the teacher's output of the clean photo, so that
+//! video frames that differ only by noise give the same picture).
+//!
+//! A small network cannot reproduce a teacher's brush texture pixel for pixel, and a pixel
+//! loss then teaches it the average: a soft, waxy picture whose style loss was 30× its
+//! teacher's (great_wave, 600 steps). So after the first part of a run (`loss_from`, default
+//! a quarter: the pixel terms alone get the picture's layout and colours right quickly, at
+//! the high learning rate) the teacher's own training loss joins in — Johnson's content,
+//! style and TV terms against the painting, with the weights the teacher records — on the
+//! student's clean output: the pixel terms keep it where the teacher is, the style term gives
+//! the texture back. That part costs a VGG16 forward and backward like `train`; the first
+//! does not. (Turning it on only for the last quarter left it too few steps at too low a
+//! learning rate: style loss still 7× the teacher's.)
 
+use crate::loss::LossConfig;
 use crate::model::transformer::Grads;
 use crate::model::{Transformer, TransformerConfig, Vgg16};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
-use crate::train::step::Losses;
+use crate::train::step::{Losses, StyleTarget};
 use serde::{Deserialize, Serialize};
 
 /// The live models' network: the johnson layer plan at 8-16-32 channels with two residual
@@ -39,6 +50,18 @@ pub struct DistillConfig {
     pub stability_weight: f64,
     /// Standard deviation of the added Gaussian noise, on the 0..255 scale.
     pub noise_sigma: f64,
+    /// Weight of the teacher's own training loss (content + style + TV against the
+    /// painting) on the student's output; 0 (or no painting) turns it off.
+    #[serde(default)]
+    pub loss_weight: f64,
+    /// The fraction of the run after which that loss is on (0: from the start).
+    #[serde(default)]
+    pub loss_from: f64,
+    /// The painting of that loss, and its SHA-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub painting: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub painting_sha256: Option<String>,
 }
 
 impl DistillConfig {
@@ -46,6 +69,8 @@ impl DistillConfig {
     pub const DEFAULT_PERCEPTUAL_WEIGHT: f64 = 0.05;
     pub const DEFAULT_STABILITY_WEIGHT: f64 = 0.5;
     pub const DEFAULT_NOISE_SIGMA: f64 = 6.0;
+    pub const DEFAULT_LOSS_WEIGHT: f64 = 1.0;
+    pub const DEFAULT_LOSS_FROM: f64 = 0.25;
     pub const DEFAULT_LR: f64 = 1e-2;
     pub const DEFAULT_LR_FINAL: f64 = 5e-4;
 }
@@ -53,9 +78,11 @@ impl DistillConfig {
 /// A teacher and what the loss needs: everything of a distillation step but the student.
 pub struct Distiller {
     pub teacher: Transformer,
-    /// VGG16 for the perceptual term (None when its weight is 0).
+    /// VGG16 for the perceptual term and the teacher's loss (None when neither is on).
     pub vgg: Option<Vgg16>,
     pub cfg: DistillConfig,
+    /// The teacher's loss: the painting's Gram matrices and the loss weights.
+    pub teacher_loss: Option<(StyleTarget, LossConfig)>,
 }
 
 /// Mean squared difference and its gradient `2w(a − b)/n` (f64 sum).
@@ -118,14 +145,23 @@ impl Distiller {
         }
     }
 
+    /// Is the teacher's loss on at `step` of a run of `steps`?
+    pub fn teacher_loss_at(&self, step: u64, steps: u64) -> bool {
+        self.teacher_loss.is_some()
+            && self.cfg.loss_weight > 0.0
+            && step as f64 >= self.cfg.loss_from * steps as f64
+    }
+
     /// The distillation losses of `student` on the photos `x` and, with `grads`, their
-    /// gradient with respect to every student parameter. `seed` fixes the noise.
+    /// gradient with respect to every student parameter. `seed` fixes the noise;
+    /// `with_teacher_loss` adds the teacher's own training loss.
     pub fn loss(
         &self,
         student: &Transformer,
         x: &Tensor,
         seed: u64,
         grads: bool,
+        with_teacher_loss: bool,
     ) -> (Losses, Option<Grads>) {
         let c = &self.cfg;
         let target = self.teacher.forward_batch(x);
@@ -154,9 +190,9 @@ impl Distiller {
             dy.extend_from_slice(&d);
         }
         let mut perceptual = 0.0;
+        let yc = Tensor::from_vec(x.n, 3, y.h, y.w, clean.to_vec());
         if let (Some(vgg), true) = (&self.vgg, c.perceptual_weight > 0.0) {
             let b = vgg.backend();
-            let yc = Tensor::from_vec(x.n, 3, y.h, y.w, clean.to_vec());
             let (ft, _) = vgg.forward_train(&target, 0);
             let (fy, vtape) = vgg.forward_train(&yc, 0);
             let (l, d) = crate::loss::content(b, &fy[0], &ft[0], c.perceptual_weight);
@@ -169,13 +205,33 @@ impl Distiller {
                     .for_each(|(a, b)| *a += b);
             }
         }
+        let mut johnson = Losses::default();
+        if let (Some(vgg), Some((target, lc)), true) =
+            (&self.vgg, &self.teacher_loss, with_teacher_loss)
+        {
+            let mut lc = lc.clone();
+            lc.content_weight *= c.loss_weight;
+            lc.style_weight *= c.loss_weight;
+            lc.tv_weight *= c.loss_weight;
+            let (fc, _) = vgg.forward_train(x, lc.content_tap);
+            let (l, d) =
+                crate::train::step::image_loss_and_grad(vgg, target, &fc[lc.content_tap], &lc, &yc);
+            johnson = l;
+            if grads {
+                dy[..half]
+                    .iter_mut()
+                    .zip(&d.data)
+                    .for_each(|(a, b)| *a += b);
+            }
+        }
         let losses = Losses {
-            content: perceptual,
-            style: 0.0,
-            tv: 0.0,
+            content: johnson.content,
+            style: johnson.style,
+            tv: johnson.tv,
             pixel,
+            perceptual,
             stability,
-            total: pixel + perceptual + stability,
+            total: pixel + perceptual + stability + johnson.total,
         };
         let g = tape.map(|t| {
             let dy = Tensor::from_vec(y.n, y.c, y.h, y.w, dy);
@@ -200,8 +256,10 @@ mod tests {
         )
     }
 
-    /// Central differences on a few entries of the last two parameters.
-    fn check_gradient(d: &Distiller, what: &str) {
+    /// Central differences on a few entries of the last two parameters (with `vectors_only`,
+    /// the last two biases and norm affines: the style term is quartic in the output, and a
+    /// step of 1e-2 on a conv weight of magnitude 0.04 is too far for central differences).
+    fn check_gradient(d: &Distiller, what: &str, vectors_only: bool) {
         let student = {
             let mut tc = live_config();
             tc.channels = [4, 6, 8];
@@ -209,19 +267,25 @@ mod tests {
             Transformer::init(tc, 4)
         };
         let x = pseudo_image(2, 16, 16, 7);
-        let (l, g) = d.loss(&student, &x, 11, true);
+        let (l, g) = d.loss(&student, &x, 11, true, true);
         assert!(l.total.is_finite() && l.total > 0.0);
         let g = g.unwrap();
         let plan = student.plan().clone();
         let mut checked = 0;
-        for p in plan.params.iter().rev().take(2) {
+        for p in plan
+            .params
+            .iter()
+            .rev()
+            .filter(|p| !vectors_only || p.shape.len() == 1)
+            .take(2)
+        {
             let id = plan.param_id(&p.name).unwrap();
             for i in [0usize, p.len() / 2] {
                 let eps = 1e-2f32;
                 let f = |delta: f32| {
                     let mut s = student.clone();
                     s.edit_param(&p.name, |v| v[i] += delta);
-                    d.loss(&s, &x, 11, false).0.total
+                    d.loss(&s, &x, 11, false, true).0.total
                 };
                 let num = (f(eps) - f(-eps)) / (2.0 * eps as f64);
                 let ana = g.0[id][i] as f64;
@@ -251,6 +315,10 @@ mod tests {
             perceptual_weight: perceptual,
             stability_weight: stability,
             noise_sigma: 6.0,
+            loss_weight: 1.0,
+            loss_from: 0.0,
+            painting: None,
+            painting_sha256: None,
         }
     }
 
@@ -260,11 +328,18 @@ mod tests {
             teacher: tiny_teacher(),
             vgg: None,
             cfg: cfg(0.0, 0.5),
+            teacher_loss: None,
         };
-        let (l, _) = d.loss(&tiny_teacher(), &pseudo_image(1, 16, 16, 2), 1, false);
+        let (l, _) = d.loss(
+            &tiny_teacher(),
+            &pseudo_image(1, 16, 16, 2),
+            1,
+            false,
+            false,
+        );
         assert_eq!(l.pixel, 0.0, "the teacher reproduces itself");
         assert!(l.stability > 0.0, "but not from a noisy photo");
-        check_gradient(&d, "pixel + stability");
+        check_gradient(&d, "pixel + stability", false);
     }
 
     #[test]
@@ -275,12 +350,25 @@ mod tests {
         ) else {
             return;
         };
+        let vgg = Vgg16::load(&p).unwrap();
+        let painting = pseudo_image(1, 24, 24, 9);
+        let target = StyleTarget::new(&vgg, &painting);
         let d = Distiller {
             teacher: tiny_teacher(),
-            vgg: Some(Vgg16::load(&p).unwrap()),
+            vgg: Some(vgg),
             cfg: cfg(1.0, 0.0),
+            teacher_loss: Some((target, LossConfig::default())),
         };
-        check_gradient(&d, "pixel + perceptual");
+        let x = pseudo_image(2, 16, 16, 7);
+        let (l, _) = d.loss(&tiny_teacher(), &x, 1, false, true);
+        assert!(l.style > 0.0 && l.content > 0.0 && l.perceptual == 0.0);
+        check_gradient(&d, "pixel + perceptual + the teacher's loss", true);
+        // The weights too, with the pixel and perceptual terms alone.
+        let d = Distiller {
+            teacher_loss: None,
+            ..d
+        };
+        check_gradient(&d, "pixel + perceptual", false);
     }
 
     #[test]

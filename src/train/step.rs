@@ -40,13 +40,15 @@ impl StyleTarget {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Losses {
-    /// Content loss (in a distillation run: the perceptual term against the teacher).
     pub content: f64,
     pub style: f64,
     pub tv: f64,
     /// Distillation: mean squared pixel difference from the teacher (weighted).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub pixel: f64,
+    /// Distillation: VGG relu1_2 feature distance from the teacher's output (weighted).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub perceptual: f64,
     /// Distillation: the noisy photo's pixel loss against the teacher's clean output.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub stability: f64,
@@ -62,8 +64,8 @@ impl Losses {
     pub fn describe(&self) -> String {
         if self.pixel > 0.0 || self.stability > 0.0 {
             format!(
-                "loss {:.3e} (pixel {:.3e} perceptual {:.3e} stability {:.3e})",
-                self.total, self.pixel, self.content, self.stability
+                "loss {:.3e} (pixel {:.3e} perceptual {:.3e} stability {:.3e} content {:.3e} style {:.3e})",
+                self.total, self.pixel, self.perceptual, self.stability, self.content, self.style
             )
         } else {
             format!(

@@ -75,33 +75,34 @@ pub enum Objective<'a> {
 }
 
 impl Objective<'_> {
-    /// The losses of a batch and their gradient; `seed` (the step) fixes any noise.
+    /// The losses of batch `step` (0-based) of `steps` and their gradient.
     fn loss_and_grads(
         &self,
         model: &Transformer,
-        cfg: &LossConfig,
+        cfg: &TrainConfig,
         x: &Tensor,
-        seed: u64,
+        step: u64,
     ) -> (Losses, crate::model::transformer::Grads) {
         match self {
             Objective::Perceptual { vgg, target } => {
-                step::loss_and_grads(model, vgg, target, cfg, x)
+                step::loss_and_grads(model, vgg, target, &cfg.loss, x)
             }
             Objective::Distill(d) => {
-                let (l, g) = d.loss(model, x, seed, true);
+                let on = d.teacher_loss_at(step, cfg.steps);
+                let (l, g) = d.loss(model, x, cfg.seed ^ step, true, on);
                 (l, g.expect("gradients were asked for"))
             }
         }
     }
 
-    /// Mean losses over validation crops (fixed noise).
+    /// Mean losses over validation crops (fixed noise; every term a run can have).
     fn validate(&self, model: &Transformer, cfg: &LossConfig, imgs: &[Tensor]) -> Losses {
         match self {
             Objective::Perceptual { vgg, target } => validate(model, vgg, target, cfg, imgs),
             Objective::Distill(d) => mean(
                 imgs.iter()
                     .enumerate()
-                    .map(|(i, x)| d.loss(model, x, i as u64, false).0),
+                    .map(|(i, x)| d.loss(model, x, i as u64, false, true).0),
             ),
         }
     }
@@ -359,6 +360,7 @@ fn mean(ls: impl Iterator<Item = Losses>) -> Losses {
         sum.style += l.style;
         sum.tv += l.tv;
         sum.pixel += l.pixel;
+        sum.perceptual += l.perceptual;
         sum.stability += l.stability;
         sum.total += l.total;
         n += 1;
@@ -369,6 +371,7 @@ fn mean(ls: impl Iterator<Item = Losses>) -> Losses {
         style: sum.style / n,
         tv: sum.tv / n,
         pixel: sum.pixel / n,
+        perceptual: sum.perceptual / n,
         stability: sum.stability / n,
         total: sum.total / n,
     }
@@ -663,6 +666,13 @@ pub struct DistillRequest {
     pub perceptual_weight: f64,
     pub stability_weight: f64,
     pub noise_sigma: f64,
+    /// Weight of the teacher's own training loss in the last part of the run (0: off).
+    pub loss_weight: f64,
+    /// The fraction of the run after which the teacher's loss is on.
+    pub loss_from: f64,
+    /// The teacher's painting (default: the one its provenance names, when that file is
+    /// there and its SHA-256 matches).
+    pub painting: Option<PathBuf>,
     pub seed: u64,
     pub checkpoint_every: u64,
     pub val_every: Option<u64>,
@@ -698,6 +708,9 @@ impl DistillRequest {
             perceptual_weight: DistillConfig::DEFAULT_PERCEPTUAL_WEIGHT,
             stability_weight: DistillConfig::DEFAULT_STABILITY_WEIGHT,
             noise_sigma: DistillConfig::DEFAULT_NOISE_SIGMA,
+            loss_weight: DistillConfig::DEFAULT_LOSS_WEIGHT,
+            loss_from: DistillConfig::DEFAULT_LOSS_FROM,
+            painting: None,
             seed: 42,
             checkpoint_every: 500,
             val_every: None,
@@ -729,7 +742,42 @@ pub fn distill(
     req.network
         .validate()
         .map_err(|m| Error::Usage(format!("student network: {m}")))?;
-    let vgg = if req.perceptual_weight > 0.0 {
+    if !(0.0..=1.0).contains(&req.loss_from) {
+        return Err(Error::Usage(format!(
+            "the teacher's loss starts at a fraction of the run from 0 to 1, not {}",
+            req.loss_from
+        )));
+    }
+    let provenance =
+        crate::model::provenance::Provenance::from_metadata(&teacher.metadata).and_then(|p| p.ok());
+    let record = provenance.as_ref().and_then(|p| p.train.as_ref());
+    let recorded = |k: &str| record.and_then(|t| t.other.get(k)).and_then(|v| v.as_str());
+    // The painting of the teacher's loss: given, or the teacher's own when it is at hand.
+    let painting: Option<(PathBuf, String)> = if req.loss_weight == 0.0 {
+        None
+    } else if let Some(p) = &req.painting {
+        Some((p.clone(), sha256_file(p)?))
+    } else {
+        match recorded("style").map(PathBuf::from) {
+            Some(p) if p.is_file() => {
+                let sha = sha256_file(&p)?;
+                if recorded("style_sha256").is_some_and(|want| want != sha) {
+                    obs.message(&format!("warning: {} is not the painting {} was trained on (its SHA-256 differs); distilling without the teacher's loss: pass --style", p.display(), req.teacher));
+                    None
+                } else {
+                    Some((p, sha))
+                }
+            }
+            other => {
+                obs.message(&format!(
+                    "warning: the teacher's painting ({}) is not at hand; distilling with the pixel terms only (softer texture): pass --style PAINTING",
+                    other.map(|p| p.display().to_string()).unwrap_or_else(|| "not recorded".into())
+                ));
+                None
+            }
+        }
+    };
+    let vgg = if req.perceptual_weight > 0.0 || painting.is_some() {
         Some(Vgg16::load(&crate::model::vgg::locate(
             req.vgg.as_deref(),
         )?)?)
@@ -744,14 +792,17 @@ pub fn distill(
         req.epochs,
         obs,
     )?;
-    let provenance =
-        crate::model::provenance::Provenance::from_metadata(&teacher.metadata).and_then(|p| p.ok());
-    let painting = provenance
-        .as_ref()
-        .and_then(|p| p.train.as_ref())
-        .and_then(|t| t.other.get("style"))
-        .and_then(|v| v.as_str())
-        .map(str::to_string);
+    let style_size = record
+        .and_then(|t| t.other.get("style_size"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(256) as u32;
+    let johnson = match (&painting, &vgg) {
+        (Some((p, _)), Some(v)) => {
+            let img = load_style(p, Some(style_size))?;
+            Some((StyleTarget::new(v, &img), teacher_loss(&teacher)))
+        }
+        _ => None,
+    };
     let dcfg = DistillConfig {
         teacher: req.teacher.clone(),
         teacher_sha256: teacher_sha256.clone(),
@@ -759,12 +810,21 @@ pub fn distill(
         perceptual_weight: req.perceptual_weight,
         stability_weight: req.stability_weight,
         noise_sigma: req.noise_sigma,
+        loss_weight: if painting.is_some() {
+            req.loss_weight
+        } else {
+            0.0
+        },
+        loss_from: req.loss_from,
+        painting: painting.as_ref().map(|(p, _)| p.display().to_string()),
+        painting_sha256: painting.as_ref().map(|(_, s)| s.clone()),
     };
+    let painting_name = recorded("style").map(str::to_string);
     let cfg = TrainConfig {
         arch: req.network.arch,
-        style: painting.unwrap_or_else(|| req.teacher.clone()),
+        style: painting_name.unwrap_or_else(|| req.teacher.clone()),
         style_sha256: teacher_sha256,
-        style_size: None,
+        style_size: Some(style_size),
         data: req.data.display().to_string(),
         dataset_size: data.photos.len(),
         image_size: req.image_size,
@@ -808,6 +868,7 @@ pub fn distill(
         teacher,
         vgg,
         cfg: dcfg,
+        teacher_loss: johnson,
     };
     train(&cfg, &Objective::Distill(&d), data.photos, opts, obs)
 }
@@ -938,8 +999,7 @@ pub fn train(
             skipped_total += 1;
             obs.message(&format!("warning: skipped {}: {e}", p.display()));
         }
-        let (losses, grads) =
-            objective.loss_and_grads(&model, &cfg.loss, &batch.images, cfg.seed ^ step);
+        let (losses, grads) = objective.loss_and_grads(&model, cfg, &batch.images, step);
         if !losses.total.is_finite() || grads.0.iter().any(|g| g.iter().any(|v| !v.is_finite())) {
             // Name the checkpoint only if there is one to go back to.
             let advice = if opts.files.checkpoint.exists() {
