@@ -125,6 +125,32 @@ fn stylizes_a_clip_keeping_frames_size_and_audio_and_smooth_reduces_flicker() {
         fa > 1.0 && fb < 0.6 * fa,
         "--smooth: frame change {fb} vs {fa} without"
     );
+
+    // --live: a built-in style's live twin, for quick previews of long clips.
+    if let Some(style) = impasto::styles::names()
+        .into_iter()
+        .find(|n| impasto::styles::live_twin(n).is_some())
+    {
+        let live = d.path().join("live.mp4");
+        let o = Command::new(env!("CARGO_BIN_EXE_impasto"))
+            .args([
+                "video",
+                clip.to_str().unwrap(),
+                "-o",
+                live.to_str().unwrap(),
+            ])
+            .args(["-s", style, "--live"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let l = impasto::video::read_frames(&live).unwrap();
+        assert_eq!(
+            (l.len(), l[0].dimensions()),
+            (src.len(), src[0].dimensions())
+        );
+    } else {
+        eprintln!("SKIPPED video --live: this build embeds no live twins");
+    }
 }
 
 #[test]
