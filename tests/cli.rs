@@ -610,4 +610,35 @@ fn built_in_styles_work_by_name_and_make_a_sheet() {
         s.width(),
         s.height()
     );
+    // `photo` places the photo where it is asked for (here once per row of two).
+    let name = impasto::styles::names()[0];
+    let o = run(&[
+        "sheet",
+        p.to_str().unwrap(),
+        "-o",
+        sheet.to_str().unwrap(),
+        "--max-size",
+        "64",
+        "--columns",
+        "2",
+        "--style",
+        "photo",
+        "--style",
+        name,
+        "--style",
+        "photo",
+        "--style",
+        name,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(2 styles)"), "{}", stderr(&o));
+    let s = image::open(&sheet).unwrap().to_rgb8();
+    // Two rows of two tiles (8-pixel gaps, 26-pixel labels); each row starts with the photo.
+    let (tw, th) = (64u32, 48u32);
+    assert_eq!(s.dimensions(), (2 * (tw + 8) + 8, 2 * (th + 26 + 8) + 8));
+    let tile = |col: u32, row: u32| {
+        image::imageops::crop_imm(&s, 8 + col * (tw + 8), 8 + row * (th + 34), tw, th).to_image()
+    };
+    assert_eq!(tile(0, 0), tile(0, 1));
+    assert_ne!(tile(0, 0), tile(1, 0));
 }

@@ -51,7 +51,9 @@ pub struct Args {
     #[arg(long, default_value_t = 384, value_parser = super::args::at_least_u32(16))]
     max_size: u32,
     /// Only these styles, in this order: built-in names or model files (labelled by file
-    /// name), e.g. to put impasto's model beside another project's. Default: every built-in.
+    /// name), e.g. to put impasto's model beside another project's; `photo` places the photo
+    /// itself (then it is not put first on its own), e.g. `--columns 3 --style photo --style
+    /// great_wave --style great_wave_live` per row. Default: every built-in.
     #[arg(long = "style", value_name = "NAME|FILE")]
     styles: Vec<String>,
     /// Tiles per row.
@@ -74,6 +76,10 @@ pub fn sheet(a: Args) -> Result<i32> {
     }
     let mut models = Vec::new();
     for n in &names {
+        if n == "photo" {
+            models.push((n.clone(), None));
+            continue;
+        }
         let label = match impasto::styles::builtin(n) {
             Some(_) => n.clone(),
             None => std::path::Path::new(n)
@@ -81,7 +87,7 @@ pub fn sheet(a: Args) -> Result<i32> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| n.clone()),
         };
-        models.push((label, impasto::styles::resolve(n)?));
+        models.push((label, Some(impasto::styles::resolve(n)?)));
     }
     let decoded = impasto::imageio::read_path(&a.photo, &Default::default())?;
     let opts = StylizeOptions {
@@ -89,8 +95,16 @@ pub fn sheet(a: Args) -> Result<i32> {
         ..Default::default()
     };
     let original = decoded.image.clone();
-    let mut tiles = vec![("photo".to_string(), stylize_none(&original, a.max_size))];
+    let photo = || ("photo".to_string(), stylize_none(&original, a.max_size));
+    let mut tiles = Vec::new();
+    if models.iter().all(|(_, m)| m.is_some()) {
+        tiles.push(photo());
+    }
     for (label, m) in &models {
+        let Some(m) = m else {
+            tiles.push(photo());
+            continue;
+        };
         let d = impasto::imageio::Decoded {
             image: original.clone(),
             has_alpha: false,
@@ -122,7 +136,8 @@ pub fn sheet(a: Args) -> Result<i32> {
         );
     }
     impasto::imageio::write_path(&image::DynamicImage::ImageRgb8(img), &a.output)?;
-    eprintln!("wrote {} ({} styles)", a.output.display(), names.len());
+    let styles = models.iter().filter(|(_, m)| m.is_some()).count();
+    eprintln!("wrote {} ({styles} styles)", a.output.display());
     Ok(0)
 }
 
