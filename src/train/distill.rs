@@ -85,23 +85,6 @@ pub struct Distiller {
     pub teacher_loss: Option<(StyleTarget, LossConfig)>,
 }
 
-/// Mean squared difference and its gradient `2w(a − b)/n` (f64 sum).
-fn mse(a: &[f32], b: &[f32], w: f64) -> (f64, Vec<f32>) {
-    let n = a.len().max(1) as f64;
-    let mut s = 0.0f64;
-    let k = (2.0 * w / n) as f32;
-    let g = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| {
-            let d = x - y;
-            s += (d as f64) * (d as f64);
-            k * d
-        })
-        .collect();
-    (w * s / n, g)
-}
-
 /// The photo with Gaussian noise of `sigma` (0..255 scale), clamped to the valid range;
 /// `seed` makes it reproducible (the step number, so resumed runs see the same noise).
 pub fn add_noise(x: &Tensor, sigma: f64, seed: u64) -> Tensor {
@@ -182,15 +165,18 @@ impl Distiller {
         };
         let half = target.data.len();
         let (clean, noisy) = y.data.split_at(half);
-        let (pixel, mut dy) = mse(clean, &target.data, c.pixel_weight);
+        let yc = Tensor::from_vec(x.n, 3, y.h, y.w, clean.to_vec());
+        let b = student.backend();
+        let (pixel, d) = crate::loss::content(b, &yc, &target, c.pixel_weight);
+        let mut dy = d.into_data();
         let mut stability = 0.0;
         if stable {
-            let (l, d) = mse(noisy, &target.data, c.stability_weight);
+            let yn = Tensor::from_vec(x.n, 3, y.h, y.w, noisy.to_vec());
+            let (l, d) = crate::loss::content(b, &yn, &target, c.stability_weight);
             stability = l;
-            dy.extend_from_slice(&d);
+            dy.extend_from_slice(&d.data);
         }
         let mut perceptual = 0.0;
-        let yc = Tensor::from_vec(x.n, 3, y.h, y.w, clean.to_vec());
         if let (Some(vgg), true) = (&self.vgg, c.perceptual_weight > 0.0) {
             let b = vgg.backend();
             let (ft, _) = vgg.forward_train(&target, 0);
