@@ -194,9 +194,14 @@ pub(crate) fn forward_isa(
                                 (Isa::Avx512, 4) => row!(avx512, 4, 4),
                                 (Isa::Avx512, 3) => row!(avx512, 3, 6),
                                 (Isa::Avx512, _) => row!(avx512, 1, 8),
-                                (Isa::Avx2, 4) => row!(avx2, 4, 3),
-                                (Isa::Avx2, 3) => row!(avx2, 3, 4),
-                                (Isa::Avx2, _) => row!(avx2, 1, 6),
+                                // AVX2 has 16 vector registers: OB·XB accumulators + XB
+                                // inputs + one broadcast weight must fit with room to
+                                // spare, or LLVM spills an accumulator and every tap
+                                // waits on a store-to-load round trip (4×3 and 3×4
+                                // did: 2.5× slower).
+                                (Isa::Avx2, 4) => row!(avx2, 4, 2),
+                                (Isa::Avx2, 3) => row!(avx2, 3, 3),
+                                (Isa::Avx2, _) => row!(avx2, 1, 8),
                             }
                         }
                     }
