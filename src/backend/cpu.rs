@@ -108,6 +108,7 @@ impl Backend for Cpu {
     fn conv_forward(&self, c: &CpuConv, x: &Tensor, precise: bool) -> Tensor {
         timed(
             || match &c.up {
+                Some(up) if !precise => up.forward_fast(x),
                 Some(up) => up.forward(x),
                 None if precise => c.conv.forward_exact(x, &c.geom(x)),
                 None => c.conv.forward(x, &c.geom(x)),

@@ -387,6 +387,15 @@ impl UpsampleConv {
         super::conv_grad::ConvGrad { dx, dw, db }
     }
 
+    /// Inference: the direct AVX2 kernel where the CPU has it ([`forward`] otherwise, and
+    /// for training, whose golden was fixed with the GEMM form's summation order).
+    ///
+    /// [`forward`]: UpsampleConv::forward
+    pub fn forward_fast(&self, x: &Tensor) -> Tensor {
+        super::direct::sub_pixel_forward(&self.parity, self.zero_pad, x)
+            .unwrap_or_else(|| self.forward(x))
+    }
+
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let (h, w) = (x.h, x.w);
         let (ci, co) = (self.parity[0].c_in, self.parity[0].c_out);
@@ -968,5 +977,32 @@ pub(crate) mod tests {
         let got = conv.forward(&x, &g);
         assert_eq!(got.shape(), want.shape());
         assert!(got.rel_error(&want) < 1e-5);
+    }
+
+    #[test]
+    fn direct_sub_pixel_kernel_matches_the_gemm_form() {
+        if !super::super::direct::has_avx2() {
+            eprintln!("SKIPPED: this CPU has no AVX2+FMA (the GEMM form is used)");
+            return;
+        }
+        // Widths around the kernel's 16-column step, odd channel counts, both kinds.
+        for kind in [SubPixel::Upsample, SubPixel::Transposed] {
+            for (ci, co, h, w) in [
+                (16usize, 8usize, 5usize, 16usize),
+                (8, 3, 4, 7),
+                (5, 16, 3, 33),
+                (32, 16, 6, 41),
+                (3, 1, 1, 1),
+                (4, 5, 2, 24),
+            ] {
+                let x = Tensor::from_vec(2, ci, h, w, pseudo(2 * ci * h * w, (ci * w) as u32));
+                let conv = Conv2d::new(co, ci, 3, pseudo(co * ci * 9, 7), Some(pseudo(co, 8)));
+                let up = UpsampleConv::new(&conv, 3, kind);
+                let (got, want) = (up.forward_fast(&x), up.forward(&x));
+                assert_eq!(got.shape(), want.shape());
+                let err = got.rel_error(&want);
+                assert!(err < 1e-5, "{kind:?} {ci}->{co} {h}x{w}: {err:.2e}");
+            }
+        }
     }
 }
