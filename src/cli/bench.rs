@@ -59,10 +59,7 @@ fn frame_jpeg(w: u32, h: u32) -> Result<Vec<u8>> {
     static PHOTO: &[u8] = include_bytes!("../../assets/coffee.jpg");
     let img =
         image::load_from_memory(PHOTO)?.resize_to_fill(w, h, image::imageops::FilterType::Triangle);
-    let mut jpg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 80)
-        .encode_image(&img.to_rgb8())?;
-    Ok(jpg)
+    Ok(impasto::imageio::encode_jpeg(&img.to_rgb8(), 80)?)
 }
 
 /// Frames per second of the live pipeline (see `--frames`).

@@ -208,9 +208,7 @@ fn frame(
     };
     let rgb = img.to_rgb8();
     let out = stylize_frame(model, &rgb, opts, stats);
-    let mut jpg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpg, 85)
-        .encode_image(&out)
+    let jpg = crate::imageio::encode_jpeg(&out, 85)
         .map_err(|e| ApiError::bad(format!("cannot encode the frame: {e}")))?;
     Ok((jpg, out.width(), out.height()))
 }
