@@ -384,10 +384,10 @@ fn train(
         return Err(PyValueError::new_err(format!("lr {lr} must be above 0")));
     }
     let mut req = TrainRequest::new(style, data, output);
-    req.steps = steps;
-    req.epochs = epochs;
-    req.batch_size = batch_size;
-    req.image_size = image_size;
+    req.run.steps = steps;
+    req.run.epochs = epochs;
+    req.run.batch_size = batch_size;
+    req.run.image_size = image_size;
     req.style_size = style_size;
     req.lr = lr;
     for (w, slot) in [
@@ -405,12 +405,12 @@ fn train(
         }
     }
     req.arch = arch;
-    req.seed = seed;
-    req.checkpoint_every = checkpoint_every;
-    req.val = val;
-    req.resume = resume;
-    req.vgg = vgg;
-    req.half = half;
+    req.run.seed = seed;
+    req.run.checkpoint_every = checkpoint_every;
+    req.run.val = val;
+    req.run.resume = resume;
+    req.run.vgg = vgg;
+    req.run.half = half;
     // One flag per run (a run is minutes long; the leak is a byte).
     let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     let mut progress = Progress {
@@ -423,7 +423,7 @@ fn train(
     if let Some(e) = progress.error {
         return Err(e);
     }
-    let files = RunFiles::new(&req.output);
+    let files = RunFiles::new(&req.run.output);
     let (outcome, step) = match out.map_err(to_py)? {
         Outcome::Finished => ("finished", 0),
         Outcome::Interrupted { step } => ("interrupted", step),

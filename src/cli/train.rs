@@ -6,7 +6,9 @@ use impasto::model::{Arch, Vgg16};
 use impasto::train::distill::DistillConfig;
 use impasto::train::evaluate::EvalOptions;
 use impasto::train::step::Losses;
-use impasto::train::trainer::{self, DistillRequest, Observer, Outcome, RunFiles, TrainRequest};
+use impasto::train::trainer::{
+    self, DistillRequest, Observer, Outcome, RunFiles, RunSettings, TrainRequest,
+};
 use impasto::Error;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -21,10 +23,49 @@ pub struct TrainArgs {
     /// The style painting.
     #[arg(long)]
     style: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Longest side the style image is scaled to (Johnson's reference uses 256).
+    #[arg(long, default_value_t = 256, value_parser = super::args::at_least_u32(16))]
+    style_size: u32,
+    #[arg(long, default_value_t = 1e-3, value_parser = super::args::positive_f64)]
+    lr: f64,
+    #[command(flatten)]
+    loss: LossArgs,
+    #[arg(long, value_enum, default_value = "johnson")]
+    arch: Arch,
+}
+
+/// The perceptual loss's weights (`train` and `optimize`).
+#[derive(clap::Args, Debug)]
+pub struct LossArgs {
+    #[arg(long, default_value_t = DEFAULT_CONTENT_WEIGHT, value_parser = super::args::non_negative_f64)]
+    content_weight: f64,
+    #[arg(long, default_value_t = DEFAULT_STYLE_WEIGHT, value_parser = super::args::non_negative_f64)]
+    style_weight: f64,
+    #[arg(long, default_value_t = DEFAULT_TV_WEIGHT, value_parser = super::args::non_negative_f64)]
+    tv_weight: f64,
+}
+
+impl LossArgs {
+    fn config(&self) -> LossConfig {
+        LossConfig {
+            content_weight: self.content_weight,
+            style_weight: self.style_weight,
+            tv_weight: self.tv_weight,
+            content_tap: 1,
+        }
+    }
+}
+
+/// The flags `train` and `distill` share: [`RunSettings`].
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
     /// Folder of training photos (searched recursively).
     #[arg(long)]
     data: PathBuf,
-    /// Folder of validation photos: validation loss and preview grids.
+    /// Folder of validation photos: validation loss and preview grids (photo | output; with
+    /// distill photo | teacher | student).
     #[arg(long)]
     val: Option<PathBuf>,
     /// The model file to write.
@@ -41,19 +82,6 @@ pub struct TrainArgs {
     /// Training crop size (pixels, a multiple of 4, at least 16).
     #[arg(long, default_value_t = 256, value_parser = super::args::crop_size)]
     image_size: usize,
-    /// Longest side the style image is scaled to (Johnson's reference uses 256).
-    #[arg(long, default_value_t = 256, value_parser = super::args::at_least_u32(16))]
-    style_size: u32,
-    #[arg(long, default_value_t = 1e-3, value_parser = super::args::positive_f64)]
-    lr: f64,
-    #[arg(long, default_value_t = DEFAULT_CONTENT_WEIGHT, value_parser = super::args::non_negative_f64)]
-    content_weight: f64,
-    #[arg(long, default_value_t = DEFAULT_STYLE_WEIGHT, value_parser = super::args::non_negative_f64)]
-    style_weight: f64,
-    #[arg(long, default_value_t = DEFAULT_TV_WEIGHT, value_parser = super::args::non_negative_f64)]
-    tv_weight: f64,
-    #[arg(long, value_enum, default_value = "johnson")]
-    arch: Arch,
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Save a checkpoint (and, with --val, validate) every N steps.
@@ -73,6 +101,26 @@ pub struct TrainArgs {
     half: bool,
 }
 
+impl RunArgs {
+    fn settings(&self) -> RunSettings {
+        RunSettings {
+            data: self.data.clone(),
+            val: self.val.clone(),
+            output: self.output.clone(),
+            steps: self.steps,
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            image_size: self.image_size,
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+            val_every: self.val_every,
+            resume: self.resume,
+            vgg: self.vgg.clone(),
+            half: self.half,
+        }
+    }
+}
+
 struct Bar(ProgressBar);
 
 impl Observer for Bar {
@@ -90,30 +138,13 @@ impl Observer for Bar {
 pub fn train(a: TrainArgs) -> Result<i32> {
     let req = TrainRequest {
         style: a.style.clone(),
-        data: a.data.clone(),
-        val: a.val.clone(),
-        output: a.output.clone(),
-        steps: a.steps,
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        image_size: a.image_size,
         style_size: a.style_size,
         lr: a.lr,
-        loss: LossConfig {
-            content_weight: a.content_weight,
-            style_weight: a.style_weight,
-            tv_weight: a.tv_weight,
-            content_tap: 1,
-        },
+        loss: a.loss.config(),
         arch: a.arch,
-        seed: a.seed,
-        checkpoint_every: a.checkpoint_every,
-        val_every: a.val_every,
-        resume: a.resume,
-        vgg: a.vgg.clone(),
-        half: a.half,
+        run: a.run.settings(),
     };
-    let out = with_progress(&a.output, |obs| {
+    let out = with_progress(&a.run.output, |obs| {
         trainer::run(&req, obs, &super::signals::STOP)
     })?;
     Ok(out)
@@ -153,26 +184,8 @@ pub struct DistillArgs {
     /// The teacher: a built-in style name or a model file.
     #[arg(long)]
     teacher: String,
-    /// Folder of training photos (searched recursively).
-    #[arg(long)]
-    data: PathBuf,
-    /// Folder of validation photos: validation loss and preview grids (photo | teacher | student).
-    #[arg(long)]
-    val: Option<PathBuf>,
-    /// The model file to write.
-    #[arg(short, long)]
-    output: PathBuf,
-    /// Training steps (batches). Default: 2 epochs.
-    #[arg(long, conflicts_with = "epochs", value_parser = super::args::at_least_u64(1))]
-    steps: Option<u64>,
-    /// Passes over the training photos.
-    #[arg(long, value_parser = super::args::at_least_u64(1))]
-    epochs: Option<u64>,
-    #[arg(long, default_value_t = 4, value_parser = super::args::at_least_usize(1))]
-    batch_size: usize,
-    /// Training crop size (pixels, a multiple of 4, at least 16).
-    #[arg(long, default_value_t = 256, value_parser = super::args::crop_size)]
-    image_size: usize,
+    #[command(flatten)]
+    run: RunArgs,
     /// Learning rate at the first step.
     #[arg(long, default_value_t = DistillConfig::DEFAULT_LR, value_parser = super::args::positive_f64)]
     lr: f64,
@@ -207,59 +220,36 @@ pub struct DistillArgs {
     /// Standard deviation of the stability term's noise (0..255 scale).
     #[arg(long, default_value_t = DistillConfig::DEFAULT_NOISE_SIGMA, value_parser = super::args::non_negative_f64)]
     noise_sigma: f64,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Save a checkpoint (and, with --val, validate) every N steps.
-    #[arg(long, default_value_t = 500, value_parser = super::args::at_least_u64(1))]
-    checkpoint_every: u64,
-    /// Validate and write a preview every N steps (default: --checkpoint-every).
-    #[arg(long, value_parser = super::args::at_least_u64(1))]
-    val_every: Option<u64>,
-    /// Continue from the checkpoint beside the output (OUTPUT.ckpt.safetensors).
-    #[arg(long)]
-    resume: bool,
-    /// VGG16 weights for the perceptual term (else $IMPASTO_VGG, else the cache).
-    #[arg(long)]
-    vgg: Option<PathBuf>,
-    /// Store the finished model as float16.
-    #[arg(long)]
-    half: bool,
 }
 
 pub fn distill(a: DistillArgs) -> Result<i32> {
-    let mut req = DistillRequest::new(a.teacher.clone(), a.data.clone(), a.output.clone());
+    let mut network = impasto::train::distill::live_config();
     if let Some(c) = &a.channels {
         if c.contains(&0) {
             return Err(
                 Error::Usage(format!("--channels {c:?}: every width must be at least 1")).into(),
             );
         }
-        req.network.channels = [c[0], c[1], c[2]];
+        network.channels = [c[0], c[1], c[2]];
     }
     if let Some(r) = a.res_blocks {
-        req.network.res_blocks = r;
+        network.res_blocks = r;
     }
-    req.val = a.val.clone();
-    req.steps = a.steps;
-    req.epochs = a.epochs;
-    req.batch_size = a.batch_size;
-    req.image_size = a.image_size;
-    req.lr = a.lr;
-    req.lr_final = Some(a.lr_final);
-    req.pixel_weight = a.pixel_weight;
-    req.perceptual_weight = a.perceptual_weight;
-    req.stability_weight = a.stability_weight;
-    req.noise_sigma = a.noise_sigma;
-    req.loss_weight = a.loss_weight;
-    req.loss_from = a.loss_from;
-    req.painting = a.style.clone();
-    req.seed = a.seed;
-    req.checkpoint_every = a.checkpoint_every;
-    req.val_every = a.val_every;
-    req.resume = a.resume;
-    req.vgg = a.vgg.clone();
-    req.half = a.half;
-    with_progress(&a.output, |obs| {
+    let req = DistillRequest {
+        teacher: a.teacher.clone(),
+        lr: a.lr,
+        lr_final: Some(a.lr_final),
+        network,
+        pixel_weight: a.pixel_weight,
+        perceptual_weight: a.perceptual_weight,
+        stability_weight: a.stability_weight,
+        noise_sigma: a.noise_sigma,
+        loss_weight: a.loss_weight,
+        loss_from: a.loss_from,
+        painting: a.style.clone(),
+        run: a.run.settings(),
+    };
+    with_progress(&a.run.output, |obs| {
         trainer::distill(&req, obs, &super::signals::STOP)
     })
 }
@@ -394,12 +384,8 @@ pub struct OptimizeArgs {
     /// Adam step on the 0..255 pixel scale.
     #[arg(long, default_value_t = 4.0, value_parser = super::args::positive_f32)]
     lr: f32,
-    #[arg(long, default_value_t = DEFAULT_CONTENT_WEIGHT, value_parser = super::args::non_negative_f64)]
-    content_weight: f64,
-    #[arg(long, default_value_t = DEFAULT_STYLE_WEIGHT, value_parser = super::args::non_negative_f64)]
-    style_weight: f64,
-    #[arg(long, default_value_t = DEFAULT_TV_WEIGHT, value_parser = super::args::non_negative_f64)]
-    tv_weight: f64,
+    #[command(flatten)]
+    loss: LossArgs,
     #[arg(long)]
     vgg: Option<PathBuf>,
     /// One JSON line per reported iteration on stdout.
@@ -412,12 +398,7 @@ pub fn optimize(a: OptimizeArgs) -> Result<i32> {
     let vgg_net = Vgg16::load(&vgg::locate(a.vgg.as_deref())?)?;
     let content = trainer::load_style(&a.content, Some(a.max_size))?;
     let style = trainer::load_style(&a.style, Some(a.style_size))?;
-    let cfg = LossConfig {
-        content_weight: a.content_weight,
-        style_weight: a.style_weight,
-        tv_weight: a.tv_weight,
-        content_tap: 1,
-    };
+    let cfg = a.loss.config();
     let bar = ProgressBar::new(a.iters as u64);
     bar.set_style(
         ProgressStyle::with_template(

@@ -439,12 +439,11 @@ fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
     writeln!(f, "{v}").map_err(|e| Error::io(path, e))
 }
 
-/// A training run as a caller asks for it (the CLI's `impasto train` flags, the Python
-/// package's `impasto.train(...)`): [`run`] turns it into a [`TrainConfig`] and runs it.
+/// What every training loop's caller sets the same way (`train` and `distill`, the CLI and
+/// the Python package): the photos, the output, the run's length, batches, checkpoints,
+/// validation and the VGG16 weights.
 #[derive(Clone, Debug)]
-pub struct TrainRequest {
-    /// The style painting.
-    pub style: PathBuf,
+pub struct RunSettings {
     /// Folder of training photos (searched recursively).
     pub data: PathBuf,
     /// Folder of validation photos: validation loss and preview grids.
@@ -457,11 +456,6 @@ pub struct TrainRequest {
     pub epochs: Option<u64>,
     pub batch_size: usize,
     pub image_size: usize,
-    /// Longest side the style image is scaled to.
-    pub style_size: u32,
-    pub lr: f64,
-    pub loss: LossConfig,
-    pub arch: Arch,
     pub seed: u64,
     pub checkpoint_every: u64,
     /// Validate and preview every N steps (default: `checkpoint_every`).
@@ -474,6 +468,41 @@ pub struct TrainRequest {
     pub half: bool,
 }
 
+impl RunSettings {
+    /// impasto's defaults: 2 epochs of batch 4 at 256², seed 42, a checkpoint every 500 steps.
+    pub fn new(data: impl Into<PathBuf>, output: impl Into<PathBuf>) -> Self {
+        RunSettings {
+            data: data.into(),
+            val: None,
+            output: output.into(),
+            steps: None,
+            epochs: None,
+            batch_size: 4,
+            image_size: 256,
+            seed: 42,
+            checkpoint_every: 500,
+            val_every: None,
+            resume: false,
+            vgg: None,
+            half: false,
+        }
+    }
+}
+
+/// A training run as a caller asks for it (the CLI's `impasto train` flags, the Python
+/// package's `impasto.train(...)`): [`run`] turns it into a [`TrainConfig`] and runs it.
+#[derive(Clone, Debug)]
+pub struct TrainRequest {
+    /// The style painting.
+    pub style: PathBuf,
+    /// Longest side the style image is scaled to.
+    pub style_size: u32,
+    pub lr: f64,
+    pub loss: LossConfig,
+    pub arch: Arch,
+    pub run: RunSettings,
+}
+
 impl TrainRequest {
     /// Johnson's recipe with impasto's defaults: 2 epochs of batch 4 at 256², Adam 1e-3.
     pub fn new(
@@ -483,23 +512,11 @@ impl TrainRequest {
     ) -> Self {
         TrainRequest {
             style: style.into(),
-            data: data.into(),
-            val: None,
-            output: output.into(),
-            steps: None,
-            epochs: None,
-            batch_size: 4,
-            image_size: 256,
             style_size: 256,
             lr: 1e-3,
             loss: LossConfig::default(),
             arch: Arch::Johnson,
-            seed: 42,
-            checkpoint_every: 500,
-            val_every: None,
-            resume: false,
-            vgg: None,
-            half: false,
+            run: RunSettings::new(data, output),
         }
     }
 }
@@ -512,15 +529,15 @@ pub fn run(
     obs: &mut dyn Observer,
     interrupt: &'static AtomicBool,
 ) -> Result<Outcome> {
-    let (files, _lock) = lock_output(&req.output)?;
-    let vgg_path = crate::model::vgg::locate(req.vgg.as_deref())?;
+    let (files, _lock) = lock_output(&req.run.output)?;
+    let vgg_path = crate::model::vgg::locate(req.run.vgg.as_deref())?;
     let vgg = Vgg16::load(&vgg_path)?;
     let data = Inputs::scan(
-        &req.data,
-        req.val.as_deref(),
-        req.batch_size,
-        req.steps,
-        req.epochs,
+        &req.run.data,
+        req.run.val.as_deref(),
+        req.run.batch_size,
+        req.run.steps,
+        req.run.epochs,
         obs,
     )?;
     let style = load_style(&req.style, Some(req.style_size))?;
@@ -529,21 +546,21 @@ pub fn run(
         style: req.style.display().to_string(),
         style_sha256: sha256_file(&req.style)?,
         style_size: Some(req.style_size),
-        data: req.data.display().to_string(),
+        data: req.run.data.display().to_string(),
         dataset_size: data.photos.len(),
-        image_size: req.image_size,
-        batch_size: req.batch_size,
+        image_size: req.run.image_size,
+        batch_size: req.run.batch_size,
         steps: data.steps,
         lr: req.lr,
         loss: req.loss.clone(),
-        seed: req.seed,
+        seed: req.run.seed,
         vgg_convention: vgg.pre.convention.clone(),
-        checkpoint_every: req.checkpoint_every.max(1),
+        checkpoint_every: req.run.checkpoint_every.max(1),
         network: None,
         distill: None,
         lr_final: None,
     };
-    let resume = checkpoint_to_resume(&files, req.resume)?;
+    let resume = checkpoint_to_resume(&files, req.run.resume)?;
     obs.message(&format!(
         "training {:?} on {} photos ({} steps of {}, {}²), style {}, VGG {} ({})",
         cfg.arch,
@@ -557,10 +574,10 @@ pub fn run(
     ));
     let opts = RunOptions {
         val: data.val,
-        val_every: req.val_every.unwrap_or(cfg.checkpoint_every).max(1),
+        val_every: req.run.val_every.unwrap_or(cfg.checkpoint_every).max(1),
         files,
         resume,
-        half: req.half,
+        half: req.run.half,
         interrupt,
     };
     let target = StyleTarget::new(&vgg, &style);
@@ -650,13 +667,6 @@ fn checkpoint_to_resume(files: &RunFiles, resume: bool) -> Result<Option<Checkpo
 pub struct DistillRequest {
     /// The teacher: a built-in style name or a model file.
     pub teacher: String,
-    pub data: PathBuf,
-    pub val: Option<PathBuf>,
-    pub output: PathBuf,
-    pub steps: Option<u64>,
-    pub epochs: Option<u64>,
-    pub batch_size: usize,
-    pub image_size: usize,
     pub lr: f64,
     /// Cosine-anneal the learning rate to this by the last step.
     pub lr_final: Option<f64>,
@@ -673,13 +683,8 @@ pub struct DistillRequest {
     /// The teacher's painting (default: the one its provenance names, when that file is
     /// there and its SHA-256 matches).
     pub painting: Option<PathBuf>,
-    pub seed: u64,
-    pub checkpoint_every: u64,
-    pub val_every: Option<u64>,
-    pub resume: bool,
-    /// VGG16 weights for the perceptual term (else `$IMPASTO_VGG`, else the cache).
-    pub vgg: Option<PathBuf>,
-    pub half: bool,
+    /// VGG16 serves the perceptual term here (`run.vgg`).
+    pub run: RunSettings,
 }
 
 impl DistillRequest {
@@ -694,13 +699,6 @@ impl DistillRequest {
     ) -> Self {
         DistillRequest {
             teacher: teacher.into(),
-            data: data.into(),
-            val: None,
-            output: output.into(),
-            steps: None,
-            epochs: None,
-            batch_size: 4,
-            image_size: 256,
             lr: DistillConfig::DEFAULT_LR,
             lr_final: Some(DistillConfig::DEFAULT_LR_FINAL),
             network: crate::train::distill::live_config(),
@@ -711,12 +709,7 @@ impl DistillRequest {
             loss_weight: DistillConfig::DEFAULT_LOSS_WEIGHT,
             loss_from: DistillConfig::DEFAULT_LOSS_FROM,
             painting: None,
-            seed: 42,
-            checkpoint_every: 500,
-            val_every: None,
-            resume: false,
-            vgg: None,
-            half: false,
+            run: RunSettings::new(data, output),
         }
     }
 }
@@ -728,7 +721,7 @@ pub fn distill(
     interrupt: &'static AtomicBool,
 ) -> Result<Outcome> {
     use sha2::Digest;
-    let (files, _lock) = lock_output(&req.output)?;
+    let (files, _lock) = lock_output(&req.run.output)?;
     let (teacher, teacher_sha256) = match crate::styles::builtin_bytes(&req.teacher) {
         Some(bytes) => (
             crate::styles::resolve(&req.teacher)?,
@@ -779,17 +772,17 @@ pub fn distill(
     };
     let vgg = if req.perceptual_weight > 0.0 || painting.is_some() {
         Some(Vgg16::load(&crate::model::vgg::locate(
-            req.vgg.as_deref(),
+            req.run.vgg.as_deref(),
         )?)?)
     } else {
         None
     };
     let data = Inputs::scan(
-        &req.data,
-        req.val.as_deref(),
-        req.batch_size,
-        req.steps,
-        req.epochs,
+        &req.run.data,
+        req.run.val.as_deref(),
+        req.run.batch_size,
+        req.run.steps,
+        req.run.epochs,
         obs,
     )?;
     let style_size = record
@@ -825,24 +818,24 @@ pub fn distill(
         style: painting_name.unwrap_or_else(|| req.teacher.clone()),
         style_sha256: teacher_sha256,
         style_size: Some(style_size),
-        data: req.data.display().to_string(),
+        data: req.run.data.display().to_string(),
         dataset_size: data.photos.len(),
-        image_size: req.image_size,
-        batch_size: req.batch_size,
+        image_size: req.run.image_size,
+        batch_size: req.run.batch_size,
         steps: data.steps,
         lr: req.lr,
         loss: teacher_loss(&teacher),
-        seed: req.seed,
+        seed: req.run.seed,
         vgg_convention: vgg
             .as_ref()
             .map(|v| v.pre.convention.clone())
             .unwrap_or_else(|| "none".into()),
-        checkpoint_every: req.checkpoint_every.max(1),
+        checkpoint_every: req.run.checkpoint_every.max(1),
         network: Some(req.network.clone()),
         distill: Some(dcfg.clone()),
         lr_final: req.lr_final,
     };
-    let resume = checkpoint_to_resume(&files, req.resume)?;
+    let resume = checkpoint_to_resume(&files, req.run.resume)?;
     obs.message(&format!(
         "distilling {} into {:?}-{:?} with {} residual blocks ({} parameters, {:.1}x fewer FLOPs) on {} photos ({} steps of {}, {}²)",
         req.teacher,
@@ -858,10 +851,10 @@ pub fn distill(
     ));
     let opts = RunOptions {
         val: data.val,
-        val_every: req.val_every.unwrap_or(cfg.checkpoint_every).max(1),
+        val_every: req.run.val_every.unwrap_or(cfg.checkpoint_every).max(1),
         files,
         resume,
-        half: req.half,
+        half: req.run.half,
         interrupt,
     };
     let d = Distiller {
