@@ -232,6 +232,9 @@ impl Conv2d {
         if direct_ok && super::direct::applicable(self, g) {
             return super::direct::forward(self, g, x, &ymap, &xmap, ho, wo);
         }
+        if winograd && super::direct::applicable_stride2(self, g) {
+            return super::direct::forward_stride2(self, g, x, &ymap, &xmap, ho, wo);
+        }
         for b in 0..x.n {
             conv_sample(
                 self,
@@ -1002,6 +1005,34 @@ pub(crate) mod tests {
                 assert_eq!(got.shape(), want.shape());
                 let err = got.rel_error(&want);
                 assert!(err < 1e-5, "{kind:?} {ci}->{co} {h}x{w}: {err:.2e}");
+            }
+        }
+    }
+
+    #[test]
+    fn direct_stride2_kernel_matches_naive() {
+        if !super::super::direct::has_avx2() {
+            eprintln!("SKIPPED: this CPU has no AVX2+FMA (stride-2 layers use im2col + GEMM)");
+            return;
+        }
+        // The live twins' downsampling layers and widths around the 8·XB blocks and tails.
+        for mode in [PadMode::Reflect, PadMode::Zero] {
+            for (ci, co, h, w) in [
+                (8usize, 16usize, 9usize, 33usize),
+                (16, 32, 6, 16),
+                (8, 3, 7, 50),
+                (8, 5, 4, 7),
+                (16, 8, 5, 65),
+            ] {
+                let g = ConvGeom::simple(3, 2, 1, mode);
+                let x = Tensor::from_vec(2, ci, h, w, pseudo(2 * ci * h * w, (co * w) as u32));
+                let conv = Conv2d::new(co, ci, 3, pseudo(co * ci * 9, 5), Some(pseudo(co, 6)));
+                assert!(super::super::direct::applicable_stride2(&conv, &g));
+                let got = conv.forward(&x, &g);
+                let want = naive(&conv, &g, &x);
+                assert_eq!(got.shape(), want.shape());
+                let err = got.rel_error(&want);
+                assert!(err < 1e-5, "{mode:?} {ci}->{co} {h}x{w}: {err:.2e}");
             }
         }
     }

@@ -22,6 +22,20 @@ pub fn applicable(conv: &Conv2d, g: &ConvGeom) -> bool {
         && isa().is_some()
 }
 
+/// The stride-2 3×3 layers of a narrow network (the live twins' 8→16 and 16→32 downsampling):
+/// the direct AVX2 kernel reads a column-deinterleaved copy of the padded input, so each tap
+/// is still a contiguous vector load. Wider layers stay with im2col + GEMM, whose blocking
+/// suits them; inference only (the training path keeps its golden-checked summation order).
+pub fn applicable_stride2(conv: &Conv2d, g: &ConvGeom) -> bool {
+    g.stride == 2
+        && g.upsample == 1
+        && g.dilate == 1
+        && g.k == 3
+        && conv.c_in * 9 >= 64
+        && conv.c_out <= 32
+        && has_avx2()
+}
+
 /// Which vector kernel this CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
@@ -120,6 +134,131 @@ fn pad_input(
     (out, hp, wp)
 }
 
+/// The stride-2 input padded and split by column parity: each padded row `P` (output row
+/// `y`, tap `ky` at `P = 2y + ky`) holds its even columns, then its odd ones, so output `x`
+/// and tap `kx` read element `x + kx/2` of the even half (`kx` even) or of the odd half.
+/// Returns the buffer, its padded row count, the row length and where the odd half starts.
+#[allow(clippy::too_many_arguments)]
+fn pad_input_stride2(
+    x: &[f32],
+    c: usize,
+    h: usize,
+    w: usize,
+    g: &ConvGeom,
+    ymap: &[i32],
+    xmap: &[i32],
+    ho: usize,
+    wo: usize,
+) -> (Vec<f32>, usize, usize, usize) {
+    let k = g.k;
+    let (hp, wp) = (2 * (ho - 1) + k, 2 * (wo - 1) + k);
+    let src = |map: &[i32], n_out: usize, p: usize| {
+        let o = (p / 2).min(n_out - 1);
+        map[o * k + (p - 2 * o)]
+    };
+    let (even, odd) = (wp.div_ceil(2), wp / 2);
+    let rowlen = even + odd;
+    // column j of a row: padded column 2j (even half) or 2(j - even) + 1 (odd half)
+    let cols: Vec<i32> = (0..rowlen)
+        .map(|j| {
+            let p = if j < even { 2 * j } else { 2 * (j - even) + 1 };
+            src(xmap, wo, p)
+        })
+        .collect();
+    let mut out = crate::tensor::take_buffer(c * hp * rowlen + 16);
+    out[c * hp * rowlen..].fill(0.0);
+    out[..c * hp * rowlen]
+        .par_chunks_mut(hp * rowlen)
+        .enumerate()
+        .for_each(|(ch, plane)| {
+            let srcp = &x[ch * h * w..(ch + 1) * h * w];
+            for r in 0..hp {
+                let sy = src(ymap, ho, r);
+                let row = &mut plane[r * rowlen..(r + 1) * rowlen];
+                if sy < 0 {
+                    row.fill(0.0);
+                    continue;
+                }
+                let s = &srcp[sy as usize * w..(sy as usize + 1) * w];
+                for (d, &sx) in row.iter_mut().zip(&cols) {
+                    *d = if sx < 0 { 0.0 } else { s[sx as usize] };
+                }
+            }
+        });
+    (out, hp, rowlen, even)
+}
+
+/// [`forward`] for a layer [`applicable_stride2`] accepts.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_stride2(
+    conv: &Conv2d,
+    g: &ConvGeom,
+    x: &Tensor,
+    ymap: &[i32],
+    xmap: &[i32],
+    ho: usize,
+    wo: usize,
+) -> Tensor {
+    let mut out = Tensor::for_overwrite(x.n, conv.c_out, ho, wo);
+    let k = g.k;
+    let (ob, nb, kk, wp) = pack_weights(conv, k);
+    for s in 0..x.n {
+        let (xp, hp, rowlen, odd) =
+            pad_input_stride2(x.sample(s), x.c, x.h, x.w, g, ymap, xmap, ho, wo);
+        let o = out.sample_mut(s);
+        let plane = ho * wo;
+        let optr = super::conv::SendPtr::new(o.as_mut_ptr());
+        (0..ho).into_par_iter().for_each(|y| {
+            for b in 0..nb {
+                let w = &wp[b * kk * ob..(b + 1) * kk * ob];
+                let bias = &conv.bias[b * ob..(b + 1) * ob];
+                // SAFETY: applicable_stride2 checked AVX2 + FMA; this task alone writes
+                // output row y; the AVX2 kernel masks every load past the row's valid outputs.
+                unsafe {
+                    let dst = optr.get().add(b * ob * plane + y * wo);
+                    let t = avx2::Taps { row0: 2 * y, odd };
+                    match ob {
+                        4 => avx2::row_taps::<4, 2, true>(
+                            &xp, hp, rowlen, conv.c_in, k, &t, w, bias, dst, plane, wo,
+                        ),
+                        3 => avx2::row_taps::<3, 3, true>(
+                            &xp, hp, rowlen, conv.c_in, k, &t, w, bias, dst, plane, wo,
+                        ),
+                        _ => avx2::row_taps::<1, 8, true>(
+                            &xp, hp, rowlen, conv.c_in, k, &t, w, bias, dst, plane, wo,
+                        ),
+                    }
+                }
+            }
+        });
+        crate::tensor::recycle(xp);
+    }
+    out
+}
+
+/// Weights regrouped per output-channel block: `[block][c][ky][kx][OB]`; returns
+/// (OB, blocks, taps per output, packed weights).
+fn pack_weights(conv: &Conv2d, k: usize) -> (usize, usize, usize, Vec<f32>) {
+    let ob = if conv.c_out.is_multiple_of(4) {
+        4
+    } else if conv.c_out == 3 {
+        3
+    } else {
+        1
+    };
+    let nb = conv.c_out / ob;
+    let kk = conv.c_in * k * k;
+    let mut wp = vec![0.0f32; conv.c_out * kk];
+    for b in 0..nb {
+        for i in 0..kk {
+            for j in 0..ob {
+                wp[(b * kk + i) * ob + j] = conv.weight[(b * ob + j) * kk + i];
+            }
+        }
+    }
+    (ob, nb, kk, wp)
+}
+
 pub fn forward(
     conv: &Conv2d,
     g: &ConvGeom,
@@ -147,24 +286,7 @@ pub(crate) fn forward_isa(
 ) -> Tensor {
     let mut out = Tensor::for_overwrite(x.n, conv.c_out, ho, wo);
     let k = g.k;
-    // Weights regrouped per output-channel block: [block][c][ky][kx][OB].
-    let ob = if conv.c_out.is_multiple_of(4) {
-        4
-    } else if conv.c_out == 3 {
-        3
-    } else {
-        1
-    };
-    let nb = conv.c_out / ob;
-    let kk = conv.c_in * k * k;
-    let mut wp = vec![0.0f32; conv.c_out * kk];
-    for b in 0..nb {
-        for i in 0..kk {
-            for j in 0..ob {
-                wp[(b * kk + i) * ob + j] = conv.weight[(b * ob + j) * kk + i];
-            }
-        }
-    }
+    let (ob, nb, kk, wp) = pack_weights(conv, k);
     for s in 0..x.n {
         let (xp, hp, wpad) = pad_input(x.sample(s), x.c, x.h, x.w, g, ymap, xmap, ho, wo);
         let o = out.sample_mut(s);
@@ -183,10 +305,16 @@ pub(crate) fn forward_isa(
                         // (AVX-512) or are masked (AVX2).
                         unsafe {
                             let dst = optr.get().add(b * ob * plane + y * wo);
+                            let taps = avx2::Taps { row0: y, odd: 0 };
                             macro_rules! row {
-                                ($m:ident, $ob:literal, $xb:literal) => {
-                                    $m::row::<$ob, $xb>(
+                                (avx512, $ob:literal, $xb:literal) => {
+                                    avx512::row::<$ob, $xb>(
                                         &xp, hp, wpad, conv.c_in, k, y, w, bias, dst, plane, wo,
+                                    )
+                                };
+                                (avx2, $ob:literal, $xb:literal) => {
+                                    avx2::row_taps::<$ob, $xb, false>(
+                                        &xp, hp, wpad, conv.c_in, k, &taps, w, bias, dst, plane, wo,
                                     )
                                 };
                             }
@@ -534,17 +662,27 @@ mod avx512 {
 mod avx2 {
     use std::arch::x86_64::*;
 
+    /// Where an output row's taps are in the prepared input: padded row `row0 + ky`, and
+    /// column `x + kx` of it (stride 1) or, with `S2` (stride 2, column-deinterleaved rows
+    /// whose odd half starts at `odd`), `x + kx/2` of the even or odd half. `S2` is a const
+    /// parameter so that the stride-1 instance keeps its plain `kx` offsets (a table lookup
+    /// there cost the 9×9 layers 2–5%: the loop is short of load slots).
+    pub struct Taps {
+        pub row0: usize,
+        pub odd: usize,
+    }
+
     /// One output row for `OB` output channels, `XB` vectors of 8 pixels at a time; the
     /// row's tail is handled with masked loads and stores.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn row<const OB: usize, const XB: usize>(
+    pub unsafe fn row_taps<const OB: usize, const XB: usize, const S2: bool>(
         xp: &[f32],
         hp: usize,
         wp: usize,
         c_in: usize,
         k: usize,
-        y: usize,
+        taps: &Taps,
         w: &[f32],
         bias: &[f32],
         dst: *mut f32,
@@ -582,14 +720,15 @@ mod avx2 {
                 for c in 0..c_in {
                     let cbase = c * hp * wp;
                     for ky in 0..k {
-                        let rbase = xptr.add(cbase + (y + ky) * wp + x0);
+                        let rbase = xptr.add(cbase + (taps.row0 + ky) * wp + x0);
                         for kx in 0..k {
+                            let off = if S2 { kx / 2 + (kx % 2) * taps.odd } else { kx };
                             let mut xv = [_mm256_setzero_ps(); XB];
                             for v in 0..XB {
                                 xv[v] = if all_full {
-                                    _mm256_loadu_ps(rbase.add(kx + v * 8))
+                                    _mm256_loadu_ps(rbase.add(off + v * 8))
                                 } else {
-                                    _mm256_maskload_ps(rbase.add(kx + v * 8), masks[v])
+                                    _mm256_maskload_ps(rbase.add(off + v * 8), masks[v])
                                 };
                             }
                             for (o, a) in acc.iter_mut().enumerate() {
@@ -620,14 +759,19 @@ mod avx2 {
 
 #[cfg(not(target_arch = "x86_64"))]
 mod avx2 {
+    pub struct Taps {
+        pub row0: usize,
+        pub odd: usize,
+    }
+
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn row<const OB: usize, const XB: usize>(
+    pub unsafe fn row_taps<const OB: usize, const XB: usize, const S2: bool>(
         _: &[f32],
         _: usize,
         _: usize,
         _: usize,
         _: usize,
-        _: usize,
+        _: &Taps,
         _: &[f32],
         _: &[f32],
         _: *mut f32,
