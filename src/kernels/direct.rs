@@ -92,7 +92,7 @@ fn pad_input(
     xmap: &[i32],
     ho: usize,
     wo: usize,
-) -> (Vec<f32>, usize, usize) {
+) -> Padded {
     // Padded row r corresponds to ymap[(r - ...)]: for stride 1, padded index p = o + t with
     // o the output coordinate and t the tap, so p ranges over 0..ho+k-1.
     let (hp, wp) = (ho + g.k - 1, wo + g.k - 1);
@@ -131,13 +131,17 @@ fn pad_input(
                 }
             }
         });
-    (out, hp, wp)
+    Padded {
+        buf: out,
+        hp,
+        rowlen: wp,
+        odd: 0,
+    }
 }
 
 /// The stride-2 input padded and split by column parity: each padded row `P` (output row
 /// `y`, tap `ky` at `P = 2y + ky`) holds its even columns, then its odd ones, so output `x`
 /// and tap `kx` read element `x + kx/2` of the even half (`kx` even) or of the odd half.
-/// Returns the buffer, its padded row count, the row length and where the odd half starts.
 #[allow(clippy::too_many_arguments)]
 fn pad_input_stride2(
     x: &[f32],
@@ -149,7 +153,7 @@ fn pad_input_stride2(
     xmap: &[i32],
     ho: usize,
     wo: usize,
-) -> (Vec<f32>, usize, usize, usize) {
+) -> Padded {
     let k = g.k;
     let (hp, wp) = (2 * (ho - 1) + k, 2 * (wo - 1) + k);
     let src = |map: &[i32], n_out: usize, p: usize| {
@@ -185,7 +189,12 @@ fn pad_input_stride2(
                 }
             }
         });
-    (out, hp, rowlen, even)
+    Padded {
+        buf: out,
+        hp,
+        rowlen,
+        odd: even,
+    }
 }
 
 /// [`forward`] for a layer [`applicable_stride2`] accepts.
@@ -199,39 +208,108 @@ pub fn forward_stride2(
     ho: usize,
     wo: usize,
 ) -> Tensor {
-    let mut out = Tensor::for_overwrite(x.n, conv.c_out, ho, wo);
     let k = g.k;
+    let pad = |xs: &[f32]| pad_input_stride2(xs, x.c, x.h, x.w, g, ymap, xmap, ho, wo);
+    drive(conv, k, x, (ho, wo), 1, pad, |r| {
+        // SAFETY: applicable_stride2 checked AVX2 + FMA; `drive` hands this call output
+        // row y alone; the AVX2 kernel masks every load past the row's valid outputs.
+        unsafe { avx2_row::<true>(r, conv.c_in, k, 2 * r.y) }
+    })
+}
+
+/// One output row of the AVX2 kernel (`S2`: stride 2, taps from padded row `row0 = 2y`)
+/// with the register block that fits its `OB`: 16 ymm registers must hold OB·XB
+/// accumulators, XB inputs and one broadcast weight with room to spare, or LLVM spills an
+/// accumulator and every tap waits on a store-to-load round trip (4×3 and 3×4 did: 2.5×
+/// slower).
+///
+/// # Safety
+/// The CPU has AVX2 + FMA, and `dst` is as [`drive`] describes it.
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx2_row<const S2: bool>(r: &Row, ci: usize, k: usize, row0: usize) {
+    let t = avx2::Taps { row0, odd: r.p.odd };
+    let (xp, hp, rl) = (&r.p.buf[..], r.p.hp, r.p.rowlen);
+    let (w, b, dst, plane, wo) = (r.w, r.bias, r.dst, r.plane, r.wo);
+    // SAFETY: the caller's contract.
+    unsafe {
+        match r.ob {
+            4 => avx2::row_taps::<4, 2, S2>(xp, hp, rl, ci, k, &t, w, b, dst, plane, wo),
+            3 => avx2::row_taps::<3, 3, S2>(xp, hp, rl, ci, k, &t, w, b, dst, plane, wo),
+            _ => avx2::row_taps::<1, 8, S2>(xp, hp, rl, ci, k, &t, w, b, dst, plane, wo),
+        }
+    }
+}
+
+/// A sample's input with its padding materialised, as a kernel reads it: `hp` rows of
+/// `rowlen` floats per channel (`odd`: where a stride-2 row's odd columns start, else 0).
+struct Padded {
+    buf: Vec<f32>,
+    hp: usize,
+    rowlen: usize,
+    odd: usize,
+}
+
+/// One call's work in [`drive`]: output row `y` of a block of `ob` output channels, with
+/// the block's packed weights and bias; `dst` points at that row of the block's first
+/// channel, `plane` floats between channels, `wo` outputs per row, and no other call
+/// writes there.
+struct Row<'a> {
+    p: &'a Padded,
+    y: usize,
+    ob: usize,
+    w: &'a [f32],
+    bias: &'a [f32],
+    dst: *mut f32,
+    plane: usize,
+    wo: usize,
+}
+
+/// The loop both direct kernels share: per sample, pad the input once; then one task per
+/// `rows_per_task` output rows, each computing every block of output channels of its rows
+/// with one `row` call per [`Row`].
+fn drive<P, R>(
+    conv: &Conv2d,
+    k: usize,
+    x: &Tensor,
+    (ho, wo): (usize, usize),
+    rows_per_task: usize,
+    pad: P,
+    row: R,
+) -> Tensor
+where
+    P: Fn(&[f32]) -> Padded,
+    R: Fn(&Row) + Sync,
+{
+    let mut out = Tensor::for_overwrite(x.n, conv.c_out, ho, wo);
     let (ob, nb, kk, wp) = pack_weights(conv, k);
+    let plane = ho * wo;
     for s in 0..x.n {
-        let (xp, hp, rowlen, odd) =
-            pad_input_stride2(x.sample(s), x.c, x.h, x.w, g, ymap, xmap, ho, wo);
-        let o = out.sample_mut(s);
-        let plane = ho * wo;
-        let optr = super::conv::SendPtr::new(o.as_mut_ptr());
-        (0..ho).into_par_iter().for_each(|y| {
-            for b in 0..nb {
-                let w = &wp[b * kk * ob..(b + 1) * kk * ob];
-                let bias = &conv.bias[b * ob..(b + 1) * ob];
-                // SAFETY: applicable_stride2 checked AVX2 + FMA; this task alone writes
-                // output row y; the AVX2 kernel masks every load past the row's valid outputs.
-                unsafe {
-                    let dst = optr.get().add(b * ob * plane + y * wo);
-                    let t = avx2::Taps { row0: 2 * y, odd };
-                    match ob {
-                        4 => avx2::row_taps::<4, 2, true>(
-                            &xp, hp, rowlen, conv.c_in, k, &t, w, bias, dst, plane, wo,
-                        ),
-                        3 => avx2::row_taps::<3, 3, true>(
-                            &xp, hp, rowlen, conv.c_in, k, &t, w, bias, dst, plane, wo,
-                        ),
-                        _ => avx2::row_taps::<1, 8, true>(
-                            &xp, hp, rowlen, conv.c_in, k, &t, w, bias, dst, plane, wo,
-                        ),
+        let padded = pad(x.sample(s));
+        let optr = super::conv::SendPtr::new(out.sample_mut(s).as_mut_ptr());
+        (0..ho.div_ceil(rows_per_task))
+            .into_par_iter()
+            .for_each(|t| {
+                for y in t * rows_per_task..((t + 1) * rows_per_task).min(ho) {
+                    for b in 0..nb {
+                        let w = &wp[b * kk * ob..(b + 1) * kk * ob];
+                        let bias = &conv.bias[b * ob..(b + 1) * ob];
+                        // SAFETY: the offset stays inside this sample's output (block b's
+                        // first channel, row y < ho); each task owns its rows.
+                        let dst = unsafe { optr.get().add(b * ob * plane + y * wo) };
+                        row(&Row {
+                            p: &padded,
+                            y,
+                            ob,
+                            w,
+                            bias,
+                            dst,
+                            plane,
+                            wo,
+                        });
                     }
                 }
-            }
-        });
-        crate::tensor::recycle(xp);
+            });
+        crate::tensor::recycle(padded.buf);
     }
     out
 }
@@ -284,60 +362,29 @@ pub(crate) fn forward_isa(
     ho: usize,
     wo: usize,
 ) -> Tensor {
-    let mut out = Tensor::for_overwrite(x.n, conv.c_out, ho, wo);
     let k = g.k;
-    let (ob, nb, kk, wp) = pack_weights(conv, k);
-    for s in 0..x.n {
-        let (xp, hp, wpad) = pad_input(x.sample(s), x.c, x.h, x.w, g, ymap, xmap, ho, wo);
-        let o = out.sample_mut(s);
-        let plane = ho * wo;
-        let optr = super::conv::SendPtr::new(o.as_mut_ptr());
-        let rows_per_task = 2;
-        (0..ho.div_ceil(rows_per_task))
-            .into_par_iter()
-            .for_each(|t| {
-                for y in t * rows_per_task..((t + 1) * rows_per_task).min(ho) {
-                    for b in 0..nb {
-                        let w = &wp[b * kk * ob..(b + 1) * kk * ob];
-                        let bias = &conv.bias[b * ob..(b + 1) * ob];
-                        // SAFETY: `applicable` checked that the CPU has the kernel's ISA; each
-                        // task writes its own rows; loads stay within `xp` thanks to its slack
-                        // (AVX-512) or are masked (AVX2).
-                        unsafe {
-                            let dst = optr.get().add(b * ob * plane + y * wo);
-                            let taps = avx2::Taps { row0: y, odd: 0 };
-                            macro_rules! row {
-                                (avx512, $ob:literal, $xb:literal) => {
-                                    avx512::row::<$ob, $xb>(
-                                        &xp, hp, wpad, conv.c_in, k, y, w, bias, dst, plane, wo,
-                                    )
-                                };
-                                (avx2, $ob:literal, $xb:literal) => {
-                                    avx2::row_taps::<$ob, $xb, false>(
-                                        &xp, hp, wpad, conv.c_in, k, &taps, w, bias, dst, plane, wo,
-                                    )
-                                };
-                            }
-                            match (isa, ob) {
-                                (Isa::Avx512, 4) => row!(avx512, 4, 4),
-                                (Isa::Avx512, 3) => row!(avx512, 3, 6),
-                                (Isa::Avx512, _) => row!(avx512, 1, 8),
-                                // AVX2 has 16 vector registers: OB·XB accumulators + XB
-                                // inputs + one broadcast weight must fit with room to
-                                // spare, or LLVM spills an accumulator and every tap
-                                // waits on a store-to-load round trip (4×3 and 3×4
-                                // did: 2.5× slower).
-                                (Isa::Avx2, 4) => row!(avx2, 4, 2),
-                                (Isa::Avx2, 3) => row!(avx2, 3, 3),
-                                (Isa::Avx2, _) => row!(avx2, 1, 8),
-                            }
-                        }
-                    }
+    let pad = |xs: &[f32]| pad_input(xs, x.c, x.h, x.w, g, ymap, xmap, ho, wo);
+    drive(conv, k, x, (ho, wo), 2, pad, |r| {
+        let (xp, hp, wpad, ci) = (&r.p.buf[..], r.p.hp, r.p.rowlen, conv.c_in);
+        let (y, w, bias, dst, plane) = (r.y, r.w, r.bias, r.dst, r.plane);
+        // SAFETY: `applicable` checked that the CPU has the kernel's ISA; `drive` hands
+        // this call output row y alone; loads stay within the padded buffer thanks to its
+        // slack (AVX-512) or are masked (AVX2).
+        unsafe {
+            match (isa, r.ob) {
+                (Isa::Avx512, 4) => {
+                    avx512::row::<4, 4>(xp, hp, wpad, ci, k, y, w, bias, dst, plane, wo)
                 }
-            });
-        crate::tensor::recycle(xp);
-    }
-    out
+                (Isa::Avx512, 3) => {
+                    avx512::row::<3, 6>(xp, hp, wpad, ci, k, y, w, bias, dst, plane, wo)
+                }
+                (Isa::Avx512, _) => {
+                    avx512::row::<1, 8>(xp, hp, wpad, ci, k, y, w, bias, dst, plane, wo)
+                }
+                (Isa::Avx2, _) => avx2_row::<false>(r, ci, k, y),
+            }
+        }
+    })
 }
 
 /// AVX2 + FMA, whatever the widest ISA (the sub-pixel kernel below is written for 8 lanes
