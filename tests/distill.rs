@@ -37,8 +37,12 @@ fn photos(dir: &Path) -> PathBuf {
 }
 
 fn distill_cmd(data: &Path, out: &Path, steps: u64, extra: &[&str]) -> Command {
+    distill_from("great_wave", data, out, steps, extra)
+}
+
+fn distill_from(teacher: &str, data: &Path, out: &Path, steps: u64, extra: &[&str]) -> Command {
     let mut c = bin();
-    c.args(["distill", "--teacher", "great_wave", "--data"])
+    c.args(["distill", "--teacher", teacher, "--data"])
         .arg(data)
         .arg("--val")
         .arg(data)
@@ -107,6 +111,29 @@ fn distill_trains_resumes_exactly_and_records_its_teacher() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("another network"), "{}", stderr(&o));
+    // So is another teacher's, naming what differs.
+    let o = distill_from("udnie", &data, &b, steps + 2, &["--resume"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("another teacher"), "{}", stderr(&o));
+    // The terms' weights may change on resume (a longer run with more stability, or lower
+    // weights after a divergence), and the model records the ones it finished with.
+    let o = distill_cmd(
+        &data,
+        &b,
+        steps + 2,
+        &["--resume", "--stability-weight", "2"],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming from step"), "{}", stderr(&o));
+    let m = impasto::model::Transformer::load(&b).unwrap();
+    let prov: serde_json::Value = serde_json::from_str(&m.metadata["impasto.provenance"]).unwrap();
+    assert_eq!(prov["train"]["distill"]["stability_weight"], 2.0);
+    assert_eq!(prov["steps_done"], steps + 2);
 
     // Provenance: made by distill, from great_wave, the live network, the teacher's look.
     let m = impasto::model::Transformer::load(&a).unwrap();

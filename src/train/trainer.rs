@@ -637,6 +637,29 @@ impl Inputs {
     }
 }
 
+/// What makes a checkpoint another run's, if anything: the style, the network, the crop and
+/// batch sizes, the seed, or (distillation) the teacher and its painting. The learning rate
+/// and the loss weights may change on resume (lowering them is the advice after a
+/// divergence; the metrics file keeps the history).
+fn run_identity_differs(ck: &TrainConfig, cfg: &TrainConfig) -> Option<&'static str> {
+    let teacher = |c: &TrainConfig| {
+        c.distill
+            .as_ref()
+            .map(|d| (d.teacher_sha256.clone(), d.painting_sha256.clone()))
+    };
+    [
+        // (a distillation's style_sha256 is its teacher's: name the teacher first)
+        (teacher(ck) != teacher(cfg), "teacher or teacher's painting"),
+        (ck.style_sha256 != cfg.style_sha256, "style"),
+        (ck.arch != cfg.arch || ck.network != cfg.network, "network"),
+        (ck.image_size != cfg.image_size, "image size"),
+        (ck.batch_size != cfg.batch_size, "batch size"),
+        (ck.seed != cfg.seed, "seed"),
+    ]
+    .into_iter()
+    .find_map(|(differs, what)| differs.then_some(what))
+}
+
 /// With `resume`, the checkpoint beside the output (which must exist); without, refuse to
 /// overwrite one, and start a fresh metrics log.
 fn checkpoint_to_resume(files: &RunFiles, resume: bool) -> Result<Option<Checkpoint>> {
@@ -901,16 +924,9 @@ pub fn train(
     }
     let (mut model, mut adam, mut step, pos) = match opts.resume {
         Some(ck) => {
-            if ck.config.style_sha256 != cfg.style_sha256
-                || ck.config.arch != cfg.arch
-                || ck.config.image_size != cfg.image_size
-                || ck.config.batch_size != cfg.batch_size
-                || ck.config.seed != cfg.seed
-                || ck.config.network != cfg.network
-                || ck.config.distill != cfg.distill
-            {
+            if let Some(what) = run_identity_differs(&ck.config, cfg) {
                 return Err(Error::Usage(format!(
-                    "{}: the checkpoint was made with a different style, teacher, network, image size, batch size or seed; remove it or train with the same settings",
+                    "{}: the checkpoint was made with another {what}; remove it or train with the same settings",
                     opts.files.checkpoint.display()
                 )));
             }
