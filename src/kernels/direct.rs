@@ -96,43 +96,14 @@ fn pad_input(
     // Padded row r corresponds to ymap[(r - ...)]: for stride 1, padded index p = o + t with
     // o the output coordinate and t the tap, so p ranges over 0..ho+k-1.
     let (hp, wp) = (ho + g.k - 1, wo + g.k - 1);
-    let src_row = |p: usize| {
-        if p < ho {
-            ymap[p * g.k]
-        } else {
-            ymap[(ho - 1) * g.k + (p - (ho - 1))]
-        }
+    let src = |map: &[i32], n_out: usize, p: usize| {
+        let o = p.min(n_out - 1);
+        map[o * g.k + (p - o)]
     };
-    let src_col = |p: usize| {
-        if p < wo {
-            xmap[p * g.k]
-        } else {
-            xmap[(wo - 1) * g.k + (p - (wo - 1))]
-        }
-    };
-    let cols: Vec<i32> = (0..wp).map(src_col).collect();
-    let mut out = crate::tensor::take_buffer(c * hp * wp + 16);
-    out[c * hp * wp..].fill(0.0);
-    out[..c * hp * wp]
-        .par_chunks_mut(hp * wp)
-        .enumerate()
-        .for_each(|(ch, plane)| {
-            let src = &x[ch * h * w..(ch + 1) * h * w];
-            for r in 0..hp {
-                let sy = src_row(r);
-                let row = &mut plane[r * wp..(r + 1) * wp];
-                if sy < 0 {
-                    row.fill(0.0);
-                    continue;
-                }
-                let s = &src[sy as usize * w..(sy as usize + 1) * w];
-                for (d, &sx) in row.iter_mut().zip(&cols) {
-                    *d = if sx < 0 { 0.0 } else { s[sx as usize] };
-                }
-            }
-        });
+    let rows: Vec<i32> = (0..hp).map(|p| src(ymap, ho, p)).collect();
+    let cols: Vec<i32> = (0..wp).map(|p| src(xmap, wo, p)).collect();
     Padded {
-        buf: out,
+        buf: gather(x, c, h, w, &rows, &cols),
         hp,
         rowlen: wp,
         odd: 0,
@@ -169,32 +140,39 @@ fn pad_input_stride2(
             src(xmap, wo, p)
         })
         .collect();
+    let rows: Vec<i32> = (0..hp).map(|r| src(ymap, ho, r)).collect();
+    Padded {
+        buf: gather(x, c, h, w, &rows, &cols),
+        hp,
+        rowlen,
+        odd: even,
+    }
+}
+
+/// Both padders' gather: plane `ch`, row `r`, column `j` of the result is
+/// `x[ch][rows[r]][cols[j]]`, or 0 where either index is negative (zero padding); plus 16
+/// zero floats of slack.
+fn gather(x: &[f32], c: usize, h: usize, w: usize, rows: &[i32], cols: &[i32]) -> Vec<f32> {
+    let (hp, rowlen) = (rows.len(), cols.len());
     let mut out = crate::tensor::take_buffer(c * hp * rowlen + 16);
     out[c * hp * rowlen..].fill(0.0);
     out[..c * hp * rowlen]
         .par_chunks_mut(hp * rowlen)
         .enumerate()
         .for_each(|(ch, plane)| {
-            let srcp = &x[ch * h * w..(ch + 1) * h * w];
-            for r in 0..hp {
-                let sy = src(ymap, ho, r);
-                let row = &mut plane[r * rowlen..(r + 1) * rowlen];
+            let src = &x[ch * h * w..(ch + 1) * h * w];
+            for (row, &sy) in plane.chunks_exact_mut(rowlen).zip(rows) {
                 if sy < 0 {
                     row.fill(0.0);
                     continue;
                 }
-                let s = &srcp[sy as usize * w..(sy as usize + 1) * w];
-                for (d, &sx) in row.iter_mut().zip(&cols) {
+                let s = &src[sy as usize * w..(sy as usize + 1) * w];
+                for (d, &sx) in row.iter_mut().zip(cols) {
                     *d = if sx < 0 { 0.0 } else { s[sx as usize] };
                 }
             }
         });
-    Padded {
-        buf: out,
-        hp,
-        rowlen,
-        odd: even,
-    }
+    out
 }
 
 /// [`forward`] for a layer [`applicable_stride2`] accepts.
