@@ -189,44 +189,59 @@ fn the_teachers_loss_joins_in_the_last_part_of_a_run() {
     };
     let dir = tempfile::tempdir().unwrap();
     let data = photos(dir.path());
-    let out = dir.path().join("l.safetensors");
-    let o = bin()
-        .args(["distill", "--teacher", "great_wave", "--data"])
-        .arg(&data)
-        .arg("-o")
-        .arg(&out)
-        .arg("--vgg")
-        .arg(&vgg)
-        .arg("--style")
-        .arg(&painting)
-        .args([
-            "--image-size",
-            "32",
-            "--batch-size",
-            "2",
-            "--steps",
-            "4",
-            "--loss-from",
-            "0.5",
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let log = std::fs::read_to_string(dir.path().join("l.metrics.jsonl")).unwrap();
-    let style: Vec<f64> = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .map(|v| v["style"].as_f64().unwrap())
-        .collect();
+    // The same run twice, the second with the style weight of the teacher's loss tripled.
+    let run = |name: &str, scale: &str| {
+        let out = dir.path().join(format!("{name}.safetensors"));
+        let o = bin()
+            .args(["distill", "--teacher", "great_wave", "--data"])
+            .arg(&data)
+            .arg("-o")
+            .arg(&out)
+            .arg("--vgg")
+            .arg(&vgg)
+            .arg("--style")
+            .arg(&painting)
+            .args([
+                "--image-size",
+                "32",
+                "--batch-size",
+                "2",
+                "--steps",
+                "4",
+                "--loss-from",
+                "0.5",
+                "--style-scale",
+                scale,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let log =
+            std::fs::read_to_string(dir.path().join(format!("{name}.metrics.jsonl"))).unwrap();
+        let style: Vec<f64> = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| v["style"].as_f64().unwrap())
+            .collect();
+        let m = impasto::model::Transformer::load(&out).unwrap();
+        let prov: serde_json::Value =
+            serde_json::from_str(&m.metadata["impasto.provenance"]).unwrap();
+        (style, prov["train"]["distill"].clone())
+    };
+    let (style, d) = run("l", "1");
     assert_eq!(style.len(), 4);
     assert!(style[..2].iter().all(|&s| s == 0.0), "{style:?}");
     assert!(style[2..].iter().all(|&s| s > 0.0), "{style:?}");
-    let m = impasto::model::Transformer::load(&out).unwrap();
-    let prov: serde_json::Value = serde_json::from_str(&m.metadata["impasto.provenance"]).unwrap();
-    let d = &prov["train"]["distill"];
     assert_eq!(d["loss_from"], 0.5);
+    assert_eq!(d["style_scale"], 1.0);
     assert_eq!(d["painting_sha256"].as_str().unwrap().len(), 64);
     assert!(d["perceptual_weight"].as_f64().unwrap() > 0.0);
+    // Up to the first step with the teacher's loss both runs are the same, so that step's
+    // weighted style term is exactly three times as large.
+    let (style3, d3) = run("l3", "3");
+    assert_eq!(d3["style_scale"], 3.0);
+    let ratio = style3[2] / style[2];
+    assert!((ratio - 3.0).abs() < 1e-3, "{style:?} {style3:?}");
 }
 
 #[test]

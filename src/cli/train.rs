@@ -213,6 +213,11 @@ pub struct DistillArgs {
     /// The fraction of the run after which the teacher's loss is on (0..1).
     #[arg(long, default_value_t = DistillConfig::DEFAULT_LOSS_FROM, value_parser = super::args::non_negative_f64)]
     loss_from: f64,
+    /// Multiplies the style weight of the teacher's loss: above 1 when a twin's style loss
+    /// trails its teacher's more than its content loss does, below 1 for the reverse (may
+    /// change on --resume).
+    #[arg(long, default_value_t = DistillConfig::DEFAULT_STYLE_SCALE, value_parser = super::args::non_negative_f64)]
+    style_scale: f64,
     /// The teacher's painting, for its loss (default: the file its provenance names, when
     /// it is there).
     #[arg(long)]
@@ -246,6 +251,7 @@ pub fn distill(a: DistillArgs) -> Result<i32> {
         noise_sigma: a.noise_sigma,
         loss_weight: a.loss_weight,
         loss_from: a.loss_from,
+        style_scale: a.style_scale,
         painting: a.style.clone(),
         run: a.run.settings(),
     };

@@ -57,11 +57,20 @@ pub struct DistillConfig {
     /// The fraction of the run after which that loss is on (0: from the start).
     #[serde(default)]
     pub loss_from: f64,
+    /// Multiplies the style weight of that loss (above 1 leans the student towards the
+    /// painting's texture, below 1 towards the photo's content): a small network cannot
+    /// match both as well as its teacher, and which it gives up depends on the style.
+    #[serde(default = "one")]
+    pub style_scale: f64,
     /// The painting of that loss, and its SHA-256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub painting: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub painting_sha256: Option<String>,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl DistillConfig {
@@ -71,6 +80,7 @@ impl DistillConfig {
     pub const DEFAULT_NOISE_SIGMA: f64 = 6.0;
     pub const DEFAULT_LOSS_WEIGHT: f64 = 1.0;
     pub const DEFAULT_LOSS_FROM: f64 = 0.25;
+    pub const DEFAULT_STYLE_SCALE: f64 = 1.0;
     pub const DEFAULT_LR: f64 = 1e-2;
     pub const DEFAULT_LR_FINAL: f64 = 5e-4;
 }
@@ -197,7 +207,7 @@ impl Distiller {
         {
             let mut lc = lc.clone();
             lc.content_weight *= c.loss_weight;
-            lc.style_weight *= c.loss_weight;
+            lc.style_weight *= c.loss_weight * c.style_scale;
             lc.tv_weight *= c.loss_weight;
             let (fc, _) = vgg.forward_train(x, lc.content_tap);
             let (l, d) =
@@ -303,6 +313,7 @@ mod tests {
             noise_sigma: 6.0,
             loss_weight: 1.0,
             loss_from: 0.0,
+            style_scale: 1.0,
             painting: None,
             painting_sha256: None,
         }
@@ -355,6 +366,14 @@ mod tests {
             ..d
         };
         check_gradient(&d, "pixel + perceptual", false);
+    }
+
+    #[test]
+    fn configs_written_before_the_style_scale_read_as_scale_one() {
+        let mut v = serde_json::to_value(cfg(0.05, 0.5)).unwrap();
+        v.as_object_mut().unwrap().remove("style_scale");
+        let c: DistillConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(c.style_scale, 1.0);
     }
 
     #[test]

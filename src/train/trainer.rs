@@ -703,6 +703,8 @@ pub struct DistillRequest {
     pub loss_weight: f64,
     /// The fraction of the run after which the teacher's loss is on.
     pub loss_from: f64,
+    /// Multiplies that loss's style weight ([`DistillConfig::style_scale`]).
+    pub style_scale: f64,
     /// The teacher's painting (default: the one its provenance names, when that file is
     /// there and its SHA-256 matches).
     pub painting: Option<PathBuf>,
@@ -731,6 +733,7 @@ impl DistillRequest {
             noise_sigma: DistillConfig::DEFAULT_NOISE_SIGMA,
             loss_weight: DistillConfig::DEFAULT_LOSS_WEIGHT,
             loss_from: DistillConfig::DEFAULT_LOSS_FROM,
+            style_scale: DistillConfig::DEFAULT_STYLE_SCALE,
             painting: None,
             run: RunSettings::new(data, output),
         }
@@ -832,6 +835,7 @@ pub fn distill(
             0.0
         },
         loss_from: req.loss_from,
+        style_scale: req.style_scale,
         painting: painting.as_ref().map(|(p, _)| p.display().to_string()),
         painting_sha256: painting.as_ref().map(|(_, s)| s.clone()),
     };
