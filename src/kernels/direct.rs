@@ -93,15 +93,11 @@ fn pad_input(
     ho: usize,
     wo: usize,
 ) -> Padded {
-    // Padded row r corresponds to ymap[(r - ...)]: for stride 1, padded index p = o + t with
-    // o the output coordinate and t the tap, so p ranges over 0..ho+k-1.
+    // For stride 1, padded index p = o + t with o the output coordinate and t the tap, so
+    // p ranges over 0..ho+k-1.
     let (hp, wp) = (ho + g.k - 1, wo + g.k - 1);
-    let src = |map: &[i32], n_out: usize, p: usize| {
-        let o = p.min(n_out - 1);
-        map[o * g.k + (p - o)]
-    };
-    let rows: Vec<i32> = (0..hp).map(|p| src(ymap, ho, p)).collect();
-    let cols: Vec<i32> = (0..wp).map(|p| src(xmap, wo, p)).collect();
+    let rows: Vec<i32> = (0..hp).map(|p| source(ymap, g.k, 1, ho, p)).collect();
+    let cols: Vec<i32> = (0..wp).map(|p| source(xmap, g.k, 1, wo, p)).collect();
     Padded {
         buf: gather(x, c, h, w, &rows, &cols),
         hp,
@@ -127,26 +123,30 @@ fn pad_input_stride2(
 ) -> Padded {
     let k = g.k;
     let (hp, wp) = (2 * (ho - 1) + k, 2 * (wo - 1) + k);
-    let src = |map: &[i32], n_out: usize, p: usize| {
-        let o = (p / 2).min(n_out - 1);
-        map[o * k + (p - 2 * o)]
-    };
     let (even, odd) = (wp.div_ceil(2), wp / 2);
     let rowlen = even + odd;
     // column j of a row: padded column 2j (even half) or 2(j - even) + 1 (odd half)
     let cols: Vec<i32> = (0..rowlen)
         .map(|j| {
             let p = if j < even { 2 * j } else { 2 * (j - even) + 1 };
-            src(xmap, wo, p)
+            source(xmap, k, 2, wo, p)
         })
         .collect();
-    let rows: Vec<i32> = (0..hp).map(|r| src(ymap, ho, r)).collect();
+    let rows: Vec<i32> = (0..hp).map(|p| source(ymap, k, 2, ho, p)).collect();
     Padded {
         buf: gather(x, c, h, w, &rows, &cols),
         hp,
         rowlen,
         odd: even,
     }
+}
+
+/// The source index (negative: padding) of padded index `p` for a convolution of kernel `k`
+/// and stride `s` with `n_out` outputs: the `map` entry (`n_out × k`, output by tap) of the
+/// last output whose taps reach `p`.
+fn source(map: &[i32], k: usize, s: usize, n_out: usize, p: usize) -> i32 {
+    let o = (p / s).min(n_out - 1);
+    map[o * k + (p - s * o)]
 }
 
 /// Both padders' gather: plane `ch`, row `r`, column `j` of the result is

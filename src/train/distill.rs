@@ -60,7 +60,7 @@ pub struct DistillConfig {
     /// Multiplies the style weight of that loss (above 1 leans the student towards the
     /// painting's texture, below 1 towards the photo's content): a small network cannot
     /// match both as well as its teacher, and which it gives up depends on the style.
-    #[serde(default = "one")]
+    #[serde(default = "DistillConfig::default_style_scale")]
     pub style_scale: f64,
     /// The painting of that loss, and its SHA-256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,11 +69,12 @@ pub struct DistillConfig {
     pub painting_sha256: Option<String>,
 }
 
-fn one() -> f64 {
-    1.0
-}
-
 impl DistillConfig {
+    /// Configs written before the style scale existed ran at 1.
+    fn default_style_scale() -> f64 {
+        Self::DEFAULT_STYLE_SCALE
+    }
+
     pub const DEFAULT_PIXEL_WEIGHT: f64 = 1.0;
     pub const DEFAULT_PERCEPTUAL_WEIGHT: f64 = 0.05;
     pub const DEFAULT_STABILITY_WEIGHT: f64 = 0.5;
