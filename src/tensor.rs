@@ -68,16 +68,6 @@ pub fn recycle(b: Vec<f32>) {
     }
 }
 
-/// Index `i` reflected into `0..n` (edge not repeated), for any `i`.
-pub fn mirror(i: i64, n: usize) -> usize {
-    if n == 1 {
-        return 0;
-    }
-    let p = 2 * (n as i64 - 1);
-    let r = i.rem_euclid(p);
-    (if r < n as i64 { r } else { p - r }) as usize
-}
-
 /// Dense `N×C×H×W` float32 tensor in row-major (NCHW) order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
@@ -160,47 +150,6 @@ impl Tensor {
         out
     }
 
-    /// Every plane extended by `m` pixels of mirror padding on each side (edge not
-    /// repeated, as the stylize pipeline's margin), and mirrored further at the bottom and
-    /// right up to a multiple of `align`; `crop(m, m, h, w)` of the result is `self`.
-    pub fn mirror_pad(&self, m: usize, align: usize) -> Tensor {
-        let (ph, pw) = (
-            (self.h + 2 * m).div_ceil(align) * align,
-            (self.w + 2 * m).div_ceil(align) * align,
-        );
-        let cols: Vec<usize> = (0..pw)
-            .map(|x| mirror(x as i64 - m as i64, self.w))
-            .collect();
-        let mut out = Tensor::zeros(self.n, self.c, ph, pw);
-        for p in 0..self.n * self.c {
-            let src = &self.data[p * self.plane()..][..self.plane()];
-            let dst = &mut out.data[p * ph * pw..][..ph * pw];
-            for (y, row) in dst.chunks_exact_mut(pw).enumerate() {
-                let s = &src[mirror(y as i64 - m as i64, self.h) * self.w..][..self.w];
-                row.iter_mut().zip(&cols).for_each(|(d, &x)| *d = s[x]);
-            }
-        }
-        out
-    }
-
-    /// `self` placed at `(y0, x0)` of an `h × w` tensor of zeros: the adjoint of
-    /// [`Tensor::crop`], for gradients.
-    pub fn uncrop(&self, y0: usize, x0: usize, h: usize, w: usize) -> Tensor {
-        assert!(
-            y0 + self.h <= h && x0 + self.w <= w,
-            "uncrop outside the tensor"
-        );
-        let mut out = Tensor::zeros(self.n, self.c, h, w);
-        for p in 0..self.n * self.c {
-            let src = &self.data[p * self.plane()..][..self.plane()];
-            let dst = &mut out.data[p * h * w..];
-            for (y, row) in src.chunks_exact(self.w).enumerate() {
-                dst[(y0 + y) * w + x0..][..self.w].copy_from_slice(row);
-            }
-        }
-        out
-    }
-
     /// Relative L2 error ‖self − other‖ / ‖other‖ (the golden files' metric).
     pub fn rel_error(&self, other: &Tensor) -> f64 {
         assert_eq!(self.shape(), other.shape(), "shape mismatch");
@@ -236,31 +185,5 @@ pub fn rel_error(a: &[f32], b: &[f32]) -> f64 {
         num.sqrt()
     } else {
         (num / den).sqrt()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mirror_pad_reflects_without_repeating_the_edge_and_crop_undoes_it() {
-        let t = Tensor::from_vec(1, 1, 2, 3, vec![1., 2., 3., 4., 5., 6.]);
-        let p = t.mirror_pad(1, 4);
-        assert_eq!((p.h, p.w), (4, 8));
-        // Row −1 is row 1, column −1 is column 1; beyond the right edge it reflects back.
-        assert_eq!(&p.data[..8], &[5., 4., 5., 6., 5., 4., 5., 6.]);
-        assert_eq!(&p.data[8..16], &[2., 1., 2., 3., 2., 1., 2., 3.]);
-        assert_eq!(p.crop(1, 1, 2, 3), t);
-    }
-
-    #[test]
-    fn uncrop_is_the_adjoint_of_crop() {
-        // <crop(a), b> == <a, uncrop(b)> for any a, b.
-        let a = Tensor::from_vec(2, 1, 4, 5, (0..40).map(|i| (i * 7 % 11) as f32).collect());
-        let b = Tensor::from_vec(2, 1, 2, 3, (0..12).map(|i| (i % 5) as f32 - 2.0).collect());
-        let dot =
-            |x: &Tensor, y: &Tensor| x.data.iter().zip(&y.data).map(|(p, q)| p * q).sum::<f32>();
-        assert_eq!(dot(&a.crop(1, 2, 2, 3), &b), dot(&a, &b.uncrop(1, 2, 4, 5)));
     }
 }

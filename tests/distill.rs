@@ -118,14 +118,13 @@ fn distill_trains_resumes_exactly_and_records_its_teacher() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("another teacher"), "{}", stderr(&o));
-    // The terms' weights and the margin may change on resume (a longer run with more
-    // stability, or lower weights after a divergence), and the model records the ones it
-    // finished with.
+    // The terms' weights may change on resume (a longer run with more stability, or lower
+    // weights after a divergence), and the model records the ones it finished with.
     let o = distill_cmd(
         &data,
         &b,
         steps + 2,
-        &["--resume", "--stability-weight", "2", "--margin", "0"],
+        &["--resume", "--stability-weight", "2"],
     )
     .output()
     .unwrap();
@@ -134,7 +133,6 @@ fn distill_trains_resumes_exactly_and_records_its_teacher() {
     let m = impasto::model::Transformer::load(&b).unwrap();
     let prov: serde_json::Value = serde_json::from_str(&m.metadata["impasto.provenance"]).unwrap();
     assert_eq!(prov["train"]["distill"]["stability_weight"], 2.0);
-    assert_eq!(prov["train"]["distill"]["margin"], 0);
     assert_eq!(prov["steps_done"], steps + 2);
 
     // Provenance: made by distill, from great_wave, the live network, the teacher's look.
@@ -144,11 +142,6 @@ fn distill_trains_resumes_exactly_and_records_its_teacher() {
     let prov: serde_json::Value = serde_json::from_str(&m.metadata["impasto.provenance"]).unwrap();
     assert!(prov["made_by"].as_str().unwrap().ends_with(" distill"));
     assert_eq!(prov["train"]["distill"]["teacher"], "great_wave");
-    // Trained on crops with stylize's mirror margin, by default.
-    assert_eq!(
-        prov["train"]["distill"]["margin"],
-        impasto::stylize::DEFAULT_MARGIN
-    );
     assert_eq!(
         prov["train"]["distill"]["teacher_sha256"]
             .as_str()

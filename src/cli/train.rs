@@ -218,11 +218,6 @@ pub struct DistillArgs {
     /// change on --resume).
     #[arg(long, default_value_t = DistillConfig::DEFAULT_STYLE_SCALE, value_parser = super::args::non_negative_f64)]
     style_scale: f64,
-    /// Mirror margin around every training crop, for teacher and student alike, as
-    /// `stylize --margin` adds one: the student learns the teacher's edges as stylize gives
-    /// them (0: the bare crop; may change on --resume).
-    #[arg(long, default_value_t = impasto::stylize::DEFAULT_MARGIN, value_parser = super::args::at_most_usize(64))]
-    margin: usize,
     /// The teacher's painting, for its loss (default: the file its provenance names, when
     /// it is there).
     #[arg(long)]
@@ -257,7 +252,6 @@ pub fn distill(a: DistillArgs) -> Result<i32> {
         loss_weight: a.loss_weight,
         loss_from: a.loss_from,
         style_scale: a.style_scale,
-        margin: a.margin,
         painting: a.style.clone(),
         run: a.run.settings(),
     };

@@ -153,7 +153,7 @@ impl Content {
         let mut t = Tensor::zeros(1, 3, h, w);
         let hw = h * w;
         let xs: Vec<usize> = (0..w)
-            .map(|x| crate::tensor::mirror((x0 + x) as i64 - m as i64, iw))
+            .map(|x| mirror((x0 + x) as i64 - m as i64, iw))
             .collect();
         // Rows in parallel (a live frame's conversion is otherwise serial beside the
         // network's parallel layers); each task writes its row of the three planes.
@@ -164,7 +164,7 @@ impl Content {
             .zip(b.par_chunks_mut(w))
             .enumerate()
             .for_each(|(y, ((r, g), b))| {
-                let sy = crate::tensor::mirror((y0 + y) as i64 - m as i64, ih);
+                let sy = mirror((y0 + y) as i64 - m as i64, ih);
                 for (x, &sx) in xs.iter().enumerate() {
                     let p = self.get(sx, sy);
                     (r[x], g[x], b[x]) = (p[0], p[1], p[2]);
@@ -172,6 +172,16 @@ impl Content {
             });
         t
     }
+}
+
+/// Index `i` reflected into `0..n` (edge not repeated), for any `i`.
+fn mirror(i: i64, n: usize) -> usize {
+    if n == 1 {
+        return 0;
+    }
+    let p = 2 * (n as i64 - 1);
+    let r = i.rem_euclid(p);
+    (if r < n as i64 { r } else { p - r }) as usize
 }
 
 /// One tile: the region run through the network (with halo) and its core, in padded-image

@@ -62,12 +62,6 @@ pub struct DistillConfig {
     /// match both as well as its teacher, and which it gives up depends on the style.
     #[serde(default = "DistillConfig::default_style_scale")]
     pub style_scale: f64,
-    /// Mirror margin around every training crop, as the stylize pipeline adds one: teacher
-    /// and student both see the crop extended by this many mirrored pixels and the losses
-    /// are taken over the crop, so the student learns the teacher's edges as `stylize`
-    /// gives them (0: the bare crop, as every run before the margin existed).
-    #[serde(default)]
-    pub margin: usize,
     /// The painting of that loss, and its SHA-256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub painting: Option<String>,
@@ -164,33 +158,15 @@ impl Distiller {
         with_teacher_loss: bool,
     ) -> (Losses, Option<Grads>) {
         let c = &self.cfg;
-        // With a margin the networks run on the padded crop and everything after them on
-        // the crop (the gradient is zero over the margin).
-        let m = c.margin;
-        let pad = |t: &Tensor| {
-            if m == 0 {
-                t.clone()
-            } else {
-                t.mirror_pad(m, Transformer::ALIGN)
-            }
-        };
-        let crop = |t: Tensor| {
-            if m == 0 {
-                t
-            } else {
-                t.crop(m, m, x.h, x.w)
-            }
-        };
-        let xp = pad(x);
-        let target = crop(self.teacher.forward_batch(&xp));
+        let target = self.teacher.forward_batch(x);
         let stable = c.stability_weight > 0.0;
         let input = if stable {
-            let noisy = pad(&add_noise(x, c.noise_sigma, seed));
-            let mut d = xp.into_data();
+            let noisy = add_noise(x, c.noise_sigma, seed);
+            let mut d = x.data.clone();
             d.extend_from_slice(&noisy.data);
-            Tensor::from_vec(2 * x.n, x.c, noisy.h, noisy.w, d)
+            Tensor::from_vec(2 * x.n, x.c, x.h, x.w, d)
         } else {
-            xp
+            x.clone()
         };
         let (y, tape) = if grads {
             let (y, t) = student.forward_train(&input);
@@ -198,8 +174,6 @@ impl Distiller {
         } else {
             (student.forward_batch(&input), None)
         };
-        let (ph, pw) = (y.h, y.w);
-        let y = crop(y);
         let half = target.data.len();
         let (clean, noisy) = y.data.split_at(half);
         let yc = Tensor::from_vec(x.n, 3, y.h, y.w, clean.to_vec());
@@ -258,7 +232,6 @@ impl Distiller {
         };
         let g = tape.map(|t| {
             let dy = Tensor::from_vec(y.n, y.c, y.h, y.w, dy);
-            let dy = if m == 0 { dy } else { dy.uncrop(m, m, ph, pw) };
             student.backward(&t, &dy)
         });
         (losses, g)
@@ -342,7 +315,6 @@ mod tests {
             loss_weight: 1.0,
             loss_from: 0.0,
             style_scale: 1.0,
-            margin: 0,
             painting: None,
             painting_sha256: None,
         }
@@ -403,51 +375,6 @@ mod tests {
         v.as_object_mut().unwrap().remove("style_scale");
         let c: DistillConfig = serde_json::from_value(v).unwrap();
         assert_eq!(c.style_scale, 1.0);
-    }
-
-    #[test]
-    fn configs_written_before_the_margin_read_as_the_bare_crop() {
-        let mut c = cfg(0.05, 0.5);
-        c.margin = 8;
-        let mut v = serde_json::to_value(c).unwrap();
-        v.as_object_mut().unwrap().remove("margin");
-        let c: DistillConfig = serde_json::from_value(v).unwrap();
-        assert_eq!(c.margin, 0);
-    }
-
-    /// With a margin the losses are over the crop and the gradient flows through the
-    /// margin's mirrored pixels into the same weights; the teacher still reproduces itself.
-    #[test]
-    fn the_margin_gradient_matches_finite_differences() {
-        let mut c = cfg(0.0, 0.5);
-        c.margin = 4;
-        let d = Distiller {
-            teacher: tiny_teacher(),
-            vgg: None,
-            cfg: c,
-            teacher_loss: None,
-        };
-        let x = pseudo_image(1, 16, 16, 2);
-        let (l, _) = d.loss(&tiny_teacher(), &x, 1, false, false);
-        assert_eq!(l.pixel, 0.0, "the teacher reproduces itself");
-        check_gradient(&d, "pixel + stability with a margin", false);
-        // And the margin matters: the student's loss differs from the bare crop's.
-        let student = Transformer::init(tiny_teacher().config.clone(), 9);
-        let bare = Distiller {
-            cfg: cfg(0.0, 0.5),
-            ..d
-        };
-        let (with, _) = bare.loss(&student, &x, 1, false, false);
-        let mut c = cfg(0.0, 0.5);
-        c.margin = 4;
-        let d = Distiller { cfg: c, ..bare };
-        let (lm, _) = d.loss(&student, &x, 1, false, false);
-        assert!(
-            (with.pixel - lm.pixel).abs() > 1e-3 * with.pixel,
-            "margin {} vs bare {}",
-            lm.pixel,
-            with.pixel
-        );
     }
 
     #[test]

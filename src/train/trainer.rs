@@ -705,8 +705,6 @@ pub struct DistillRequest {
     pub loss_from: f64,
     /// Multiplies that loss's style weight ([`DistillConfig::style_scale`]).
     pub style_scale: f64,
-    /// Mirror margin around the training crops ([`DistillConfig::margin`]).
-    pub margin: usize,
     /// The teacher's painting (default: the one its provenance names, when that file is
     /// there and its SHA-256 matches).
     pub painting: Option<PathBuf>,
@@ -736,7 +734,6 @@ impl DistillRequest {
             loss_weight: DistillConfig::DEFAULT_LOSS_WEIGHT,
             loss_from: DistillConfig::DEFAULT_LOSS_FROM,
             style_scale: DistillConfig::DEFAULT_STYLE_SCALE,
-            margin: crate::stylize::DEFAULT_MARGIN,
             painting: None,
             run: RunSettings::new(data, output),
         }
@@ -839,7 +836,6 @@ pub fn distill(
         },
         loss_from: req.loss_from,
         style_scale: req.style_scale,
-        margin: req.margin,
         painting: painting.as_ref().map(|(p, _)| p.display().to_string()),
         painting_sha256: painting.as_ref().map(|(_, s)| s.clone()),
     };
