@@ -153,10 +153,10 @@ mod tests {
         for n in super::names() {
             let m = super::builtin(n).unwrap().unwrap();
             let opts = crate::stylize::StylizeOptions {
+                // The model's own margin, as users get it, unless the test is told one.
                 margin: std::env::var("IMPASTO_TEST_MARGIN")
                     .ok()
-                    .and_then(|m| m.parse().ok())
-                    .unwrap_or(crate::stylize::DEFAULT_MARGIN),
+                    .and_then(|m| m.parse().ok()),
                 ..Default::default()
             };
             let b: f64 = photos

@@ -357,6 +357,14 @@ fn malformed_model_files_are_rejected_by_name() {
         std::fs::read(&missing).unwrap(),
         "impasto.config",
     ));
+    let mut f = good.to_file();
+    f.metadata.insert("impasto.margin".into(), "-3".into());
+    f.write(&missing, false).unwrap();
+    cases.push((
+        "margin.safetensors",
+        std::fs::read(&missing).unwrap(),
+        "impasto.margin",
+    ));
     for (name, bytes, want) in cases {
         let mp = d.path().join(name);
         std::fs::write(&mp, bytes).unwrap();
@@ -374,6 +382,44 @@ fn malformed_model_files_are_rejected_by_name() {
         assert!(e.contains(name) && e.contains(want), "{name}: {e}");
         assert!(!out.exists());
     }
+}
+
+/// `convert --margin N` records the mirror margin a model runs with; `info` shows it, and
+/// `stylize` uses it unless `--margin` says otherwise (on the photo that ships with us).
+#[test]
+fn a_recorded_margin_is_the_models_default() {
+    let d = tempfile::tempdir().unwrap();
+    let m = model(d.path());
+    let wide = d.path().join("wide.safetensors");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let o = run(&["convert", &s(&m), "-o", &s(&wide), "--margin", "24"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(&["info", &s(&wide)]);
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(info["impasto.margin"], 24, "{info}");
+    let photo = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/coffee.jpg");
+    let stylized = |model: &Path, margin: Option<&str>| {
+        let out = d.path().join("out.png");
+        let mut args = vec!["stylize", photo, "-m", model.to_str().unwrap()];
+        args.extend(["--max-size", "96", "-o", out.to_str().unwrap()]);
+        if let Some(v) = margin {
+            args.extend(["--margin", v]);
+        }
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        image::open(&out).unwrap().to_rgb8()
+    };
+    let recorded = stylized(&wide, None);
+    assert_eq!(recorded, stylized(&m, Some("24")));
+    assert_ne!(recorded, stylized(&m, None), "the plain file runs at 8");
+    assert_eq!(stylized(&wide, Some("8")), stylized(&m, None));
+    // --no-margin drops it again; out-of-range values are usage errors.
+    let plain = d.path().join("plain.safetensors");
+    let o = run(&["convert", &s(&wide), "-o", &s(&plain), "--no-margin"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stylized(&plain, None), stylized(&m, None));
+    let o = run(&["convert", &s(&m), "-o", &s(&plain), "--margin", "999"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
 #[test]

@@ -95,7 +95,7 @@ fn imported_ml5_udnie_reproduces_onnxruntime() {
     let input = tensor(&g, "input");
     let want = tensor(&g, "output");
     let opts = impasto::stylize::StylizeOptions {
-        margin: 0,
+        margin: Some(0),
         ..Default::default()
     };
     let y = impasto::stylize::stylize_tensor(&model, &input, &opts);

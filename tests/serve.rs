@@ -190,6 +190,17 @@ fn api_lists_styles_stylizes_and_answers_errors_in_json() {
     assert_eq!(h["styles"], names.len());
     let first = &styles["styles"][0];
     assert_eq!(first["architecture"], "johnson");
+    // Each style says the mirror margin it runs with (its file's, else the default).
+    for st in styles["styles"].as_array().unwrap() {
+        let n = st["name"].as_str().unwrap();
+        if let Some(m) = impasto::styles::builtin(n) {
+            let want = m
+                .unwrap()
+                .margin()
+                .unwrap_or(impasto::stylize::DEFAULT_MARGIN);
+            assert_eq!(st["margin"], want, "{n}");
+        }
+    }
     let thumb = s.get(first["thumbnail"].as_str().unwrap());
     assert_eq!(thumb.status, 200);
     assert_eq!(thumb.content_type, "image/jpeg");

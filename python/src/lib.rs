@@ -280,7 +280,7 @@ fn evaluate_json(
         let opts = impasto::train::evaluate::EvalOptions {
             image_size,
             style_size,
-            margin: margin.unwrap_or(defaults.margin),
+            margin: margin.or(defaults.margin),
             ..defaults
         };
         let e = impasto::train::evaluate::evaluate(&m, &model, &v, &style, &photos, &opts)?;

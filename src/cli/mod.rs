@@ -80,6 +80,14 @@ pub enum Cmd {
         /// `impasto serve`'s page).
         #[arg(long, value_name = "PAINTING")]
         style_image: Option<PathBuf>,
+        /// Record the mirror margin (pixels) the model runs with when none is asked for,
+        /// for a network whose edge effect the default 8 does not hide (measure it with
+        /// `impasto evaluate --margin N`); 0 runs it bare.
+        #[arg(long, value_name = "N", value_parser = args::at_most_usize(impasto::model::transformer::MAX_MARGIN), conflicts_with = "no_margin")]
+        margin: Option<usize>,
+        /// Drop a recorded margin (back to the default).
+        #[arg(long)]
+        no_margin: bool,
     },
     /// Serve the styles over HTTP: a JSON API, a web page and live webcam stylization.
     Serve(serve::Args),
@@ -145,6 +153,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             half,
             int8,
             style_image,
+            margin,
+            no_margin,
         } => {
             use impasto::model::format::Precision;
             let precision = match (half, int8) {
@@ -156,6 +166,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             if let Some(p) = style_image {
                 let t = impasto::styles::painting_thumbnail(&p)?;
                 m.metadata.insert(impasto::styles::THUMBNAIL_KEY.into(), t);
+            }
+            if margin.is_some() || no_margin {
+                m.set_margin(margin);
             }
             m.save_as(&output, precision)?;
             eprintln!(

@@ -16,9 +16,13 @@ pub fn list() -> Result<i32> {
             .unwrap_or_default();
         let t = prov.train.unwrap_or_default();
         let show = |v: Option<String>| v.unwrap_or_else(|| "?".into());
+        let margin = m
+            .margin()
+            .map(|px| format!("; runs with a {px}-pixel margin"))
+            .unwrap_or_default();
         if let Some(d) = t.other.get("distill") {
             outln!(
-                "{n:<20} live: {:?} channels, {} residual blocks ({} parameters), distilled from {} in {} steps at {}²",
+                "{n:<20} live: {:?} channels, {} residual blocks ({} parameters), distilled from {} in {} steps at {}²{margin}",
                 m.config.channels,
                 m.config.res_blocks,
                 m.plan().param_count(),
@@ -29,7 +33,7 @@ pub fn list() -> Result<i32> {
             continue;
         }
         outln!(
-            "{n:<20} {:?}, trained {} steps at {}² on {} photos (style weight {})",
+            "{n:<20} {:?}, trained {} steps at {}² on {} photos (style weight {}){margin}",
             m.config.arch,
             show(prov.steps_done.map(|v| v.to_string())),
             show(t.image_size.map(|v| v.to_string())),

@@ -33,8 +33,9 @@ pub struct Look {
     preserve_color: bool,
     /// Mirror margin (pixels) around the picture, so that the network's own edge falls
     /// outside it; 0 runs the bare network (statistics are the picture's either way).
-    #[arg(long, default_value_t = impasto::stylize::DEFAULT_MARGIN, value_parser = super::args::at_most_usize(256))]
-    margin: usize,
+    /// Default: the model's own (`impasto info` shows `impasto.margin`), else 8.
+    #[arg(long, value_parser = super::args::at_most_usize(impasto::model::transformer::MAX_MARGIN))]
+    margin: Option<usize>,
     /// Stroke size: auto (strokes grow with pictures larger than 1024 px, so a print looks
     /// like the same painting at any size), or a factor (2 = strokes twice as large).
     #[arg(long, default_value = "auto", value_parser = impasto::stylize::Scale::parse)]

@@ -287,9 +287,10 @@ pub struct EvalArgs {
     /// Score with this content weight instead of the model's recorded one.
     #[arg(long, value_parser = super::args::non_negative_f64)]
     content_weight: Option<f64>,
-    /// Mirror margin of the stylize pipeline for the artifact measures.
-    #[arg(long, default_value_t = impasto::stylize::DEFAULT_MARGIN)]
-    margin: usize,
+    /// Mirror margin of the stylize pipeline for the artifact measures (default: the
+    /// model's own, else 8).
+    #[arg(long, value_parser = super::args::at_most_usize(impasto::model::transformer::MAX_MARGIN))]
+    margin: Option<usize>,
 }
 
 pub fn evaluate(a: EvalArgs) -> Result<i32> {
@@ -316,7 +317,7 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
             "{}",
             serde_json::json!({"model": a.model.display().to_string(), "style": a.style.display().to_string(), "photos": e.photos,
                 "content": l.content, "style_loss": l.style, "style_unweighted": l.style / loss.style_weight,
-                "grid_artifact": e.grid_artifact, "border_artifact": e.border_artifact, "margin": a.margin, "pipeline": {"content": pipe.content, "style_loss": pipe.style, "tv": pipe.tv, "total": pipe.total}, "border_artifact_photos": e.border_artifact_photos, "grid_artifact_photos": e.grid_artifact_photos, "tv": l.tv, "total": l.total, "loss_config": loss, "loss_config_recorded": e.loss_config_recorded})
+                "grid_artifact": e.grid_artifact, "border_artifact": e.border_artifact, "margin": e.margin, "pipeline": {"content": pipe.content, "style_loss": pipe.style, "tv": pipe.tv, "total": pipe.total}, "border_artifact_photos": e.border_artifact_photos, "grid_artifact_photos": e.grid_artifact_photos, "tv": l.tv, "total": l.total, "loss_config": loss, "loss_config_recorded": e.loss_config_recorded})
         );
     } else {
         outln!(
@@ -344,7 +345,7 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
         );
         outln!(
             "as stylize gives it (margin {}): content {:.4e}  style {:.4e}  total {:.4e}",
-            a.margin,
+            e.margin,
             pipe.content,
             pipe.style,
             pipe.total

@@ -194,6 +194,24 @@ impl<B: Backend> std::fmt::Debug for Transformer<B> {
 
 pub const CONFIG_KEY: &str = "impasto.config";
 
+/// Metadata key: the mirror margin (whole pixels, at most [`MAX_MARGIN`]) the stylize
+/// pipeline gives this model unless told otherwise, for a network whose own edge effect
+/// reaches further into the picture than the default margin hides (measured with
+/// `impasto evaluate --margin N`; written by `impasto convert --margin N`).
+pub const MARGIN_KEY: &str = "impasto.margin";
+/// The widest mirror margin anything accepts.
+pub const MAX_MARGIN: usize = 256;
+
+/// A [`MARGIN_KEY`] value: a whole number of pixels from 0 to [`MAX_MARGIN`].
+pub fn parse_margin(v: &str) -> std::result::Result<usize, String> {
+    match v.trim().parse::<usize>() {
+        Ok(m) if m <= MAX_MARGIN => Ok(m),
+        _ => Err(format!(
+            "{v:?}: expected a whole number of pixels from 0 to {MAX_MARGIN}"
+        )),
+    }
+}
+
 /// Per-parameter gradients, indexed by [`ParamId`].
 #[derive(Clone, Debug, Default)]
 pub struct Grads(pub Vec<Vec<f32>>);
@@ -453,10 +471,35 @@ impl<B: Backend> Transformer<B> {
         self.to_file().write_as(path, precision)
     }
 
-    /// The one check every model passes before it is used or written: a plausible config
-    /// and finite parameters.
+    /// The mirror margin this model file asks for ([`MARGIN_KEY`]), if it names one.
+    pub fn margin(&self) -> Option<usize> {
+        self.metadata
+            .get(MARGIN_KEY)
+            .and_then(|v| parse_margin(v).ok())
+    }
+
+    /// Record (or, with `None`, drop) the margin the model runs with by default.
+    pub fn set_margin(&mut self, margin: Option<usize>) {
+        assert!(
+            margin.is_none_or(|m| m <= MAX_MARGIN),
+            "margin over {MAX_MARGIN}"
+        );
+        match margin {
+            Some(m) => self.metadata.insert(MARGIN_KEY.into(), m.to_string()),
+            None => self.metadata.remove(MARGIN_KEY),
+        };
+    }
+
+    /// The one check every model passes before it is used or written: a plausible config,
+    /// finite parameters and readable settings.
     pub fn validate(&self) -> std::result::Result<(), ModelError> {
         self.config.validate()?;
+        if let Some(v) = self.metadata.get(MARGIN_KEY) {
+            parse_margin(v).map_err(|msg| ModelError::Metadata {
+                key: MARGIN_KEY.into(),
+                msg,
+            })?;
+        }
         for (spec, v) in self.params() {
             if let Some(&value) = v.iter().find(|x| !x.is_finite()) {
                 return Err(ModelError::NonFinite {

@@ -240,6 +240,7 @@ pub async fn styles(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value
                 "live_of": teacher,
                 "architecture": s.model.config.arch,
                 "parameters": s.model.plan().param_count(),
+                "margin": s.model.margin().unwrap_or(crate::stylize::DEFAULT_MARGIN),
                 "trained": trained,
                 "thumbnail": format!("/v1/styles/{}/thumbnail", s.name),
             })
@@ -274,8 +275,8 @@ pub struct Params {
     pub preserve_color: bool,
     pub max_size: Option<u32>,
     pub format: Option<ImageFormat>,
-    /// Mirror margin around the picture (see `StylizeOptions::margin`).
-    pub margin: usize,
+    /// Mirror margin around the picture (see `StylizeOptions::margin`); `None`: the model's.
+    pub margin: Option<usize>,
     /// Stroke size (see `stylize::Scale`).
     pub scale: crate::stylize::Scale,
 }
@@ -364,16 +365,14 @@ impl Params {
             }),
         };
         let margin = match q.get("margin") {
-            None => crate::stylize::DEFAULT_MARGIN,
-            Some(v) => match v.parse::<usize>() {
-                Ok(m) if m <= 256 => m,
-                _ => {
-                    return Err(ApiError::bad(format!(
-                        "margin={:?}: expected a whole number of pixels from 0 to 256",
-                        clip(v, 64)
-                    )))
-                }
-            },
+            None => None,
+            Some(v) => Some(crate::model::transformer::parse_margin(v).map_err(|_| {
+                ApiError::bad(format!(
+                    "margin={:?}: expected a whole number of pixels from 0 to {}",
+                    clip(v, 64),
+                    crate::model::transformer::MAX_MARGIN
+                ))
+            })?),
         };
         let scale = match q.get("scale") {
             None => crate::stylize::Scale::Auto,

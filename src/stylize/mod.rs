@@ -21,7 +21,8 @@ use crate::model::transformer::{Activation, StatsSource, Transformer};
 use crate::tensor::Tensor;
 use image::{DynamicImage, Rgb32FImage, RgbImage, RgbaImage};
 
-/// See [`StylizeOptions::margin`]; measured with `impasto evaluate` (border artifact).
+/// See [`StylizeOptions::margin`]; measured with `impasto evaluate` (border artifact). A
+/// model file may ask for a wider one ([`MARGIN_KEY`](crate::model::transformer::MARGIN_KEY)).
 pub const DEFAULT_MARGIN: usize = 8;
 
 /// The longest side at which `Scale::Auto` stops enlarging strokes: pictures up to this
@@ -97,8 +98,9 @@ pub struct StylizeOptions {
     /// Mirror-padding (pixels) added around the image before the network and cropped after,
     /// so the network's own edge effects fall outside the picture. The instance norms take
     /// their statistics from the picture alone ([`Picture`]), so 0 is the bare network and
-    /// any margin changes only the edges.
-    pub margin: usize,
+    /// any margin changes only the edges. `None`: the model's own
+    /// ([`Transformer::margin`]), else [`DEFAULT_MARGIN`].
+    pub margin: Option<usize>,
 }
 
 impl Default for StylizeOptions {
@@ -110,9 +112,17 @@ impl Default for StylizeOptions {
             tile: 1024,
             halo: 96,
             tile_threshold: 2048 * 2048,
-            margin: DEFAULT_MARGIN,
+            margin: None,
             scale: Scale::Auto,
         }
+    }
+}
+
+impl StylizeOptions {
+    /// The mirror margin `model` is run with: the one asked for, else the model file's,
+    /// else [`DEFAULT_MARGIN`].
+    pub fn margin_for(&self, model: &Transformer) -> usize {
+        self.margin.or(model.margin()).unwrap_or(DEFAULT_MARGIN)
     }
 }
 
@@ -323,7 +333,7 @@ fn run_network(
 ) {
     let (h, w) = content.dims();
     let a = Transformer::ALIGN;
-    let m = opts.margin;
+    let m = opts.margin_for(model);
     let (h4, w4) = ((h + 2 * m).div_ceil(a) * a, (w + 2 * m).div_ceil(a) * a);
     let core = (opts.tile.max(a) / a) * a;
     let halo = opts.halo.div_ceil(a) * a;
@@ -690,7 +700,7 @@ pub fn stylize_frame(
     };
     let (h, w) = work.dims();
     let a = Transformer::ALIGN;
-    let m = opts.margin;
+    let m = opts.margin_for(model);
     let (h4, w4) = ((h + 2 * m).div_ceil(a) * a, (w + 2 * m).div_ceil(a) * a);
     src.frame = Some(PictureStats {
         picture: Picture {
@@ -823,7 +833,7 @@ mod tests {
             let model = random_model(arch, 5);
             let x = smooth_image(64, 96);
             let opts = StylizeOptions {
-                margin: 0,
+                margin: Some(0),
                 ..Default::default()
             };
             let y = stylize_tensor(&model, &x, &opts);
@@ -832,6 +842,49 @@ mod tests {
             let d = y.max_abs_diff(&bare);
             assert!(d < 1e-2, "{arch:?}: {d}");
         }
+    }
+
+    /// A model file's margin (`impasto.margin`) is what the pipeline uses when none is asked
+    /// for, in still pictures and live frames alike; an explicit margin still wins.
+    #[test]
+    fn the_model_files_margin_is_the_default_and_an_explicit_one_wins() {
+        let mut model = random_model(Arch::Johnson, 6);
+        let x = smooth_image(40, 52);
+        let at = |m: Option<usize>, model: &Transformer| {
+            let o = StylizeOptions {
+                margin: m,
+                ..Default::default()
+            };
+            stylize_tensor(model, &x, &o)
+        };
+        let (m8, m20) = (at(Some(8), &model), at(Some(20), &model));
+        assert!(m8.max_abs_diff(&m20) > 0.5, "margins 8 and 20 must differ");
+        assert_eq!(at(None, &model).data, m8.data, "no margin recorded: 8");
+        model.set_margin(Some(20));
+        assert_eq!(model.margin(), Some(20));
+        assert_eq!(at(None, &model).data, m20.data, "the file's margin");
+        assert_eq!(at(Some(8), &model).data, m8.data, "an explicit margin wins");
+        // The live path (`stylize_frame`) takes the same margin.
+        let frame = RgbImage::from_fn(52, 40, |xx, yy| {
+            image::Rgb([(xx * 4) as u8, (yy * 6) as u8, ((xx + yy) * 2) as u8])
+        });
+        let live = |m: Option<usize>, model: &Transformer| {
+            let o = StylizeOptions {
+                margin: m,
+                ..Default::default()
+            };
+            stylize_frame(model, &frame, &o, &mut SmoothStats::new(0.0))
+        };
+        assert_eq!(live(None, &model), live(Some(20), &model));
+        assert_ne!(live(None, &model), live(Some(8), &model));
+        // Recorded in the file and read back; a bad value is refused on load.
+        let mut f = model.to_file();
+        let back = Transformer::from_file(f.clone()).unwrap();
+        assert_eq!(back.margin(), Some(20));
+        f.metadata
+            .insert(crate::model::transformer::MARGIN_KEY.into(), "9999".into());
+        let e = Transformer::from_file(f).unwrap_err().to_string();
+        assert!(e.contains("impasto.margin") && e.contains("9999"), "{e}");
     }
 
     /// With a margin, the instance norms see the picture only: the first norm (whose input

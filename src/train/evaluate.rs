@@ -21,8 +21,9 @@ pub struct EvalOptions {
     /// Score with these weights instead of the model's recorded ones.
     pub style_weight: Option<f64>,
     pub content_weight: Option<f64>,
-    /// Mirror margin of the stylize pipeline.
-    pub margin: usize,
+    /// Mirror margin of the stylize pipeline; `None`: the model's own (see
+    /// `StylizeOptions::margin`).
+    pub margin: Option<usize>,
 }
 
 impl Default for EvalOptions {
@@ -32,7 +33,7 @@ impl Default for EvalOptions {
             style_size: 256,
             style_weight: None,
             content_weight: None,
-            margin: crate::stylize::DEFAULT_MARGIN,
+            margin: None,
         }
     }
 }
@@ -49,6 +50,8 @@ pub struct Evaluation {
     pub network: Losses,
     /// The losses of what `stylize` gives (mirror margin and all).
     pub pipeline: Losses,
+    /// The mirror margin the pipeline ran with (given, or the model's own).
+    pub margin: usize,
     /// Checkerboard measure of the stylized photos and of the photos themselves.
     pub grid_artifact: f64,
     pub grid_artifact_photos: f64,
@@ -131,6 +134,7 @@ pub fn evaluate(
         loss_config_recorded: recorded,
         network,
         pipeline,
+        margin: stylize.margin_for(model),
         grid_artifact: grid / k,
         grid_artifact_photos: grid_photo / k,
         border_artifact: (border / k).abs(),
