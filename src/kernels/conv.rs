@@ -649,6 +649,23 @@ fn xmap_contiguous(xmap: &[i32], k: usize, kx: usize, ox0: usize, ox1: usize) ->
 pub(crate) mod tests {
     use super::*;
 
+    /// The network's upsampling layer: nearest ×2, then a reflect-padded 3×3.
+    pub(crate) fn upsample2() -> ConvGeom {
+        ConvGeom {
+            upsample: 2,
+            ..ConvGeom::simple(3, 1, 1, PadMode::Reflect)
+        }
+    }
+
+    /// A zero-padded `k×k` over the input dilated ×2 (a transposed convolution's form).
+    pub(crate) fn dilated(k: usize, pad: [usize; 4]) -> ConvGeom {
+        ConvGeom {
+            pad,
+            dilate: 2,
+            ..ConvGeom::simple(k, 1, 0, PadMode::Zero)
+        }
+    }
+
     /// Straightforward reference: materialise the resampled, padded input and convolve.
     pub(super) fn naive(conv: &Conv2d, g: &ConvGeom, x: &Tensor) -> Tensor {
         let (ho, wo) = g.out_size(x.h, x.w);
@@ -718,22 +735,8 @@ pub(crate) mod tests {
                 upsample: 1,
                 dilate: 1,
             },
-            ConvGeom {
-                k: 3,
-                stride: 1,
-                pad: [1; 4],
-                mode: PadMode::Reflect,
-                upsample: 2,
-                dilate: 1,
-            },
-            ConvGeom {
-                k: 3,
-                stride: 1,
-                pad: [2, 3, 2, 3],
-                mode: PadMode::Zero,
-                upsample: 1,
-                dilate: 2,
-            },
+            upsample2(),
+            dilated(3, [2, 3, 2, 3]),
         ];
         for (i, g) in geoms.iter().enumerate() {
             for &(h, w) in &[(7usize, 9usize), (16, 5), (33, 40)] {
@@ -763,14 +766,7 @@ pub(crate) mod tests {
             let (ci, co) = (4, 3);
             let x = Tensor::from_vec(1, ci, h, w, pseudo(ci * h * w, 21));
             let conv = Conv2d::new(co, ci, 3, pseudo(co * ci * 9, 22), Some(pseudo(co, 23)));
-            let g = ConvGeom {
-                k: 3,
-                stride: 1,
-                pad: [1; 4],
-                mode: PadMode::Reflect,
-                upsample: 2,
-                dilate: 1,
-            };
+            let g = upsample2();
             let want = naive(&conv, &g, &x);
             let got = UpsampleConv::new(&conv, 3, SubPixel::Upsample).forward(&x);
             assert_eq!(got.shape(), want.shape());
@@ -867,14 +863,7 @@ pub(crate) mod tests {
                 assert!(err < 1e-5, "{g:?}: {err}");
             }
             let conv = Conv2d::new(co, ci, 3, pseudo(co * ci * 9, 44), Some(pseudo(co, 45)));
-            let g = ConvGeom {
-                k: 3,
-                stride: 1,
-                pad: [1; 4],
-                mode: PadMode::Reflect,
-                upsample: 2,
-                dilate: 1,
-            };
+            let g = upsample2();
             let got = UpsampleConv::new(&conv, 3, SubPixel::Upsample).forward(&x);
             assert!(got.rel_error(&naive(&conv, &g, &x)) < 1e-5);
         }
@@ -969,14 +958,7 @@ pub(crate) mod tests {
             "sub-pixel transposed: {}",
             sub.rel_error(&want)
         );
-        let g = ConvGeom {
-            k,
-            stride: 1,
-            pad: [2, 1, 2, 1],
-            mode: PadMode::Zero,
-            upsample: 1,
-            dilate: 2,
-        };
+        let g = dilated(k, [2, 1, 2, 1]);
         let got = conv.forward(&x, &g);
         assert_eq!(got.shape(), want.shape());
         assert!(got.rel_error(&want) < 1e-5);

@@ -257,6 +257,7 @@ fn scatter(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::conv::tests::{dilated, upsample2};
 
     fn pseudo(n: usize, seed: u32) -> Vec<f32> {
         let mut r = crate::rng::Rng::new(seed as u64);
@@ -270,22 +271,8 @@ mod tests {
             ConvGeom::simple(3, 1, 1, PadMode::Reflect),
             ConvGeom::simple(3, 2, 1, PadMode::Reflect),
             ConvGeom::simple(5, 1, 2, PadMode::Zero),
-            ConvGeom {
-                k: 3,
-                stride: 1,
-                pad: [1; 4],
-                mode: PadMode::Reflect,
-                upsample: 2,
-                dilate: 1,
-            },
-            ConvGeom {
-                k: 3,
-                stride: 1,
-                pad: [2, 1, 2, 1],
-                mode: PadMode::Zero,
-                upsample: 1,
-                dilate: 2,
-            },
+            upsample2(),
+            dilated(3, [2, 1, 2, 1]),
         ];
         for (gi, g) in geoms.iter().enumerate() {
             let (ci, co, h, w) = (3, 4, 6, 7);
@@ -454,6 +441,7 @@ mod stride1_tests {
 #[cfg(test)]
 mod subpixel_grad_tests {
     use super::*;
+    use crate::kernels::conv::tests::{dilated, upsample2};
     use crate::kernels::conv::{SubPixel, UpsampleConv};
 
     #[test]
@@ -463,28 +451,8 @@ mod subpixel_grad_tests {
         let (ci, co, h, w) = (5, 4, 7, 9);
         let x = Tensor::from_vec(2, ci, h, w, v(2 * ci * h * w));
         for (kind, g) in [
-            (
-                SubPixel::Upsample,
-                ConvGeom {
-                    k: 3,
-                    stride: 1,
-                    pad: [1; 4],
-                    mode: PadMode::Reflect,
-                    upsample: 2,
-                    dilate: 1,
-                },
-            ),
-            (
-                SubPixel::Transposed,
-                ConvGeom {
-                    k: 3,
-                    stride: 1,
-                    pad: [2, 1, 2, 1],
-                    mode: PadMode::Zero,
-                    upsample: 1,
-                    dilate: 2,
-                },
-            ),
+            (SubPixel::Upsample, upsample2()),
+            (SubPixel::Transposed, dilated(3, [2, 1, 2, 1])),
         ] {
             let conv = Conv2d::new(co, ci, 3, v(co * ci * 9), Some(v(co)));
             let dy = Tensor::from_vec(2, co, 2 * h, 2 * w, v(2 * co * 4 * h * w));
