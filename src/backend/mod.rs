@@ -173,6 +173,15 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     // Moving data.
     fn upload(&self, t: &Tensor) -> Self::Tensor;
     fn download(&self, t: &Self::Tensor) -> Tensor;
+    /// [`Backend::upload`] of a tensor the caller is done with: a backend whose tensors are
+    /// host tensors takes it as it is (a live 640×480 frame's input is 4 MB).
+    fn upload_owned(&self, t: Tensor) -> Self::Tensor {
+        self.upload(&t)
+    }
+    /// [`Backend::download`] of a tensor the caller is done with (see `upload_owned`).
+    fn download_owned(&self, t: Self::Tensor) -> Tensor {
+        self.download(&t)
+    }
     fn dims(&self, t: &Self::Tensor) -> [usize; 4];
 
     // Convolutions (plain, strided, upsampling, transposed).

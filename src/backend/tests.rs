@@ -71,6 +71,11 @@ pub fn conformance<B: Backend>(b: &B) {
     let x = random(&mut rng, 2, 3, 5, 7);
     assert_eq!(b.dims(&b.upload(&x)), [2, 3, 5, 7]);
     assert_eq!(b.download(&b.upload(&x)), x, "upload/download round trip");
+    assert_eq!(
+        b.download_owned(b.upload_owned(x.clone())),
+        x,
+        "owned round trip"
+    );
 
     // Convolutions: forward (both precisions), backward, input gradient, update.
     for (spec, h, w) in conv_specs() {

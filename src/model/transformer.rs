@@ -522,7 +522,7 @@ impl<B: Backend> Transformer<B> {
         for b in 0..x.n {
             let s = Tensor::from_vec(1, x.c, x.h, x.w, x.sample(b).to_vec());
             outs.push(
-                self.forward_with(&s, &mut OwnStats)
+                self.forward_with(s, &mut OwnStats)
                     .expect("own statistics never stop"),
             );
         }
@@ -547,10 +547,11 @@ impl<B: Backend> Transformer<B> {
 
     /// Forward pass of one sample with instance-norm statistics from `src`.
     /// Returns `None` if `src` stopped the pass.
-    pub fn forward_with(&self, x: &Tensor, src: &mut dyn StatsSource) -> Option<Tensor> {
+    /// Takes the input by value: on the CPU neither it nor the output is copied.
+    pub fn forward_with(&self, x: Tensor, src: &mut dyn StatsSource) -> Option<Tensor> {
         assert_eq!(x.n, 1, "forward_with takes one sample");
-        let y = self.pass(&self.backend.upload(x), src, None, false)?;
-        Some(self.backend.download(&y))
+        let y = self.pass(&self.backend.upload_owned(x), src, None, false)?;
+        Some(self.backend.download_owned(y))
     }
 
     /// Forward pass of a batch on the backend that records what [`Transformer::backward`]

@@ -368,7 +368,7 @@ fn run_network(
                     tile: *t,
                     picture,
                 };
-                let _ = model.forward_with(&x, &mut src);
+                let _ = model.forward_with(x, &mut src);
                 let m = src.acc.expect("pass reaches its norm");
                 match &mut acc {
                     None => acc = Some(m),
@@ -392,7 +392,7 @@ fn run_network(
                 picture,
             };
             model
-                .forward_with(&x, &mut src)
+                .forward_with(x, &mut src)
                 .expect("all statistics known")
         } else {
             let mut src = PictureStats {
@@ -401,7 +401,7 @@ fn run_network(
                 w: w4,
             };
             model
-                .forward_with(&x, &mut src)
+                .forward_with(x, &mut src)
                 .expect("statistics never stop")
         };
         let (th, tw) = (y.h, y.w);
@@ -713,7 +713,7 @@ pub fn stylize_frame(
         w: w4,
     });
     let x = work.tensor(0, 0, h4, w4, m);
-    let y = model.forward_with(&x, src).expect("statistics never stop");
+    let y = model.forward_with(x, src).expect("statistics never stop");
     let hw = h4 * w4;
     let at = |px: usize, py: usize| {
         let i = (py + m) * w4 + px + m;
@@ -907,7 +907,7 @@ mod tests {
         let (h, w, m) = (64, 96, 16);
         let x = smooth_image(h, w);
         let mut bare = First(crate::model::transformer::OwnStats, None);
-        model.forward_with(&x, &mut bare).unwrap();
+        model.forward_with(x.clone(), &mut bare).unwrap();
         let img = Rgb32FImage::from_fn(w as u32, h as u32, |xx, yy| {
             let i = yy as usize * w + xx as usize;
             let hw = h * w;
@@ -928,9 +928,9 @@ mod tests {
             },
             None,
         );
-        model.forward_with(&padded, &mut ours).unwrap();
+        model.forward_with(padded.clone(), &mut ours).unwrap();
         let mut whole = First(crate::model::transformer::OwnStats, None);
-        model.forward_with(&padded, &mut whole).unwrap();
+        model.forward_with(padded, &mut whole).unwrap();
         let (b, o, wh) = (bare.1.unwrap(), ours.1.unwrap(), whole.1.unwrap());
         let diff = |a: &NormStats, b: &NormStats| {
             a.mean
