@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 mod common;
-use common::{bin, model, run, stderr};
+use common::{bin, model, run, stderr, stylize};
 
 use impasto::testutil::photo;
 
@@ -53,15 +53,7 @@ fn stylizes_a_real_photo_with_an_imported_model() {
     let o = run(&["import", onnx.to_str().unwrap(), "-o", m.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = d.path().join("chicago.png");
-    let o = run(&[
-        "stylize",
-        photo.to_str().unwrap(),
-        "-m",
-        m.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
+    let o = stylize(&photo, &m, &out, &["--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let rec: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(rec["ok"], true);
@@ -118,14 +110,7 @@ fn any_size_and_pixel_format_keeps_its_size() {
         let p = d.path().join(name);
         img.save(&p).unwrap();
         let out = d.path().join(format!("out-{name}"));
-        let o = run(&[
-            "stylize",
-            p.to_str().unwrap(),
-            "-m",
-            m.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]);
+        let o = stylize(&p, &m, &out, &[]);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         let got = image::open(&out).unwrap();
         assert_eq!(got.dimensions(), img.dimensions(), "{name}");
@@ -172,14 +157,7 @@ fn exif_orientation_is_honoured() {
     let p = d.path().join("rotated.jpg");
     std::fs::write(&p, jpeg_with_orientation(&photo(40, 24), 6)).unwrap();
     let out = d.path().join("out.png");
-    let o = run(&[
-        "stylize",
-        p.to_str().unwrap(),
-        "-m",
-        m.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = stylize(&p, &m, &out, &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&out).unwrap().dimensions(), (24, 40));
 }
@@ -242,15 +220,7 @@ fn a_folder_with_bad_files_does_the_rest_and_exits_2() {
     std::fs::write(src.join("text.png"), b"hello, I am a text file").unwrap();
     std::fs::write(src.join("huge.png"), png_claiming(100_000, 100_000)).unwrap();
     let out = d.path().join("out");
-    let o = run(&[
-        "stylize",
-        src.to_str().unwrap(),
-        "-m",
-        m.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--json",
-    ]);
+    let o = stylize(&src, &m, &out, &["--json"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let err = stderr(&o);
     for bad in [
@@ -287,24 +257,10 @@ fn unwritable_output_is_a_clear_error() {
     photo(10, 10).save(&p).unwrap();
     std::fs::write(d.path().join("file"), b"x").unwrap();
     let bad = d.path().join("file/out.png");
-    let o = run(&[
-        "stylize",
-        p.to_str().unwrap(),
-        "-m",
-        m.to_str().unwrap(),
-        "-o",
-        bad.to_str().unwrap(),
-    ]);
+    let o = stylize(&p, &m, &bad, &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("out.png"), "{}", stderr(&o));
-    let o = run(&[
-        "stylize",
-        p.to_str().unwrap(),
-        "-m",
-        m.to_str().unwrap(),
-        "-o",
-        d.path().join("x.gif").to_str().unwrap(),
-    ]);
+    let o = stylize(&p, &m, &d.path().join("x.gif"), &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("extension"), "{}", stderr(&o));
     no_part_files(d.path());
@@ -369,14 +325,7 @@ fn malformed_model_files_are_rejected_by_name() {
         let mp = d.path().join(name);
         std::fs::write(&mp, bytes).unwrap();
         let out = d.path().join("out.png");
-        let o = run(&[
-            "stylize",
-            p.to_str().unwrap(),
-            "-m",
-            mp.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-        ]);
+        let o = stylize(&p, &mp, &out, &[]);
         assert_eq!(o.status.code(), Some(2), "{name}");
         let e = stderr(&o);
         assert!(e.contains(name) && e.contains(want), "{name}: {e}");
@@ -475,16 +424,7 @@ fn strength_zero_returns_the_photo_and_tiling_matches_whole() {
     let img = photo(203, 150);
     img.save(&p).unwrap();
     let out0 = d.path().join("s0.png");
-    let o = run(&[
-        "stylize",
-        p.to_str().unwrap(),
-        "-m",
-        m.to_str().unwrap(),
-        "-o",
-        out0.to_str().unwrap(),
-        "--strength",
-        "0",
-    ]);
+    let o = stylize(&p, &m, &out0, &["--strength", "0"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&out0).unwrap().to_rgb8(), img.to_rgb8());
     let o = run(&[
@@ -499,27 +439,9 @@ fn strength_zero_returns_the_photo_and_tiling_matches_whole() {
 
     let whole = d.path().join("whole.png");
     let tiled = d.path().join("tiled.png");
-    let o = run(&[
-        "stylize",
-        p.to_str().unwrap(),
-        "-m",
-        m.to_str().unwrap(),
-        "-o",
-        whole.to_str().unwrap(),
-    ]);
+    let o = stylize(&p, &m, &whole, &[]);
     assert!(o.status.success());
-    let o = run(&[
-        "stylize",
-        p.to_str().unwrap(),
-        "-m",
-        m.to_str().unwrap(),
-        "-o",
-        tiled.to_str().unwrap(),
-        "--tile",
-        "64",
-        "--tile-threshold",
-        "0",
-    ]);
+    let o = stylize(&p, &m, &tiled, &["--tile", "64", "--tile-threshold", "0"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let (a, b) = (
         image::open(&whole).unwrap().to_rgb8(),

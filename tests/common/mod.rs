@@ -15,6 +15,20 @@ pub fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("run impasto")
 }
 
+/// `impasto stylize INPUT -m MODEL -o OUTPUT EXTRA...`.
+pub fn stylize(input: &Path, model: &Path, output: &Path, extra: &[&str]) -> Output {
+    bin()
+        .arg("stylize")
+        .arg(input)
+        .arg("-m")
+        .arg(model)
+        .arg("-o")
+        .arg(output)
+        .args(extra)
+        .output()
+        .expect("run impasto")
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
