@@ -135,3 +135,12 @@ impl Error {
         }
     }
 }
+
+/// At most `n` characters of something a client or a file sent, for echoing it in a message.
+pub fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}

@@ -282,11 +282,23 @@ fn api_lists_styles_stylizes_and_answers_errors_in_json() {
         "style=mine&format=gif",
         "style=mine&preserve_color=maybe",
         "style=mine&strenght=0.5",
+        "style=mine&margin=257",
+        "style=mine&margin=-1",
         "",
     ] {
         s.post(&format!("/v1/stylize?{q}"), "image/png", &png)
             .assert_error(400, "bad-request");
     }
+    // A bad margin is named, and a long one echoed only in part.
+    let long = "9".repeat(5000);
+    let r = s.post(
+        &format!("/v1/stylize?style=mine&margin={long}"),
+        "image/png",
+        &png,
+    );
+    r.assert_error(400, "bad-request");
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.starts_with("margin=") && msg.len() < 300, "{msg}");
     let body = multipart(&[("style", None, b"mine")]);
     s.post(
         "/v1/stylize",

@@ -207,7 +207,8 @@ pub fn parse_margin(v: &str) -> std::result::Result<usize, String> {
     match v.trim().parse::<usize>() {
         Ok(m) if m <= MAX_MARGIN => Ok(m),
         _ => Err(format!(
-            "{v:?}: expected a whole number of pixels from 0 to {MAX_MARGIN}"
+            "{:?}: expected a whole number of pixels from 0 to {MAX_MARGIN}",
+            crate::error::clip(v, 64)
         )),
     }
 }

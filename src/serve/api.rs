@@ -94,14 +94,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// At most `n` characters of something a client sent, for echoing it in a message.
-pub fn clip(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(n).collect::<String>())
-    }
-}
+pub use crate::error::clip;
 
 fn category_of(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -366,13 +359,10 @@ impl Params {
         };
         let margin = match q.get("margin") {
             None => None,
-            Some(v) => Some(crate::model::transformer::parse_margin(v).map_err(|_| {
-                ApiError::bad(format!(
-                    "margin={:?}: expected a whole number of pixels from 0 to {}",
-                    clip(v, 64),
-                    crate::model::transformer::MAX_MARGIN
-                ))
-            })?),
+            Some(v) => Some(
+                crate::model::transformer::parse_margin(v)
+                    .map_err(|e| ApiError::bad(format!("margin={e}")))?,
+            ),
         };
         let scale = match q.get("scale") {
             None => crate::stylize::Scale::Auto,

@@ -883,8 +883,19 @@ mod tests {
         assert_eq!(back.margin(), Some(20));
         f.metadata
             .insert(crate::model::transformer::MARGIN_KEY.into(), "9999".into());
-        let e = Transformer::from_file(f).unwrap_err().to_string();
+        let e = Transformer::from_file(f.clone()).unwrap_err().to_string();
         assert!(e.contains("impasto.margin") && e.contains("9999"), "{e}");
+        // A hostile file's megabyte of digits is echoed only in part.
+        f.metadata.insert(
+            crate::model::transformer::MARGIN_KEY.into(),
+            "7".repeat(1 << 20),
+        );
+        let e = Transformer::from_file(f).unwrap_err().to_string();
+        assert!(
+            e.contains("impasto.margin") && e.len() < 400,
+            "{} bytes",
+            e.len()
+        );
     }
 
     /// With a margin, the instance norms see the picture only: the first norm (whose input
