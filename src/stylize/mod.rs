@@ -578,10 +578,13 @@ fn resample_to(
         let guide_row = |y: usize| (0..w).map(|x| to_ycc(full.get(x, y))[0]).collect();
         guided::upsample_rgb(planes, &a, &guide_low, w, h, guide_row, emit);
     } else {
+        // `image` resamples floating-point pictures on its 0..1 scale and clamps to it, so
+        // the 0..255 planes go through it divided by 255 (clamping there is the output's
+        // own clamp).
         let (lh, lw) = low.dims();
         let img = Rgb32FImage::from_fn(lw as u32, lh as u32, |x, y| {
             let i = y as usize * lw + x as usize;
-            image::Rgb([planes[0].data[i], planes[1].data[i], planes[2].data[i]])
+            image::Rgb([0, 1, 2].map(|c| planes[c].data[i] / 255.0))
         });
         let r = image::imageops::resize(
             &img,
@@ -590,7 +593,9 @@ fn resample_to(
             image::imageops::FilterType::Lanczos3,
         );
         for y in 0..h {
-            let row: Vec<[f32; 3]> = (0..w).map(|x| r.get_pixel(x as u32, y as u32).0).collect();
+            let row: Vec<[f32; 3]> = (0..w)
+                .map(|x| r.get_pixel(x as u32, y as u32).0.map(|v| v * 255.0))
+                .collect();
             emit(y, &row);
         }
     }
@@ -1002,6 +1007,67 @@ mod tests {
         assert_eq!(Scale::Auto.factor(1024, 700), 1.0);
         assert_eq!(Scale::Auto.factor(4096, 3072), 4.0);
         assert!(Scale::parse("0").is_err() && Scale::parse("auto").is_ok());
+    }
+
+    /// Every accepted stroke scale, below 1 too, gives a stylization that follows the
+    /// photo, for stills and for live frames (scales below 1 once came out flat black: the
+    /// 0..255 planes went through a resampler that clamps to 0..1).
+    #[test]
+    fn every_stroke_scale_follows_the_picture() {
+        // A real style on a real photo: a random network's output of a smooth picture is
+        // nearly flat at some sizes, which would prove nothing.
+        let model = crate::styles::resolve("great_wave_live").unwrap();
+        let photo = crate::imageio::read_path(
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/coffee.jpg")),
+            &Default::default(),
+        )
+        .unwrap();
+        let rgb = photo
+            .image
+            .resize_exact(96, 64, image::imageops::FilterType::Triangle)
+            .to_rgb8();
+        let still = |scale: Scale| {
+            let d = Decoded {
+                image: DynamicImage::ImageRgb8(rgb.clone()),
+                has_alpha: false,
+            };
+            let o = StylizeOptions {
+                scale,
+                ..Default::default()
+            };
+            stylize(&model, d, &o, None).to_rgb8()
+        };
+        let frame = |scale: Scale| {
+            let o = StylizeOptions {
+                scale,
+                ..Default::default()
+            };
+            stylize_frame(&model, &rgb, &o, &mut SmoothStats::new(0.0))
+        };
+        let stats = |a: &RgbImage, b: &RgbImage| {
+            let (a, b) = (a.as_raw(), b.as_raw());
+            let n = a.len() as f64;
+            let ma = a.iter().map(|v| *v as f64).sum::<f64>() / n;
+            let mb = b.iter().map(|v| *v as f64).sum::<f64>() / n;
+            let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+            for (p, q) in a.iter().zip(b) {
+                let (p, q) = (*p as f64 - ma, *q as f64 - mb);
+                sab += p * q;
+                saa += p * p;
+                sbb += q * q;
+            }
+            ((saa / n).sqrt(), sab / (saa * sbb).sqrt())
+        };
+        for run in [&still as &dyn Fn(Scale) -> RgbImage, &frame] {
+            let own = run(Scale::Factor(1.0));
+            for s in [0.25, 0.5, 0.7, 0.99, 1.5, 2.0] {
+                let out = run(Scale::Factor(s));
+                assert_eq!(out.dimensions(), (96, 64), "scale {s}");
+                let (spread, corr) = stats(&out, &own);
+                assert!(spread > 10.0, "scale {s}: flat output (spread {spread:.2})");
+                assert!(corr > 0.5, "scale {s}: correlation {corr:.3} with scale 1");
+            }
+        }
     }
 
     #[test]
