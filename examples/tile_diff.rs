@@ -35,7 +35,8 @@ fn main() {
             tile_threshold: u64::MAX,
             ..Default::default()
         },
-    );
+    )
+    .expect("nothing cancels it");
     let tw = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let tiled = stylize_tensor(
@@ -46,7 +47,8 @@ fn main() {
             tile_threshold: 0,
             ..Default::default()
         },
-    );
+    )
+    .expect("nothing cancels it");
     let tt = t.elapsed().as_secs_f64();
     let mean = whole
         .data

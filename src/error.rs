@@ -44,6 +44,16 @@ pub enum Error {
     /// Training diverged: a non-finite loss or gradient. The last checkpoint is intact.
     #[error("{0}")]
     Diverged(String),
+    /// The work was stopped by its caller before it finished (a time limit, a client that
+    /// left, an interrupt); nothing was written.
+    #[error("stopped before it finished")]
+    Cancelled,
+}
+
+impl From<crate::stylize::Cancelled> for Error {
+    fn from(_: crate::stylize::Cancelled) -> Self {
+        Error::Cancelled
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -132,6 +142,7 @@ impl Error {
             Error::Locked(_) => "locked",
             Error::Data(_) => "data",
             Error::Diverged(_) => "diverged",
+            Error::Cancelled => "cancelled",
         }
     }
 }

@@ -539,7 +539,7 @@ fn decode_jpeg(bytes: &[u8], path: &Path, max_pixels: u64) -> Result<Decoded> {
 }
 
 pub fn read_path(path: &Path, limits: &Limits) -> Result<Decoded> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = crate::io::open_regular(path, limits.max_bytes, "image")?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(1);
     if len == 0 {
         return Err(Error::image(path, "file is empty (0 bytes)"));

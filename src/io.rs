@@ -105,6 +105,82 @@ pub fn remove_stale_partial_files(dir: &Path) {
     }
 }
 
+/// What kind of thing a path names, in words, when it is not a regular file.
+fn kind_of(t: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a folder"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Open `path` for reading if it is a regular file (links followed) of at most `max_bytes`.
+/// Checked before opening: a named pipe would block the open itself, and a device such as
+/// `/dev/zero` reports no size and never ends. `what` names the file's role in the message
+/// ("image", "model file").
+pub fn open_regular(path: &Path, max_bytes: u64, what: &str) -> Result<std::fs::File> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "is {}, not a file; only regular files are read as a {what}",
+                    kind_of(meta.file_type())
+                ),
+            ),
+        ));
+    }
+    if meta.len() > max_bytes {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{} bytes, over the limit of {max_bytes} bytes for a {what}",
+                    meta.len()
+                ),
+            ),
+        ));
+    }
+    std::fs::File::open(path).map_err(|e| Error::io(path, e))
+}
+
+/// The whole of a regular file of at most `max_bytes` (see [`open_regular`]); a file that
+/// grows past the limit while it is read is refused too.
+pub fn read_regular(path: &Path, max_bytes: u64, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = open_regular(path, max_bytes, what)?;
+    let mut bytes = Vec::new();
+    f.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("grew past the limit of {max_bytes} bytes for a {what} while read"),
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |f| f.write_all(bytes))
 }

@@ -20,7 +20,7 @@
 //!
 //! let model = styles::resolve("great_wave")?; // a built-in name, or a model file's path
 //! let photo = imageio::read_path(Path::new("assets/coffee.jpg"), &imageio::Limits::default())?;
-//! let out = stylize::stylize(&model, photo, &stylize::StylizeOptions::default(), None);
+//! let out = stylize::stylize(&model, photo, &stylize::StylizeOptions::default(), None)?;
 //! imageio::write_path(&out, &std::env::temp_dir().join("coffee-great_wave.jpg"))?;
 //! # Ok::<(), impasto::Error>(())
 //! ```
@@ -44,6 +44,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod backend;
+pub mod batch;
 pub mod error;
 pub mod imageio;
 pub mod io;

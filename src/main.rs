@@ -7,6 +7,10 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    // An empty IMPASTO_THREADS means "not set" (the default), as for most tools.
+    if std::env::var_os("IMPASTO_THREADS").is_some_and(|v| v.is_empty()) {
+        std::env::remove_var("IMPASTO_THREADS");
+    }
     let args = cli::Cli::parse();
     if let Some(n) = args.threads {
         rayon::ThreadPoolBuilder::new()
@@ -25,6 +29,11 @@ fn main() {
                 match e.downcast_ref::<impasto::Error>() {
                     Some(ie) => {
                         eprintln!("impasto: error: {ie}");
+                        2
+                    }
+                    // Writing to stdout failed (a full disk, /dev/full): the output is bad.
+                    None if e.downcast_ref::<std::io::Error>().is_some() => {
+                        eprintln!("impasto: error: cannot write to stdout: {e:#}");
                         2
                     }
                     None => {

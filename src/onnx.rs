@@ -384,11 +384,7 @@ fn output_fn(nodes: &[Node], inits: &HashMap<String, Tensor>) -> R<OutputFn> {
 }
 
 pub fn import(path: &Path) -> Result<Transformer> {
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if meta.len() > crate::model::format::MAX_FILE_BYTES {
-        return Err(Error::model(path, "file over the 1 GiB limit"));
-    }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::io::read_regular(path, crate::model::format::MAX_FILE_BYTES, "model file")?;
     let mut t = import_bytes(&bytes).map_err(|m| Error::model(path, m))?;
     let name = path
         .file_name()

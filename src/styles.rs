@@ -163,7 +163,7 @@ mod tests {
                 .iter()
                 .map(|x| {
                     border_artifact(
-                        &luminance(&crate::stylize::stylize_tensor(&m, x, &opts)),
+                        &luminance(&crate::stylize::stylize_tensor(&m, x, &opts).unwrap()),
                         192,
                         192,
                     )

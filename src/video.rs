@@ -46,7 +46,7 @@ pub fn probe(input: &Path) -> Result<VideoInfo> {
             "v:0",
             "-count_packets",
             "-show_entries",
-            "stream=width,height,r_frame_rate,nb_read_packets",
+            "stream=width,height,r_frame_rate,nb_read_packets,sample_aspect_ratio:stream_side_data=rotation:stream_tags=rotate",
             "-of",
             "json",
         ])
@@ -76,12 +76,47 @@ pub fn probe(input: &Path) -> Result<VideoInfo> {
     if width == 0 || height == 0 {
         return Err(bad("the video stream has no size".into()));
     }
+    let (width, height) = display_size(width, height, s);
     Ok(VideoInfo {
         width,
         height,
         rate: s["r_frame_rate"].as_str().unwrap_or("25/1").to_string(),
         frames: num("nb_read_packets"),
     })
+}
+
+/// The size a stream is shown at, which is the size ffmpeg decodes it to (it applies the
+/// rotation itself): the coded size stretched by a non-square sample aspect ratio, then
+/// turned by a display matrix or `rotate` tag of ±90° (phone videos).
+fn display_size(width: u32, height: u32, stream: &serde_json::Value) -> (u32, u32) {
+    let (mut w, h) = (width, height);
+    if let Some((n, d)) = stream["sample_aspect_ratio"]
+        .as_str()
+        .and_then(|r| r.split_once(':'))
+        .and_then(|(n, d)| Some((n.parse::<u64>().ok()?, d.parse::<u64>().ok()?)))
+    {
+        if n > 0 && d > 0 && n != d {
+            w = ((w as u64 * n + d / 2) / d).clamp(1, u32::MAX as u64) as u32;
+        }
+    }
+    let from_side = stream["side_data_list"].as_array().and_then(|l| {
+        l.iter().find_map(|sd| {
+            sd["rotation"]
+                .as_f64()
+                .or_else(|| sd["rotation"].as_str()?.parse().ok())
+        })
+    });
+    let from_tag = stream["tags"]["rotate"]
+        .as_str()
+        .and_then(|t| t.parse::<f64>().ok());
+    let quarter_turns = from_side
+        .or(from_tag)
+        .map_or(0, |r| (r / 90.0).round() as i64);
+    if quarter_turns.rem_euclid(2) == 1 {
+        (h, w)
+    } else {
+        (w, h)
+    }
 }
 
 pub struct VideoOptions {
@@ -98,6 +133,7 @@ pub fn stylize_video(
     opts: &VideoOptions,
     mut progress: impl FnMut(u64, Option<u64>),
 ) -> Result<u64> {
+    crate::batch::guard_output(output, &[input])?;
     let info = probe(input)?;
     let ffmpeg = tool("ffmpeg")?;
     // Processing size: --max-size, then even (yuv420p needs even sides).
@@ -201,10 +237,16 @@ pub fn stylize_video(
     let mut failure = None;
     for buf in rx {
         let frame = RgbImage::from_raw(w, h, buf).expect("frame size");
-        let out = stylize_frame(model, &frame, &opts.stylize, &mut stats);
+        let out = match stylize_frame(model, &frame, &opts.stylize, &mut stats) {
+            Ok(out) => out,
+            Err(c) => {
+                failure = Some(Err(c));
+                break;
+            }
+        };
         let out = blend.apply(&frame, out);
         if let Err(e) = sink.write_all(out.as_raw()) {
-            failure = Some(e);
+            failure = Some(Ok(e));
             break;
         }
         n += 1;
@@ -223,7 +265,10 @@ pub fn stylize_video(
             ),
         ));
     }
-    if let Some(e) = failure {
+    if let Some(Err(c)) = failure {
+        return Err(c.into());
+    }
+    if let Some(Ok(e)) = failure {
         return Err(Error::output(
             output,
             format!(
@@ -243,6 +288,14 @@ pub fn stylize_video(
     }
     if n == 0 {
         return Err(Error::image(input, "no frames could be decoded"));
+    }
+    #[cfg(unix)]
+    {
+        // tempfile creates 0600; give the video the usual permissions, as for pictures.
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tmp
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644));
     }
     tmp.persist(output)
         .map_err(|e| Error::output(output, e.error.to_string()))?;
@@ -334,4 +387,26 @@ pub fn read_frames(input: &Path) -> Result<Vec<RgbImage>> {
         .chunks_exact(fb)
         .map(|c| RgbImage::from_raw(info.width, info.height, c.to_vec()).expect("size"))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotated_and_anamorphic_streams_are_shown_at_their_display_size() {
+        let js = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        let plain = js(r#"{"sample_aspect_ratio": "1:1"}"#);
+        assert_eq!(display_size(320, 240, &plain), (320, 240));
+        let side =
+            js(r#"{"side_data_list": [{"side_data_type": "Display Matrix", "rotation": -90}]}"#);
+        assert_eq!(display_size(320, 240, &side), (240, 320));
+        let tag = js(r#"{"tags": {"rotate": "270"}}"#);
+        assert_eq!(display_size(320, 240, &tag), (240, 320));
+        let half = js(r#"{"side_data_list": [{"rotation": 180}]}"#);
+        assert_eq!(display_size(320, 240, &half), (320, 240));
+        // DVD widescreen: 720×480 coded, 32:27 pixels, shown at 853×480.
+        let wide = js(r#"{"sample_aspect_ratio": "32:27"}"#);
+        assert_eq!(display_size(720, 480, &wide), (853, 480));
+    }
 }

@@ -134,6 +134,15 @@ fn distill_trains_resumes_exactly_and_records_its_teacher() {
     let prov: serde_json::Value = serde_json::from_str(&m.metadata["impasto.provenance"]).unwrap();
     assert_eq!(prov["train"]["distill"]["stability_weight"], 2.0);
     assert_eq!(prov["steps_done"], steps + 2);
+    // Fewer steps than the checkpoint has done: refused (it once wrote `steps 1,
+    // steps_done 2`), naming the step to reach.
+    let o = distill_cmd(&data, &b, 1, &["--resume"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("past this run's 1 steps"),
+        "{}",
+        stderr(&o)
+    );
 
     // Provenance: made by distill, from great_wave, the live network, the teacher's look.
     let m = impasto::model::Transformer::load(&a).unwrap();

@@ -619,7 +619,9 @@ fn the_readme_first_command_works_without_shared() {
 #[test]
 fn two_training_runs_on_one_output_cannot_interleave() {
     let d = tempfile::tempdir().unwrap();
-    let img = d.path().join("p.png");
+    let photos = d.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    let img = photos.join("p.png");
     std::fs::write(&img, encode(&picture(32, 32), ImageFormat::Png)).unwrap();
     let out = d.path().join("t.safetensors");
     let train = |lock: String| {
@@ -629,7 +631,7 @@ fn two_training_runs_on_one_output_cannot_interleave() {
             "--style",
             s(&img),
             "--data",
-            s(d.path()),
+            s(&photos),
             "-o",
             s(&out),
             "--steps",

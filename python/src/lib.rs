@@ -113,21 +113,80 @@ fn decoded_array(d: Decoded) -> Array3<u8> {
     to_array(img)
 }
 
-fn options(strength: f32, preserve_color: bool, max_size: Option<u32>) -> PyResult<StylizeOptions> {
+fn options(strength: f32, preserve_color: bool, max_size: Option<i64>) -> PyResult<StylizeOptions> {
     if !(0.0..=1.0).contains(&strength) {
         return Err(PyValueError::new_err(format!(
             "strength {strength} must be between 0 and 1"
         )));
     }
-    if max_size == Some(0) {
-        return Err(PyValueError::new_err("max_size must be at least 1"));
-    }
+    let max_size = match max_size {
+        None => None,
+        Some(m) => Some(u32::try_from(m).ok().filter(|&m| m >= 1).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "max_size {m} must be a whole number of pixels from 1 to {}",
+                u32::MAX
+            ))
+        })?),
+    };
     Ok(StylizeOptions {
         strength,
         preserve_color,
         max_size,
         ..Default::default()
     })
+}
+
+/// Ctrl-C while the engine computes: Python sees a signal only when it runs, so the
+/// computation asks it (with the GIL, at most every 50 ms, between layers) and stops
+/// there; the `KeyboardInterrupt` is kept to be raised once the GIL is back.
+struct Interrupt {
+    error: Arc<std::sync::Mutex<Option<PyErr>>>,
+}
+
+impl Interrupt {
+    fn new() -> Self {
+        Interrupt {
+            error: Arc::default(),
+        }
+    }
+
+    fn cancel(&self) -> stylize::Cancel {
+        let error = self.error.clone();
+        let last = std::sync::Mutex::new(std::time::Instant::now());
+        stylize::Cancel::when(move || {
+            if error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                return true;
+            }
+            {
+                let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
+                if l.elapsed() < std::time::Duration::from_millis(50) {
+                    return false;
+                }
+                *l = std::time::Instant::now();
+            }
+            // Signals are delivered to the main thread only; elsewhere this is a no-op.
+            match Python::with_gil(|py| py.check_signals()) {
+                Ok(()) => false,
+                Err(e) => {
+                    *error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    true
+                }
+            }
+        })
+    }
+
+    /// The result, or the exception that stopped it.
+    fn result<T>(&self, r: Result<T, stylize::Cancelled>) -> PyResult<T> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(_) => Err(self
+                .error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_else(|| ImpastoError::new_err("stopped before it finished"))),
+        }
+    }
 }
 
 /// A style: a transformation network loaded once, usable from many threads.
@@ -172,14 +231,18 @@ impl Model {
         image: PyReadonlyArrayDyn<'py, u8>,
         strength: f32,
         preserve_color: bool,
-        max_size: Option<u32>,
+        max_size: Option<i64>,
     ) -> PyResult<Bound<'py, PyArray3<u8>>> {
-        let opts = options(strength, preserve_color, max_size)?;
+        let interrupt = Interrupt::new();
+        let opts = StylizeOptions {
+            cancel: interrupt.cancel(),
+            ..options(strength, preserve_color, max_size)?
+        };
         let input = to_image(&image)?;
         drop(image);
         let model = self.inner.clone();
-        let out = py.allow_threads(move || to_array(stylize::stylize(&model, input, &opts, None)));
-        Ok(out.into_pyarray(py))
+        let out = py.allow_threads(move || stylize::stylize(&model, input, &opts, None));
+        Ok(to_array(interrupt.result(out)?).into_pyarray(py))
     }
 
     #[pyo3(signature = (images, strength = 1.0, preserve_color = false, max_size = None))]
@@ -189,19 +252,27 @@ impl Model {
         images: Vec<PyReadonlyArrayDyn<'py, u8>>,
         strength: f32,
         preserve_color: bool,
-        max_size: Option<u32>,
+        max_size: Option<i64>,
     ) -> PyResult<Vec<Bound<'py, PyArray3<u8>>>> {
-        let opts = options(strength, preserve_color, max_size)?;
+        let interrupt = Interrupt::new();
+        let opts = StylizeOptions {
+            cancel: interrupt.cancel(),
+            ..options(strength, preserve_color, max_size)?
+        };
         let inputs = images.iter().map(to_image).collect::<PyResult<Vec<_>>>()?;
         drop(images);
         let model = self.inner.clone();
-        let outs: Vec<Array3<u8>> = py.allow_threads(move || {
+        let outs = py.allow_threads(move || {
             inputs
                 .into_iter()
-                .map(|i| to_array(stylize::stylize(&model, i, &opts, None)))
-                .collect()
+                .map(|i| stylize::stylize(&model, i, &opts, None).map(to_array))
+                .collect::<Result<Vec<Array3<u8>>, _>>()
         });
-        Ok(outs.into_iter().map(|a| a.into_pyarray(py)).collect())
+        Ok(interrupt
+            .result(outs)?
+            .into_iter()
+            .map(|a| a.into_pyarray(py))
+            .collect())
     }
 
     fn __repr__(&self) -> String {
@@ -252,6 +323,76 @@ fn write_image(py: Python<'_>, path: PathBuf, image: PyReadonlyArrayDyn<'_, u8>)
     drop(image);
     py.allow_threads(|| impasto::imageio::write_path(&img, &path))
         .map_err(to_py)
+}
+
+/// A plan's targets as file names (a plan from Python never writes to stdout).
+fn target_paths(items: Vec<(impasto::batch::Source, impasto::batch::Target)>) -> PyResult<Pairs> {
+    use impasto::batch::Target;
+    items
+        .into_iter()
+        .map(|(s, t)| match t {
+            Target::File(p) => Ok((s.name().display().to_string(), p.display().to_string())),
+            Target::Stdout(_) => Err(PyValueError::new_err(
+                "the output must be a file or folder, not - (stdout)",
+            )),
+        })
+        .collect()
+}
+
+/// `(input, output)` pairs.
+type Pairs = Vec<(String, String)>;
+type Plan = (Pairs, Vec<String>, Vec<String>, Vec<String>);
+
+/// The CLI's plan from inputs to outputs (`impasto stylize`'s walking, naming and guard):
+/// `(items, notes, warnings, errors)` with `items` as `(input, output)` paths.
+#[pyfunction]
+#[pyo3(signature = (inputs, output = None, format = None, overwrite_inputs = false, follow_links = false))]
+fn plan_batch(
+    py: Python<'_>,
+    inputs: Vec<String>,
+    output: Option<String>,
+    format: Option<String>,
+    overwrite_inputs: bool,
+    follow_links: bool,
+) -> PyResult<Plan> {
+    let req = impasto::batch::BatchRequest {
+        inputs,
+        output,
+        format,
+        overwrite_inputs,
+        walk: impasto::walk::WalkOptions { follow_links },
+    };
+    let b = py
+        .allow_threads(|| impasto::batch::plan(&req))
+        .map_err(to_py)?;
+    Ok((target_paths(b.items)?, b.notes, b.warnings, b.errors))
+}
+
+/// Targets in folder `output` for files listed elsewhere (`(path, relative name)` pairs,
+/// e.g. objects under an `s3://` prefix), named as [`plan_batch`] names them:
+/// `(items, notes)`.
+#[pyfunction]
+#[pyo3(signature = (sources, output, format = None))]
+fn plan_named(
+    sources: Vec<(String, String)>,
+    output: PathBuf,
+    format: Option<String>,
+) -> PyResult<(Pairs, Vec<String>)> {
+    use impasto::batch::{self, Source};
+    let sources: Vec<Source> = sources
+        .into_iter()
+        .map(|(path, rel)| Source::File {
+            path: path.into(),
+            rel: rel.into(),
+        })
+        .collect();
+    let targets = batch::folder_targets(&sources, &output, format.as_deref()).map_err(to_py)?;
+    let mut notes = Vec::new();
+    let targets = batch::distinct(&sources, targets, &mut notes);
+    Ok((
+        target_paths(sources.into_iter().zip(targets).collect())?,
+        notes,
+    ))
 }
 
 /// `impasto evaluate` as JSON text (the Python wrapper turns it into a dict).
@@ -361,6 +502,16 @@ fn train(
     on_progress: Option<PyObject>,
 ) -> PyResult<(String, u64, Vec<String>, String, String)> {
     use impasto::train::trainer::{self, Outcome, RunFiles, TrainRequest};
+    // Checked before anything runs: a bad callback found after the first step would leave
+    // a checkpoint that refuses the identical retry.
+    if let Some(cb) = &on_progress {
+        if !cb.bind(py).is_callable() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "on_progress must be callable (a function taking one dict), got {}",
+                cb.bind(py).get_type().name()?
+            )));
+        }
+    }
     let arch = match arch {
         "johnson" => impasto::model::Arch::Johnson,
         "seed" => impasto::model::Arch::Seed,
@@ -446,6 +597,8 @@ fn _impasto(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train, m)?)?;
     m.add_function(wrap_pyfunction!(decode_image, m)?)?;
     m.add_function(wrap_pyfunction!(write_image, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_named, m)?)?;
     m.add("ImpastoError", m.py().get_type::<ImpastoError>())?;
     m.add("ModelError", m.py().get_type::<ModelError>())?;
     Ok(())

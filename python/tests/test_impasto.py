@@ -108,6 +108,35 @@ def test_bad_input_raises(model, tmp_path):
     broken.write_bytes(COFFEE.read_bytes()[:2000])
     with pytest.raises(ValueError, match="broken.jpg"):
         impasto.read_image(broken)
+    for bad_size in (-1, 0, 2**40):
+        with pytest.raises(ValueError, match="max_size"):
+            model.stylize(smooth(8, 8), max_size=bad_size)
+    # A callback that is not callable is refused before the run starts (nothing written).
+    out = tmp_path / "never.safetensors"
+    with pytest.raises(TypeError, match="on_progress"):
+        impasto.train(COFFEE, tmp_path, out, on_progress=5)
+    assert list(tmp_path.glob("never*")) == []
+
+
+def test_ctrl_c_stops_a_stylize_between_layers(model):
+    """SIGINT lands while the engine computes, not after: a picture that takes seconds is
+    stopped within a fraction of a second with KeyboardInterrupt."""
+    import signal
+
+    big = smooth(1600, 1600)
+    t0 = time.perf_counter()
+    model.stylize(smooth(400, 400))
+    per_px = (time.perf_counter() - t0) / (400 * 400)
+    timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        model.stylize(big)
+    took = time.perf_counter() - t0
+    timer.join()
+    whole = per_px * 1600 * 1600
+    print(f"stopped after {took:.2f} s (the whole picture takes about {whole:.1f} s)")
+    assert took < 0.3 + 1.5 and took < whole / 2, (took, whole)
 
 
 def test_threads_run_while_the_engine_computes(model):

@@ -47,3 +47,57 @@ def test_ray_data_stylizes_a_folder_like_one_process(tmp_path):
         want = m.stylize(impasto.read_image(src_path), max_size=128)
         got = impasto.read_image(out / rel)
         assert np.array_equal(got, want), rel
+
+
+def test_the_ray_runner_keeps_the_clis_guarantees(tmp_path, monkeypatch, capsys):
+    """Originals refused, one output per input (relative inputs keep their tree, clashing
+    names get -2), and every refusal is one line with exit 2, before Ray starts."""
+    from impasto.ray import main, plan
+
+    photos = sorted((SHARED / "data" / "photos" / "val").glob("*.jpg"))[:2]
+    if len(photos) < 2:
+        pytest.skip(f"SKIPPED: needs 2 photos under {SHARED}/data/photos/val")
+    src = tmp_path / "in"
+    for d in ("p", "q"):
+        (src / d).mkdir(parents=True)
+        shutil.copy(photos[0], src / d / "a.jpg")
+    shutil.copy(photos[1], src / "c.jpg")
+    m = impasto.Model("great_wave")
+    impasto.write_image(src / "c.png", m.stylize(impasto.read_image(photos[1]), max_size=32))
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    monkeypatch.chdir(tmp_path)
+
+    # The plan: a relative input keeps its tree; c.jpg and c.png both want c.png.
+    pl = plan("in", "out", "png")
+    outs = sorted(pathlib.Path(o).as_posix() for _, o in pl.items)
+    assert outs == ["out/c-2.png", "out/c.png", "out/p/a.png", "out/q/a.png"], outs
+    assert len(pl.notes) == 1 and "c-2.png" in pl.notes[0]
+
+    # Refusals: exit 2, one line, nothing written, before Ray starts.
+    for argv, says in [
+        (["--style", "great_wave", "--input", "in", "--output", "in"], "overwrite the input"),
+        (["--style", "great_wave", "--input", "./in/../in", "--output", str(src)], "overwrite the input"),
+        (["--style", "no_such_style", "--input", "in", "--output", "out"], "no_such_style"),
+        (["--style", "great_wave", "--input", "missing", "--output", "out"], "missing"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
+    (tmp_path / "empty").mkdir()
+    assert main(["--style", "great_wave", "--input", "empty", "--output", "out"]) == 2
+    assert "no images" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "out").exists()
+
+    # A whole run from a relative input: four inputs, four files.
+    ray = pytest.importorskip("ray", reason="SKIPPED: ray is not installed (pip install 'ray[data]')")
+    try:
+        rc = main(["--style", "great_wave", "--input", "in", "--output", "out", "--ext", "png",
+                   "--max-size", "32", "--concurrency", "1"])
+    finally:
+        ray.shutdown()
+    assert rc == 0, capsys.readouterr().err
+    assert "4 of 4" in capsys.readouterr().out
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))
+    assert written == ["c-2.png", "c.png", "p/a.png", "q/a.png"], written
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before

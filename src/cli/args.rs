@@ -68,6 +68,44 @@ pub fn non_negative_f64(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// The most worker threads a run takes: more only costs (each thread's start and its
+/// share of every parallel loop) on any machine of today.
+pub const MAX_THREADS: usize = 256;
+
+/// A worker thread count, 1 to [`MAX_THREADS`].
+pub fn thread_count(s: &str) -> Result<usize, String> {
+    let v: usize = number(s)?;
+    if !(1..=MAX_THREADS).contains(&v) {
+        return Err(format!("must be from 1 to {MAX_THREADS}, got {v}"));
+    }
+    Ok(v)
+}
+
+/// The longest duration a flag takes: a day.
+pub const MAX_SECONDS: f64 = 86_400.0;
+
+/// A duration in seconds, more than 0 and at most a day.
+pub fn seconds(s: &str) -> Result<f64, String> {
+    let v = positive_f64(s)?;
+    if v > MAX_SECONDS {
+        return Err(format!(
+            "must be at most {MAX_SECONDS} seconds (a day), got {v}"
+        ));
+    }
+    Ok(v)
+}
+
+/// A duration in seconds, 0 or more and at most a day.
+pub fn seconds_or_zero(s: &str) -> Result<f64, String> {
+    let v = non_negative_f64(s)?;
+    if v > MAX_SECONDS {
+        return Err(format!(
+            "must be at most {MAX_SECONDS} seconds (a day), got {v}"
+        ));
+    }
+    Ok(v)
+}
+
 /// A fraction in [0, 1) (momentum: 1 would freeze the statistics forever).
 pub fn fraction_below_one(s: &str) -> Result<f32, String> {
     let v: f32 = number(s)?;

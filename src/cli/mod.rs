@@ -30,8 +30,8 @@ use std::path::PathBuf;
     propagate_version = true
 )]
 pub struct Cli {
-    /// Worker threads (default: all cores).
-    #[arg(long, global = true, env = "IMPASTO_THREADS")]
+    /// Worker threads, 1 to 256 (default: all cores; an empty IMPASTO_THREADS too).
+    #[arg(long, global = true, env = "IMPASTO_THREADS", value_parser = args::thread_count)]
     pub threads: Option<usize>,
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -71,11 +71,15 @@ pub enum Cmd {
         #[arg(short, long)]
         output: PathBuf,
         /// Store the weights as float16.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "f32")]
         half: bool,
         /// Store the conv weights as int8 with per-channel scales (a quarter of f32).
-        #[arg(long, conflicts_with = "half")]
+        #[arg(long, conflicts_with_all = ["half", "f32"])]
         int8: bool,
+        /// Store the weights as float32. Without --half, --int8 or --f32 the input's own
+        /// precision is kept.
+        #[arg(long)]
+        f32: bool,
         /// Record a thumbnail of the style painting in the file (for galleries such as
         /// `impasto serve`'s page).
         #[arg(long, value_name = "PAINTING")]
@@ -126,6 +130,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             output,
             half,
         } => {
+            impasto::batch::guard_output(&output, &[&input])?;
             let model = impasto::onnx::import(&input)?;
             model.save(&output, half)?;
             eprintln!(
@@ -142,6 +147,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Styles => sheet::list(),
         Cmd::Sheet(a) => sheet::sheet(a),
         Cmd::Export { model, output } => {
+            impasto::batch::guard_output(&output, &[&model])?;
             let m = Transformer::load(&model)?;
             impasto::onnx_export::export(&m, &output)?;
             eprintln!("wrote {} ({:?})", output.display(), m.config.arch);
@@ -152,17 +158,20 @@ pub fn run(cli: Cli) -> Result<i32> {
             output,
             half,
             int8,
+            f32,
             style_image,
             margin,
             no_margin,
         } => {
             use impasto::model::format::Precision;
-            let precision = match (half, int8) {
-                (_, true) => Precision::Int8,
-                (true, _) => Precision::F16,
-                _ => Precision::F32,
-            };
+            impasto::batch::guard_output(&output, &[&input])?;
             let mut m = Transformer::load(&input)?;
+            let precision = match (half, int8, f32) {
+                (_, true, _) => Precision::Int8,
+                (true, ..) => Precision::F16,
+                (.., true) => Precision::F32,
+                _ => Precision::of_file(&input)?,
+            };
             if let Some(p) = style_image {
                 let t = impasto::styles::painting_thumbnail(&p)?;
                 m.metadata.insert(impasto::styles::THUMBNAIL_KEY.into(), t);

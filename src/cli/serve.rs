@@ -32,18 +32,22 @@ pub struct Args {
     #[arg(long, default_value_t = ServeConfig::default().live_max_side, value_parser = super::args::at_least_u32(1))]
     live_max_side: u32,
     /// Seconds a request may take in all (queueing included) before the answer is 503.
-    #[arg(long, default_value_t = ServeConfig::default().timeout.as_secs_f64(), value_parser = super::args::positive_f64)]
+    #[arg(long, default_value_t = ServeConfig::default().timeout.as_secs_f64(), value_parser = super::args::seconds)]
     timeout: f64,
     /// Seconds a client may take to send a request's headers, or pause while sending its
     /// body (slow or stalled clients are disconnected, or answered 408).
-    #[arg(long, default_value_t = ServeConfig::default().read_timeout.as_secs_f64(), value_parser = super::args::positive_f64)]
+    #[arg(long, default_value_t = ServeConfig::default().read_timeout.as_secs_f64(), value_parser = super::args::seconds)]
     read_timeout: f64,
     /// Open connections at most; more are answered 503 and closed.
     #[arg(long, default_value_t = ServeConfig::default().max_connections, value_parser = super::args::at_least_usize(1))]
     max_connections: usize,
     /// On SIGTERM / Ctrl-C, seconds the requests in flight get to finish.
-    #[arg(long, default_value_t = ServeConfig::default().shutdown_grace.as_secs_f64(), value_parser = super::args::non_negative_f64)]
+    #[arg(long, default_value_t = ServeConfig::default().shutdown_grace.as_secs_f64(), value_parser = super::args::seconds_or_zero)]
     shutdown_grace: f64,
+    /// Seconds a live frame may take; a frame over it is stopped and answered with an
+    /// error, and the connection goes on with the next.
+    #[arg(long, default_value_t = ServeConfig::default().live_frame_budget.as_secs_f64(), value_parser = super::args::seconds)]
+    live_frame_budget: f64,
 }
 
 pub fn run(a: Args) -> Result<i32> {
@@ -61,6 +65,7 @@ pub fn run(a: Args) -> Result<i32> {
         read_timeout: Duration::from_secs_f64(a.read_timeout),
         max_connections: a.max_connections,
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
+        live_frame_budget: Duration::from_secs_f64(a.live_frame_budget),
     })?;
     Ok(0)
 }

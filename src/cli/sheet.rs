@@ -67,6 +67,10 @@ pub struct Args {
 
 pub fn sheet(a: Args) -> Result<i32> {
     impasto::imageio::format_for(&a.output)?;
+    let reads: Vec<&std::path::Path> = std::iter::once(a.photo.as_path())
+        .chain(a.styles.iter().map(std::path::Path::new))
+        .collect();
+    impasto::batch::guard_output(&a.output, &reads)?;
     let names: Vec<String> = if a.styles.is_empty() {
         impasto::styles::names()
             .into_iter()
@@ -113,7 +117,7 @@ pub fn sheet(a: Args) -> Result<i32> {
             image: original.clone(),
             has_alpha: false,
         };
-        tiles.push((label.clone(), stylize(m, d, &opts, None).to_rgb8()));
+        tiles.push((label.clone(), stylize(m, d, &opts, None)?.to_rgb8()));
     }
     let (tw, th) = tiles[0].1.dimensions();
     let cols = (tiles.len() as u32).min(a.columns.max(1));

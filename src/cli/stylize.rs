@@ -1,13 +1,13 @@
 //! `impasto stylize`: files, folders and stdin in; a file, a folder or stdout out.
 use anyhow::{bail, Result};
-use image::ImageFormat;
+use impasto::batch::{self, Source, Target};
 use impasto::imageio;
 use impasto::model::Transformer;
 use impasto::stylize::{stylize, StylizeOptions};
 use impasto::Error;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 /// What the result looks like: the options `stylize` and `video` share.
@@ -78,8 +78,12 @@ pub struct Args {
     #[command(flatten)]
     look: Look,
     /// Output format for folders and stdout (default: the input's, else png).
-    #[arg(long, value_parser = ["png", "jpg", "webp"])]
+    #[arg(long, value_parser = batch::OUTPUT_FORMATS)]
     format: Option<String>,
+    /// Follow links that lead out of an input folder (by default only links that stay
+    /// inside it are followed, and the others are reported).
+    #[arg(long = "follow")]
+    follow_links: bool,
     /// One JSON record per image on stdout.
     #[arg(long)]
     json: bool,
@@ -106,153 +110,45 @@ pub(super) fn parse_strength(s: &str) -> Result<f32, String> {
     }
 }
 
-#[derive(Debug, Clone)]
-enum Input {
-    Stdin,
-    File { path: PathBuf, rel: PathBuf },
-}
-
-#[derive(Debug, Clone)]
-enum Output {
-    Stdout(ImageFormat),
-    File(PathBuf),
-}
-
-const IMAGE_EXTS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "jfif"];
-
-fn format_named(s: &str) -> ImageFormat {
-    match s {
-        "jpg" => ImageFormat::Jpeg,
-        "webp" => ImageFormat::WebP,
-        _ => ImageFormat::Png,
-    }
-}
-
-/// The output extension for an input file: --format, else the input's own if we can write it.
-fn out_ext(a: &Args, input: &Path) -> String {
-    if let Some(f) = &a.format {
-        return f.clone();
-    }
-    match input
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(|e| e.to_ascii_lowercase())
-    {
-        Some(e) if e == "jpg" || e == "jpeg" => "jpg".into(),
-        Some(e) if e == "webp" => "webp".into(),
-        _ => "png".into(),
-    }
-}
-
 pub fn run(a: Args) -> Result<i32> {
-    // Gather inputs. Unreadable folders and link loops are reported; the rest is done.
-    let mut inputs = Vec::new();
-    let mut any_dir = false;
-    let mut walk_failed = 0usize;
-    for s in &a.inputs {
-        if s == "-" {
-            inputs.push(Input::Stdin);
-            continue;
-        }
-        let p = PathBuf::from(s);
-        if p.is_dir() {
-            any_dir = true;
-            let w = impasto::walk::images(&p, &IMAGE_EXTS);
-            for l in &w.loops {
-                eprintln!(
-                    "impasto: warning: {}: skipped: a link to a folder already searched (link loop)",
-                    l.display()
-                );
-            }
-            for (d, e) in &w.unreadable {
-                walk_failed += 1;
-                eprintln!("impasto: error: {}: cannot read folder: {e}", d.display());
-            }
-            if w.files.is_empty() && w.unreadable.is_empty() {
-                eprintln!("impasto: warning: {}: no images found", p.display());
-            }
-            inputs.extend(w.files.into_iter().map(|f| Input::File {
-                path: f.path,
-                rel: f.rel,
-            }));
-        } else {
-            let rel = PathBuf::from(p.file_name().unwrap_or(p.as_os_str()));
-            inputs.push(Input::File { path: p, rel });
-        }
+    // The plan from inputs to outputs is the library's: walking, naming, and the guard
+    // against writing over an input. Unreadable folders and link loops are reported; the
+    // rest is done.
+    let batch = batch::plan(&batch::BatchRequest {
+        inputs: a.inputs.clone(),
+        output: a.output.clone(),
+        format: a.format.clone(),
+        overwrite_inputs: a.overwrite_inputs,
+        walk: impasto::walk::WalkOptions {
+            follow_links: a.follow_links,
+        },
+    })
+    .map_err(|e| match e {
+        Error::Usage(m) if m.contains("overwrite the input") => Error::Usage(format!(
+            "{m} (or pass --overwrite-inputs to replace the originals)"
+        )),
+        e => e,
+    })?;
+    for w in &batch.warnings {
+        eprintln!("impasto: warning: {w}");
     }
-    if inputs.is_empty() {
+    for e in &batch.errors {
+        eprintln!("impasto: error: {e}");
+    }
+    for n in &batch.notes {
+        eprintln!("impasto: note: {n}");
+    }
+    let walk_failed = batch.errors.len();
+    if batch.items.is_empty() {
         // Only folders were given, and they hold no images (said above).
         return Ok(if walk_failed > 0 { 2 } else { 0 });
     }
-    if inputs.iter().filter(|i| matches!(i, Input::Stdin)).count() > 1 {
-        bail!(Error::Usage("stdin (-) can be read only once".into()));
-    }
-    let many = any_dir || inputs.len() > 1;
-
-    // Decide outputs.
-    let outs: Vec<Output> = if many {
-        if a.output.as_deref() == Some("-") {
-            bail!(Error::Usage(
-                "several images cannot all go to stdout; give -o a folder".into()
-            ));
-        }
-        let dir = PathBuf::from(a.output.clone().unwrap_or_else(|| "stylized".into()));
-        if dir.exists() && !dir.is_dir() {
-            bail!(Error::Usage(format!(
-                "{}: several inputs need an output folder, and this is a file",
-                dir.display()
-            )));
-        }
-        inputs
+    if a.json
+        && batch
+            .items
             .iter()
-            .map(|i| match i {
-                Input::Stdin => Output::File(
-                    dir.join(format!("stdin.{}", a.format.as_deref().unwrap_or("png"))),
-                ),
-                Input::File { path, rel } => {
-                    Output::File(dir.join(rel).with_extension(out_ext(&a, path)))
-                }
-            })
-            .collect()
-    } else {
-        let out = match (&inputs[0], a.output.as_deref()) {
-            (Input::Stdin, None) | (_, Some("-")) => {
-                Output::Stdout(format_named(a.format.as_deref().unwrap_or("png")))
-            }
-            (Input::File { path, .. }, None) => {
-                let stem = path
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().to_string())
-                    .unwrap_or_else(|| "image".into());
-                Output::File(path.with_file_name(format!("{stem}.stylized.{}", out_ext(&a, path))))
-            }
-            (i, Some(o)) => {
-                let op = PathBuf::from(o);
-                if op.is_dir() || o.ends_with('/') {
-                    let name = match i {
-                        Input::Stdin => format!("stdin.{}", a.format.as_deref().unwrap_or("png")),
-                        Input::File { path, .. } => {
-                            let stem = path
-                                .file_stem()
-                                .map(|s| s.to_string_lossy().to_string())
-                                .unwrap_or_default();
-                            format!("{stem}.{}", out_ext(&a, path))
-                        }
-                    };
-                    Output::File(op.join(name))
-                } else {
-                    imageio::format_for(&op)?;
-                    Output::File(op)
-                }
-            }
-        };
-        vec![out]
-    };
-    let outs = distinct_outputs(&inputs, outs)?;
-    if !a.overwrite_inputs {
-        refuse_inputs_as_outputs(&inputs, &outs)?;
-    }
-    if a.json && outs.iter().any(|o| matches!(o, Output::Stdout(_))) {
+            .any(|(_, t)| matches!(t, Target::Stdout(_)))
+    {
         bail!(Error::Usage(
             "--json writes to stdout, which the image already uses; give -o a file".into()
         ));
@@ -265,8 +161,8 @@ pub fn run(a: Args) -> Result<i32> {
         ..a.look.options()
     };
 
-    let bar = if many {
-        ProgressBar::new(inputs.len() as u64)
+    let bar = if batch.many {
+        ProgressBar::new(batch.items.len() as u64)
     } else {
         ProgressBar::hidden()
     };
@@ -275,8 +171,8 @@ pub fn run(a: Args) -> Result<i32> {
             .unwrap(),
     );
     let mut failed = 0usize;
-    for (input, out) in inputs.iter().zip(&outs) {
-        let name = input_name(input);
+    for (input, out) in &batch.items {
+        let name = input.name();
         bar.set_message(name.display().to_string());
         let t0 = Instant::now();
         match one(&model, input, out, &opts, a.max_pixels) {
@@ -284,7 +180,7 @@ pub fn run(a: Args) -> Result<i32> {
                 if a.json {
                     let rec = serde_json::json!({
                         "input": name.display().to_string(),
-                        "output": match out { Output::File(p) => p.display().to_string(), Output::Stdout(_) => "-".into() },
+                        "output": match out { Target::File(p) => p.display().to_string(), Target::Stdout(_) => "-".into() },
                         "width": w, "height": h,
                         "seconds": t0.elapsed().as_secs_f64(),
                         "device": "cpu",
@@ -319,7 +215,7 @@ pub fn run(a: Args) -> Result<i32> {
     }
     bar.finish_and_clear();
     if failed > 0 {
-        eprintln!("impasto: {failed} of {} images failed", inputs.len());
+        eprintln!("impasto: {failed} of {} images failed", batch.items.len());
         return Ok(2);
     }
     if walk_failed > 0 {
@@ -329,115 +225,15 @@ pub fn run(a: Args) -> Result<i32> {
     Ok(0)
 }
 
-/// The key under which two output paths are the same file: lower case, so that a
-/// case-insensitive file system (macOS, Windows) cannot merge them either.
-fn clash_key(p: &Path) -> String {
-    p.to_string_lossy().to_lowercase()
-}
-
-/// Give every input its own output file: where two inputs map to one name (`a/x.jpg` and
-/// `b/x.jpg` into one folder, `y.bmp` and `y.tiff` both to `y.png`), the later ones get
-/// `NAME-2.EXT`, `NAME-3.EXT`, … and a note says so.
-fn distinct_outputs(inputs: &[Input], outs: Vec<Output>) -> Result<Vec<Output>> {
-    use std::collections::{HashMap, HashSet};
-    let mut taken: HashSet<String> = outs
-        .iter()
-        .filter_map(|o| match o {
-            Output::File(p) => Some(clash_key(p)),
-            Output::Stdout(_) => None,
-        })
-        .collect();
-    let mut first: HashMap<String, usize> = HashMap::new();
-    let mut result = Vec::with_capacity(outs.len());
-    for (i, o) in outs.into_iter().enumerate() {
-        let Output::File(p) = o else {
-            result.push(o);
-            continue;
-        };
-        let key = clash_key(&p);
-        let Some(&j) = first.get(&key) else {
-            first.insert(key, i);
-            result.push(Output::File(p));
-            continue;
-        };
-        let stem = p
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let ext = p
-            .extension()
-            .map(|e| format!(".{}", e.to_string_lossy()))
-            .unwrap_or_default();
-        let q = (2..)
-            .map(|n| p.with_file_name(format!("{stem}-{n}{ext}")))
-            .find(|q| !taken.contains(&clash_key(q)))
-            .expect("some name is free");
-        taken.insert(clash_key(&q));
-        first.insert(clash_key(&q), i);
-        eprintln!(
-            "impasto: note: {} and {} would both be written to {}; writing the second to {}",
-            input_name(&inputs[j]).display(),
-            input_name(&inputs[i]).display(),
-            p.display(),
-            q.display()
-        );
-        result.push(Output::File(q));
-    }
-    Ok(result)
-}
-
-fn input_name(i: &Input) -> PathBuf {
-    match i {
-        Input::Stdin => PathBuf::from("<stdin>"),
-        Input::File { path, .. } => path.clone(),
-    }
-}
-
-/// The file a path names once links are followed, if it exists (or its folder does).
-fn resolved(p: &Path) -> Option<PathBuf> {
-    if let Ok(c) = std::fs::canonicalize(p) {
-        return Some(c);
-    }
-    let dir = match p.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    Some(std::fs::canonicalize(dir).ok()?.join(p.file_name()?))
-}
-
-/// Never write over an input unless asked to: `-o` naming an input (or the input folder
-/// itself, through links or not) would replace the originals with their stylizations.
-fn refuse_inputs_as_outputs(inputs: &[Input], outs: &[Output]) -> Result<()> {
-    let ins: std::collections::HashMap<PathBuf, &Path> = inputs
-        .iter()
-        .filter_map(|i| match i {
-            Input::File { path, .. } => Some((resolved(path)?, path.as_path())),
-            Input::Stdin => None,
-        })
-        .collect();
-    for o in outs {
-        if let Output::File(p) = o {
-            if let Some(input) = resolved(p).and_then(|r| ins.get(&r)) {
-                bail!(Error::Usage(format!(
-                    "{}: the output would overwrite the input image {}; choose another -o (or pass --overwrite-inputs to replace the originals)",
-                    p.display(),
-                    input.display()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
 fn one(
     model: &Transformer,
-    input: &Input,
-    out: &Output,
+    input: &Source,
+    out: &Target,
     opts: &StylizeOptions,
     max_pixels: u64,
 ) -> Result<(u32, u32)> {
     let decoded = match input {
-        Input::Stdin => {
+        Source::Stdin => {
             let mut buf = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut buf)
@@ -448,7 +244,7 @@ fn one(
                 &imageio::Limits::max_pixels(max_pixels),
             )?
         }
-        Input::File { path, .. } => {
+        Source::File { path, .. } => {
             imageio::read_path(path, &imageio::Limits::max_pixels(max_pixels))?
         }
     };
@@ -464,18 +260,18 @@ fn one(
         tbar.set_length(total);
         tbar.set_position(done);
     };
-    let img = stylize(model, decoded, opts, Some(&progress));
+    let img = stylize(model, decoded, opts, Some(&progress)).map_err(Error::from)?;
     tbar.finish_and_clear();
     let (w, h) = (img.width(), img.height());
     match out {
-        Output::Stdout(f) => {
+        Target::Stdout(f) => {
             let mut buf = Vec::new();
             imageio::encode(&img, *f, &mut buf)?;
             let mut so = std::io::stdout().lock();
             so.write_all(&buf)?;
             so.flush()?;
         }
-        Output::File(p) => {
+        Target::File(p) => {
             if let Some(d) = p.parent() {
                 if !d.as_os_str().is_empty() {
                     std::fs::create_dir_all(d).map_err(|e| {

@@ -402,6 +402,7 @@ pub struct OptimizeArgs {
 
 pub fn optimize(a: OptimizeArgs) -> Result<i32> {
     impasto::imageio::format_for(&a.output)?;
+    impasto::batch::guard_output(&a.output, &[&a.content, &a.style])?;
     let vgg_net = Vgg16::load(&vgg::locate(a.vgg.as_deref())?)?;
     let content = trainer::load_style(&a.content, Some(a.max_size))?;
     let style = trainer::load_style(&a.style, Some(a.style_size))?;
@@ -414,7 +415,7 @@ pub fn optimize(a: OptimizeArgs) -> Result<i32> {
         .unwrap(),
     );
     let t0 = std::time::Instant::now();
-    let (y, fin) = impasto::train::optimize::optimize(
+    let result = impasto::train::optimize::optimize(
         &vgg_net,
         &content,
         &style,
@@ -433,15 +434,12 @@ pub fn optimize(a: OptimizeArgs) -> Result<i32> {
                 });
             }
         },
-    );
+    ).map_err(|e| match e {
+        Error::Diverged(m) => Error::Diverged(format!("{m}; nothing was written to {} (try a smaller --lr)", a.output.display())),
+        e => e,
+    });
     bar.finish_and_clear();
-    if !fin.total.is_finite() || y.data.iter().any(|v| !v.is_finite()) {
-        return Err(Error::Usage(format!(
-            "the loss became {} (content {}, style {}, tv {}); nothing was written to {}: lower --lr or the loss weights",
-            fin.total, fin.content, fin.style, fin.tv, a.output.display()
-        ))
-        .into());
-    }
+    let (y, fin) = result?;
     let (h, w) = (y.h, y.w);
     let img = image::RgbImage::from_fn(w as u32, h as u32, |x, yy| {
         let i = yy as usize * w + x as usize;

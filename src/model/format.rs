@@ -22,6 +22,24 @@ pub enum Precision {
     Int8,
 }
 
+impl Precision {
+    /// How a model file stores its weights: int8 if any tensor is, else f16 if any tensor is
+    /// a 16-bit float, else f32 (so that a rewrite can keep it).
+    pub fn of_file(path: &Path) -> Result<Precision> {
+        let bytes = crate::io::read_regular(path, MAX_FILE_BYTES, "model file")?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::model(path, format!("bad safetensors data: {e}")))?;
+        let dtypes: Vec<Dtype> = st.tensors().iter().map(|(_, v)| v.dtype()).collect();
+        Ok(if dtypes.contains(&Dtype::I8) {
+            Precision::Int8
+        } else if dtypes.iter().any(|d| matches!(d, Dtype::F16 | Dtype::BF16)) {
+            Precision::F16
+        } else {
+            Precision::F32
+        })
+    }
+}
+
 /// Suffix of an int8 tensor's per-row scales.
 pub const Q8_SCALE: &str = ".q8_scale";
 
@@ -37,14 +55,7 @@ pub const MAX_FILE_BYTES: u64 = 1 << 30;
 
 impl TensorFile {
     pub fn read(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if meta.len() > MAX_FILE_BYTES {
-            return Err(Error::model(
-                path,
-                format!("file is {} bytes, over the 1 GiB limit", meta.len()),
-            ));
-        }
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::io::read_regular(path, MAX_FILE_BYTES, "model file")?;
         Self::from_bytes(&bytes).map_err(|msg| Error::model(path, msg))
     }
 

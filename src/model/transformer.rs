@@ -150,6 +150,12 @@ pub trait StatsSource {
     fn stats(&mut self, index: usize, x: &Activation, eps: f64) -> Option<NormStats>;
 }
 
+impl<S: StatsSource + ?Sized> StatsSource for &mut S {
+    fn stats(&mut self, index: usize, x: &Activation, eps: f64) -> Option<NormStats> {
+        (**self).stats(index, x, eps)
+    }
+}
+
 /// Statistics of the tensor itself: ordinary instance norm.
 pub struct OwnStats;
 

@@ -43,6 +43,17 @@ impl ApiError {
             ),
         )
     }
+    /// A live frame stopped at its time budget.
+    pub fn frame_too_slow(budget: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "frame-too-slow",
+            format!(
+                "the frame was stopped after this server's budget of {:.1} s per live frame; choose a smaller max_size, scale or margin",
+                budget.as_secs_f64()
+            ),
+        )
+    }
     pub fn unknown_style(app: &App, name: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -69,6 +80,7 @@ impl From<crate::Error> for ApiError {
         let status = match &e {
             E::Image { .. } => StatusCode::BAD_REQUEST,
             E::ImageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            E::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = match &e {
@@ -155,12 +167,12 @@ pub async fn guard(req: axum::extract::Request, next: axum::middleware::Next) ->
     let text = clip(String::from_utf8_lossy(&text).trim(), 300);
     let message = match status {
         StatusCode::METHOD_NOT_ALLOWED => {
-            let allow = parts
+            // The router adds its `Allow` header after this layer: name the methods from
+            // the route table instead.
+            let allow = allowed_methods(&path);
+            parts
                 .headers
-                .get(header::ALLOW)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
             format!("{method} is not allowed on {path} (allowed: {allow})")
         }
         _ if text.is_empty() => format!(
@@ -176,6 +188,14 @@ pub async fn guard(req: axum::extract::Request, next: axum::middleware::Next) ->
         HeaderValue::from_static("application/json"),
     );
     Response::from_parts(parts, Body::from(e.json().to_string()))
+}
+
+/// The methods each route of [`super::router`] answers.
+fn allowed_methods(path: &str) -> &'static str {
+    match path {
+        "/v1/stylize" => "POST",
+        _ => "GET, HEAD",
+    }
 }
 
 pub async fn page() -> Html<&'static str> {
@@ -220,12 +240,8 @@ pub async fn styles(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value
                 }
                 None => serde_json::Value::Null,
             };
-            let twin = format!("{}{}", s.name, crate::styles::LIVE_SUFFIX);
-            let live = app.styles.get(&twin).map(|_| twin);
-            let teacher = s
-                .name
-                .strip_suffix(crate::styles::LIVE_SUFFIX)
-                .filter(|t| app.styles.get(t).is_some());
+            let live = app.styles.twin_of(&s.name).map(|t| t.name.clone());
+            let teacher = app.styles.teacher_of(&s.name).map(|t| t.name.clone());
             serde_json::json!({
                 "name": s.name,
                 "source": s.source,
@@ -485,12 +501,24 @@ async fn from_multipart(
             .bytes()
             .await
             .map_err(|e| ApiError::bad(format!("bad multipart request: {e}")))?;
-        // The field `image` wins over any earlier file; otherwise the first file.
-        if name == "image" || (is_file && image.is_none()) {
+        // One picture, and each parameter once (here or in the query): an ambiguous
+        // request is refused rather than half-used.
+        if name == "image" || is_file {
+            if image.is_some() {
+                return Err(ApiError::bad(
+                    "multipart request with more than one image file; send one picture per request",
+                ));
+            }
             image = Some(data);
-        } else if !is_file {
+        } else {
             let v = String::from_utf8_lossy(&data).into_owned();
-            params.entry(name).or_insert(v);
+            if params.contains_key(&name) {
+                return Err(ApiError::bad(format!(
+                    "parameter {:?} is given twice (in the query and the form, or twice in the form); give it once",
+                    clip(&name, 64)
+                )));
+            }
+            params.insert(name, v);
         }
     }
     image.ok_or_else(|| ApiError::bad("multipart request without an image file field"))
@@ -498,10 +526,40 @@ async fn from_multipart(
 
 pub async fn stylize(
     State(app): State<Arc<App>>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let mut query = HashMap::new();
+    for (k, v) in pairs {
+        if query.contains_key(&k) {
+            return ApiError::bad(format!(
+                "parameter {:?} is given twice in the query; give it once",
+                clip(&k, 64)
+            ))
+            .into_response();
+        }
+        query.insert(k, v);
+    }
+    if let Some(enc) = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|e| !e.is_empty() && e != "identity")
+    {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            format!(
+                "content-encoding {:?} is not accepted: send the picture's bytes as they are (images are already compressed)",
+                clip(&enc, 64)
+            ),
+        )
+        .into_response();
+    }
     let limit = app.cfg.timeout;
     match tokio::time::timeout(limit, stylize_inner(app.clone(), query, headers, body)).await {
         Ok(Ok(r)) => r,
@@ -543,17 +601,27 @@ async fn stylize_inner(
         ));
     }
     let ticket = app.pool.admit().ok_or_else(|| ApiError::busy(&app))?;
+    // When this future is dropped (the request timed out, or its client left), the work
+    // stops at its next layer and the worker is free again.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stop_on_drop = super::StopOnDrop(stop.clone());
     let model = app
         .styles
         .get(&params.style)
         .expect("checked")
         .model
         .clone();
-    let opts = params.options(app.cfg.max_side);
+    let opts = StylizeOptions {
+        cancel: app.cancel(&stop),
+        ..params.options(app.cfg.max_side)
+    };
     let max_pixels = app.cfg.max_pixels;
     let fmt = params.format;
     let job = move || -> Result<(Vec<u8>, ImageFormat, u32, u32, f64), ApiError> {
         let t0 = Instant::now();
+        if opts.cancel.is_cancelled() {
+            return Err(crate::Error::Cancelled.into());
+        }
         let decoded = crate::imageio::read_bytes(
             &bytes,
             std::path::Path::new("request body"),
@@ -564,7 +632,7 @@ async fn stylize_inner(
             Ok(ImageFormat::WebP) => ImageFormat::WebP,
             _ => ImageFormat::Png,
         });
-        let out = run_stylize(&model, decoded, &opts, None);
+        let out = run_stylize(&model, decoded, &opts, None).map_err(crate::Error::from)?;
         let mut buf = Vec::new();
         crate::imageio::encode(&out, fmt, &mut buf).map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encode", e.to_string())

@@ -11,7 +11,7 @@
 //! its instance-norm statistics across frames (as `impasto video --smooth` does) so the
 //! picture does not flicker; a new style starts afresh.
 
-use super::api::{ApiError, Params};
+use super::api::{clip, ApiError, Params};
 use super::App;
 use crate::stylize::{stylize_frame, SmoothStats};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -44,10 +44,14 @@ struct Shared {
 
 async fn session(app: Arc<App>, socket: WebSocket) {
     let (mut tx, mut rx) = socket.split();
+    // Set when this session ends (the client left): a frame being stylized stops.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let _stop_on_drop = super::StopOnDrop(stop.clone());
     let shared = Arc::new(Shared::default());
     // Text records for the client besides the frames' own: errors and skipped-frame notices.
     let (err_tx, mut err_rx) = mpsc::channel::<String>(64);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
+    let (close_tx, mut close_rx) = mpsc::channel::<(u16, String)>(1);
 
     // Reader: settings and frames in; the newest frame waits in the slot.
     let reader = {
@@ -55,7 +59,29 @@ async fn session(app: Arc<App>, socket: WebSocket) {
         tokio::spawn(async move {
             let mut params: Option<Params> = None;
             let mut n = 0u64;
-            while let Some(Ok(msg)) = rx.next().await {
+            while let Some(msg) = rx.next().await {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // A message over --max-bytes (or a broken frame): say why in the
+                        // close frame, as RFC 6455 asks (1009: too big to process).
+                        let text = e.to_string();
+                        let too_big = text.contains("too long") || text.contains("limit");
+                        let (code, reason) = if too_big {
+                            (
+                                1009,
+                                format!(
+                                    "message over this server's limit of {} bytes",
+                                    app.cfg.max_bytes
+                                ),
+                            )
+                        } else {
+                            (1002, clip(&text, 100))
+                        };
+                        let _ = close_tx.send((code, reason)).await;
+                        break;
+                    }
+                };
                 match msg {
                     Message::Text(t) => match settings(&t, &app) {
                         Ok(p) => params = Some(p),
@@ -94,6 +120,12 @@ async fn session(app: Arc<App>, socket: WebSocket) {
     let mut smooth: Option<(String, SmoothStats)> = None;
     loop {
         tokio::select! {
+            biased;
+            Some((code, reason)) = close_rx.recv() => {
+                let frame = axum::extract::ws::CloseFrame { code, reason: reason.into() };
+                let _ = tx.send(Message::Close(Some(frame))).await;
+                break;
+            }
             _ = done_rx.recv() => break,
             Some(e) = err_rx.recv() => {
                 if tx.send(Message::Text(e.into())).await.is_err() { break; }
@@ -114,11 +146,22 @@ async fn session(app: Arc<App>, socket: WebSocket) {
                     _ => SmoothStats::new(MOMENTUM),
                 };
                 let max_side = params.max_size.unwrap_or(app.cfg.live_max_side).min(app.cfg.live_max_side);
-                let opts = params.options(max_side);
+                // Each frame has a time budget; the connection's end and the server's halt
+                // stop it too.
+                let budget = app.cfg.live_frame_budget;
+                let opts = crate::stylize::StylizeOptions {
+                    cancel: app.cancel(&stop),
+                    ..params.options(max_side)
+                };
                 let max_pixels = app.cfg.max_pixels;
                 let job = move || {
                     let t0 = Instant::now();
-                    let r = frame(&bytes, max_pixels, max_side, &model, &opts, &mut stats);
+                    let deadline = t0 + budget;
+                    let opts = crate::stylize::StylizeOptions {
+                        cancel: opts.cancel.clone().or(crate::stylize::Cancel::when(move || Instant::now() > deadline)),
+                        ..opts
+                    };
+                    let r = frame(&bytes, max_pixels, max_side, &model, &opts, &mut stats, budget);
                     (r, stats, t0.elapsed().as_secs_f64() * 1e3)
                 };
                 let (r, stats, ms) = match app.pool.run_on(worker, job).await {
@@ -166,7 +209,40 @@ fn settings(text: &str, app: &App) -> Result<Params, ApiError> {
         };
         q.insert(k.clone(), s);
     }
-    Params::parse(&q, app)
+    let p = Params::parse(&q, app)?;
+    refuse_costly(&p, app)?;
+    Ok(p)
+}
+
+/// Refuse live settings whose frames would cost far more than the budget allows: the
+/// network's padded input at the largest frame this server takes, against that of a plain
+/// frame (`live_max_side`, margin 64) with room for twice that.
+fn refuse_costly(p: &Params, app: &App) -> Result<(), ApiError> {
+    let side = p
+        .max_size
+        .unwrap_or(app.cfg.live_max_side)
+        .min(app.cfg.live_max_side) as f64;
+    let factor = match p.scale {
+        crate::stylize::Scale::Factor(f) => f as f64,
+        crate::stylize::Scale::Auto => 1.0,
+    };
+    let model = &app.styles.get(&p.style).expect("checked").model;
+    let margin = p
+        .margin
+        .or(model.margin())
+        .unwrap_or(crate::stylize::DEFAULT_MARGIN) as f64;
+    let cost = (side / factor + 2.0 * margin).powi(2);
+    let allowed = 2.0 * (app.cfg.live_max_side as f64 + 128.0).powi(2);
+    if cost > allowed {
+        return Err(ApiError::bad(format!(
+            "these live settings cost too much per frame: {:.0}x{:.0} pixels through the network at max_size {side}, scale {factor}, margin {margin} (this server allows about {:.0}x{:.0}); raise scale or lower margin or max_size",
+            side / factor + 2.0 * margin,
+            side / factor + 2.0 * margin,
+            allowed.sqrt(),
+            allowed.sqrt()
+        )));
+    }
+    Ok(())
 }
 
 /// One live frame as a WebSocket connection handles it, with the live defaults (settings
@@ -183,9 +259,17 @@ pub fn default_frame(
         ..Default::default()
     };
     let st = stats.get_or_insert_with(|| SmoothStats::new(MOMENTUM));
-    frame(bytes, u64::MAX, max_side, model, &opts, st)
-        .map(|(jpg, _, _)| jpg)
-        .map_err(|e| e.json().to_string())
+    frame(
+        bytes,
+        u64::MAX,
+        max_side,
+        model,
+        &opts,
+        st,
+        std::time::Duration::MAX,
+    )
+    .map(|(jpg, _, _)| jpg)
+    .map_err(|e| e.json().to_string())
 }
 
 fn frame(
@@ -195,6 +279,7 @@ fn frame(
     model: &crate::model::Transformer,
     opts: &crate::stylize::StylizeOptions,
     stats: &mut SmoothStats,
+    budget: std::time::Duration,
 ) -> Result<(Vec<u8>, u32, u32), ApiError> {
     let d = crate::imageio::read_bytes(
         bytes,
@@ -207,7 +292,8 @@ fn frame(
         d.image
     };
     let rgb = img.to_rgb8();
-    let out = stylize_frame(model, &rgb, opts, stats);
+    let out =
+        stylize_frame(model, &rgb, opts, stats).map_err(|_| ApiError::frame_too_slow(budget))?;
     let jpg = crate::imageio::encode_jpeg(&out, 85)
         .map_err(|e| ApiError::bad(format!("cannot encode the frame: {e}")))?;
     Ok((jpg, out.width(), out.height()))

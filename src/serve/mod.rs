@@ -57,8 +57,13 @@ pub struct ServeConfig {
     pub read_timeout: Duration,
     /// Open connections at most; more are answered 503 at once and closed.
     pub max_connections: usize,
-    /// On SIGTERM / Ctrl-C, requests in flight get this long to finish.
+    /// On SIGTERM / Ctrl-C, requests in flight get this long to finish; then their work is
+    /// stopped and the process ends.
     pub shutdown_grace: Duration,
+    /// A live frame that takes longer is stopped (at the next layer) and answered with an
+    /// error; settings whose frames would cost far more than a frame at `live_max_side` are
+    /// refused up front.
+    pub live_frame_budget: Duration,
 }
 
 impl Default for ServeConfig {
@@ -79,6 +84,7 @@ impl Default for ServeConfig {
             read_timeout: Duration::from_secs(10),
             max_connections: 256,
             shutdown_grace: Duration::from_secs(30),
+            live_frame_budget: Duration::from_secs(2),
         }
     }
 }
@@ -88,6 +94,37 @@ pub struct App {
     pub cfg: ServeConfig,
     pub styles: Registry,
     pub pool: Pool,
+    /// Set when the shutdown grace is over: all work in flight stops at its next layer.
+    pub halt: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl App {
+    pub fn new(cfg: ServeConfig, styles: Registry) -> App {
+        let pool = Pool::new(cfg.workers, cfg.queue);
+        App {
+            cfg,
+            styles,
+            pool,
+            halt: Arc::default(),
+        }
+    }
+
+    /// A stop for one piece of work: when `stop` is set (its client left or its time ran
+    /// out) or when the server halts.
+    pub fn cancel(&self, stop: &Arc<std::sync::atomic::AtomicBool>) -> crate::stylize::Cancel {
+        use crate::stylize::Cancel;
+        Cancel::flag(stop.clone()).or(Cancel::flag(self.halt.clone()))
+    }
+}
+
+/// Sets its flag when dropped: a request handler holds one, so that a request whose
+/// future is dropped (it timed out, or its client disconnected) stops its computation.
+pub struct StopOnDrop(pub Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The router, for embedding in another server or for tests.
@@ -128,9 +165,8 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         .build()
         .map_err(|e| Error::Server(format!("cannot start the server runtime: {e}")))?;
     let addr = cfg.addr;
-    let pool = Pool::new(cfg.workers, cfg.queue);
-    let app = Arc::new(App { cfg, styles, pool });
-    rt.block_on(async move {
+    let app = Arc::new(App::new(cfg, styles));
+    let r = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Error::Server(format!("cannot listen on {addr}: {e}")))?;
@@ -149,7 +185,10 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         std::io::stdout().flush().ok();
         accept_loop(listener, app).await;
         Ok(())
-    })
+    });
+    // Work still running was told to stop (`App::halt`); do not wait for it beyond a moment.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    r
 }
 
 /// Request headers over this many bytes are refused by hyper itself (a 431 without a body);
@@ -179,7 +218,13 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Arc<App>) {
     loop {
         let stream = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok((s, _)) => {
+                    // A live frame's answer is two writes (its record, then the JPEG): with
+                    // Nagle's algorithm the second waits for the client's delayed ACK
+                    // (~40 ms a frame).
+                    let _ = s.set_nodelay(true);
+                    s
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little, keep serving.
                     eprintln!("impasto serve: accept failed: {e}");
@@ -220,10 +265,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Arc<App>) {
     let all = conns.acquire_many(app.cfg.max_connections as u32);
     if tokio::time::timeout(grace, all).await.is_err() {
         eprintln!(
-            "impasto serve: {} connections still open after {} s; closing them",
+            "impasto serve: {} connections still open after {} s; stopping their work and closing them",
             app.cfg.max_connections - conns.available_permits(),
             grace.as_secs_f64()
         );
+        app.halt.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -16,6 +16,9 @@ pub struct Style {
     /// JPEG: the painting when the file carries one, else the style applied to a small
     /// generated landscape.
     pub thumbnail: Vec<u8>,
+    /// SHA-256 of the model file (or the built-in's bytes): what a live twin's provenance
+    /// names as its teacher.
+    pub sha256: String,
 }
 
 #[derive(Default)]
@@ -40,7 +43,8 @@ impl Registry {
         let mut warnings = Vec::new();
         for n in crate::styles::names() {
             let m = crate::styles::builtin(n).expect("listed")?;
-            reg.insert(n.to_string(), "built-in".into(), m);
+            let bytes = crate::styles::builtin_bytes(n).expect("listed");
+            reg.insert(n.to_string(), "built-in".into(), m, sha256(bytes));
         }
         if let Some(dir) = models {
             let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
@@ -63,8 +67,10 @@ impl Registry {
                     ));
                     continue;
                 }
-                match Transformer::load(&p) {
-                    Ok(m) => {
+                match Transformer::load(&p)
+                    .and_then(|m| Ok((m, crate::train::trainer::sha256_file(&p)?)))
+                {
+                    Ok((m, sha)) => {
                         if reg.styles.contains_key(&stem) {
                             warnings.push(format!(
                                 "{}: replaces the built-in style {stem}",
@@ -75,7 +81,7 @@ impl Registry {
                             .file_name()
                             .map(|s| s.to_string_lossy().into_owned())
                             .unwrap_or_default();
-                        reg.insert(stem, src, m);
+                        reg.insert(stem, src, m, sha);
                     }
                     Err(e) => warnings.push(format!("skipped: {e}")),
                 }
@@ -84,7 +90,8 @@ impl Registry {
         Ok((reg, warnings))
     }
 
-    pub fn insert(&mut self, name: String, source: String, model: Transformer) {
+    /// Add a style; `sha256` is its file's (see [`Style::sha256`]).
+    pub fn insert(&mut self, name: String, source: String, model: Transformer, sha256: String) {
         let thumbnail = crate::styles::thumbnail_of(&model).unwrap_or_else(|| rendered(&model));
         self.styles.insert(
             name.clone(),
@@ -93,8 +100,25 @@ impl Registry {
                 source,
                 model: Arc::new(model),
                 thumbnail,
+                sha256,
             },
         );
+    }
+
+    /// The live twin of style `name`: the style `NAME_live`, if it was distilled from this
+    /// very model (its provenance names the teacher's SHA-256). A user's model that takes a
+    /// built-in's name does not get the built-in's twin.
+    pub fn twin_of(&self, name: &str) -> Option<&Style> {
+        let teacher = self.get(name)?;
+        let twin = self.get(&format!("{name}{}", crate::styles::LIVE_SUFFIX))?;
+        (teacher_sha256(&twin.model).as_deref() == Some(teacher.sha256.as_str())).then_some(twin)
+    }
+
+    /// The style a live twin was distilled from, if it is served (see [`Registry::twin_of`]).
+    pub fn teacher_of(&self, name: &str) -> Option<&Style> {
+        let teacher = name.strip_suffix(crate::styles::LIVE_SUFFIX)?;
+        self.twin_of(teacher)
+            .map(|_| self.get(teacher).expect("found"))
     }
 
     pub fn get(&self, name: &str) -> Option<&Style> {
@@ -114,6 +138,24 @@ impl Registry {
     }
 }
 
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// The teacher's SHA-256 a distilled model records in its provenance.
+fn teacher_sha256(model: &Transformer) -> Option<String> {
+    let p = crate::model::provenance::Provenance::from_metadata(&model.metadata)?.ok()?;
+    let sha = p
+        .train?
+        .other
+        .get("distill")?
+        .get("teacher_sha256")?
+        .as_str()?
+        .to_string();
+    (!sha.is_empty()).then_some(sha)
+}
+
 /// A small generated landscape (sky, sun, hills, water) stylized by `model`, as JPEG.
 fn rendered(model: &Transformer) -> Vec<u8> {
     let scene = landscape(128);
@@ -121,7 +163,7 @@ fn rendered(model: &Transformer) -> Vec<u8> {
         image: image::DynamicImage::ImageRgb8(scene),
         has_alpha: false,
     };
-    let out = stylize(model, d, &StylizeOptions::default(), None);
+    let out = stylize(model, d, &StylizeOptions::default(), None).expect("nothing cancels it");
     let mut jpg = Vec::new();
     crate::imageio::encode(&out, image::ImageFormat::Jpeg, &mut jpg).expect("in memory");
     jpg
@@ -184,5 +226,48 @@ mod tests {
         let t = &reg.get("mine").unwrap().thumbnail;
         assert_eq!(image::guess_format(t).unwrap(), image::ImageFormat::Jpeg);
         assert!(Registry::load(Some(&dir.path().join("missing"))).is_err());
+    }
+
+    /// A twin belongs to the model it was distilled from: the built-ins keep theirs; a
+    /// user's model that takes a built-in's name does not get the built-in's twin, and a
+    /// user's own twin (its provenance naming the user's model) is that model's.
+    #[test]
+    fn a_twin_belongs_to_the_model_it_was_distilled_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let (reg, _) = Registry::load(None).unwrap();
+        for n in crate::styles::names() {
+            if let Some(t) = crate::styles::live_twin(n) {
+                assert_eq!(reg.twin_of(n).map(|s| s.name.as_str()), Some(t), "{n}");
+                assert_eq!(reg.teacher_of(t).map(|s| s.name.as_str()), Some(n));
+            }
+        }
+        let mine = Transformer::init(
+            crate::model::TransformerConfig::new(crate::model::Arch::Johnson),
+            3,
+        );
+        mine.save(&dir.path().join("great_wave.safetensors"), true)
+            .unwrap();
+        let (reg, warnings) = Registry::load(Some(dir.path())).unwrap();
+        assert!(warnings.iter().any(|w| w.contains("replaces the built-in")));
+        assert!(
+            reg.twin_of("great_wave").is_none(),
+            "the built-in twin is not the user's"
+        );
+        assert!(reg.teacher_of("great_wave_live").is_none());
+        // The user's own twin: its provenance names the user's file.
+        let sha = reg.get("great_wave").unwrap().sha256.clone();
+        let mut twin = crate::train::distill::live_config();
+        twin.res_blocks = 1;
+        let mut twin = Transformer::init(twin, 4);
+        let prov = serde_json::json!({"made_by": "impasto distill", "train": {"distill": {"teacher_sha256": sha}}});
+        twin.metadata
+            .insert("impasto.provenance".into(), prov.to_string());
+        twin.save(&dir.path().join("great_wave_live.safetensors"), true)
+            .unwrap();
+        let (reg, _) = Registry::load(Some(dir.path())).unwrap();
+        assert_eq!(
+            reg.twin_of("great_wave").map(|s| s.source.as_str()),
+            Some("great_wave_live.safetensors")
+        );
     }
 }

@@ -79,6 +79,75 @@ impl Scale {
 const GUIDE_RADIUS: usize = 2;
 const GUIDE_EPS: f32 = 100.0;
 
+/// A way to stop a stylization early (a client that left, a time limit, Ctrl-C): checked
+/// at every instance norm of the network (a few dozen times a pass) and between tiles, so
+/// a stop lands within one layer. Cloning shares it.
+#[derive(Clone, Default)]
+pub struct Cancel(Option<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>);
+
+impl Cancel {
+    /// Stops once `flag` is set.
+    pub fn flag(flag: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Cancel::when(move || flag.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Stops once `stop()` answers true (it is asked from the computing thread).
+    pub fn when(stop: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Cancel(Some(std::sync::Arc::new(stop)))
+    }
+
+    /// Stops when either does.
+    pub fn or(self, other: Cancel) -> Self {
+        match (self.0, other.0) {
+            (None, o) | (o, None) => Cancel(o),
+            (Some(a), Some(b)) => Cancel::when(move || a() || b()),
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.as_ref().is_some_and(|f| f())
+    }
+
+    fn check(&self) -> Result<(), Cancelled> {
+        if self.is_cancelled() {
+            Err(Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl std::fmt::Debug for Cancel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Cancel(set)"
+        } else {
+            "Cancel(never)"
+        })
+    }
+}
+
+/// A stylization stopped by its [`Cancel`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("stopped before it finished")]
+pub struct Cancelled;
+
+/// Statistics from `inner`, unless the work was cancelled: then none, which ends the pass
+/// at this norm.
+struct Checked<'a, S> {
+    inner: S,
+    cancel: &'a Cancel,
+}
+
+impl<S: StatsSource> StatsSource for Checked<'_, S> {
+    fn stats(&mut self, index: usize, x: &Activation, eps: f64) -> Option<NormStats> {
+        if self.cancel.is_cancelled() {
+            return None;
+        }
+        self.inner.stats(index, x, eps)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct StylizeOptions {
     /// Longest side to process at; larger inputs are scaled down first.
@@ -101,6 +170,8 @@ pub struct StylizeOptions {
     /// any margin changes only the edges. `None`: the model's own
     /// ([`Transformer::margin`]), else [`DEFAULT_MARGIN`].
     pub margin: Option<usize>,
+    /// Stop early when this says so ([`Cancelled`]); never by default.
+    pub cancel: Cancel,
 }
 
 impl Default for StylizeOptions {
@@ -114,6 +185,7 @@ impl Default for StylizeOptions {
             tile_threshold: 2048 * 2048,
             margin: None,
             scale: Scale::Auto,
+            cancel: Cancel::default(),
         }
     }
 }
@@ -330,7 +402,8 @@ fn run_network(
     opts: &StylizeOptions,
     progress: Option<Progress>,
     mut emit: impl FnMut(usize, usize, [f32; 3]),
-) {
+) -> Result<(), Cancelled> {
+    let cancel = &opts.cancel;
     let (h, w) = content.dims();
     let a = Transformer::ALIGN;
     let m = opts.margin_for(model);
@@ -361,15 +434,20 @@ fn run_network(
         for _ in 0..n_norms {
             let mut acc: Option<Moments> = None;
             for t in &tiles {
+                cancel.check()?;
                 let x = content.tensor(t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0, m);
-                let mut src = PassStats {
-                    known: &known,
-                    acc: None,
-                    tile: *t,
-                    picture,
+                let mut src = Checked {
+                    inner: PassStats {
+                        known: &known,
+                        acc: None,
+                        tile: *t,
+                        picture,
+                    },
+                    cancel,
                 };
                 let _ = model.forward_with(x, &mut src);
-                let m = src.acc.expect("pass reaches its norm");
+                cancel.check()?;
+                let m = src.inner.acc.expect("pass reaches its norm");
                 match &mut acc {
                     None => acc = Some(m),
                     Some(a) => a.add(&m),
@@ -383,27 +461,26 @@ fn run_network(
         }
     }
     for t in &tiles {
+        cancel.check()?;
         let x = content.tensor(t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0, m);
+        // With every statistic known, a pass stops early only when cancelled.
         let y = if tiled {
-            let mut src = PassStats {
+            let inner = PassStats {
                 known: &known,
                 acc: None,
                 tile: *t,
                 picture,
             };
-            model
-                .forward_with(x, &mut src)
-                .expect("all statistics known")
+            model.forward_with(x, &mut Checked { inner, cancel })
         } else {
-            let mut src = PictureStats {
+            let inner = PictureStats {
                 picture,
                 h: h4,
                 w: w4,
             };
-            model
-                .forward_with(x, &mut src)
-                .expect("statistics never stop")
-        };
+            model.forward_with(x, &mut Checked { inner, cancel })
+        }
+        .ok_or(Cancelled)?;
         let (th, tw) = (y.h, y.w);
         let hw = th * tw;
         for py in t.cy0.max(m)..t.cy1.min(h + m) {
@@ -421,6 +498,7 @@ fn run_network(
             p(done, total);
         }
     }
+    Ok(())
 }
 
 /// RGB → (Y, Cb, Cr), BT.601 full range, 0..255.
@@ -466,7 +544,7 @@ pub fn stylize(
     input: Decoded,
     opts: &StylizeOptions,
     progress: Option<Progress>,
-) -> DynamicImage {
+) -> Result<DynamicImage, Cancelled> {
     let mut img = input.image;
     if let Some(m) = opts.max_size {
         let (w, h) = (img.width(), img.height());
@@ -501,7 +579,7 @@ pub fn stylize(
         };
         let low = Content::F32(img.resize_exact(lw, lh, filter).to_rgb32f());
         drop(img);
-        let planes = network_planes(model, &low, opts, progress);
+        let planes = network_planes(model, &low, opts, progress)?;
         resample_to(&planes, &low, &content, factor, |y, row| {
             for (x, s) in row.iter().enumerate() {
                 let c = content.get(x, y);
@@ -513,9 +591,9 @@ pub fn stylize(
         run_network(model, &content, opts, progress, |y, x, s| {
             let c = content.get(x, y);
             out.put_pixel(x as u32, y as u32, image::Rgb(finish(opts, c, s)));
-        });
+        })?;
     }
-    match alpha {
+    Ok(match alpha {
         None => DynamicImage::ImageRgb8(out),
         Some(a) => {
             let mut rgba = RgbaImage::new(w as u32, h as u32);
@@ -525,7 +603,7 @@ pub fn stylize(
             }
             DynamicImage::ImageRgba8(rgba)
         }
-    }
+    })
 }
 
 /// The network's output for `content` as three planes (0..255, unclamped).
@@ -534,7 +612,7 @@ fn network_planes(
     content: &Content,
     opts: &StylizeOptions,
     progress: Option<Progress>,
-) -> [guided::Plane; 3] {
+) -> Result<[guided::Plane; 3], Cancelled> {
     let (h, w) = content.dims();
     let mut p = [
         guided::Plane::new(w, h),
@@ -545,8 +623,8 @@ fn network_planes(
         for c in 0..3 {
             p[c].data[y * w + x] = s[c];
         }
-    });
-    p
+    })?;
+    Ok(p)
 }
 
 /// BT.601 luminance of a content image, as a plane (0..255).
@@ -603,7 +681,11 @@ fn resample_to(
 
 /// The raw network output (0..255, unclamped) for an RGB tensor of any size, tiled or not;
 /// used to measure tiled against whole-image inference.
-pub fn stylize_tensor(model: &Transformer, x: &Tensor, opts: &StylizeOptions) -> Tensor {
+pub fn stylize_tensor(
+    model: &Transformer,
+    x: &Tensor,
+    opts: &StylizeOptions,
+) -> Result<Tensor, Cancelled> {
     assert_eq!((x.n, x.c), (1, 3));
     let mut img = Rgb32FImage::new(x.w as u32, x.h as u32);
     let hw = x.plane();
@@ -621,8 +703,8 @@ pub fn stylize_tensor(model: &Transformer, x: &Tensor, opts: &StylizeOptions) ->
         for (c, v) in s.into_iter().enumerate() {
             out.data[c * hw + y * x.w + xx] = v;
         }
-    });
-    out
+    })?;
+    Ok(out)
 }
 
 /// Statistics for video frames: each norm's own statistics blended with the previous
@@ -686,7 +768,7 @@ pub fn stylize_frame(
     frame: &RgbImage,
     opts: &StylizeOptions,
     src: &mut SmoothStats,
-) -> RgbImage {
+) -> Result<RgbImage, Cancelled> {
     let (fw, fh) = (frame.width() as usize, frame.height() as usize);
     let working = opts.scale.working_size(fw, fh);
     let full = Content::U8(frame.clone());
@@ -718,7 +800,17 @@ pub fn stylize_frame(
         w: w4,
     });
     let x = work.tensor(0, 0, h4, w4, m);
-    let y = model.forward_with(x, src).expect("statistics never stop");
+    let cancel = &opts.cancel;
+    cancel.check()?;
+    let y = model
+        .forward_with(
+            x,
+            &mut Checked {
+                inner: &mut *src,
+                cancel,
+            },
+        )
+        .ok_or(Cancelled)?;
     let hw = h4 * w4;
     let at = |px: usize, py: usize| {
         let i = (py + m) * w4 + px + m;
@@ -735,7 +827,7 @@ pub fn stylize_frame(
                     p.copy_from_slice(&finish(opts, full.get(px, py), at(px, py)));
                 }
             });
-        return out;
+        return Ok(out);
     };
     {
         let mut planes = [
@@ -758,7 +850,7 @@ pub fn stylize_frame(
             }
         });
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -819,13 +911,13 @@ mod tests {
         for arch in [Arch::Johnson, Arch::Seed] {
             let model = random_model(arch, 9);
             let x = smooth_image(200, 236);
-            let whole = stylize_tensor(&model, &x, &StylizeOptions::default());
+            let whole = stylize_tensor(&model, &x, &StylizeOptions::default()).unwrap();
             let opts = StylizeOptions {
                 tile: 64,
                 tile_threshold: 0,
                 ..Default::default()
             };
-            let tiled = stylize_tensor(&model, &x, &opts);
+            let tiled = stylize_tensor(&model, &x, &opts).unwrap();
             let d = tiled.max_abs_diff(&whole);
             assert!(d < 0.05, "{arch:?}: tiled differs from whole by {d}");
         }
@@ -841,7 +933,7 @@ mod tests {
                 margin: Some(0),
                 ..Default::default()
             };
-            let y = stylize_tensor(&model, &x, &opts);
+            let y = stylize_tensor(&model, &x, &opts).unwrap();
             let bare = model.forward(&x);
             // (The pipeline's 0..1 image round trip may move the input by an ulp.)
             let d = y.max_abs_diff(&bare);
@@ -860,7 +952,7 @@ mod tests {
                 margin: m,
                 ..Default::default()
             };
-            stylize_tensor(model, &x, &o)
+            stylize_tensor(model, &x, &o).unwrap()
         };
         let (m8, m20) = (at(Some(8), &model), at(Some(20), &model));
         assert!(m8.max_abs_diff(&m20) > 0.5, "margins 8 and 20 must differ");
@@ -878,7 +970,7 @@ mod tests {
                 margin: m,
                 ..Default::default()
             };
-            stylize_frame(model, &frame, &o, &mut SmoothStats::new(0.0))
+            stylize_frame(model, &frame, &o, &mut SmoothStats::new(0.0)).unwrap()
         };
         assert_eq!(live(None, &model), live(Some(20), &model));
         assert_ne!(live(None, &model), live(Some(8), &model));
@@ -988,7 +1080,7 @@ mod tests {
                 scale,
                 ..Default::default()
             };
-            stylize(&model, d, &o, None).to_rgb8()
+            stylize(&model, d, &o, None).unwrap().to_rgb8()
         };
         let big = run(img.clone(), Scale::Factor(2.0));
         assert_eq!(big.dimensions(), (128, 96));
@@ -1035,14 +1127,14 @@ mod tests {
                 scale,
                 ..Default::default()
             };
-            stylize(&model, d, &o, None).to_rgb8()
+            stylize(&model, d, &o, None).unwrap().to_rgb8()
         };
         let frame = |scale: Scale| {
             let o = StylizeOptions {
                 scale,
                 ..Default::default()
             };
-            stylize_frame(&model, &rgb, &o, &mut SmoothStats::new(0.0))
+            stylize_frame(&model, &rgb, &o, &mut SmoothStats::new(0.0)).unwrap()
         };
         let stats = |a: &RgbImage, b: &RgbImage| {
             let (a, b) = (a.as_raw(), b.as_raw());
@@ -1075,7 +1167,7 @@ mod tests {
         let model = random_model(Arch::Johnson, 3);
         for (h, w) in [(1, 1), (2, 3), (5, 7), (33, 17)] {
             let x = smooth_image(h, w);
-            let y = stylize_tensor(&model, &x, &StylizeOptions::default());
+            let y = stylize_tensor(&model, &x, &StylizeOptions::default()).unwrap();
             assert_eq!((y.h, y.w), (h, w));
             assert!(y.data.iter().all(|v| v.is_finite()));
         }

@@ -23,7 +23,7 @@ pub fn scan_reporting(dir: &Path) -> Result<Scan> {
     if let Some((d, e)) = w.unreadable.iter().find(|(d, _)| d == dir) {
         return Err(Error::io(d, std::io::Error::new(e.kind(), e.to_string())));
     }
-    let warnings = w.messages().collect();
+    let warnings = w.warnings().chain(w.errors()).collect();
     let mut files: Vec<PathBuf> = w.files.into_iter().map(|f| f.path).collect();
     files.sort();
     if files.is_empty() {

@@ -18,20 +18,31 @@ pub fn optimize(
     iters: usize,
     lr: f32,
     mut each: impl FnMut(usize, &Losses),
-) -> (Tensor, Losses) {
+) -> crate::Result<(Tensor, Losses)> {
     let target = StyleTarget::new(vgg, style);
     let (fc, _) = vgg.forward_train(content, cfg.content_tap);
     let fc = fc[cfg.content_tap].clone();
     let mut y = content.clone();
     let mut adam = Adam::new(lr as f64);
+    let mut start = None;
     for it in 1..=iters {
         let (l, g) = image_loss_and_grad(vgg, &target, &fc, cfg, &y);
+        start.get_or_insert(l.total);
         adam.step(std::slice::from_mut(&mut y.data), &[g.into_data()]);
         y.data.iter_mut().for_each(|v| *v = v.clamp(0.0, 255.0));
         each(it, &l);
     }
     let (fin, _) = image_loss_and_grad(vgg, &target, &fc, cfg, &y);
-    (y, fin)
+    // An optimisation lowers its loss. One that ends higher than it began (a learning rate
+    // far too large saturates the picture) or not finite has diverged: no picture.
+    let start = start.unwrap_or(fin.total);
+    if !fin.total.is_finite() || fin.total > start || y.data.iter().any(|v| !v.is_finite()) {
+        return Err(crate::Error::Diverged(format!(
+            "the optimisation diverged: the loss went from {start:.4e} to {:.4e} (content {:.3e}, style {:.3e}, tv {:.3e}); lower the learning rate or the loss weights",
+            fin.total, fin.content, fin.style, fin.tv
+        )));
+    }
+    Ok((y, fin))
 }
 
 #[cfg(test)]
@@ -69,12 +80,16 @@ mod tests {
         let mut first = None;
         let (_, fin) = optimize(&vgg, &content, &style, &cfg, 20, 4.0, |_, l| {
             first.get_or_insert(l.total);
-        });
+        })
+        .unwrap();
         assert!(
             fin.total < 0.5 * first.unwrap(),
             "{} -> {}",
             first.unwrap(),
             fin.total
         );
+        // A learning rate far too large saturates the picture: refused as diverged.
+        let e = optimize(&vgg, &content, &style, &cfg, 5, 1e30, |_, _| {}).unwrap_err();
+        assert!(matches!(e, crate::Error::Diverged(_)), "{e}");
     }
 }

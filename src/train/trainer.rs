@@ -195,7 +195,7 @@ impl Drop for RunLock {
 
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::Digest;
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = crate::io::read_regular(path, crate::model::format::MAX_FILE_BYTES, "file")?;
     Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
 }
 
@@ -529,6 +529,8 @@ pub fn run(
     obs: &mut dyn Observer,
     interrupt: &'static AtomicBool,
 ) -> Result<Outcome> {
+    crate::batch::guard_output(&req.run.output, &[&req.style])?;
+    refuse_output_inside(&req.run)?;
     let (files, _lock) = lock_output(&req.run.output)?;
     let vgg_path = crate::model::vgg::locate(req.run.vgg.as_deref())?;
     let vgg = Vgg16::load(&vgg_path)?;
@@ -635,6 +637,38 @@ impl Inputs {
         let steps = steps.unwrap_or(per_epoch * epochs.unwrap_or(2));
         Ok(Inputs { photos, val, steps })
     }
+}
+
+/// A run writes its previews and loss plot beside its model: inside a photo folder they
+/// would become training photos (and change the photo count a resume checks), so that is
+/// refused before anything is written.
+fn refuse_output_inside(run: &RunSettings) -> Result<()> {
+    let output = &run.output;
+    let folder = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // The folder may not exist yet: resolve its nearest existing ancestor.
+    let Some(folder) = folder.ancestors().find_map(|a| {
+        std::fs::canonicalize(if a.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            a
+        })
+        .ok()
+    }) else {
+        return Ok(());
+    };
+    for photos in std::iter::once(&run.data).chain(&run.val) {
+        if std::fs::canonicalize(photos).is_ok_and(|p| folder.starts_with(p)) {
+            return Err(Error::Usage(format!(
+                "{}: the output is inside the photo folder {}, where the run's previews and loss plot would become training photos; write the model to another folder",
+                output.display(),
+                photos.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What makes a checkpoint another run's, if anything: the style, the network, the crop and
@@ -747,6 +781,8 @@ pub fn distill(
     interrupt: &'static AtomicBool,
 ) -> Result<Outcome> {
     use sha2::Digest;
+    crate::batch::guard_output(&req.run.output, &[Path::new(&req.teacher)])?;
+    refuse_output_inside(&req.run)?;
     let (files, _lock) = lock_output(&req.run.output)?;
     let (teacher, teacher_sha256) = match crate::styles::builtin_bytes(&req.teacher) {
         Some(bytes) => (
@@ -942,6 +978,15 @@ pub fn train(
                     ck.config.dataset_size,
                     cfg.data,
                     cfg.dataset_size
+                )));
+            }
+            if ck.step > cfg.steps {
+                return Err(Error::Usage(format!(
+                    "{}: the checkpoint is at step {}, past this run's {} steps; ask for at least {} steps to continue it",
+                    opts.files.checkpoint.display(),
+                    ck.step,
+                    cfg.steps,
+                    ck.step
                 )));
             }
             obs.message(&format!(

@@ -1,5 +1,7 @@
 //! Helpers shared by the end-to-end test crates (each crate uses its own subset).
 #![allow(dead_code)]
+pub mod server;
+
 use impasto::model::{Arch, Transformer, TransformerConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

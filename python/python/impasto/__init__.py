@@ -12,7 +12,15 @@ Python threads stylize in parallel with other Python work.
 import json as _json
 
 from . import _impasto
-from ._impasto import ImpastoError, ModelError, decode_image, read_image, styles, write_image
+from ._impasto import (
+    ImpastoError,
+    ModelError,
+    decode_image,
+    plan_batch,
+    read_image,
+    styles,
+    write_image,
+)
 
 __all__ = [
     "Model",
@@ -20,6 +28,7 @@ __all__ = [
     "read_image",
     "decode_image",
     "write_image",
+    "plan_batch",
     "train",
     "evaluate",
     "ImpastoError",
@@ -144,6 +153,8 @@ def train(
     exception propagates. Returns a dict: ``outcome`` ("finished" or "interrupted"),
     ``model``, ``checkpoint``, ``metrics``, ``messages``.
     """
+    if on_progress is not None and not callable(on_progress):
+        raise TypeError(f"on_progress must be callable (a function taking one dict), got {on_progress!r}")
     p = lambda v: None if v is None else str(v)
     outcome, step, messages, checkpoint, metrics = _impasto.train(
         str(style), str(data), str(output), steps, epochs, batch_size, image_size,
