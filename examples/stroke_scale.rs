@@ -49,6 +49,7 @@ fn main() {
         let d = Decoded {
             image: DynamicImage::ImageRgb8(img.clone()),
             has_alpha: false,
+            notes: Vec::new(),
         };
         let opts = StylizeOptions {
             scale,

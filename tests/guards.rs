@@ -354,3 +354,65 @@ fn convert_keeps_the_precision_unless_asked() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(size(&f) > 3 * size(&q), "--f32 asked for");
 }
+
+/// Numbers that would hang or panic are refused with exit 2 (`--threads 3000`, durations
+/// of 1e20 s); an empty IMPASTO_THREADS is the default; a stdout that cannot be written
+/// (`/dev/full`) is exit 2, not 1.
+#[test]
+fn bounded_flags_and_a_full_stdout() {
+    let d = tempfile::tempdir().unwrap();
+    let m = model(d.path());
+    let photo = d.path().join("p.png");
+    png(&photo, 8, 8);
+    let out = d.path().join("o.png");
+    for args in [
+        vec![
+            "--threads",
+            "3000",
+            "stylize",
+            s(&photo),
+            "-m",
+            s(&m),
+            "-o",
+            s(&out),
+        ],
+        vec![
+            "--threads",
+            "0",
+            "stylize",
+            s(&photo),
+            "-m",
+            s(&m),
+            "-o",
+            s(&out),
+        ],
+        vec!["serve", "--timeout", "1e20"],
+        vec!["serve", "--read-timeout", "1e20"],
+        vec!["serve", "--shutdown-grace", "1e20"],
+        vec!["serve", "--live-frame-budget", "0"],
+    ] {
+        let o = run_within(&args, 30);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{args:?}: {}", stderr(&o));
+    }
+    let o = bin()
+        .env("IMPASTO_THREADS", "")
+        .args(["stylize", s(&photo), "-m", s(&m), "-o", s(&out)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    if Path::new("/dev/full").exists() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let o = bin()
+            .args(["stylize", s(&photo), "-m", s(&m), "-o", s(&out), "--json"])
+            .stdout(full)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("stdout"), "{}", stderr(&o));
+    }
+}

@@ -90,6 +90,7 @@ fn to_image(a: &PyReadonlyArrayDyn<u8>) -> PyResult<Decoded> {
     Ok(Decoded {
         image,
         has_alpha: c == 4,
+        notes: Vec::new(),
     })
 }
 

@@ -116,6 +116,7 @@ pub fn sheet(a: Args) -> Result<i32> {
         let d = impasto::imageio::Decoded {
             image: original.clone(),
             has_alpha: false,
+            notes: Vec::new(),
         };
         tiles.push((label.clone(), stylize(m, d, &opts, None)?.to_rgb8()));
     }

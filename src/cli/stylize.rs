@@ -176,7 +176,10 @@ pub fn run(a: Args) -> Result<i32> {
         bar.set_message(name.display().to_string());
         let t0 = Instant::now();
         match one(&model, input, out, &opts, a.max_pixels) {
-            Ok((w, h)) => {
+            Ok((w, h, notes)) => {
+                for n in &notes {
+                    bar.suspend(|| eprintln!("impasto: note: {}: {n}", name.display()));
+                }
                 if a.json {
                     let rec = serde_json::json!({
                         "input": name.display().to_string(),
@@ -184,6 +187,7 @@ pub fn run(a: Args) -> Result<i32> {
                         "width": w, "height": h,
                         "seconds": t0.elapsed().as_secs_f64(),
                         "device": "cpu",
+                        "notes": notes,
                         "ok": true,
                     });
                     bar.suspend(|| -> std::io::Result<()> {
@@ -231,7 +235,7 @@ fn one(
     out: &Target,
     opts: &StylizeOptions,
     max_pixels: u64,
-) -> Result<(u32, u32)> {
+) -> Result<(u32, u32, Vec<String>)> {
     let decoded = match input {
         Source::Stdin => {
             let mut buf = Vec::new();
@@ -248,6 +252,7 @@ fn one(
             imageio::read_path(path, &imageio::Limits::max_pixels(max_pixels))?
         }
     };
+    let notes = decoded.notes.clone();
     // Big images take a while: show the tile passes.
     let px = decoded.width() as u64 * decoded.height() as u64;
     let tbar = if px > opts.tile_threshold {
@@ -282,5 +287,5 @@ fn one(
             imageio::write_path(&img, p)?;
         }
     }
-    Ok((w, h))
+    Ok((w, h, notes))
 }

@@ -162,6 +162,7 @@ fn rendered(model: &Transformer) -> Vec<u8> {
     let d = crate::imageio::Decoded {
         image: image::DynamicImage::ImageRgb8(scene),
         has_alpha: false,
+        notes: Vec::new(),
     };
     let out = stylize(model, d, &StylizeOptions::default(), None).expect("nothing cancels it");
     let mut jpg = Vec::new();

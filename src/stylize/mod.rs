@@ -1075,6 +1075,7 @@ mod tests {
             let d = Decoded {
                 image: img,
                 has_alpha: false,
+                notes: Vec::new(),
             };
             let o = StylizeOptions {
                 scale,
@@ -1122,6 +1123,7 @@ mod tests {
             let d = Decoded {
                 image: DynamicImage::ImageRgb8(rgb.clone()),
                 has_alpha: false,
+                notes: Vec::new(),
             };
             let o = StylizeOptions {
                 scale,
