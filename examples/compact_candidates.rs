@@ -1,4 +1,4 @@
-//! Groundwork for the live models (issue: compact live models): the speed, FLOPs and
+//! Groundwork for the live models: the speed, FLOPs and
 //! parameters of narrower / shallower configs of the johnson network, which the layer plan
 //! makes a config change. Weights are random (speed does not depend on them); quality needs
 //! distillation and is not measured here.

@@ -54,7 +54,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Fidelity issue, point 1: every format cut at 10%, 50% and 90%, and a JPEG whose
+/// Every format cut at 10%, 50% and 90%, and a JPEG whose
 /// entropy-coded data is corrupt, is an error naming the file (exit 2); the intact files
 /// in the same folder are still done and nothing else is written.
 #[test]
@@ -144,7 +144,7 @@ fn a_tiny_jpeg_claiming_a_huge_size_is_refused_at_once() {
     assert!(t0.elapsed().as_secs_f64() < 5.0, "took {:?}", t0.elapsed());
 }
 
-/// Reliability issue, point 1: an output that is an input (the same file, the input folder
+/// An output that is an input (the same file, the input folder
 /// itself, or either through a link) is refused before anything is written.
 #[test]
 fn originals_are_never_overwritten_unless_asked() {
@@ -208,7 +208,7 @@ fn originals_are_never_overwritten_unless_asked() {
     assert_ne!(before(&a), a0);
 }
 
-/// Reliability issue, point 2: every input gets its own output; clashes are renamed and
+/// Every input gets its own output; clashes are renamed and
 /// said, and `--json` reports where each one went.
 #[test]
 fn clashing_output_names_each_get_their_own_file() {
@@ -257,7 +257,7 @@ fn clashing_output_names_each_get_their_own_file() {
     );
 }
 
-/// Reliability issue, point 6: link loops are reported and skipped, each image done once.
+/// Link loops are reported and skipped, each image done once.
 #[cfg(unix)]
 #[test]
 fn link_loops_in_a_folder_are_skipped() {
@@ -298,7 +298,7 @@ fn link_loops_in_a_folder_are_skipped() {
     assert!(stderr(&o).contains("link loop"), "{}", stderr(&o));
 }
 
-/// Reliability issue, point 7: an unreadable subfolder is an error (exit 2) and the rest of
+/// An unreadable subfolder is an error (exit 2) and the rest of
 /// the tree is still done. Root reads everything, so as root the binary runs as `nobody`.
 #[cfg(unix)]
 #[test]
@@ -357,7 +357,7 @@ fn an_unreadable_subfolder_does_not_stop_the_batch() {
     assert_eq!(files_under(&out).len(), 2);
 }
 
-/// Reliability issue, points 4 and 9: arguments that used to panic or silently give a wrong
+/// Arguments that used to panic or silently give a wrong
 /// result are refused up front with exit 2 and a message naming the argument.
 #[test]
 fn invalid_arguments_are_refused_not_panics() {
@@ -463,7 +463,7 @@ fn invalid_arguments_are_refused_not_panics() {
     assert!(!d.path().join("o.png").exists());
 }
 
-/// Reliability issue, point 8: one validation at import, convert and load. A model file
+/// One validation at import, convert and load. A model file
 /// with non-finite weights, a non-finite output scale, a bad epsilon or an absurd block
 /// count is refused everywhere, and `convert` never writes one.
 #[test]
@@ -527,7 +527,7 @@ fn invalid_models_are_refused_by_load_and_never_written() {
     }
 }
 
-/// Reliability issue, point 11: no `.part` file survives a signal, and one left by a
+/// No `.part` file survives a signal, and one left by a
 /// process killed outright is removed by the next run writing into that folder.
 #[test]
 fn stale_temporary_files_are_removed_and_signals_leave_none() {
@@ -578,7 +578,7 @@ fn stale_temporary_files_are_removed_and_signals_leave_none() {
     }
 }
 
-/// Fidelity issue, point 4: the README's first command works on a bare clone — the photo
+/// The README's first command works on a bare clone — the photo
 /// it stylizes ships in `assets/`.
 #[test]
 fn the_readme_first_command_works_without_shared() {
@@ -614,7 +614,7 @@ fn the_readme_first_command_works_without_shared() {
     );
 }
 
-/// Reliability issue, "also": a second `train` on the same output stops at once while the
+/// A second `train` on the same output stops at once while the
 /// first one runs, saying which process holds it; a lock left by a dead process is taken.
 #[test]
 fn two_training_runs_on_one_output_cannot_interleave() {

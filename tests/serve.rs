@@ -679,7 +679,7 @@ fn json_error(status: u16, ct: &str, body: &[u8]) -> serde_json::Value {
     j
 }
 
-/// Reliability issue, point 13: every error is JSON with the right status — the ones axum
+/// Every error is JSON with the right status — the ones axum
 /// and hyper used to answer themselves included — and nothing long is echoed back.
 #[test]
 fn every_error_is_json() {
@@ -731,7 +731,7 @@ fn every_error_is_json() {
     assert!(r.body.len() < 2000, "echoed {} bytes", r.body.len());
 }
 
-/// Fidelity issue (slow clients): a client that does not finish its headers within
+/// A client that does not finish its headers within
 /// --read-timeout is disconnected, one that stalls mid-body gets a JSON 408, and beyond
 /// --max-connections new connections get a JSON 503 at once; the server serves normally
 /// throughout and after.
@@ -782,7 +782,7 @@ fn slow_and_stalled_clients_are_not_held_forever() {
     assert!(text.contains("\"category\":\"timeout\""), "{text}");
 }
 
-/// Reliability issue, point 5: many live clients at 10 frames/s on two workers all get
+/// Many live clients at 10 frames/s on two workers all get
 /// frames (the workers are shared first come, first served), and every frame a client
 /// sends is answered: stylized, or skipped because a newer one replaced it.
 #[test]
@@ -856,7 +856,7 @@ fn live_clients_share_the_workers_fairly() {
     assert!(min * 3 >= max, "unfair share: {results:?}");
 }
 
-/// Reliability issue, point 12 (serve): SIGTERM lets the request in flight finish, then the
+/// SIGTERM lets the request in flight finish, then the
 /// server exits 0 within a bounded time.
 #[cfg(unix)]
 #[test]
@@ -893,7 +893,7 @@ fn sigterm_finishes_requests_in_flight_then_exits() {
     assert!(st.success(), "{st:?}");
 }
 
-/// Reliability issue, point 3: an 18 KB JPEG whose header claims 7000×7000 is refused at
+/// An 18 KB JPEG whose header claims 7000×7000 is refused at
 /// once (400), without holding a worker while its size is paid for.
 #[test]
 fn a_small_jpeg_claiming_a_huge_size_is_refused_at_once() {

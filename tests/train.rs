@@ -319,7 +319,7 @@ fn optimize_writes_a_stylized_image_and_lowers_the_loss() {
     assert_eq!(img.width().max(img.height()), 48);
 }
 
-/// Reliability issue: `--resume` with another `--data` folder is refused (the position in
+/// `--resume` with another `--data` folder is refused (the position in
 /// the data would mean nothing), and `--steps 0` is refused before any work.
 #[test]
 fn resume_refuses_another_data_folder() {

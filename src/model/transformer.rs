@@ -14,7 +14,7 @@
 //!
 //! The forward pass hands each instance norm's pre-activation to a caller-supplied
 //! statistics source, so that tiled inference can impose global statistics on every tile
-//! (see `stylize::tiled`). Plain inference computes them from the tensor itself.
+//! (see the tiled path of `stylize`). Plain inference computes them from the tensor itself.
 
 use crate::backend::{Backend, Cpu, Padding, Resample};
 use crate::error::{Error, ModelError, Result};

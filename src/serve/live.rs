@@ -44,7 +44,7 @@ struct Shared {
 
 async fn session(app: Arc<App>, socket: WebSocket) {
     let (mut tx, mut rx) = socket.split();
-    // Set when this session ends (the client left): a frame being stylized stops.
+    // Set when this connection ends (the client left): a frame being stylized stops.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _stop_on_drop = super::StopOnDrop(stop.clone());
     let shared = Arc::new(Shared::default());
