@@ -1,4 +1,7 @@
-//! Helpers shared by tests: where `../shared` is, and a visible skip when it is missing.
+//! Helpers shared by tests: where `../shared` is, and skips that are visible, counted and,
+//! under `IMPASTO_STRICT_TESTS=1` (which `.ci/run` sets), failures: a green strict run has
+//! compared everything against the reference tensors, run every tool and every path this
+//! machine can run.
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -22,14 +25,36 @@ pub fn shared(rel: &str, test: &str) -> Option<PathBuf> {
             let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
             if !said.iter().any(|t| t == test) {
                 said.push(test.to_string());
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "SKIPPED {test}: ../shared/{rel} not found (set IMPASTO_SHARED)"
+                drop(said);
+                skip(
+                    test,
+                    &format!("../shared/{rel} not found (set IMPASTO_SHARED)"),
                 );
             }
             None
         }
     }
+}
+
+/// Whether a skip is a failure: `IMPASTO_STRICT_TESTS=1`.
+pub fn strict() -> bool {
+    std::env::var_os("IMPASTO_STRICT_TESTS").is_some_and(|v| v == "1")
+}
+
+/// `test` cannot run here for want of `what` (a file, a program, a permission): a
+/// `SKIPPED` line on stderr, or under [`strict`] a failure naming what is missing.
+pub fn skip(test: &str, what: &str) {
+    assert!(
+        !strict(),
+        "{test}: {what} (IMPASTO_STRICT_TESTS=1 makes a skipped test a failure)"
+    );
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {what}");
+}
+
+/// `test` (or part of it) needs a CPU feature this machine lacks: a `SKIPPED (cpu)` line,
+/// strict or not, since no install brings it; `.ci/run` counts these apart.
+pub fn skip_cpu(test: &str, what: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED (cpu) {test}: {what}");
 }
 
 /// A generated RGB test image: gradients plus a fine diagonal pattern.

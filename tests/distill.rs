@@ -264,7 +264,10 @@ fn live_twins_are_listed_and_used_by_stylize_live() {
         .filter_map(impasto::styles::live_twin)
         .collect();
     if twins.is_empty() {
-        eprintln!("SKIPPED: this build embeds no live twins (styles/*_live.safetensors)");
+        impasto::testutil::skip(
+            "live_twins_are_listed_and_used_by_stylize_live",
+            "this build embeds no live twins (styles/*_live.safetensors)",
+        );
         return;
     }
     for t in &twins {

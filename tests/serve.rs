@@ -474,9 +474,9 @@ fn start_driver() -> Option<Driver> {
         which(&["chromium", "chromium-browser", "google-chrome"]),
         which(&["chromedriver"]),
     ) else {
-        println!(
-            "SKIPPED browser_end_to_end: needs chromium and chromedriver on PATH \
-             (Debian: apt-get install chromium chromium-driver; .ci/run installs them)"
+        impasto::testutil::skip(
+            "browser_end_to_end",
+            "needs chromium and chromedriver on PATH (Debian: apt-get install chromium chromium-driver; .ci/run installs them)",
         );
         return None;
     };

@@ -1,7 +1,6 @@
 //! `impasto video` end to end with the system ffmpeg (.ci/run installs it; without it these
-//! tests print SKIPPED).
+//! tests are skipped, or fail under IMPASTO_STRICT_TESTS=1).
 use impasto::model::{Arch, Transformer, TransformerConfig};
-use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
@@ -11,10 +10,7 @@ fn have_ffmpeg(test: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED {test}: ffmpeg not found on PATH"
-        );
+        impasto::testutil::skip(test, "ffmpeg not found on PATH");
     }
     ok
 }
@@ -149,7 +145,7 @@ fn stylizes_a_clip_keeping_frames_size_and_audio_and_smooth_reduces_flicker() {
             (src.len(), src[0].dimensions())
         );
     } else {
-        eprintln!("SKIPPED video --live: this build embeds no live twins");
+        impasto::testutil::skip("video --live", "this build embeds no live twins");
     }
 }
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import impasto
+from _strict import need, skip
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 COFFEE = ROOT / "assets" / "coffee.jpg"
@@ -41,7 +42,7 @@ def test_styles_lists_the_built_ins():
 def test_numpy_output_equals_the_cli_output_bit_for_bit(model, tmp_path):
     exe = pathlib.Path(os.environ.get("IMPASTO_BIN", ROOT / "target" / "release" / "impasto"))
     if not exe.exists():
-        pytest.skip(f"SKIPPED: no impasto binary at {exe} (cargo build --release)")
+        skip(f"no impasto binary at {exe} (cargo build --release)")
     out = tmp_path / "cli.png"
     subprocess.run([str(exe), "stylize", str(COFFEE), "--style", "great_wave", "-o", str(out)], check=True)
     ours = model.stylize(impasto.read_image(COFFEE))
@@ -80,7 +81,7 @@ def test_options_and_batch(model):
 
 
 def test_pil_images_in_and_out(model):
-    PIL = pytest.importorskip("PIL.Image")
+    PIL = need("PIL.Image", "Pillow is not installed (pip install pillow)")
     img = PIL.fromarray(smooth(40, 60))
     out = model.stylize(img)
     assert isinstance(out, PIL.Image) and out.size == (60, 40)
@@ -185,7 +186,7 @@ def test_evaluate_returns_a_dict():
     photos = SHARED / "data" / "photos" / "val"
     style = SHARED / "data" / "styles" / "great_wave.jpg"
     if not (vgg.exists() and photos.exists() and style.exists()):
-        pytest.skip(f"SKIPPED: needs {SHARED} (VGG16 weights, val photos, styles)")
+        skip(f"needs {SHARED} (VGG16 weights, val photos, styles)")
     e = impasto.evaluate("great_wave", style, photos, vgg=vgg, image_size=64)
     assert e["photos"] >= 1
     assert e["network"]["content"] > 0 and e["network"]["style"] > 0
@@ -197,7 +198,7 @@ def test_a_short_train_run_reports_progress_and_resumes(tmp_path):
     photos = SHARED / "data" / "photos" / "val"
     style = SHARED / "data" / "styles" / "great_wave.jpg"
     if not (vgg.exists() and photos.exists() and style.exists()):
-        pytest.skip(f"SKIPPED: needs {SHARED} (VGG16 weights, photos, styles)")
+        skip(f"needs {SHARED} (VGG16 weights, photos, styles)")
     seen = []
     out = tmp_path / "wave.safetensors"
     r = impasto.train(style, photos, out, steps=3, batch_size=1, image_size=32, style_size=64,

@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 
 import impasto
+from _strict import need, skip
 
 SHARED = pathlib.Path(os.environ.get("IMPASTO_SHARED", pathlib.Path(__file__).resolve().parents[3] / "shared"))
 
 
 def test_ray_data_stylizes_a_folder_like_one_process(tmp_path):
-    ray = pytest.importorskip("ray", reason="SKIPPED: ray is not installed (pip install 'ray[data]')")
+    ray = need("ray", "ray is not installed (pip install 'ray[data]')")
     photos = sorted((SHARED / "data" / "photos" / "val").glob("*.jpg"))[:20]
     if len(photos) < 20:
-        pytest.skip(f"SKIPPED: needs 20 photos under {SHARED}/data/photos/val")
+        skip(f"needs 20 photos under {SHARED}/data/photos/val")
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
     for i, p in enumerate(photos):
@@ -56,7 +57,7 @@ def test_the_ray_runner_keeps_the_clis_guarantees(tmp_path, monkeypatch, capsys)
 
     photos = sorted((SHARED / "data" / "photos" / "val").glob("*.jpg"))[:2]
     if len(photos) < 2:
-        pytest.skip(f"SKIPPED: needs 2 photos under {SHARED}/data/photos/val")
+        skip(f"needs 2 photos under {SHARED}/data/photos/val")
     src = tmp_path / "in"
     for d in ("p", "q"):
         (src / d).mkdir(parents=True)
@@ -90,7 +91,7 @@ def test_the_ray_runner_keeps_the_clis_guarantees(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "out").exists()
 
     # A whole run from a relative input: four inputs, four files.
-    ray = pytest.importorskip("ray", reason="SKIPPED: ray is not installed (pip install 'ray[data]')")
+    ray = need("ray", "ray is not installed (pip install 'ray[data]')")
     try:
         rc = main(["--style", "great_wave", "--input", "in", "--output", "out", "--ext", "png",
                    "--max-size", "32", "--concurrency", "1"])

@@ -895,7 +895,10 @@ pub(crate) mod tests {
             if isas.contains(&isa) {
                 eprintln!("direct kernel {isa:?}: checked against the naive convolution");
             } else {
-                eprintln!("SKIPPED: direct kernel {isa:?} (this CPU lacks it or it is turned off)");
+                crate::testutil::skip_cpu(
+                    "direct_kernels_of_every_isa_this_cpu_has_match_naive",
+                    &format!("direct kernel {isa:?}: this CPU lacks it or it is turned off"),
+                );
             }
         }
         if isas.is_empty() {
@@ -973,7 +976,10 @@ pub(crate) mod tests {
     #[test]
     fn direct_sub_pixel_kernel_matches_the_gemm_form() {
         if !super::super::direct::has_avx2() {
-            eprintln!("SKIPPED: this CPU has no AVX2+FMA (the GEMM form is used)");
+            crate::testutil::skip_cpu(
+                "direct_sub_pixel_kernel_matches_the_gemm_form",
+                "this CPU has no AVX2+FMA (the GEMM form is used)",
+            );
             return;
         }
         // Widths around the kernel's 16-column step, odd channel counts, both kinds.
@@ -1000,7 +1006,10 @@ pub(crate) mod tests {
     #[test]
     fn direct_stride2_kernel_matches_naive() {
         if !super::super::direct::has_avx2() {
-            eprintln!("SKIPPED: this CPU has no AVX2+FMA (stride-2 layers use im2col + GEMM)");
+            crate::testutil::skip_cpu(
+                "direct_stride2_kernel_matches_naive",
+                "this CPU has no AVX2+FMA (stride-2 layers use im2col + GEMM)",
+            );
             return;
         }
         // The live twins' downsampling layers and widths around the 8·XB blocks and tails.
