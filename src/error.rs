@@ -1,5 +1,8 @@
 //! Typed errors: each names the file it is about and the category of problem, and maps to
-//! the CLI's exit code (2 for anything the user's input or environment caused).
+//! the CLI's exit code (2 for anything the user's input or environment caused). Messages
+//! speak in the library's own terms: a setting is named as its parameter, in backticks
+//! (`max_pixels`, `resume`), which the CLI turns into its flag (`--max-pixels`) and Python
+//! users read as the keyword argument it is.
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +10,7 @@ use std::path::{Path, PathBuf};
 pub enum Error {
     #[error("{}: cannot read image: {msg}", path.display())]
     Image { path: PathBuf, msg: String },
-    #[error("{}: image is {w}x{h} = {} pixels, over the limit of {limit} (raise it with --max-pixels)", path.display(), *w as u64 * *h as u64)]
+    #[error("{}: image is {w}x{h} = {} pixels, over the limit of {limit} (raise `max_pixels` to read it)", path.display(), *w as u64 * *h as u64)]
     ImageTooLarge {
         path: PathBuf,
         w: u32,

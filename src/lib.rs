@@ -4,7 +4,7 @@
 //! - [`model::Transformer`]: that network on a backend (`johnson` and `seed` architectures).
 //! - [`model::Vgg16`]: the frozen loss network.
 //! - [`backend`]: the op-level seam ([`backend::Backend`]), the CPU backend over
-//!   [`kernels`], and the plain-loop reference backend every backend is checked against.
+//!   its kernels (`src/kernels/`, private), and the plain-loop reference backend every backend is checked against.
 //! - [`stylize`]: the pipeline from an image file to a stylized image file.
 //! - [`train`]: Johnson's training recipe; [`loss`]: the perceptual losses.
 //!
@@ -48,7 +48,7 @@ pub mod batch;
 pub mod error;
 pub mod imageio;
 pub mod io;
-pub mod kernels;
+mod kernels;
 pub mod loss;
 pub mod model;
 pub mod onnx;
@@ -60,6 +60,7 @@ pub mod serve;
 pub mod styles;
 pub mod stylize;
 pub mod tensor;
+#[cfg(any(test, feature = "testutil"))]
 #[doc(hidden)]
 pub mod testutil;
 pub mod train;

@@ -39,7 +39,7 @@ pub fn resolve_live(spec: &str) -> Result<Transformer> {
         return resolve(t);
     }
     Err(Error::Usage(format!(
-        "--live: {spec:?} has no live twin (built-in styles with one: {}); make one with `impasto distill --teacher {spec} --data PHOTOS -o live.safetensors` and pass that file without --live",
+        "`live`: {spec:?} has no live twin (built-in styles with one: {}); distill one with it as the `teacher` and use that file as the style",
         names()
             .into_iter()
             .filter(|n| live_twin(n).is_some())

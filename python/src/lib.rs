@@ -435,7 +435,7 @@ fn evaluate_json(
 /// Ctrl-C) stops the run at the next step, with its checkpoint saved.
 struct Progress {
     callback: Option<PyObject>,
-    stop: &'static AtomicBool,
+    stop: Arc<AtomicBool>,
     error: Option<PyErr>,
     messages: Vec<String>,
 }
@@ -474,9 +474,9 @@ impl impasto::train::trainer::Observer for Progress {
 
 /// `impasto train` (see the Python wrapper's docstring); returns the run's outcome.
 #[pyfunction]
-#[pyo3(signature = (style, data, output, steps = None, epochs = None, batch_size = 4, image_size = 256,
-    style_size = 256, lr = 1e-3, content_weight = None, style_weight = None, tv_weight = None,
-    arch = "johnson", seed = 42, checkpoint_every = 500, val = None, resume = false, vgg = None,
+#[pyo3(signature = (style, data, output, steps = None, epochs = None, batch_size = None, image_size = None,
+    style_size = None, lr = None, content_weight = None, style_weight = None, tv_weight = None,
+    arch = "johnson", seed = None, checkpoint_every = None, val = None, resume = false, vgg = None,
     half = false, on_progress = None))]
 #[allow(clippy::too_many_arguments)]
 fn train(
@@ -486,16 +486,16 @@ fn train(
     output: PathBuf,
     steps: Option<u64>,
     epochs: Option<u64>,
-    batch_size: usize,
-    image_size: usize,
-    style_size: u32,
-    lr: f64,
+    batch_size: Option<usize>,
+    image_size: Option<usize>,
+    style_size: Option<u32>,
+    lr: Option<f64>,
     content_weight: Option<f64>,
     style_weight: Option<f64>,
     tv_weight: Option<f64>,
     arch: &str,
-    seed: u64,
-    checkpoint_every: u64,
+    seed: Option<u64>,
+    checkpoint_every: Option<u64>,
     val: Option<PathBuf>,
     resume: bool,
     vgg: Option<PathBuf>,
@@ -522,56 +522,51 @@ fn train(
             )))
         }
     };
-    if steps == Some(0) || epochs == Some(0) || batch_size == 0 || checkpoint_every == 0 {
-        return Err(PyValueError::new_err(
-            "steps, epochs, batch_size and checkpoint_every must be at least 1",
-        ));
-    }
-    if image_size < 16 || !image_size.is_multiple_of(4) || style_size < 16 {
-        return Err(PyValueError::new_err(format!(
-            "image_size {image_size} must be a multiple of 4, at least 16; style_size at least 16"
-        )));
-    }
-    if !(lr.is_finite() && lr > 0.0) {
-        return Err(PyValueError::new_err(format!("lr {lr} must be above 0")));
-    }
+    // Unset arguments take the library's defaults; the library checks every range
+    // (`TrainRequest::validate`, a ValueError naming the argument).
     let mut req = TrainRequest::new(style, data, output);
     req.run.steps = steps;
     req.run.epochs = epochs;
-    req.run.batch_size = batch_size;
-    req.run.image_size = image_size;
-    req.style_size = style_size;
-    req.lr = lr;
-    for (w, slot) in [
-        (content_weight, &mut req.loss.content_weight),
-        (style_weight, &mut req.loss.style_weight),
-        (tv_weight, &mut req.loss.tv_weight),
-    ] {
-        if let Some(w) = w {
-            if !(w.is_finite() && w >= 0.0) {
-                return Err(PyValueError::new_err(format!(
-                    "loss weight {w} must be 0 or more"
-                )));
-            }
-            *slot = w;
-        }
+    if let Some(v) = batch_size {
+        req.run.batch_size = v;
+    }
+    if let Some(v) = image_size {
+        req.run.image_size = v;
+    }
+    if let Some(v) = style_size {
+        req.style_size = v;
+    }
+    if let Some(v) = lr {
+        req.lr = v;
+    }
+    if let Some(v) = content_weight {
+        req.loss.content_weight = v;
+    }
+    if let Some(v) = style_weight {
+        req.loss.style_weight = v;
+    }
+    if let Some(v) = tv_weight {
+        req.loss.tv_weight = v;
     }
     req.arch = arch;
-    req.run.seed = seed;
-    req.run.checkpoint_every = checkpoint_every;
+    if let Some(v) = seed {
+        req.run.seed = v;
+    }
+    if let Some(v) = checkpoint_every {
+        req.run.checkpoint_every = v;
+    }
     req.run.val = val;
     req.run.resume = resume;
     req.run.vgg = vgg;
     req.run.half = half;
-    // One flag per run (a run is minutes long; the leak is a byte).
-    let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    let stop = Arc::new(AtomicBool::new(false));
     let mut progress = Progress {
         callback: on_progress,
-        stop,
+        stop: stop.clone(),
         error: None,
         messages: Vec::new(),
     };
-    let out = py.allow_threads(|| trainer::run(&req, &mut progress, stop));
+    let out = py.allow_threads(|| trainer::run(&req, &mut progress, &stop));
     if let Some(e) = progress.error {
         return Err(e);
     }

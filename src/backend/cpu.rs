@@ -46,15 +46,16 @@ fn profiling() -> bool {
     *ON.get_or_init(|| std::env::var_os("IMPASTO_PROFILE").is_some())
 }
 
-/// With `IMPASTO_PROFILE` set, time `f` and print it to stderr (a developer's switch, like
-/// `RUST_LOG`; nothing is printed otherwise).
+/// With `IMPASTO_PROFILE` set, time `f` and report it (`tracing`, target `impasto::profile`;
+/// a developer's switch: nothing is timed otherwise).
 fn timed<R>(f: impl FnOnce() -> R, what: impl FnOnce(&R) -> String) -> R {
     if !profiling() {
         return f();
     }
     let t = std::time::Instant::now();
     let r = f();
-    eprintln!(
+    tracing::info!(
+        target: "impasto::profile",
         "profile {:>8.2} ms  {}",
         t.elapsed().as_secs_f64() * 1e3,
         what(&r)

@@ -18,7 +18,7 @@ pub mod reference;
 pub use cpu::Cpu;
 pub use reference::Reference;
 
-use crate::kernels::norm::{Moments, NormStats};
+pub use crate::kernels::norm::{Moments, NormStats};
 use crate::kernels::{ConvGeom, PadMode};
 use crate::tensor::Tensor;
 

@@ -33,6 +33,12 @@ pub struct Cli {
     /// Worker threads, 1 to 256 (default: all cores; an empty IMPASTO_THREADS too).
     #[arg(long, global = true, env = "IMPASTO_THREADS", value_parser = args::thread_count)]
     pub threads: Option<usize>,
+    /// More detail on stderr (-v: debug, -vv: trace); `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only warnings and errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -225,6 +231,30 @@ pub fn model_or_init(model: &Option<PathBuf>, arch: Arch) -> Result<Transformer>
         Some(p) => Transformer::load(p)?,
         None => Transformer::init(impasto::model::TransformerConfig::new(arch), 1),
     })
+}
+
+/// The library names a setting as its parameter in backticks (`max_pixels`); on the command
+/// line that is a flag (`--max-pixels`).
+pub fn flags(msg: &str) -> String {
+    const PARAMS: [&str; 12] = [
+        "max_pixels",
+        "resume",
+        "vgg",
+        "workers",
+        "models",
+        "style",
+        "steps",
+        "epochs",
+        "data",
+        "lr",
+        "live",
+        "teacher",
+    ];
+    let mut out = msg.to_string();
+    for p in PARAMS {
+        out = out.replace(&format!("`{p}`"), &format!("--{}", p.replace('_', "-")));
+    }
+    out
 }
 
 pub fn is_broken_pipe(e: &anyhow::Error) -> bool {

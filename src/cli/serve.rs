@@ -52,20 +52,29 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<i32> {
     let d = ServeConfig::default();
-    impasto::serve::serve(ServeConfig {
-        addr: a.addr,
-        models: a.models,
-        workers: a.workers.unwrap_or(d.workers),
-        queue: a.queue,
-        max_bytes: a.max_bytes,
-        max_pixels: a.max_pixels,
-        max_side: a.max_side,
-        live_max_side: a.live_max_side,
-        timeout: Duration::from_secs_f64(a.timeout),
-        read_timeout: Duration::from_secs_f64(a.read_timeout),
-        max_connections: a.max_connections,
-        shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
-        live_frame_budget: Duration::from_secs_f64(a.live_frame_budget),
-    })?;
+    impasto::serve::serve(
+        ServeConfig {
+            addr: a.addr,
+            models: a.models,
+            workers: a.workers.unwrap_or(d.workers),
+            queue: a.queue,
+            max_bytes: a.max_bytes,
+            max_pixels: a.max_pixels,
+            max_side: a.max_side,
+            live_max_side: a.live_max_side,
+            timeout: Duration::from_secs_f64(a.timeout),
+            read_timeout: Duration::from_secs_f64(a.read_timeout),
+            max_connections: a.max_connections,
+            shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
+            live_frame_budget: Duration::from_secs_f64(a.live_frame_budget),
+        },
+        |addr| {
+            // The first line on stdout: scripts and tests read the address from it.
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening on http://{addr}");
+            let _ = out.flush();
+        },
+    )?;
     Ok(0)
 }

@@ -49,7 +49,14 @@ pub struct Look {
 impl Look {
     pub(super) fn model(&self) -> impasto::Result<Transformer> {
         if self.live {
-            impasto::styles::resolve_live(&self.style)
+            impasto::styles::resolve_live(&self.style).map_err(|e| match e {
+                // The command that makes one.
+                impasto::Error::Usage(m) => impasto::Error::Usage(format!(
+                    "{m} (`impasto distill --teacher {} --data PHOTOS -o live.safetensors`)",
+                    self.style
+                )),
+                e => e,
+            })
         } else {
             impasto::styles::resolve(&self.style)
         }
@@ -91,13 +98,13 @@ pub struct Args {
     #[arg(long, default_value_t = imageio::DEFAULT_MAX_PIXELS, value_parser = super::args::at_least_u64(1))]
     max_pixels: u64,
     /// Tile size for large images (pixels, at least 64).
-    #[arg(long, default_value_t = 1024, value_parser = super::args::at_least_usize(64))]
+    #[arg(long, default_value_t = impasto::stylize::DEFAULT_TILE, value_parser = super::args::at_least_usize(64))]
     tile: usize,
     /// Allow writing over an input image (e.g. `-o` naming the input folder itself).
     #[arg(long)]
     overwrite_inputs: bool,
     /// Images over this many pixels are processed in tiles (bounded memory).
-    #[arg(long, default_value_t = 2048 * 2048)]
+    #[arg(long, default_value_t = impasto::stylize::DEFAULT_TILE_THRESHOLD)]
     tile_threshold: u64,
 }
 
@@ -201,7 +208,7 @@ pub fn run(a: Args) -> Result<i32> {
                     return Ok(0);
                 }
                 failed += 1;
-                bar.suspend(|| eprintln!("impasto: error: {e:#}"));
+                bar.suspend(|| eprintln!("impasto: error: {}", super::flags(&format!("{e:#}"))));
                 if a.json {
                     let cat = e
                         .downcast_ref::<Error>()

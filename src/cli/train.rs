@@ -7,7 +7,7 @@ use impasto::train::distill::DistillConfig;
 use impasto::train::evaluate::EvalOptions;
 use impasto::train::step::Losses;
 use impasto::train::trainer::{
-    self, DistillRequest, Observer, Outcome, RunFiles, RunSettings, TrainRequest,
+    self, defaults, DistillRequest, Observer, Outcome, RunFiles, RunSettings, TrainRequest,
 };
 use impasto::Error;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -26,9 +26,9 @@ pub struct TrainArgs {
     #[command(flatten)]
     run: RunArgs,
     /// Longest side the style image is scaled to (Johnson's reference uses 256).
-    #[arg(long, default_value_t = 256, value_parser = super::args::at_least_u32(16))]
+    #[arg(long, default_value_t = defaults::STYLE_SIZE, value_parser = super::args::at_least_u32(16))]
     style_size: u32,
-    #[arg(long, default_value_t = 1e-3, value_parser = super::args::positive_f64)]
+    #[arg(long, default_value_t = defaults::LR, value_parser = super::args::positive_f64)]
     lr: f64,
     #[command(flatten)]
     loss: LossArgs,
@@ -77,15 +77,15 @@ pub struct RunArgs {
     /// Passes over the training photos.
     #[arg(long, value_parser = super::args::at_least_u64(1))]
     epochs: Option<u64>,
-    #[arg(long, default_value_t = 4, value_parser = super::args::at_least_usize(1))]
+    #[arg(long, default_value_t = defaults::BATCH_SIZE, value_parser = super::args::at_least_usize(1))]
     batch_size: usize,
     /// Training crop size (pixels, a multiple of 4, at least 16).
-    #[arg(long, default_value_t = 256, value_parser = super::args::crop_size)]
+    #[arg(long, default_value_t = defaults::IMAGE_SIZE, value_parser = super::args::crop_size)]
     image_size: usize,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = defaults::SEED)]
     seed: u64,
     /// Save a checkpoint (and, with --val, validate) every N steps.
-    #[arg(long, default_value_t = 500, value_parser = super::args::at_least_u64(1))]
+    #[arg(long, default_value_t = defaults::CHECKPOINT_EVERY, value_parser = super::args::at_least_u64(1))]
     checkpoint_every: u64,
     /// Validate and write a preview every N steps (default: --checkpoint-every).
     #[arg(long, value_parser = super::args::at_least_u64(1))]
@@ -131,7 +131,7 @@ impl Observer for Bar {
             .set_message(format!("{}  {ips:.2} img/s", l.describe()));
     }
     fn message(&mut self, msg: &str) {
-        self.0.suspend(|| eprintln!("{msg}"));
+        self.0.suspend(|| eprintln!("{}", super::flags(msg)));
     }
 }
 

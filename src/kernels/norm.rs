@@ -92,6 +92,7 @@ pub fn moments_region(
     }
 }
 
+#[cfg(test)]
 pub fn moments(x: &[f32], c: usize, h: usize, w: usize) -> Moments {
     moments_region(x, c, h, w, (0, h), (0, w))
 }

@@ -267,7 +267,7 @@ pub fn locate(flag: Option<&Path>) -> Result<std::path::PathBuf> {
         }
     }
     Err(Error::Environment(format!(
-        "no VGG16 weights found (the loss network training needs). Pass --vgg FILE, set IMPASTO_VGG=FILE, or run `impasto fetch-vgg` to download torchvision's VGG16 from the Hugging Face hub into {}",
+        "no VGG16 weights found (the loss network training needs): give `vgg` a weights file, set IMPASTO_VGG=FILE, or download torchvision's VGG16 from the Hugging Face hub (`impasto fetch-vgg`) into {}",
         dir.map(|d| d.display().to_string()).unwrap_or_else(|| "the cache folder".into())
     )))
 }
@@ -310,7 +310,7 @@ pub fn fetch(dir: &Path) -> Result<std::path::PathBuf> {
         .map_err(|e| Error::Network(format!("cannot set up the Hugging Face hub client: {e}")))?;
     let src = api.model("timm/vgg16.tv_in1k".into()).get("model.safetensors").map_err(|e| {
         Error::Network(format!(
-            "could not download timm/vgg16.tv_in1k from the Hugging Face hub ({e}). Without network access, copy VGG16 weights in impasto's format to {} or pass --vgg FILE",
+            "could not download timm/vgg16.tv_in1k from the Hugging Face hub ({e}). Without network access, copy VGG16 weights in impasto's format to {} or give `vgg` a weights file",
             dir.join(CACHE_FILES[1]).display()
         ))
     })?;

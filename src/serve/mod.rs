@@ -142,19 +142,20 @@ pub fn router(app: Arc<App>) -> axum::Router {
         .with_state(app)
 }
 
-/// Load the styles, listen on `cfg.addr` and serve until Ctrl-C / SIGTERM. Prints
-/// `listening on http://ADDR` on stdout once the socket is bound.
-pub fn serve(cfg: ServeConfig) -> Result<()> {
+/// Load the styles, listen on `cfg.addr` and serve until Ctrl-C / SIGTERM; `on_listening`
+/// is called with the bound address once the socket accepts connections. Progress and
+/// warnings are reported through `tracing`.
+pub fn serve(cfg: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Result<()> {
     if cfg.workers == 0 {
-        return Err(Error::Usage("--workers must be at least 1".into()));
+        return Err(Error::Usage("`workers` must be at least 1".into()));
     }
     let (styles, warnings) = Registry::load(cfg.models.as_deref())?;
     for w in &warnings {
-        eprintln!("impasto serve: warning: {w}");
+        tracing::warn!("{w}");
     }
     if styles.is_empty() {
         return Err(Error::Usage(
-            "no styles to serve: this build has no built-in styles and --models gave none".into(),
+            "no styles to serve: this build has no built-in styles and `models` gave none".into(),
         ));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -173,16 +174,14 @@ pub fn serve(cfg: ServeConfig) -> Result<()> {
         let local = listener
             .local_addr()
             .map_err(|e| Error::Server(format!("cannot listen on {addr}: {e}")))?;
-        eprintln!(
-            "impasto serve: {} styles ({}), {} workers, queue {}",
+        tracing::info!(
+            "{} styles ({}), {} workers, queue {}",
             app.styles.len(),
             app.styles.names().join(", "),
             app.cfg.workers,
             app.cfg.queue
         );
-        println!("listening on http://{local}");
-        use std::io::Write;
-        std::io::stdout().flush().ok();
+        on_listening(local);
         accept_loop(listener, app).await;
         Ok(())
     });
@@ -227,7 +226,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Arc<App>) {
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: wait a little, keep serving.
-                    eprintln!("impasto serve: accept failed: {e}");
+                    tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -257,15 +256,15 @@ async fn accept_loop(listener: tokio::net::TcpListener, app: Arc<App>) {
     drop(listener);
     let grace = app.cfg.shutdown_grace;
     let busy = app.cfg.max_connections - conns.available_permits();
-    eprintln!(
-        "impasto serve: shutting down ({busy} connections open; requests in flight get up to {} s)",
+    tracing::info!(
+        "shutting down ({busy} connections open; requests in flight get up to {} s)",
         grace.as_secs_f64()
     );
     let _ = stop_tx.send(true);
     let all = conns.acquire_many(app.cfg.max_connections as u32);
     if tokio::time::timeout(grace, all).await.is_err() {
-        eprintln!(
-            "impasto serve: {} connections still open after {} s; stopping their work and closing them",
+        tracing::warn!(
+            "{} connections still open after {} s; stopping their work and closing them",
             app.cfg.max_connections - conns.available_permits(),
             grace.as_secs_f64()
         );
@@ -310,5 +309,5 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    eprintln!("impasto serve: shutting down");
+    tracing::info!("shutting down");
 }

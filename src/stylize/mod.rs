@@ -25,6 +25,12 @@ use image::{DynamicImage, Rgb32FImage, RgbImage, RgbaImage};
 /// model file may ask for a wider one ([`MARGIN_KEY`](crate::model::transformer::MARGIN_KEY)).
 pub const DEFAULT_MARGIN: usize = 8;
 
+/// Default core tile side (pixels) for pictures processed in tiles.
+pub const DEFAULT_TILE: usize = 1024;
+
+/// Default number of (padded) pixels above which a picture is processed in tiles.
+pub const DEFAULT_TILE_THRESHOLD: u64 = 2048 * 2048;
+
 /// The longest side at which `Scale::Auto` stops enlarging strokes: pictures up to this
 /// size are stylized at full resolution, larger ones at this size and brought back up.
 pub const REFERENCE_SIDE: u32 = 1024;
@@ -180,9 +186,9 @@ impl Default for StylizeOptions {
             max_size: None,
             strength: 1.0,
             preserve_color: false,
-            tile: 1024,
+            tile: DEFAULT_TILE,
             halo: 96,
-            tile_threshold: 2048 * 2048,
+            tile_threshold: DEFAULT_TILE_THRESHOLD,
             margin: None,
             scale: Scale::Auto,
             cancel: Cancel::default(),

@@ -323,13 +323,15 @@ pub trait Observer {
 }
 
 /// Options of a run beyond its [`TrainConfig`].
-pub struct RunOptions {
+pub struct RunOptions<'a> {
     pub val: Option<Vec<PathBuf>>,
     pub val_every: u64,
     pub files: RunFiles,
     pub resume: Option<Checkpoint>,
     pub half: bool,
-    pub interrupt: &'static AtomicBool,
+    /// Set from elsewhere (a signal handler, a callback) to stop at the next step with the
+    /// checkpoint saved.
+    pub interrupt: &'a AtomicBool,
 }
 
 #[derive(Debug)]
@@ -439,6 +441,24 @@ fn append_jsonl(path: &Path, v: &serde_json::Value) -> Result<()> {
     writeln!(f, "{v}").map_err(|e| Error::io(path, e))
 }
 
+/// impasto's training defaults, each written once: the CLI's flags and the Python package
+/// read them from here.
+pub mod defaults {
+    /// Photos per step.
+    pub const BATCH_SIZE: usize = 4;
+    /// Training crop side (pixels).
+    pub const IMAGE_SIZE: usize = 256;
+    /// Longest side the style painting is scaled to (Johnson's reference uses 256).
+    pub const STYLE_SIZE: u32 = 256;
+    /// Adam's learning rate.
+    pub const LR: f64 = 1e-3;
+    pub const SEED: u64 = 42;
+    /// Steps between checkpoints (and validations).
+    pub const CHECKPOINT_EVERY: u64 = 500;
+    /// Passes over the photos when no step count is given.
+    pub const EPOCHS: u64 = 2;
+}
+
 /// What every training loop's caller sets the same way (`train` and `distill`, the CLI and
 /// the Python package): the photos, the output, the run's length, batches, checkpoints,
 /// validation and the VGG16 weights.
@@ -469,7 +489,8 @@ pub struct RunSettings {
 }
 
 impl RunSettings {
-    /// impasto's defaults: 2 epochs of batch 4 at 256², seed 42, a checkpoint every 500 steps.
+    /// impasto's [`defaults`]: 2 epochs of batch 4 at 256², seed 42, a checkpoint every 500
+    /// steps.
     pub fn new(data: impl Into<PathBuf>, output: impl Into<PathBuf>) -> Self {
         RunSettings {
             data: data.into(),
@@ -477,15 +498,72 @@ impl RunSettings {
             output: output.into(),
             steps: None,
             epochs: None,
-            batch_size: 4,
-            image_size: 256,
-            seed: 42,
-            checkpoint_every: 500,
+            batch_size: defaults::BATCH_SIZE,
+            image_size: defaults::IMAGE_SIZE,
+            seed: defaults::SEED,
+            checkpoint_every: defaults::CHECKPOINT_EVERY,
             val_every: None,
             resume: false,
             vgg: None,
             half: false,
         }
+    }
+}
+
+impl RunSettings {
+    /// The one range check of a run's settings (the CLI checks its flags as it parses them
+    /// too, to name them; the Python package relies on this).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Usage(m));
+        if self.steps == Some(0) || self.epochs == Some(0) {
+            return bad("zero training steps: give `steps` or `epochs` of at least 1".into());
+        }
+        if self.batch_size == 0 || self.checkpoint_every == 0 || self.val_every == Some(0) {
+            return bad(format!(
+                "`batch_size` ({}), `checkpoint_every` ({}) and `val_every` must be at least 1",
+                self.batch_size, self.checkpoint_every
+            ));
+        }
+        if self.image_size < 16 || !self.image_size.is_multiple_of(4) {
+            return bad(format!(
+                "`image_size` {} must be a multiple of 4, at least 16",
+                self.image_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TrainRequest {
+    /// The one range check of a training request: its run's settings, the style size, the
+    /// learning rate and the loss weights.
+    pub fn validate(&self) -> Result<()> {
+        self.run.validate()?;
+        if self.style_size < 16 {
+            return Err(Error::Usage(format!(
+                "`style_size` {} must be at least 16",
+                self.style_size
+            )));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::Usage(format!(
+                "`lr` {} must be a finite number above 0",
+                self.lr
+            )));
+        }
+        let w = &self.loss;
+        for (name, v) in [
+            ("content_weight", w.content_weight),
+            ("style_weight", w.style_weight),
+            ("tv_weight", w.tv_weight),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::Usage(format!(
+                    "`{name}` {v} must be a finite number, 0 or more"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -512,8 +590,8 @@ impl TrainRequest {
     ) -> Self {
         TrainRequest {
             style: style.into(),
-            style_size: 256,
-            lr: 1e-3,
+            style_size: defaults::STYLE_SIZE,
+            lr: defaults::LR,
             loss: LossConfig::default(),
             arch: Arch::Johnson,
             run: RunSettings::new(data, output),
@@ -524,11 +602,8 @@ impl TrainRequest {
 /// Set up and run (or, with `resume`, continue) a training run: the output's lock first (so
 /// a second run on the same output stops before any work), the VGG16 weights, the photos
 /// (skipped folders reported through `obs`), the style, the checkpoint.
-pub fn run(
-    req: &TrainRequest,
-    obs: &mut dyn Observer,
-    interrupt: &'static AtomicBool,
-) -> Result<Outcome> {
+pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -> Result<Outcome> {
+    req.validate()?;
     crate::batch::guard_output(&req.run.output, &[&req.style])?;
     refuse_output_inside(&req.run)?;
     let (files, _lock) = lock_output(&req.run.output)?;
@@ -700,7 +775,7 @@ fn checkpoint_to_resume(files: &RunFiles, resume: bool) -> Result<Option<Checkpo
     if resume {
         if !files.checkpoint.exists() {
             return Err(Error::Usage(format!(
-                "--resume: no checkpoint at {}",
+                "`resume`: no checkpoint at {}",
                 files.checkpoint.display()
             )));
         }
@@ -708,7 +783,7 @@ fn checkpoint_to_resume(files: &RunFiles, resume: bool) -> Result<Option<Checkpo
     } else {
         if files.checkpoint.exists() {
             return Err(Error::Usage(format!(
-                "{} exists: pass --resume to continue that run, or delete it to start over",
+                "{} exists: set `resume` to continue that run, or delete it to start over",
                 files.checkpoint.display()
             )));
         }
@@ -778,9 +853,10 @@ impl DistillRequest {
 pub fn distill(
     req: &DistillRequest,
     obs: &mut dyn Observer,
-    interrupt: &'static AtomicBool,
+    interrupt: &AtomicBool,
 ) -> Result<Outcome> {
     use sha2::Digest;
+    req.run.validate()?;
     crate::batch::guard_output(&req.run.output, &[Path::new(&req.teacher)])?;
     refuse_output_inside(&req.run)?;
     let (files, _lock) = lock_output(&req.run.output)?;
@@ -817,7 +893,7 @@ pub fn distill(
             Some(p) if p.is_file() => {
                 let sha = sha256_file(&p)?;
                 if recorded("style_sha256").is_some_and(|want| want != sha) {
-                    obs.message(&format!("warning: {} is not the painting {} was trained on (its SHA-256 differs); distilling without the teacher's loss: pass --style", p.display(), req.teacher));
+                    obs.message(&format!("warning: {} is not the painting {} was trained on (its SHA-256 differs); distilling without the teacher's loss: give `style` the painting", p.display(), req.teacher));
                     None
                 } else {
                     Some((p, sha))
@@ -825,7 +901,7 @@ pub fn distill(
             }
             other => {
                 obs.message(&format!(
-                    "warning: the teacher's painting ({}) is not at hand; distilling with the pixel terms only (softer texture): pass --style PAINTING",
+                    "warning: the teacher's painting ({}) is not at hand; distilling with the pixel terms only (softer texture): give `style` the painting",
                     other.map(|p| p.display().to_string()).unwrap_or_else(|| "not recorded".into())
                 ));
                 None
@@ -942,12 +1018,12 @@ pub fn train(
     cfg: &TrainConfig,
     objective: &Objective,
     photos: Vec<PathBuf>,
-    opts: RunOptions,
+    opts: RunOptions<'_>,
     obs: &mut dyn Observer,
 ) -> Result<Outcome> {
     if cfg.steps == 0 {
         return Err(Error::Usage(
-            "zero training steps: give --steps or --epochs of at least 1".into(),
+            "zero training steps: give `steps` or `epochs` of at least 1".into(),
         ));
     }
     if cfg.batch_size == 0 || cfg.image_size < 16 || !cfg.image_size.is_multiple_of(4) {
@@ -972,7 +1048,7 @@ pub fn train(
             }
             if ck.config.data != cfg.data || ck.config.dataset_size != cfg.dataset_size {
                 return Err(Error::Usage(format!(
-                    "{}: the checkpoint was made on {} ({} photos), not {} ({} photos); resume with the same --data, or remove the checkpoint to start over",
+                    "{}: the checkpoint was made on {} ({} photos), not {} ({} photos); resume with the same `data`, or remove the checkpoint to start over",
                     opts.files.checkpoint.display(),
                     ck.config.data,
                     ck.config.dataset_size,
@@ -1031,7 +1107,7 @@ pub fn train(
             // Say what to do: the previous checkpoint (if any) is untouched, since a new one
             // replaces it only once complete.
             let kept = if opts.files.checkpoint.exists() {
-                "the previous checkpoint is intact; free space (or fix the folder) and continue with --resume"
+                "the previous checkpoint is intact; free space (or fix the folder) and continue with `resume`"
             } else {
                 "no checkpoint exists yet; free space (or fix the folder) and start again"
             };
@@ -1062,11 +1138,11 @@ pub fn train(
             // Name the checkpoint only if there is one to go back to.
             let advice = if opts.files.checkpoint.exists() {
                 format!(
-                    "The last good checkpoint ({}) is intact: lower --lr or the loss weights and continue with --resume",
+                    "The last good checkpoint ({}) is intact: lower `lr` or the loss weights and continue with `resume`",
                     opts.files.checkpoint.display()
                 )
             } else {
-                "No checkpoint was written yet, so nothing was saved: lower --lr or the loss weights and start again".to_string()
+                "No checkpoint was written yet, so nothing was saved: lower `lr` or the loss weights and start again".to_string()
             };
             return Err(Error::Diverged(format!(
                 "the loss became {} at step {} (content {}, style {}, tv {}); stopping. {advice}",

@@ -127,16 +127,16 @@ def train(
     output,
     steps=None,
     epochs=None,
-    batch_size=4,
-    image_size=256,
-    style_size=256,
-    lr=1e-3,
+    batch_size=None,
+    image_size=None,
+    style_size=None,
+    lr=None,
     content_weight=None,
     style_weight=None,
     tv_weight=None,
     arch="johnson",
-    seed=42,
-    checkpoint_every=500,
+    seed=None,
+    checkpoint_every=None,
     val=None,
     resume=False,
     vgg=None,
@@ -144,6 +144,10 @@ def train(
     on_progress=None,
 ):
     """Train a style from a painting on a folder of photos (``impasto train``).
+
+    Arguments left at ``None`` take impasto's defaults, the same as the command line's
+    (batch 4 of 256² crops, style size 256, Adam lr 1e-3, seed 42, a checkpoint every 500
+    steps, 2 epochs, the default loss weights); out-of-range values raise ``ValueError``.
 
     Writes ``output`` (the model), ``OUTPUT.ckpt.safetensors`` (a checkpoint every
     ``checkpoint_every`` steps; ``resume=True`` continues from it exactly), a metrics log and,
@@ -156,11 +160,14 @@ def train(
     if on_progress is not None and not callable(on_progress):
         raise TypeError(f"on_progress must be callable (a function taking one dict), got {on_progress!r}")
     p = lambda v: None if v is None else str(v)
-    outcome, step, messages, checkpoint, metrics = _impasto.train(
-        str(style), str(data), str(output), steps, epochs, batch_size, image_size,
-        style_size, lr, content_weight, style_weight, tv_weight, arch, seed,
-        checkpoint_every, p(val), resume, p(vgg), half, on_progress,
-    )
+    try:
+        outcome, step, messages, checkpoint, metrics = _impasto.train(
+            str(style), str(data), str(output), steps, epochs, batch_size, image_size,
+            style_size, lr, content_weight, style_weight, tv_weight, arch, seed,
+            checkpoint_every, p(val), resume, p(vgg), half, on_progress,
+        )
+    except OverflowError as e:
+        raise ValueError(f"a size or count is out of range: {e}") from None
     out = {
         "outcome": outcome,
         "model": str(output),
