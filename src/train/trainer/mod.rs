@@ -1,0 +1,382 @@
+//! The training loop: Johnson's recipe with checkpoints, exact resume, validation,
+//! previews, a metrics log and clean interruption.
+//!
+//! - `request`: a run as a caller asks for it, impasto's defaults, the one range check;
+//! - `setup`: from a request to a running loop ([`run`] for `train`, [`distill`]);
+//! - `files`: the lock, the checkpoint, the metrics log beside the model;
+//! - `metrics`: validation losses and preview grids;
+//! - here: the configuration a checkpoint records and the loop itself ([`train`]).
+
+use crate::error::{Error, Result};
+use crate::loss::LossConfig;
+use crate::model::format::TensorFile;
+use crate::model::{Arch, Transformer, TransformerConfig, Vgg16};
+use crate::tensor::Tensor;
+use crate::train::data::{self, DataPos, Loader};
+use crate::train::distill::{DistillConfig, Distiller};
+use crate::train::step::{self, Adam, Losses, StyleTarget};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+mod files;
+mod metrics;
+mod request;
+mod setup;
+
+use files::{append_jsonl, checkpoint_to_resume, lock_output, truncate_metrics};
+pub use files::{sha256_file, Checkpoint, RunFiles, RunLock};
+use metrics::mean;
+pub use metrics::{preview, validate};
+pub use request::{defaults, DistillRequest, RunSettings, TrainRequest};
+use setup::run_identity_differs;
+pub use setup::{distill, load_style, run};
+
+/// How a model is trained; stored in checkpoints and in the model file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub arch: Arch,
+    pub style: String,
+    pub style_sha256: String,
+    /// Longest side the style image is scaled to (None: as it is).
+    pub style_size: Option<u32>,
+    pub data: String,
+    pub dataset_size: usize,
+    pub image_size: usize,
+    pub batch_size: usize,
+    pub steps: u64,
+    pub lr: f64,
+    pub loss: LossConfig,
+    pub seed: u64,
+    pub vgg_convention: String,
+    pub checkpoint_every: u64,
+    /// The network trained, when it is not `arch`'s standard one (the live models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<TransformerConfig>,
+    /// A distillation run: the teacher and the weights of its terms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
+    /// Anneal the learning rate from `lr` to this by the last step (half a cosine); None:
+    /// constant, Johnson's recipe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_final: Option<f64>,
+}
+
+impl TrainConfig {
+    /// The learning rate of step `step` (0-based): a function of the step alone, so a
+    /// resumed run continues the same schedule.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        match self.lr_final {
+            None => self.lr,
+            Some(end) => {
+                let t = step as f64 / self.steps.max(1) as f64;
+                end + 0.5 * (self.lr - end) * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
+
+    /// The network this run trains.
+    pub fn network(&self) -> TransformerConfig {
+        self.network
+            .clone()
+            .unwrap_or_else(|| TransformerConfig::new(self.arch))
+    }
+}
+
+/// What a run trains the network to minimise.
+pub enum Objective<'a> {
+    /// Johnson's perceptual loss: content, style (against the painting's Grams), TV.
+    Perceptual { vgg: &'a Vgg16, target: StyleTarget },
+    /// Reproduce a teacher network (`impasto distill`).
+    Distill(&'a Distiller),
+}
+
+impl Objective<'_> {
+    /// The losses of batch `step` (0-based) of `steps` and their gradient.
+    fn loss_and_grads(
+        &self,
+        model: &Transformer,
+        cfg: &TrainConfig,
+        x: &Tensor,
+        step: u64,
+    ) -> (Losses, crate::model::transformer::Grads) {
+        match self {
+            Objective::Perceptual { vgg, target } => {
+                step::loss_and_grads(model, vgg, target, &cfg.loss, x)
+            }
+            Objective::Distill(d) => {
+                let on = d.teacher_loss_at(step, cfg.steps);
+                let (l, g) = d.loss(model, x, cfg.seed ^ step, true, on);
+                (l, g.expect("gradients were asked for"))
+            }
+        }
+    }
+
+    /// Mean losses over validation crops (fixed noise; every term a run can have).
+    fn validate(&self, model: &Transformer, cfg: &LossConfig, imgs: &[Tensor]) -> Losses {
+        match self {
+            Objective::Perceptual { vgg, target } => validate(model, vgg, target, cfg, imgs),
+            Objective::Distill(d) => mean(
+                imgs.iter()
+                    .enumerate()
+                    .map(|(i, x)| d.loss(model, x, i as u64, false, true).0),
+            ),
+        }
+    }
+
+    fn teacher(&self) -> Option<&Transformer> {
+        match self {
+            Objective::Perceptual { .. } => None,
+            Objective::Distill(d) => Some(&d.teacher),
+        }
+    }
+}
+
+/// What the loop reports as it goes.
+pub trait Observer {
+    fn step(&mut self, step: u64, total: u64, losses: &Losses, img_per_s: f64);
+    fn message(&mut self, msg: &str);
+}
+
+/// Options of a run beyond its [`TrainConfig`].
+pub struct RunOptions<'a> {
+    pub val: Option<Vec<PathBuf>>,
+    pub val_every: u64,
+    pub files: RunFiles,
+    pub resume: Option<Checkpoint>,
+    pub half: bool,
+    /// Set from elsewhere (a signal handler, a callback) to stop at the next step with the
+    /// checkpoint saved.
+    pub interrupt: &'a AtomicBool,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Finished,
+    Interrupted { step: u64 },
+}
+
+/// Run (or continue) training. Returns when the steps are done or on interruption.
+pub fn train(
+    cfg: &TrainConfig,
+    objective: &Objective,
+    photos: Vec<PathBuf>,
+    opts: RunOptions<'_>,
+    obs: &mut dyn Observer,
+) -> Result<Outcome> {
+    if cfg.steps == 0 {
+        return Err(Error::Usage(
+            "zero training steps: give `steps` or `epochs` of at least 1".into(),
+        ));
+    }
+    if cfg.batch_size == 0 || cfg.image_size < 16 || !cfg.image_size.is_multiple_of(4) {
+        return Err(Error::Usage(format!(
+            "batch size {} / image size {}: the batch must hold at least one image and the size be a multiple of 4, at least 16",
+            cfg.batch_size, cfg.image_size
+        )));
+    }
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0) {
+        return Err(Error::Usage(format!(
+            "learning rate {} must be a finite number above 0",
+            cfg.lr
+        )));
+    }
+    let (mut model, mut adam, mut step, pos) = match opts.resume {
+        Some(ck) => {
+            if let Some(what) = run_identity_differs(&ck.config, cfg) {
+                return Err(Error::Usage(format!(
+                    "{}: the checkpoint was made with another {what}; remove it or train with the same settings",
+                    opts.files.checkpoint.display()
+                )));
+            }
+            if ck.config.data != cfg.data || ck.config.dataset_size != cfg.dataset_size {
+                return Err(Error::Usage(format!(
+                    "{}: the checkpoint was made on {} ({} photos), not {} ({} photos); resume with the same `data`, or remove the checkpoint to start over",
+                    opts.files.checkpoint.display(),
+                    ck.config.data,
+                    ck.config.dataset_size,
+                    cfg.data,
+                    cfg.dataset_size
+                )));
+            }
+            if ck.step > cfg.steps {
+                return Err(Error::Usage(format!(
+                    "{}: the checkpoint is at step {}, past this run's {} steps; ask for at least {} steps to continue it",
+                    opts.files.checkpoint.display(),
+                    ck.step,
+                    cfg.steps,
+                    ck.step
+                )));
+            }
+            obs.message(&format!(
+                "resuming from step {} ({})",
+                ck.step,
+                opts.files.checkpoint.display()
+            ));
+            truncate_metrics(&opts.files.metrics, ck.step)?;
+            (ck.model, ck.adam, ck.step, ck.data)
+        }
+        None => {
+            let mut m = Transformer::init(cfg.network(), cfg.seed);
+            if let Objective::Distill(d) = objective {
+                d.warm_start(&mut m);
+            }
+            (m, Adam::new(cfg.lr), 0, DataPos::default())
+        }
+    };
+    let val_imgs: Vec<Tensor> = match &opts.val {
+        None => Vec::new(),
+        Some(files) => files
+            .iter()
+            .take(8)
+            .filter_map(|f| data::load_crop(f, cfg.image_size, None).ok())
+            .map(|v| Tensor::from_vec(1, 3, cfg.image_size, cfg.image_size, v))
+            .collect(),
+    };
+    let loader = Loader::new(photos, cfg.seed, cfg.image_size, cfg.batch_size, pos);
+    let mut last_pos = pos;
+    let t0 = Instant::now();
+    let mut done_here = 0u64;
+    let save = |model: &Transformer, adam: &Adam, step: u64, data: DataPos| -> Result<()> {
+        Checkpoint {
+            config: cfg.clone(),
+            model: model.clone(),
+            adam: adam.clone(),
+            step,
+            data,
+        }
+        .save(&opts.files.checkpoint)
+        .map_err(|e| {
+            // Say what to do: the previous checkpoint (if any) is untouched, since a new one
+            // replaces it only once complete.
+            let kept = if opts.files.checkpoint.exists() {
+                "the previous checkpoint is intact; free space (or fix the folder) and continue with `resume`"
+            } else {
+                "no checkpoint exists yet; free space (or fix the folder) and start again"
+            };
+            Error::output(
+                &opts.files.checkpoint,
+                format!("cannot save the checkpoint at step {step} ({e}); {kept}"),
+            )
+        })
+    };
+    let mut skipped_total = 0usize;
+    while step < cfg.steps {
+        if opts.interrupt.load(Ordering::SeqCst) {
+            save(&model, &adam, step, last_pos)?;
+            return Ok(Outcome::Interrupted { step });
+        }
+        let batch = loader.next().ok_or_else(|| {
+            Error::Data(format!(
+                "{}: none of the {} images could be read",
+                cfg.data, cfg.dataset_size
+            ))
+        })?;
+        for (p, e) in &batch.skipped {
+            skipped_total += 1;
+            obs.message(&format!("warning: skipped {}: {e}", p.display()));
+        }
+        let (losses, grads) = objective.loss_and_grads(&model, cfg, &batch.images, step);
+        if !losses.total.is_finite() || grads.0.iter().any(|g| g.iter().any(|v| !v.is_finite())) {
+            // Name the checkpoint only if there is one to go back to.
+            let advice = if opts.files.checkpoint.exists() {
+                format!(
+                    "The last good checkpoint ({}) is intact: lower `lr` or the loss weights and continue with `resume`",
+                    opts.files.checkpoint.display()
+                )
+            } else {
+                "No checkpoint was written yet, so nothing was saved: lower `lr` or the loss weights and start again".to_string()
+            };
+            return Err(Error::Diverged(format!(
+                "the loss became {} at step {} (content {}, style {}, tv {}); stopping. {advice}",
+                losses.total,
+                step + 1,
+                losses.content,
+                losses.style,
+                losses.tv
+            )));
+        }
+        adam.lr = cfg.lr_at(step);
+        step::apply(&mut model, &mut adam, &grads);
+        step += 1;
+        done_here += 1;
+        last_pos = batch.next;
+        let ips = (done_here * cfg.batch_size as u64) as f64 / t0.elapsed().as_secs_f64();
+        obs.step(step, cfg.steps, &losses, ips);
+        append_jsonl(&opts.files.metrics, &{
+            let mut v = serde_json::to_value(losses).expect("serialises");
+            v["step"] = step.into();
+            v["img_per_s"] = ips.into();
+            v["seconds"] = t0.elapsed().as_secs_f64().into();
+            v
+        })?;
+        let ck = step % cfg.checkpoint_every == 0;
+        if ck || step == cfg.steps {
+            save(&model, &adam, step, last_pos)?;
+        }
+        if !val_imgs.is_empty() && (step % opts.val_every == 0 || step == cfg.steps) {
+            let v = objective.validate(&model, &cfg.loss, &val_imgs);
+            append_jsonl(
+                &opts.files.metrics,
+                &serde_json::json!({"step": step, "val": v}),
+            )?;
+            obs.message(&format!("step {step}: validation {}", v.describe()));
+            preview(&model, objective.teacher(), &val_imgs, &opts.files.preview)?;
+        }
+        if ck || step == cfg.steps || (!val_imgs.is_empty() && step % opts.val_every == 0) {
+            crate::train::plot::loss_curve(&opts.files.metrics, &opts.files.curve)?;
+        }
+    }
+    if skipped_total > 0 {
+        obs.message(&format!(
+            "warning: {skipped_total} unreadable images were skipped"
+        ));
+    }
+    let mut model = model;
+    let train = serde_json::from_value(serde_json::to_value(cfg).expect("serialises"))
+        .expect("a training config is a training record");
+    let command = if cfg.distill.is_some() {
+        "distill"
+    } else {
+        "train"
+    };
+    crate::model::provenance::Provenance {
+        made_by: format!("impasto {} {command}", env!("CARGO_PKG_VERSION")),
+        steps_done: Some(step),
+        train: Some(train),
+        ..Default::default()
+    }
+    .to_metadata(&mut model.metadata);
+    model.metadata.insert(
+        "impasto.loss".into(),
+        serde_json::to_string(&cfg.loss).expect("serialises"),
+    );
+    match objective.teacher() {
+        Some(t) => {
+            // The teacher's painting hash and thumbnail: the student is the same style.
+            for key in ["impasto.style_sha256", crate::styles::THUMBNAIL_KEY] {
+                if let Some(v) = t.metadata.get(key) {
+                    model.metadata.insert(key.into(), v.clone());
+                }
+            }
+        }
+        None => {
+            model
+                .metadata
+                .insert("impasto.style_sha256".into(), cfg.style_sha256.clone());
+            // The painting (read successfully at the start of the run) as a small thumbnail.
+            match crate::styles::painting_thumbnail(std::path::Path::new(&cfg.style)) {
+                Ok(t) => {
+                    model
+                        .metadata
+                        .insert(crate::styles::THUMBNAIL_KEY.into(), t);
+                }
+                Err(e) => obs.message(&format!("warning: no painting thumbnail in the model: {e}")),
+            }
+        }
+    }
+    model.save(&opts.files.model, opts.half)?;
+    Ok(Outcome::Finished)
+}

@@ -1,0 +1,350 @@
+//! From a request to a running loop: the VGG16 weights, the photos, the style or the
+//! teacher, the checkpoint to resume; the checks that refuse a run before it writes.
+use super::*;
+
+/// The style image as a 1×3×H×W RGB 0..255 tensor, scaled so its longest side is `size`.
+pub fn load_style(path: &Path, size: Option<u32>) -> Result<Tensor> {
+    let mut img = crate::imageio::read_path(path, &Default::default())?.image;
+    if let Some(s) = size {
+        let (w, h) = (img.width(), img.height());
+        let k = s as f64 / w.max(h) as f64;
+        img = img.resize_exact(
+            ((w as f64 * k).round() as u32).max(16),
+            ((h as f64 * k).round() as u32).max(16),
+            image::imageops::FilterType::Lanczos3,
+        );
+    }
+    let rgb = img.to_rgb8();
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let mut t = Tensor::zeros(1, 3, h, w);
+    for (x, y, p) in rgb.enumerate_pixels() {
+        for c in 0..3 {
+            t.data[(c * h + y as usize) * w + x as usize] = p.0[c] as f32;
+        }
+    }
+    Ok(t)
+}
+
+/// Set up and run (or, with `resume`, continue) a training run: the output's lock first (so
+/// a second run on the same output stops before any work), the VGG16 weights, the photos
+/// (skipped folders reported through `obs`), the style, the checkpoint.
+pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -> Result<Outcome> {
+    req.validate()?;
+    crate::batch::guard_output(&req.run.output, &[&req.style])?;
+    refuse_output_inside(&req.run)?;
+    let (files, _lock) = lock_output(&req.run.output)?;
+    let vgg_path = crate::model::vgg::locate(req.run.vgg.as_deref())?;
+    let vgg = Vgg16::load(&vgg_path)?;
+    let data = Inputs::scan(
+        &req.run.data,
+        req.run.val.as_deref(),
+        req.run.batch_size,
+        req.run.steps,
+        req.run.epochs,
+        obs,
+    )?;
+    let style = load_style(&req.style, Some(req.style_size))?;
+    let cfg = TrainConfig {
+        arch: req.arch,
+        style: req.style.display().to_string(),
+        style_sha256: sha256_file(&req.style)?,
+        style_size: Some(req.style_size),
+        data: req.run.data.display().to_string(),
+        dataset_size: data.photos.len(),
+        image_size: req.run.image_size,
+        batch_size: req.run.batch_size,
+        steps: data.steps,
+        lr: req.lr,
+        loss: req.loss.clone(),
+        seed: req.run.seed,
+        vgg_convention: vgg.pre.convention.clone(),
+        checkpoint_every: req.run.checkpoint_every.max(1),
+        network: None,
+        distill: None,
+        lr_final: None,
+    };
+    let resume = checkpoint_to_resume(&files, req.run.resume)?;
+    obs.message(&format!(
+        "training {:?} on {} photos ({} steps of {}, {}²), style {}, VGG {} ({})",
+        cfg.arch,
+        data.photos.len(),
+        data.steps,
+        cfg.batch_size,
+        cfg.image_size,
+        req.style.display(),
+        vgg_path.display(),
+        cfg.vgg_convention
+    ));
+    let opts = RunOptions {
+        val: data.val,
+        val_every: req.run.val_every.unwrap_or(cfg.checkpoint_every).max(1),
+        files,
+        resume,
+        half: req.run.half,
+        interrupt,
+    };
+    let target = StyleTarget::new(&vgg, &style);
+    train(
+        &cfg,
+        &Objective::Perceptual { vgg: &vgg, target },
+        data.photos,
+        opts,
+        obs,
+    )
+}
+
+/// The photos of a run and how many steps it takes.
+pub(super) struct Inputs {
+    photos: Vec<PathBuf>,
+    val: Option<Vec<PathBuf>>,
+    steps: u64,
+}
+
+impl Inputs {
+    fn scan(
+        data: &Path,
+        val: Option<&Path>,
+        batch_size: usize,
+        steps: Option<u64>,
+        epochs: Option<u64>,
+        obs: &mut dyn Observer,
+    ) -> Result<Self> {
+        let mut scan = |dir: &Path| -> Result<Vec<PathBuf>> {
+            let s = crate::train::data::scan_reporting(dir)?;
+            for w in &s.warnings {
+                obs.message(&format!("warning: {w}"));
+            }
+            Ok(s.files)
+        };
+        let photos = scan(data)?;
+        let val = match val {
+            Some(d) => Some(scan(d)?),
+            None => None,
+        };
+        if batch_size == 0 {
+            return Err(Error::Usage("the batch size must be at least 1".into()));
+        }
+        let per_epoch = photos.len().div_ceil(batch_size) as u64;
+        let steps = steps.unwrap_or(per_epoch * epochs.unwrap_or(2));
+        Ok(Inputs { photos, val, steps })
+    }
+}
+
+/// A run writes its previews and loss plot beside its model: inside a photo folder they
+/// would become training photos (and change the photo count a resume checks), so that is
+/// refused before anything is written.
+pub(super) fn refuse_output_inside(run: &RunSettings) -> Result<()> {
+    let output = &run.output;
+    let folder = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // The folder may not exist yet: resolve its nearest existing ancestor.
+    let Some(folder) = folder.ancestors().find_map(|a| {
+        std::fs::canonicalize(if a.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            a
+        })
+        .ok()
+    }) else {
+        return Ok(());
+    };
+    for photos in std::iter::once(&run.data).chain(&run.val) {
+        if std::fs::canonicalize(photos).is_ok_and(|p| folder.starts_with(p)) {
+            return Err(Error::Usage(format!(
+                "{}: the output is inside the photo folder {}, where the run's previews and loss plot would become training photos; write the model to another folder",
+                output.display(),
+                photos.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What makes a checkpoint another run's, if anything: the style, the network, the crop and
+/// batch sizes, the seed, or (distillation) the teacher and its painting. The learning rate
+/// and the loss weights may change on resume (lowering them is the advice after a
+/// divergence; the metrics file keeps the history).
+pub(super) fn run_identity_differs(ck: &TrainConfig, cfg: &TrainConfig) -> Option<&'static str> {
+    let teacher = |c: &TrainConfig| {
+        c.distill
+            .as_ref()
+            .map(|d| (d.teacher_sha256.clone(), d.painting_sha256.clone()))
+    };
+    [
+        // (a distillation's style_sha256 is its teacher's: name the teacher first)
+        (teacher(ck) != teacher(cfg), "teacher or teacher's painting"),
+        (ck.style_sha256 != cfg.style_sha256, "style"),
+        (ck.arch != cfg.arch || ck.network != cfg.network, "network"),
+        (ck.image_size != cfg.image_size, "image size"),
+        (ck.batch_size != cfg.batch_size, "batch size"),
+        (ck.seed != cfg.seed, "seed"),
+    ]
+    .into_iter()
+    .find_map(|(differs, what)| differs.then_some(what))
+}
+
+/// Set up and run (or continue) a distillation run; the order of checks is `run`'s.
+pub fn distill(
+    req: &DistillRequest,
+    obs: &mut dyn Observer,
+    interrupt: &AtomicBool,
+) -> Result<Outcome> {
+    use sha2::Digest;
+    req.run.validate()?;
+    crate::batch::guard_output(&req.run.output, &[Path::new(&req.teacher)])?;
+    refuse_output_inside(&req.run)?;
+    let (files, _lock) = lock_output(&req.run.output)?;
+    let (teacher, teacher_sha256) = match crate::styles::builtin_bytes(&req.teacher) {
+        Some(bytes) => (
+            crate::styles::resolve(&req.teacher)?,
+            format!("{:x}", sha2::Sha256::digest(bytes)),
+        ),
+        None => (
+            crate::styles::resolve(&req.teacher)?,
+            sha256_file(Path::new(&req.teacher))?,
+        ),
+    };
+    req.network
+        .validate()
+        .map_err(|m| Error::Usage(format!("student network: {m}")))?;
+    if !(0.0..=1.0).contains(&req.loss_from) {
+        return Err(Error::Usage(format!(
+            "the teacher's loss starts at a fraction of the run from 0 to 1, not {}",
+            req.loss_from
+        )));
+    }
+    let provenance =
+        crate::model::provenance::Provenance::from_metadata(&teacher.metadata).and_then(|p| p.ok());
+    let record = provenance.as_ref().and_then(|p| p.train.as_ref());
+    let recorded = |k: &str| record.and_then(|t| t.other.get(k)).and_then(|v| v.as_str());
+    // The painting of the teacher's loss: given, or the teacher's own when it is at hand.
+    let painting: Option<(PathBuf, String)> = if req.loss_weight == 0.0 {
+        None
+    } else if let Some(p) = &req.painting {
+        Some((p.clone(), sha256_file(p)?))
+    } else {
+        match recorded("style").map(PathBuf::from) {
+            Some(p) if p.is_file() => {
+                let sha = sha256_file(&p)?;
+                if recorded("style_sha256").is_some_and(|want| want != sha) {
+                    obs.message(&format!("warning: {} is not the painting {} was trained on (its SHA-256 differs); distilling without the teacher's loss: give `style` the painting", p.display(), req.teacher));
+                    None
+                } else {
+                    Some((p, sha))
+                }
+            }
+            other => {
+                obs.message(&format!(
+                    "warning: the teacher's painting ({}) is not at hand; distilling with the pixel terms only (softer texture): give `style` the painting",
+                    other.map(|p| p.display().to_string()).unwrap_or_else(|| "not recorded".into())
+                ));
+                None
+            }
+        }
+    };
+    let vgg = if req.perceptual_weight > 0.0 || painting.is_some() {
+        Some(Vgg16::load(&crate::model::vgg::locate(
+            req.run.vgg.as_deref(),
+        )?)?)
+    } else {
+        None
+    };
+    let data = Inputs::scan(
+        &req.run.data,
+        req.run.val.as_deref(),
+        req.run.batch_size,
+        req.run.steps,
+        req.run.epochs,
+        obs,
+    )?;
+    let style_size = record
+        .and_then(|t| t.other.get("style_size"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(256) as u32;
+    let johnson = match (&painting, &vgg) {
+        (Some((p, _)), Some(v)) => {
+            let img = load_style(p, Some(style_size))?;
+            Some((StyleTarget::new(v, &img), teacher_loss(&teacher)))
+        }
+        _ => None,
+    };
+    let dcfg = DistillConfig {
+        teacher: req.teacher.clone(),
+        teacher_sha256: teacher_sha256.clone(),
+        pixel_weight: req.pixel_weight,
+        perceptual_weight: req.perceptual_weight,
+        stability_weight: req.stability_weight,
+        noise_sigma: req.noise_sigma,
+        loss_weight: if painting.is_some() {
+            req.loss_weight
+        } else {
+            0.0
+        },
+        loss_from: req.loss_from,
+        style_scale: req.style_scale,
+        painting: painting.as_ref().map(|(p, _)| p.display().to_string()),
+        painting_sha256: painting.as_ref().map(|(_, s)| s.clone()),
+    };
+    let painting_name = recorded("style").map(str::to_string);
+    let cfg = TrainConfig {
+        arch: req.network.arch,
+        style: painting_name.unwrap_or_else(|| req.teacher.clone()),
+        style_sha256: teacher_sha256,
+        style_size: Some(style_size),
+        data: req.run.data.display().to_string(),
+        dataset_size: data.photos.len(),
+        image_size: req.run.image_size,
+        batch_size: req.run.batch_size,
+        steps: data.steps,
+        lr: req.lr,
+        loss: teacher_loss(&teacher),
+        seed: req.run.seed,
+        vgg_convention: vgg
+            .as_ref()
+            .map(|v| v.pre.convention.clone())
+            .unwrap_or_else(|| "none".into()),
+        checkpoint_every: req.run.checkpoint_every.max(1),
+        network: Some(req.network.clone()),
+        distill: Some(dcfg.clone()),
+        lr_final: req.lr_final,
+    };
+    let resume = checkpoint_to_resume(&files, req.run.resume)?;
+    obs.message(&format!(
+        "distilling {} into {:?}-{:?} with {} residual blocks ({} parameters, {:.1}x fewer FLOPs) on {} photos ({} steps of {}, {}²)",
+        req.teacher,
+        req.network.arch,
+        req.network.channels,
+        req.network.res_blocks,
+        req.network.plan().param_count(),
+        teacher.flops(256, 256) / req.network.plan().flops(256, 256),
+        data.photos.len(),
+        data.steps,
+        cfg.batch_size,
+        cfg.image_size
+    ));
+    let opts = RunOptions {
+        val: data.val,
+        val_every: req.run.val_every.unwrap_or(cfg.checkpoint_every).max(1),
+        files,
+        resume,
+        half: req.run.half,
+        interrupt,
+    };
+    let d = Distiller {
+        teacher,
+        vgg,
+        cfg: dcfg,
+        teacher_loss: johnson,
+    };
+    train(&cfg, &Objective::Distill(&d), data.photos, opts, obs)
+}
+
+/// The loss weights a model records (so a student is scored like its teacher).
+pub(super) fn teacher_loss(m: &Transformer) -> LossConfig {
+    m.metadata
+        .get("impasto.loss")
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default()
+}
