@@ -53,8 +53,13 @@ pub enum Error {
     Cancelled,
 }
 
-impl From<crate::stylize::Cancelled> for Error {
-    fn from(_: crate::stylize::Cancelled) -> Self {
+/// A computation stopped by its caller's cancel (`stylize::Cancel`) before it finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("stopped before it finished")]
+pub struct Cancelled;
+
+impl From<Cancelled> for Error {
+    fn from(_: Cancelled) -> Self {
         Error::Cancelled
     }
 }

@@ -4,7 +4,9 @@
 //! upsampling, zero insertion), or — for frozen stride-1 zero-padded 3×3 layers (VGG) — as a
 //! forward convolution with the flipped, transposed kernel, which runs on Winograd.
 
-use crate::kernels::conv::{flip_transpose, gather, pad_source, Conv2d, ConvGeom, PadMode};
+use crate::kernels::conv::Conv2d;
+pub use crate::kernels::geom::ConvGrad;
+use crate::kernels::geom::{flip_transpose, gather, pad_source, ConvGeom, PadMode};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -12,15 +14,6 @@ use std::cell::RefCell;
 thread_local! {
     static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static DCOL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Gradients of one convolution, summed over the batch.
-pub struct ConvGrad {
-    /// d/dx, when asked for.
-    pub dx: Option<Tensor>,
-    /// d/dW in the layer's own `[c_out][c_in·k·k]` layout.
-    pub dw: Vec<f32>,
-    pub db: Vec<f32>,
 }
 
 /// Pixel-block partitions per sample in the weight-gradient reduction.
@@ -308,9 +301,12 @@ mod tests {
                 );
             }
             for &i in &[0usize, 5, conv.weight.len() - 1] {
-                let (mut cp, mut cm) = (conv.clone(), conv.clone());
-                cp.weight[i] += eps;
-                cm.weight[i] -= eps;
+                let nudged = |d: f32| {
+                    let mut w = conv.weight.clone();
+                    w[i] += d;
+                    Conv2d::new(co, ci, g.k, w, Some(conv.bias.clone()))
+                };
+                let (cp, cm) = (nudged(eps), nudged(-eps));
                 let num = (loss(&cp, &x) - loss(&cm, &x)) / (2.0 * eps as f64);
                 assert!(
                     (num - grad.dw[i] as f64).abs() < 1e-3 * (1.0 + num.abs()),

@@ -8,12 +8,12 @@
 //! with unaligned loads. The AVX2 path is what the compact live models run on machines
 //! without AVX-512 (their time was half in these two layers as im2col + GEMM).
 
-use crate::kernels::conv::{Conv2d, ConvGeom};
+use crate::kernels::geom::{ConvGeom, ConvWeights};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 /// Is the direct kernel available and worthwhile for this convolution?
-pub fn applicable(conv: &Conv2d, g: &ConvGeom) -> bool {
+pub fn applicable(conv: &ConvWeights, g: &ConvGeom) -> bool {
     g.stride == 1
         && g.upsample == 1
         && g.dilate == 1
@@ -26,7 +26,7 @@ pub fn applicable(conv: &Conv2d, g: &ConvGeom) -> bool {
 /// the direct AVX2 kernel reads a column-deinterleaved copy of the padded input, so each tap
 /// is still a contiguous vector load. Wider layers stay with im2col + GEMM, whose blocking
 /// suits them; inference only (the training path keeps its golden-checked summation order).
-pub fn applicable_stride2(conv: &Conv2d, g: &ConvGeom) -> bool {
+pub fn applicable_stride2(conv: &ConvWeights, g: &ConvGeom) -> bool {
     g.stride == 2
         && g.upsample == 1
         && g.dilate == 1
@@ -178,7 +178,7 @@ fn gather(x: &[f32], c: usize, h: usize, w: usize, rows: &[i32], cols: &[i32]) -
 /// [`forward`] for a layer [`applicable_stride2`] accepts.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_stride2(
-    conv: &Conv2d,
+    conv: &ConvWeights,
     g: &ConvGeom,
     x: &Tensor,
     ymap: &[i32],
@@ -246,7 +246,7 @@ struct Row<'a> {
 /// `rows_per_task` output rows, each computing every block of output channels of its rows
 /// with one `row` call per [`Row`].
 fn drive<P, R>(
-    conv: &Conv2d,
+    conv: &ConvWeights,
     k: usize,
     x: &Tensor,
     (ho, wo): (usize, usize),
@@ -263,7 +263,7 @@ where
     let plane = ho * wo;
     for s in 0..x.n {
         let padded = pad(x.sample(s));
-        let optr = super::conv::SendPtr::new(out.sample_mut(s).as_mut_ptr());
+        let optr = super::geom::SendPtr::new(out.sample_mut(s).as_mut_ptr());
         (0..ho.div_ceil(rows_per_task))
             .into_par_iter()
             .for_each(|t| {
@@ -294,7 +294,7 @@ where
 
 /// Weights regrouped per output-channel block: `[block][c][ky][kx][OB]`; returns
 /// (OB, blocks, taps per output, packed weights).
-fn pack_weights(conv: &Conv2d, k: usize) -> (usize, usize, usize, Vec<f32>) {
+fn pack_weights(conv: &ConvWeights, k: usize) -> (usize, usize, usize, Vec<f32>) {
     let ob = if conv.c_out.is_multiple_of(4) {
         4
     } else if conv.c_out == 3 {
@@ -316,7 +316,7 @@ fn pack_weights(conv: &Conv2d, k: usize) -> (usize, usize, usize, Vec<f32>) {
 }
 
 pub fn forward(
-    conv: &Conv2d,
+    conv: &ConvWeights,
     g: &ConvGeom,
     x: &Tensor,
     ymap: &[i32],
@@ -332,7 +332,7 @@ pub fn forward(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_isa(
     isa: Isa,
-    conv: &Conv2d,
+    conv: &ConvWeights,
     g: &ConvGeom,
     x: &Tensor,
     ymap: &[i32],
@@ -390,11 +390,7 @@ pub fn has_avx2() -> bool {
 /// and interleaves them on the store. The GEMM form wrote its outputs with a column stride
 /// of 2 and gathered a patch matrix per row; at the live network's 16→8 and 32→16 channels it
 /// ran at a quarter of this speed. None when the CPU lacks AVX2 + FMA.
-pub fn sub_pixel_forward(
-    parity: &[crate::kernels::conv::Conv2d; 4],
-    zero_pad: bool,
-    x: &Tensor,
-) -> Option<Tensor> {
+pub fn sub_pixel_forward(parity: [&ConvWeights; 4], zero_pad: bool, x: &Tensor) -> Option<Tensor> {
     if !has_avx2() {
         return None;
     }
@@ -464,7 +460,7 @@ pub fn sub_pixel_forward(
                     row[w + 1] = rr;
                 }
             });
-        let optr = super::conv::SendPtr::new(out.sample_mut(s).as_mut_ptr());
+        let optr = super::geom::SendPtr::new(out.sample_mut(s).as_mut_ptr());
         (0..2 * h).into_par_iter().for_each(|task| {
             let (i, a) = (task / 2, task % 2);
             for blk in 0..nb {

@@ -3,6 +3,7 @@
 pub mod conv;
 pub mod conv_grad;
 pub mod direct;
+pub mod geom;
 pub mod norm;
 pub mod pool;
 pub mod winograd;

@@ -8,7 +8,7 @@
 //! stay in cache. Transforms run 16 tiles at a time as plain lane loops that the compiler
 //! vectorises (AVX-512 where present).
 
-use crate::kernels::conv::{pad_source, Conv2d, ConvGeom, PadMode, SendPtr};
+use crate::kernels::geom::{pad_source, ConvGeom, ConvWeights, PadMode, SendPtr};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -26,7 +26,7 @@ pub struct Winograd {
 }
 
 /// Does this geometry fit F(4×4,3×3)?
-pub fn applicable(conv: &Conv2d, g: &ConvGeom) -> bool {
+pub fn applicable(conv: &ConvWeights, g: &ConvGeom) -> bool {
     g.k == 3
         && g.stride == 1
         && g.pad == [1; 4]
@@ -44,7 +44,7 @@ fn enabled() -> bool {
 }
 
 impl Winograd {
-    pub fn new(conv: &Conv2d) -> Self {
+    pub fn new(conv: &ConvWeights) -> Self {
         const G: [[f64; 3]; 6] = [
             [0.25, 0.0, 0.0],
             [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],

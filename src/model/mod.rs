@@ -1,7 +1,9 @@
 //! The networks and the model file format.
+pub mod config;
 pub mod format;
 pub mod plan;
 pub mod provenance;
+pub mod stats;
 pub mod transformer;
 pub mod vgg;
 

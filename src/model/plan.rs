@@ -8,7 +8,7 @@
 //! the FLOP count, ONNX export and import.
 
 use crate::backend::{ConvSpec, OutputFn, Padding, Resample};
-use crate::model::transformer::{Arch, TransformerConfig};
+use crate::model::config::{Arch, TransformerConfig};
 
 /// Index of a parameter in [`Plan::params`] (and in a model's parameter store, its
 /// gradients and its optimiser state).

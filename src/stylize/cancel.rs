@@ -50,10 +50,7 @@ impl std::fmt::Debug for Cancel {
     }
 }
 
-/// A stylization stopped by its [`Cancel`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("stopped before it finished")]
-pub struct Cancelled;
+pub use crate::error::Cancelled;
 
 /// Statistics from `inner`, unless the work was cancelled: then none, which ends the pass
 /// at this norm.

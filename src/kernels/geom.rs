@@ -1,0 +1,248 @@
+//! What every convolution kernel shares, and nothing else: the geometry (padding, stride,
+//! dilation and the index maps), a layer's weights as the kernels read them, its gradients,
+//! the padding and gathering helpers and the pointer the row tasks write through. A leaf:
+//! the GEMM, direct, Winograd and gradient kernels all read it, and it reads none of them.
+use crate::tensor::Tensor;
+
+/// A convolution layer's weights as every kernel reads them: `[c_out][c_in·k·k]`.
+#[derive(Clone, Debug)]
+pub struct ConvWeights {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub weight: Vec<f32>,
+    pub bias: Vec<f32>,
+}
+
+/// Gradients of one convolution, summed over the batch.
+pub struct ConvGrad {
+    /// d/dx, when asked for.
+    pub dx: Option<Tensor>,
+    /// d/dW in the layer's own `[c_out][c_in·k·k]` layout.
+    pub dw: Vec<f32>,
+    pub db: Vec<f32>,
+}
+
+/// How the border is filled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PadMode {
+    Zero,
+    Reflect,
+    /// Repeat the edge pixel.
+    Replicate,
+}
+
+/// Geometry of one convolution: kernel, stride, padding (top, bottom, left, right) and the
+/// input resampling that precedes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub k: usize,
+    pub stride: usize,
+    pub pad: [usize; 4],
+    pub mode: PadMode,
+    /// Nearest-neighbour upsampling factor applied before padding (1 = none).
+    pub upsample: usize,
+    /// Zero insertion between input pixels (transposed convolution), 1 = none.
+    pub dilate: usize,
+}
+
+impl ConvGeom {
+    pub fn simple(k: usize, stride: usize, pad: usize, mode: PadMode) -> Self {
+        ConvGeom {
+            k,
+            stride,
+            pad: [pad; 4],
+            mode,
+            upsample: 1,
+            dilate: 1,
+        }
+    }
+
+    fn logical_len(&self, n: usize) -> usize {
+        if self.dilate > 1 {
+            (n - 1) * self.dilate + 1
+        } else {
+            n * self.upsample
+        }
+    }
+
+    /// Output size for an input of `h × w`.
+    pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        let lh = self.logical_len(h) + self.pad[0] + self.pad[1];
+        let lw = self.logical_len(w) + self.pad[2] + self.pad[3];
+        assert!(
+            lh >= self.k && lw >= self.k,
+            "convolution input {h}x{w} smaller than its kernel"
+        );
+        (
+            (lh - self.k) / self.stride + 1,
+            (lw - self.k) / self.stride + 1,
+        )
+    }
+
+    /// For each output coordinate and kernel tap, the source index (or -1 for a zero).
+    pub(crate) fn index_map(&self, n_in: usize, n_out: usize, pad_before: usize) -> Vec<i32> {
+        let len = self.logical_len(n_in) as isize;
+        let mut map = Vec::with_capacity(n_out * self.k);
+        for o in 0..n_out {
+            for t in 0..self.k {
+                let mut l = (o * self.stride + t) as isize - pad_before as isize;
+                let src = if l < 0 || l >= len {
+                    match self.mode {
+                        PadMode::Zero => -1,
+                        PadMode::Reflect => {
+                            l = reflect(l, len);
+                            self.resample(l)
+                        }
+                        PadMode::Replicate => self.resample(l.clamp(0, len - 1)),
+                    }
+                } else {
+                    self.resample(l)
+                };
+                map.push(src as i32);
+            }
+        }
+        map
+    }
+
+    fn resample(&self, l: isize) -> isize {
+        if self.dilate > 1 {
+            if l % self.dilate as isize != 0 {
+                -1
+            } else {
+                l / self.dilate as isize
+            }
+        } else {
+            l / self.upsample as isize
+        }
+    }
+}
+
+/// Mirror `l` into `[0, len)` without repeating the edge (PyTorch's reflection pad), folding
+/// as often as needed so that any pad works on any size.
+/// `[a][b][k][k]` → `[b][a][k][k]` with each kernel rotated 180°: between a convolution and
+/// its transposed convolution, in either direction (and between their weight gradients).
+pub fn flip_transpose(w: &[f32], a: usize, b: usize, k: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; w.len()];
+    for i in 0..a {
+        for j in 0..b {
+            for y in 0..k {
+                for x in 0..k {
+                    t[((j * a + i) * k + (k - 1 - y)) * k + (k - 1 - x)] =
+                        w[((i * b + j) * k + y) * k + x];
+                }
+            }
+        }
+    }
+    t
+}
+
+/// The source index that padded coordinate `l` (relative to the first real pixel) reads
+/// in a line of `n` pixels, or -1 for a zero.
+pub fn pad_source(l: isize, n: usize, mode: PadMode) -> isize {
+    let n = n as isize;
+    if l >= 0 && l < n {
+        return l;
+    }
+    match mode {
+        PadMode::Zero => -1,
+        PadMode::Replicate => l.clamp(0, n - 1),
+        PadMode::Reflect => reflect(l, n),
+    }
+}
+
+pub(crate) fn reflect(l: isize, len: isize) -> isize {
+    if len == 1 {
+        return 0;
+    }
+    let period = 2 * (len - 1);
+    let m = l.rem_euclid(period);
+    if m < len {
+        m
+    } else {
+        period - m
+    }
+}
+
+/// A raw output pointer shared by tasks that write disjoint parts of one buffer.
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: the pointer is only dereferenced by tasks that write disjoint elements of a buffer
+// that outlives them (each use says which part it owns).
+unsafe impl Send for SendPtr {}
+// SAFETY: as for Send: shared only between tasks writing disjoint elements.
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    pub(crate) fn new(p: *mut f32) -> Self {
+        SendPtr(p)
+    }
+    pub(crate) fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Gather the patch matrix of output pixels `p0..p1`: row `(c, ky, kx)`, one column per
+/// pixel, padding and resampling resolved through the index maps.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gather(
+    g: &ConvGeom,
+    x: &[f32],
+    c_in: usize,
+    h: usize,
+    w: usize,
+    ymap: &[i32],
+    xmap: &[i32],
+    wo: usize,
+    p0: usize,
+    p1: usize,
+    col: &mut [f32],
+) {
+    let k = g.k;
+    let n = p1 - p0;
+    let direct = g.dilate == 1 && g.upsample == 1 && g.stride == 1;
+    for c in 0..c_in {
+        let plane = &x[c * h * w..(c + 1) * h * w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let r = (c * k + ky) * k + kx;
+                let row = &mut col[r * n..(r + 1) * n];
+                let mut p = p0;
+                while p < p1 {
+                    let oy = p / wo;
+                    let ox0 = p % wo;
+                    let ox1 = wo.min(ox0 + (p1 - p));
+                    let dst = &mut row[p - p0..p - p0 + (ox1 - ox0)];
+                    let sy = ymap[oy * k + ky];
+                    if sy < 0 {
+                        dst.fill(0.0);
+                    } else {
+                        let src = &plane[sy as usize * w..(sy as usize + 1) * w];
+                        // Fast path: a contiguous interior run.
+                        let first = xmap[ox0 * k + kx];
+                        let last = xmap[(ox1 - 1) * k + kx];
+                        if direct
+                            && first >= 0
+                            && last - first == (ox1 - ox0 - 1) as i32
+                            && xmap_contiguous(xmap, k, kx, ox0, ox1)
+                        {
+                            dst.copy_from_slice(&src[first as usize..=last as usize]);
+                        } else {
+                            for (d, ox) in dst.iter_mut().zip(ox0..ox1) {
+                                let sx = xmap[ox * k + kx];
+                                *d = if sx < 0 { 0.0 } else { src[sx as usize] };
+                            }
+                        }
+                    }
+                    p += ox1 - ox0;
+                }
+            }
+        }
+    }
+}
+
+/// True when the source columns for `ox0..ox1` at tap `kx` are consecutive.
+fn xmap_contiguous(xmap: &[i32], k: usize, kx: usize, ox0: usize, ox1: usize) -> bool {
+    // Interior runs of a stride-1 convolution are contiguous except where reflection or
+    // zero padding kicks in; those only touch the first and last k/2 columns.
+    let edge = k;
+    let check = |ox: usize| xmap[ox * k + kx] == xmap[ox0 * k + kx] + (ox - ox0) as i32;
+    (ox0..ox1.min(ox0 + edge)).all(check) && (ox1.saturating_sub(edge).max(ox0)..ox1).all(check)
+}

@@ -1,0 +1,125 @@
+//! The backward pass: the tape a training forward pass records, and the gradients of every
+//! parameter, walking the same blocks in reverse.
+use super::*;
+
+/// What the training forward pass keeps for the backward pass.
+pub struct Tape<B: Backend = Cpu> {
+    /// The input of every conv layer, in plan order.
+    pub(super) inputs: Vec<B::Tensor>,
+    /// Per instance norm: x̂ (normalised, before γ/β) and each sample's 1/σ.
+    pub(super) xhat: Vec<B::Tensor>,
+    pub(super) inv_std: Vec<Vec<Vec<f32>>>,
+    /// The value the output function was applied to.
+    pub(super) pre_output: Option<B::Tensor>,
+}
+
+impl<B: Backend> Transformer<B> {
+    /// Gradients of a scalar loss with respect to every parameter, given d(loss)/d(output):
+    /// the plan's blocks in reverse.
+    pub fn backward(&self, tape: &Tape<B>, dy: &B::Tensor) -> Grads {
+        let b = &self.backend;
+        let mut grads = Grads(vec![Vec::new(); self.params.len()]);
+        let mut d = dy.clone();
+        let pre = tape.pre_output.as_ref().expect("a taped forward pass");
+        b.output_backward(&mut d, pre, self.plan.output);
+        let blocks = &self.plan.blocks;
+        for (bi, block) in blocks.iter().enumerate().rev() {
+            // What this block produced: the input of the next block's first conv.
+            let out = blocks.get(bi + 1).map(|n| &tape.inputs[n.first_conv()]);
+            d = match *block {
+                Block::Output { conv, norm } => {
+                    if let Some(n) = norm {
+                        d = self.norm_backward(n, tape, &d, &mut grads);
+                    }
+                    match self.conv_backward(conv, tape, &d, bi > 0, &mut grads) {
+                        Some(dx) => dx,
+                        None => break,
+                    }
+                }
+                Block::ConvNormRelu { conv, norm } => {
+                    b.relu_mask(&mut d, out.expect("a block after it"));
+                    let dz = self.norm_backward(norm, tape, &d, &mut grads);
+                    match self.conv_backward(conv, tape, &dz, bi > 0, &mut grads) {
+                        Some(dx) => dx,
+                        None => break,
+                    }
+                }
+                Block::Residual {
+                    conv1,
+                    norm1,
+                    conv2,
+                    norm2,
+                } => {
+                    let dz2 = self.norm_backward(norm2, tape, &d, &mut grads);
+                    let mut da = self
+                        .conv_backward(conv2, tape, &dz2, true, &mut grads)
+                        .expect("dx");
+                    b.relu_mask(&mut da, &tape.inputs[conv2]);
+                    let dz1 = self.norm_backward(norm1, tape, &da, &mut grads);
+                    let dx = self
+                        .conv_backward(conv1, tape, &dz1, true, &mut grads)
+                        .expect("dx");
+                    b.add(&mut d, &dx);
+                    d
+                }
+            };
+        }
+        grads
+    }
+
+    /// Backward of norm `i` given the gradient at its output (after any ReLU mask): the
+    /// gradient at its input; γ/β gradients into `grads`.
+    fn norm_backward(
+        &self,
+        i: usize,
+        tape: &Tape<B>,
+        dout: &B::Tensor,
+        grads: &mut Grads,
+    ) -> B::Tensor {
+        let layer = &self.plan.norms[i];
+        let (dz, dg, db) = self.backend.norm_backward(
+            &tape.xhat[i],
+            dout,
+            &tape.inv_std[i],
+            &self.params[layer.scale],
+        );
+        grads.0[layer.scale] = dg;
+        grads.0[layer.shift] = db;
+        dz
+    }
+
+    /// Backward of conv `i`: the gradient at its input (if wanted); W/b gradients into
+    /// `grads`.
+    fn conv_backward(
+        &self,
+        i: usize,
+        tape: &Tape<B>,
+        dz: &B::Tensor,
+        want_dx: bool,
+        grads: &mut Grads,
+    ) -> Option<B::Tensor> {
+        let layer = &self.plan.convs[i];
+        let mut x = &tape.inputs[i];
+        // The first conv sees the image (0..255): its weight gradient Σ x·dz sums large
+        // terms whose total nearly cancels, because dz (coming back through instance norm)
+        // has zero mean per channel. Centring x per channel is exact in that case (with
+        // reflection padding the padded pixels shift with it) and removes the cancellation:
+        // without it float32 loses three digits on machines whose kernels sum in another
+        // order (AVX2: 2.5e-3 relative error against PyTorch, 4e-7 with it).
+        let centred;
+        if i == 0
+            && !want_dx
+            && layer.spec.padding == Padding::Reflect
+            && layer.spec.resample == Resample::None
+        {
+            centred = self.backend.centre(x);
+            x = &centred;
+        }
+        let g = self.backend.conv_backward(&self.convs[i], x, dz, want_dx);
+        grads.0[layer.weight] = g.dw;
+        if let Some(b) = layer.bias {
+            grads.0[b] = g.db;
+        }
+        g.dx
+    }
+}
