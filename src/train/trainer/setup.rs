@@ -75,14 +75,7 @@ pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -
         vgg_path.display(),
         cfg.vgg_convention
     ));
-    let opts = RunOptions {
-        val: data.val,
-        val_every: req.run.val_every.unwrap_or(cfg.checkpoint_every).max(1),
-        files,
-        resume,
-        half: req.run.half,
-        interrupt,
-    };
+    let opts = run_options(&req.run, &cfg, data.val, files, resume, interrupt);
     let target = StyleTarget::new(&vgg, &style);
     train(
         &cfg,
@@ -324,14 +317,7 @@ pub fn distill(
         cfg.batch_size,
         cfg.image_size
     ));
-    let opts = RunOptions {
-        val: data.val,
-        val_every: req.run.val_every.unwrap_or(cfg.checkpoint_every).max(1),
-        files,
-        resume,
-        half: req.run.half,
-        interrupt,
-    };
+    let opts = run_options(&req.run, &cfg, data.val, files, resume, interrupt);
     let d = Distiller {
         teacher,
         vgg,
@@ -347,4 +333,23 @@ pub(super) fn teacher_loss(m: &Transformer) -> LossConfig {
         .get("impasto.loss")
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or_default()
+}
+
+/// The loop's options from a run's settings (the same for `train` and `distill`).
+fn run_options<'a>(
+    run: &RunSettings,
+    cfg: &TrainConfig,
+    val: Option<Vec<PathBuf>>,
+    files: RunFiles,
+    resume: Option<Checkpoint>,
+    interrupt: &'a AtomicBool,
+) -> RunOptions<'a> {
+    RunOptions {
+        val,
+        val_every: run.val_every.unwrap_or(cfg.checkpoint_every).max(1),
+        files,
+        resume,
+        half: run.half,
+        interrupt,
+    }
 }
