@@ -18,7 +18,9 @@
 //! no request ever names a file.
 
 mod api;
+mod error;
 mod live;
+mod params;
 mod pool;
 mod registry;
 
