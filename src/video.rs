@@ -136,117 +136,29 @@ pub fn stylize_video(
     crate::batch::guard_output(output, &[input])?;
     let info = probe(input)?;
     let ffmpeg = tool("ffmpeg")?;
-    // Processing size: --max-size, then even (yuv420p needs even sides).
-    let (mut w, mut h) = (info.width, info.height);
-    if let Some(m) = opts.stylize.max_size {
-        if w.max(h) > m {
-            let k = m as f64 / w.max(h) as f64;
-            w = (w as f64 * k).round() as u32;
-            h = (h as f64 * k).round() as u32;
-        }
-    }
-    let (w, h) = ((w.max(2) / 2) * 2, (h.max(2) / 2) * 2);
-    let mut dec = Command::new(&ffmpeg)
-        .args(["-v", "error", "-nostdin", "-i"])
-        .arg(input)
-        .args([
-            "-map",
-            "0:v:0",
-            "-vf",
-            &format!("scale={w}:{h}:flags=lanczos"),
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::io(&ffmpeg, e))?;
-    let ext = output
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("mp4")
-        .to_string();
-    let dir = output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    crate::io::remove_stale_partial_files(dir);
-    let tmp = tempfile::Builder::new()
-        .prefix(&crate::io::prefix())
-        .suffix(&format!(".part.{ext}"))
-        .tempfile_in(dir)
-        .map_err(|e| Error::output(output, e.to_string()))?;
+    let (w, h) = processing_size(&info, opts.stylize.max_size);
+    let mut dec = spawn_decoder(&ffmpeg, input, w, h)?;
+    let tmp = partial_file(output)?;
     let _partial = crate::io::Partial::register(tmp.path());
-    let mut enc = Command::new(&ffmpeg)
-        .args([
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "rawvideo",
-            "-pix_fmt",
-            "rgb24",
-            "-s",
-            &format!("{w}x{h}"),
-            "-r",
-            &info.rate,
-            "-i",
-            "-",
-            "-i",
-        ])
-        .arg(input)
-        .args([
-            "-map",
-            "0:v:0",
-            "-map",
-            "1:a?",
-            "-c:a",
-            "copy",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            "-crf",
-            "18",
-            "-preset",
-            "medium",
-            "-shortest",
-        ])
-        .arg(tmp.path())
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::io(&ffmpeg, e))?;
-    let mut src = dec.stdout.take().expect("piped");
+    let mut enc = spawn_encoder(&ffmpeg, input, &info.rate, w, h, tmp.path())?;
+    let src = dec.stdout.take().expect("piped");
     let mut sink = enc.stdin.take().expect("piped");
-    let frame_bytes = (w * h * 3) as usize;
-    // Decode ahead on a thread so that ffmpeg and the network overlap.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
-    let reader = std::thread::spawn(move || loop {
-        let mut buf = vec![0u8; frame_bytes];
-        if src.read_exact(&mut buf).is_err() || tx.send(buf).is_err() {
-            return;
-        }
-    });
+    let (frames, reader) = decode_ahead(src, (w * h * 3) as usize);
     let mut stats = SmoothStats::new(opts.smooth);
     let mut blend = TemporalBlend::new(opts.smooth);
     let mut n = 0u64;
     let mut failure = None;
-    for buf in rx {
+    for buf in frames {
         let frame = RgbImage::from_raw(w, h, buf).expect("frame size");
         let out = match stylize_frame(model, &frame, &opts.stylize, &mut stats) {
-            Ok(out) => out,
+            Ok(out) => blend.apply(&frame, out),
             Err(c) => {
-                failure = Some(Err(c));
+                failure = Some(Stop::Cancelled(c));
                 break;
             }
         };
-        let out = blend.apply(&frame, out);
         if let Err(e) = sink.write_all(out.as_raw()) {
-            failure = Some(Ok(e));
+            failure = Some(Stop::Encoder(e));
             break;
         }
         n += 1;
@@ -256,39 +168,7 @@ pub fn stylize_video(
     let _ = reader.join();
     let dstat = dec.wait_with_output().map_err(|e| Error::io(&ffmpeg, e))?;
     let estat = enc.wait_with_output().map_err(|e| Error::io(&ffmpeg, e))?;
-    if !dstat.status.success() {
-        return Err(Error::image(
-            input,
-            format!(
-                "ffmpeg could not decode it: {}",
-                String::from_utf8_lossy(&dstat.stderr).trim()
-            ),
-        ));
-    }
-    if let Some(Err(c)) = failure {
-        return Err(c.into());
-    }
-    if let Some(Ok(e)) = failure {
-        return Err(Error::output(
-            output,
-            format!(
-                "ffmpeg stopped taking frames ({e}): {}",
-                String::from_utf8_lossy(&estat.stderr).trim()
-            ),
-        ));
-    }
-    if !estat.status.success() {
-        return Err(Error::output(
-            output,
-            format!(
-                "ffmpeg could not encode: {}",
-                String::from_utf8_lossy(&estat.stderr).trim()
-            ),
-        ));
-    }
-    if n == 0 {
-        return Err(Error::image(input, "no frames could be decoded"));
-    }
+    check_run(input, output, &dstat, &estat, failure, n)?;
     #[cfg(unix)]
     {
         // tempfile creates 0600; give the video the usual permissions, as for pictures.
@@ -300,6 +180,145 @@ pub fn stylize_video(
     tmp.persist(output)
         .map_err(|e| Error::output(output, e.error.to_string()))?;
     Ok(n)
+}
+
+/// Why the frame loop stopped early.
+enum Stop {
+    Cancelled(crate::stylize::Cancelled),
+    Encoder(std::io::Error),
+}
+
+/// The size frames are processed at: the display size, within `max_size`, then even
+/// (yuv420p needs even sides).
+fn processing_size(info: &VideoInfo, max_size: Option<u32>) -> (u32, u32) {
+    let (mut w, mut h) = (info.width, info.height);
+    if let Some(m) = max_size {
+        if w.max(h) > m {
+            let k = m as f64 / w.max(h) as f64;
+            w = (w as f64 * k).round() as u32;
+            h = (h as f64 * k).round() as u32;
+        }
+    }
+    ((w.max(2) / 2) * 2, (h.max(2) / 2) * 2)
+}
+
+/// ffmpeg decoding the first video stream to raw RGB frames of `w×h` on its stdout.
+fn spawn_decoder(ffmpeg: &Path, input: &Path, w: u32, h: u32) -> Result<std::process::Child> {
+    Command::new(ffmpeg)
+        .args(["-v", "error", "-nostdin", "-i"])
+        .arg(input)
+        .args([
+            "-map",
+            "0:v:0",
+            "-vf",
+            &format!("scale={w}:{h}:flags=lanczos"),
+        ])
+        .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io(ffmpeg, e))
+}
+
+/// The temporary file the video is written to, beside `output` (renamed over it at the
+/// end, so a failed run leaves no half-written video).
+fn partial_file(output: &Path) -> Result<tempfile::NamedTempFile> {
+    let ext = output
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("mp4")
+        .to_string();
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    crate::io::remove_stale_partial_files(dir);
+    tempfile::Builder::new()
+        .prefix(&crate::io::prefix())
+        .suffix(&format!(".part.{ext}"))
+        .tempfile_in(dir)
+        .map_err(|e| Error::output(output, e.to_string()))
+}
+
+/// ffmpeg encoding raw RGB frames from its stdin as H.264 into `to`, with the audio of
+/// `input` copied.
+fn spawn_encoder(
+    ffmpeg: &Path,
+    input: &Path,
+    rate: &str,
+    w: u32,
+    h: u32,
+    to: &Path,
+) -> Result<std::process::Child> {
+    Command::new(ffmpeg)
+        .args(["-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24"])
+        .args(["-s", &format!("{w}x{h}"), "-r", rate, "-i", "-", "-i"])
+        .arg(input)
+        .args(["-map", "0:v:0", "-map", "1:a?", "-c:a", "copy"])
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18"])
+        .args(["-preset", "medium", "-shortest"])
+        .arg(to)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io(ffmpeg, e))
+}
+
+/// Frames read ahead on a thread (two in flight), so that ffmpeg and the network overlap.
+fn decode_ahead(
+    mut src: impl Read + Send + 'static,
+    frame_bytes: usize,
+) -> (
+    std::sync::mpsc::Receiver<Vec<u8>>,
+    std::thread::JoinHandle<()>,
+) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+    let reader = std::thread::spawn(move || loop {
+        let mut buf = vec![0u8; frame_bytes];
+        if src.read_exact(&mut buf).is_err() || tx.send(buf).is_err() {
+            return;
+        }
+    });
+    (rx, reader)
+}
+
+/// The run's verdict from both ffmpeg processes and the frame loop: the first problem,
+/// named by the file it is about.
+fn check_run(
+    input: &Path,
+    output: &Path,
+    dec: &std::process::Output,
+    enc: &std::process::Output,
+    failure: Option<Stop>,
+    frames: u64,
+) -> Result<()> {
+    let said = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).trim().to_string();
+    if !dec.status.success() {
+        return Err(Error::image(
+            input,
+            format!("ffmpeg could not decode it: {}", said(dec)),
+        ));
+    }
+    match failure {
+        Some(Stop::Cancelled(c)) => return Err(c.into()),
+        Some(Stop::Encoder(e)) => {
+            return Err(Error::output(
+                output,
+                format!("ffmpeg stopped taking frames ({e}): {}", said(enc)),
+            ))
+        }
+        None => {}
+    }
+    if !enc.status.success() {
+        return Err(Error::output(
+            output,
+            format!("ffmpeg could not encode: {}", said(enc)),
+        ));
+    }
+    if frames == 0 {
+        return Err(Error::image(input, "no frames could be decoded"));
+    }
+    Ok(())
 }
 
 /// Motion-masked temporal blending: where the input did not change since the last frame,
