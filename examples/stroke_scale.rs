@@ -46,11 +46,7 @@ fn main() {
     let big = fit(&photo, side);
     let run = |img: &RgbImage, scale: Scale| -> (RgbImage, f64) {
         let t = Instant::now();
-        let d = Decoded {
-            image: DynamicImage::ImageRgb8(img.clone()),
-            has_alpha: false,
-            notes: Vec::new(),
-        };
+        let d = Decoded::from_image(DynamicImage::ImageRgb8(img.clone()));
         let opts = StylizeOptions {
             scale,
             ..Default::default()

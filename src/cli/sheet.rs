@@ -113,11 +113,7 @@ pub fn sheet(a: Args) -> Result<i32> {
             tiles.push(photo());
             continue;
         };
-        let d = impasto::imageio::Decoded {
-            image: original.clone(),
-            has_alpha: false,
-            notes: Vec::new(),
-        };
+        let d = impasto::imageio::Decoded::from_image(original.clone());
         tiles.push((label.clone(), stylize(m, d, &opts, None)?.to_rgb8()));
     }
     let (tw, th) = tiles[0].1.dimensions();

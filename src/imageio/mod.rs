@@ -69,6 +69,15 @@ pub struct Decoded {
 }
 
 impl Decoded {
+    /// A picture made in memory: no alpha channel, nothing to note.
+    pub fn from_image(image: DynamicImage) -> Self {
+        Decoded {
+            image,
+            has_alpha: false,
+            notes: Vec::new(),
+        }
+    }
+
     pub fn width(&self) -> u32 {
         self.image.width()
     }

@@ -159,11 +159,7 @@ fn teacher_sha256(model: &Transformer) -> Option<String> {
 /// A small generated landscape (sky, sun, hills, water) stylized by `model`, as JPEG.
 fn rendered(model: &Transformer) -> Vec<u8> {
     let scene = landscape(128);
-    let d = crate::imageio::Decoded {
-        image: image::DynamicImage::ImageRgb8(scene),
-        has_alpha: false,
-        notes: Vec::new(),
-    };
+    let d = crate::imageio::Decoded::from_image(image::DynamicImage::ImageRgb8(scene));
     let out = stylize(model, d, &StylizeOptions::default(), None).expect("nothing cancels it");
     let mut jpg = Vec::new();
     crate::imageio::encode(&out, image::ImageFormat::Jpeg, &mut jpg).expect("in memory");

@@ -234,6 +234,17 @@ mod tests {
         Transformer::from_named(config, params, BTreeMap::new()).unwrap()
     }
 
+    /// `img` stylized by `model` at stroke scale `scale`, all else default.
+    fn at_scale(model: &Transformer, img: DynamicImage, scale: Scale) -> RgbImage {
+        let o = StylizeOptions {
+            scale,
+            ..Default::default()
+        };
+        stylize(model, Decoded::from_image(img), &o, None)
+            .unwrap()
+            .to_rgb8()
+    }
+
     fn smooth_image(h: usize, w: usize) -> Tensor {
         let mut t = Tensor::zeros(1, 3, h, w);
         for c in 0..3 {
@@ -415,18 +426,7 @@ mod tests {
             let i = yy as usize * 128 + xx as usize;
             image::Rgb([0, 1, 2].map(|c| x.data[c * 96 * 128 + i] / 255.0))
         }));
-        let run = |img: DynamicImage, scale: Scale| {
-            let d = Decoded {
-                image: img,
-                has_alpha: false,
-                notes: Vec::new(),
-            };
-            let o = StylizeOptions {
-                scale,
-                ..Default::default()
-            };
-            stylize(&model, d, &o, None).unwrap().to_rgb8()
-        };
+        let run = |img: DynamicImage, scale: Scale| at_scale(&model, img, scale);
         let big = run(img.clone(), Scale::Factor(2.0));
         assert_eq!(big.dimensions(), (128, 96));
         let small_in = img.resize_exact(64, 48, image::imageops::FilterType::Lanczos3);
@@ -463,18 +463,7 @@ mod tests {
             .image
             .resize_exact(96, 64, image::imageops::FilterType::Triangle)
             .to_rgb8();
-        let still = |scale: Scale| {
-            let d = Decoded {
-                image: DynamicImage::ImageRgb8(rgb.clone()),
-                has_alpha: false,
-                notes: Vec::new(),
-            };
-            let o = StylizeOptions {
-                scale,
-                ..Default::default()
-            };
-            stylize(&model, d, &o, None).unwrap().to_rgb8()
-        };
+        let still = |scale: Scale| at_scale(&model, DynamicImage::ImageRgb8(rgb.clone()), scale);
         let frame = |scale: Scale| {
             let o = StylizeOptions {
                 scale,
