@@ -67,9 +67,7 @@ impl Registry {
                     ));
                     continue;
                 }
-                match Transformer::load(&p)
-                    .and_then(|m| Ok((m, crate::train::trainer::sha256_file(&p)?)))
-                {
+                match load_with_sha256(&p) {
                     Ok((m, sha)) => {
                         if reg.styles.contains_key(&stem) {
                             warnings.push(format!(
@@ -136,6 +134,13 @@ impl Registry {
     pub fn iter(&self) -> impl Iterator<Item = &Style> {
         self.styles.values()
     }
+}
+
+/// A model file and its SHA-256, from one read.
+fn load_with_sha256(p: &Path) -> Result<(Transformer, String)> {
+    let bytes = crate::io::read_regular(p, crate::model::format::MAX_FILE_BYTES, "model file")?;
+    let model = Transformer::from_bytes(&bytes).map_err(|m| Error::model(p, m))?;
+    Ok((model, sha256(&bytes)))
 }
 
 fn sha256(bytes: &[u8]) -> String {

@@ -35,14 +35,7 @@ pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -
     let (files, _lock) = lock_output(&req.run.output)?;
     let vgg_path = crate::model::vgg::locate(req.run.vgg.as_deref())?;
     let vgg = Vgg16::load(&vgg_path)?;
-    let data = Inputs::scan(
-        &req.run.data,
-        req.run.val.as_deref(),
-        req.run.batch_size,
-        req.run.steps,
-        req.run.epochs,
-        obs,
-    )?;
+    let data = Inputs::scan(&req.run, obs)?;
     let style = load_style(&req.style, Some(req.style_size))?;
     let cfg = TrainConfig {
         arch: req.arch,
@@ -94,14 +87,9 @@ pub(super) struct Inputs {
 }
 
 impl Inputs {
-    fn scan(
-        data: &Path,
-        val: Option<&Path>,
-        batch_size: usize,
-        steps: Option<u64>,
-        epochs: Option<u64>,
-        obs: &mut dyn Observer,
-    ) -> Result<Self> {
+    /// The run's photos (skipped folders reported through `obs`) and its length; the
+    /// settings are already validated.
+    fn scan(run: &RunSettings, obs: &mut dyn Observer) -> Result<Self> {
         let mut scan = |dir: &Path| -> Result<Vec<PathBuf>> {
             let s = crate::train::data::scan_reporting(dir)?;
             for w in &s.warnings {
@@ -109,16 +97,14 @@ impl Inputs {
             }
             Ok(s.files)
         };
-        let photos = scan(data)?;
-        let val = match val {
+        let photos = scan(&run.data)?;
+        let val = match &run.val {
             Some(d) => Some(scan(d)?),
             None => None,
         };
-        if batch_size == 0 {
-            return Err(Error::Usage("the batch size must be at least 1".into()));
-        }
-        let per_epoch = photos.len().div_ceil(batch_size) as u64;
-        let steps = steps.unwrap_or(per_epoch * epochs.unwrap_or(2));
+        let per_epoch = photos.len().div_ceil(run.batch_size) as u64;
+        let epochs = run.epochs.unwrap_or(defaults::EPOCHS);
+        let steps = run.steps.unwrap_or(per_epoch * epochs);
         Ok(Inputs { photos, val, steps })
     }
 }
@@ -244,14 +230,7 @@ pub fn distill(
     } else {
         None
     };
-    let data = Inputs::scan(
-        &req.run.data,
-        req.run.val.as_deref(),
-        req.run.batch_size,
-        req.run.steps,
-        req.run.epochs,
-        obs,
-    )?;
+    let data = Inputs::scan(&req.run, obs)?;
     let style_size = record
         .and_then(|t| t.other.get("style_size"))
         .and_then(|v| v.as_u64())
