@@ -67,3 +67,21 @@ pub fn photo(w: u32, h: u32) -> image::DynamicImage {
         ])
     }))
 }
+
+/// The GPU backend on the best adapter this machine has (a software one, lavapipe, where
+/// there is no GPU), opened once; `None` after a skip when there is none.
+#[cfg(feature = "gpu")]
+pub fn gpu() -> Option<crate::backend::Wgpu> {
+    static GPU: std::sync::OnceLock<Result<crate::backend::Wgpu, String>> =
+        std::sync::OnceLock::new();
+    match GPU.get_or_init(|| crate::backend::Wgpu::best().map_err(|e| e.to_string())) {
+        Ok(g) => Some(g.clone()),
+        Err(e) => {
+            skip(
+                "gpu",
+                &format!("{e} (install mesa-vulkan-drivers for the software adapter)"),
+            );
+            None
+        }
+    }
+}

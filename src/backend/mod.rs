@@ -9,14 +9,18 @@
 //! - [`Cpu`]: the engine's own kernels (im2col + GEMM, Winograd, direct AVX-512, sub-pixel
 //!   upsampling, the buffer pool, the `IMPASTO_PROFILE` timings).
 //! - [`Reference`]: plain loops, no `unsafe`, no SIMD, no tricks: obviously correct, slow.
-//!   Every op of every backend is tested against it (`backend::tests`), and a new backend
-//!   (CUDA) is tested with the same harness.
+//!   Every op of every backend is tested against it (`backend::tests`).
+//! - `Wgpu` (feature `gpu`): WGSL compute shaders on Vulkan, Metal or DX12.
 
 pub mod cpu;
 pub mod reference;
+#[cfg(feature = "gpu")]
+pub mod wgpu;
 
 pub use cpu::Cpu;
 pub use reference::Reference;
+#[cfg(feature = "gpu")]
+pub use self::wgpu::Wgpu;
 
 pub use crate::kernels::norm::{Moments, NormStats};
 use crate::kernels::{ConvGeom, PadMode};
@@ -148,6 +152,18 @@ pub struct ConvGrads<T> {
     pub dw: Vec<f32>,
     /// d/db (zeros when the layer has no bias).
     pub db: Vec<f32>,
+}
+
+/// How closely a backend's ops follow the reference backend's (relative error over a
+/// tensor): what `backend::tests::conformance` holds each backend to.
+#[derive(Clone, Copy, Debug)]
+pub struct Tolerances {
+    /// Convolutions and their gradients, Gram matrices.
+    pub conv: f64,
+    /// Per-channel statistics and sums (instance norm, centring, bias gradients).
+    pub reduction: f64,
+    /// Loss values (MSE, total variation).
+    pub loss: f64,
 }
 
 /// The network's output function.
