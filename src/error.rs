@@ -32,6 +32,10 @@ pub enum Error {
     /// Something the machine lacks: a program (ffmpeg), the VGG16 weights.
     #[error("{0}")]
     Environment(String),
+    /// The requested device cannot be used: no GPU adapter, a build without the GPU
+    /// backend, a picture larger than the adapter allows.
+    #[error("{0}")]
+    Device(String),
     /// A download failed (the Hugging Face hub).
     #[error("{0}")]
     Network(String),
@@ -145,6 +149,7 @@ impl Error {
             Error::Output { .. } => "output",
             Error::Usage(_) => "usage",
             Error::Environment(_) => "environment",
+            Error::Device(_) => "device",
             Error::Network(_) => "network",
             Error::Server(_) => "server",
             Error::Locked(_) => "locked",

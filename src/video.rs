@@ -126,8 +126,8 @@ pub struct VideoOptions {
 }
 
 /// Stylize `input` into `output`; `progress(done, total)` after each frame.
-pub fn stylize_video(
-    model: &Transformer,
+pub fn stylize_video<B: crate::backend::Backend>(
+    model: &Transformer<B>,
     input: &Path,
     output: &Path,
     opts: &VideoOptions,

@@ -3,6 +3,7 @@
 //! exceptions with the CLI's messages. The Python-facing API (PIL images, docstrings, type
 //! stubs) is in `python/impasto/`.
 
+use impasto::backend::{Device, DeviceChoice};
 use impasto::imageio::Decoded;
 use impasto::model::Transformer;
 use impasto::stylize::{self, StylizeOptions};
@@ -10,7 +11,7 @@ use impasto::Error;
 use numpy::ndarray::Array3;
 use numpy::{IntoPyArray, PyArray3, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyFileNotFoundError, PyValueError};
+use pyo3::exceptions::{PyException, PyFileNotFoundError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +41,7 @@ fn to_py(e: Error) -> PyErr {
             PyValueError::new_err(msg)
         }
         Error::Model { .. } => ModelError::new_err(msg),
+        Error::Device(_) => PyRuntimeError::new_err(msg),
         _ => ImpastoError::new_err(msg),
     }
 }
@@ -193,24 +195,39 @@ impl Interrupt {
 /// A style: a transformation network loaded once, usable from many threads.
 #[pyclass(frozen, module = "impasto._impasto")]
 struct Model {
-    inner: Arc<Transformer>,
+    inner: Arc<Transformer<Device>>,
     #[pyo3(get)]
     name: String,
 }
 
 #[pymethods]
 impl Model {
-    /// A built-in style's name (see `styles()`) or a model file's path.
+    /// A built-in style's name (see `styles()`) or a model file's path, run on `device`
+    /// ("auto", "cpu" or "gpu"; by default `IMPASTO_DEVICE`, else "auto").
     #[new]
-    fn new(py: Python<'_>, style: PathBuf) -> PyResult<Self> {
+    #[pyo3(signature = (style, device = None))]
+    fn new(py: Python<'_>, style: PathBuf, device: Option<&str>) -> PyResult<Self> {
         let spec = style.to_string_lossy().to_string();
+        let choice: DeviceChoice = match device {
+            Some(d) => d.parse().map_err(PyValueError::new_err)?,
+            None => DeviceChoice::from_env().map_err(PyValueError::new_err)?,
+        };
         let inner = py
-            .allow_threads(|| impasto::styles::resolve(&spec))
+            .allow_threads(|| {
+                let m = impasto::styles::resolve(&spec)?;
+                Ok(m.to_backend(open_device(choice)?))
+            })
             .map_err(to_py)?;
         Ok(Model {
             inner: Arc::new(inner),
             name: spec,
         })
+    }
+
+    /// Where the network runs, e.g. "cpu (8 threads)" or "gpu: NVIDIA … (vulkan, discrete)".
+    #[getter]
+    fn device(&self) -> String {
+        self.inner.backend().describe()
     }
 
     /// The architecture ("johnson" or "seed").
@@ -303,6 +320,31 @@ fn read_image<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyArra
 
 /// Decode an encoded image (the bytes of a PNG, JPEG, WebP, TIFF or BMP file) with impasto's
 /// strict decoders; `name` is what errors call it.
+/// Each device is opened once per process and shared by the models on it.
+fn open_device(choice: DeviceChoice) -> impasto::Result<Device> {
+    static OPEN: std::sync::Mutex<Vec<(DeviceChoice, Device)>> = std::sync::Mutex::new(Vec::new());
+    let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, d)) = open.iter().find(|(c, _)| *c == choice) {
+        return Ok(d.clone());
+    }
+    let d = Device::open(choice)?;
+    open.push((choice, d.clone()));
+    Ok(d)
+}
+
+/// The GPU adapters impasto can run on, best first, as JSON text (see `impasto.devices()`).
+#[pyfunction]
+fn devices_json() -> String {
+    let list = impasto::backend::wgpu::adapters();
+    let auto = if list.iter().any(|a| a.is_hardware()) {
+        "gpu"
+    } else {
+        "cpu"
+    };
+    serde_json::json!({"adapters": list, "auto": auto, "cpu_threads": rayon::current_num_threads()})
+        .to_string()
+}
+
 #[pyfunction]
 #[pyo3(signature = (data, name = "bytes"))]
 fn decode_image<'py>(
@@ -588,6 +630,7 @@ fn train(
 fn _impasto(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Model>()?;
     m.add_function(wrap_pyfunction!(styles, m)?)?;
+    m.add_function(wrap_pyfunction!(devices_json, m)?)?;
     m.add_function(wrap_pyfunction!(read_image, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate_json, m)?)?;
     m.add_function(wrap_pyfunction!(train, m)?)?;

@@ -13,14 +13,16 @@
 //! - `Wgpu` (feature `gpu`): WGSL compute shaders on Vulkan, Metal or DX12.
 
 pub mod cpu;
+pub mod device;
 pub mod reference;
 #[cfg(feature = "gpu")]
 pub mod wgpu;
 
-pub use cpu::Cpu;
-pub use reference::Reference;
 #[cfg(feature = "gpu")]
 pub use self::wgpu::Wgpu;
+pub use cpu::Cpu;
+pub use device::{Device, DeviceChoice};
+pub use reference::Reference;
 
 pub use crate::kernels::norm::{Moments, NormStats};
 use crate::kernels::{ConvGeom, PadMode};
@@ -199,6 +201,11 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         self.download(&t)
     }
     fn dims(&self, t: &Self::Tensor) -> [usize; 4];
+    /// The largest tensor (bytes) the device can hold in one buffer, where it has such a
+    /// limit (a GPU adapter's binding size): the stylize pipeline tiles pictures to fit.
+    fn max_tensor_bytes(&self) -> Option<u64> {
+        None
+    }
 
     // Convolutions (plain, strided, upsampling, transposed).
     fn conv(&self, spec: &ConvSpec, weight: &[f32], bias: Option<&[f32]>) -> Self::Conv;

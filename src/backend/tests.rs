@@ -122,9 +122,13 @@ pub fn conformance<B: Backend>(b: &B, tol: &Tolerances) {
                 close(&format!("{what} db"), &gb.db, &gr.db, tol.conv);
             }
             match (want_dx, &gb.dx) {
-                (true, Some(dx)) => {
-                    same(b, &format!("{what} dx"), dx, gr.dx.as_ref().unwrap(), tol.conv)
-                }
+                (true, Some(dx)) => same(
+                    b,
+                    &format!("{what} dx"),
+                    dx,
+                    gr.dx.as_ref().unwrap(),
+                    tol.conv,
+                ),
                 (false, None) => {}
                 _ => panic!(
                     "{what}: dx returned {} when want_dx = {want_dx}",
@@ -164,7 +168,10 @@ pub fn conformance<B: Backend>(b: &B, tol: &Tolerances) {
         for c in 0..5 {
             // Values in [-1, 1]: float32 partial sums may be off by ~1e-7 per term.
             let n = mr.count as f64;
-            assert!((mb.sum[c] - mr.sum[c]).abs() < tol.reduction * n, "moments sum");
+            assert!(
+                (mb.sum[c] - mr.sum[c]).abs() < tol.reduction * n,
+                "moments sum"
+            );
             assert!(
                 (mb.sumsq[c] - mr.sumsq[c]).abs() < tol.reduction * n,
                 "moments sumsq"

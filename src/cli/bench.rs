@@ -70,7 +70,12 @@ fn frames(a: &Args) -> Result<i32> {
             impasto::model::Transformer::init(impasto::model::TransformerConfig::new(a.arch), 1)
         }
     };
+    let device = super::device()?;
+    let model = model.to_backend(device.clone());
     let threads = rayon::current_num_threads();
+    if !a.json {
+        outln!("device: {}", device.describe());
+    }
     if !a.json {
         outln!("| frame | median ms | min ms | fps (median) | threads |");
         outln!("|---|---|---|---|---|");
@@ -96,7 +101,7 @@ fn frames(a: &Args) -> Result<i32> {
         if a.json {
             outln!(
                 "{}",
-                serde_json::json!({"engine": "impasto", "pipeline": "live", "width": w, "height": h, "median_ms": med, "min_ms": ms[0], "fps": 1e3 / med, "runs": ms, "threads": threads})
+                serde_json::json!({"engine": "impasto", "pipeline": "live", "device": device.describe(), "width": w, "height": h, "median_ms": med, "min_ms": ms[0], "fps": 1e3 / med, "runs": ms, "threads": threads})
             );
         } else {
             outln!(
@@ -116,9 +121,11 @@ pub fn run(a: Args) -> Result<i32> {
     if !a.frames.is_empty() {
         return frames(&a);
     }
-    let model = super::model_or_init(&a.model, a.arch)?;
+    let device = super::device()?;
+    let model = super::model_or_init(&a.model, a.arch)?.to_backend(device.clone());
     let threads = rayon::current_num_threads();
     if !a.json {
+        outln!("device: {}", device.describe());
         outln!("| size | median ms | min ms | GFLOP/s | threads |");
         outln!("|---|---|---|---|---|");
     }
@@ -147,7 +154,7 @@ pub fn run(a: Args) -> Result<i32> {
         if a.json {
             outln!(
                 "{}",
-                serde_json::json!({"engine": "impasto", "arch": model.config.arch, "size": s, "median_ms": med, "min_ms": ms[0], "runs": ms, "threads": threads})
+                serde_json::json!({"engine": "impasto", "device": device.describe(), "arch": model.config.arch, "size": s, "median_ms": med, "min_ms": ms[0], "runs": ms, "threads": threads})
             );
         } else {
             outln!(
@@ -161,10 +168,15 @@ pub fn run(a: Args) -> Result<i32> {
 
 /// One training step (forward, VGG16 losses, backward, Adam) per run.
 fn train(a: Args) -> Result<i32> {
+    use impasto::backend::Backend;
     use impasto::loss::LossConfig;
     use impasto::train::step::{apply, loss_and_grads, Adam, StyleTarget};
-    let vgg = impasto::model::Vgg16::load(&impasto::model::vgg::locate(a.vgg.as_deref())?)?;
-    let mut model = super::model_or_init(&a.model, a.arch)?;
+    let device = super::device()?;
+    let vgg = impasto::model::Vgg16::load_on(
+        device.clone(),
+        &impasto::model::vgg::locate(a.vgg.as_deref())?,
+    )?;
+    let mut model = super::model_or_init(&a.model, a.arch)?.to_backend(device.clone());
     let threads = rayon::current_num_threads();
     let cfg = LossConfig::default();
     let mut rng = impasto::rng::Rng::new(7);
@@ -175,7 +187,7 @@ fn train(a: Args) -> Result<i32> {
         256,
         (0..3 * 256 * 256).map(|_| rng.f32() * 255.0).collect(),
     );
-    let target = StyleTarget::new(&vgg, &style);
+    let target = StyleTarget::new(&vgg, &device.upload(&style));
     let mut opt = Adam::new(1e-3);
     for &s in &a.sizes {
         let x = Tensor::from_vec(
@@ -187,6 +199,7 @@ fn train(a: Args) -> Result<i32> {
                 .map(|_| rng.f32() * 255.0)
                 .collect(),
         );
+        let x = device.upload(&x);
         let mut run = || {
             let (_, g) = loss_and_grads(&model, &vgg, &target, &cfg, &x);
             apply(&mut model, &mut opt, &g);
@@ -207,10 +220,10 @@ fn train(a: Args) -> Result<i32> {
         if a.json {
             outln!(
                 "{}",
-                serde_json::json!({"engine": "impasto", "train": true, "batch": a.batch, "size": s, "median_ms": med, "img_per_s": ips, "runs": ms, "threads": threads})
+                serde_json::json!({"engine": "impasto", "device": device.describe(), "train": true, "batch": a.batch, "size": s, "median_ms": med, "img_per_s": ips, "runs": ms, "threads": threads})
             );
         } else {
-            outln!("train step batch {} at {s}²: median {med:.0} ms, min {:.0} ms, {ips:.2} img/s ({threads} threads)", a.batch, ms[0]);
+            outln!("train step batch {} at {s}² on {}: median {med:.0} ms, min {:.0} ms, {ips:.2} img/s ({threads} threads)", a.batch, device.describe(), ms[0]);
         }
     }
     Ok(0)

@@ -39,6 +39,10 @@ pub struct Cli {
     /// Only warnings and errors on stderr.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Where the networks run: `auto` (a real GPU when there is one, else the CPU), `cpu`,
+    /// or `gpu` (the best GPU adapter, a software one if that is all; an error if none).
+    #[arg(long, global = true, env = "IMPASTO_DEVICE", default_value = "auto")]
+    pub device: impasto::backend::DeviceChoice,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -116,6 +120,12 @@ pub enum Cmd {
     /// Gatys et al.: optimise one image's pixels against the perceptual loss (slow; the
     /// quality yardstick).
     Optimize(train::OptimizeArgs),
+    /// List the GPU adapters impasto can run on (and what `--device auto` picks).
+    Devices {
+        /// One JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Download torchvision's VGG16 from the Hugging Face hub into the cache.
     FetchVgg {
         /// Where to put it (default: the cache folder).
@@ -124,7 +134,35 @@ pub enum Cmd {
     },
 }
 
+/// The device `--device` asked for, opened on first use (once per process).
+static DEVICE: std::sync::OnceLock<(
+    impasto::backend::DeviceChoice,
+    std::sync::OnceLock<impasto::backend::Device>,
+)> = std::sync::OnceLock::new();
+
+/// Where this command's networks run; says which on stderr the first time.
+pub fn device() -> impasto::Result<impasto::backend::Device> {
+    let (choice, cell) = DEVICE.get().expect("run() records the choice");
+    if let Some(d) = cell.get() {
+        return Ok(d.clone());
+    }
+    let d = impasto::backend::Device::open(*choice)?;
+    tracing::info!("running on {}", d.describe());
+    Ok(cell.get_or_init(|| d).clone())
+}
+
+/// Commands that run only on the CPU in this version refuse an explicit `--device gpu`.
+pub fn cpu_only(what: &str) -> impasto::Result<()> {
+    match DEVICE.get().map(|d| d.0) {
+        Some(impasto::backend::DeviceChoice::Gpu) => Err(impasto::Error::Device(format!(
+            "`impasto {what}` runs on the CPU in this version; leave out --device gpu (or set it to cpu or auto)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 pub fn run(cli: Cli) -> Result<i32> {
+    let _ = DEVICE.set((cli.device, std::sync::OnceLock::new()));
     // `serve` shuts down through its own (async) signal handling.
     if !matches!(cli.cmd, Cmd::Serve(_)) {
         signals::install();
@@ -216,13 +254,76 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Bench(a) => bench::run(a),
-        Cmd::Train(a) => train::train(a),
-        Cmd::Distill(a) => train::distill(a),
-        Cmd::Evaluate(a) => train::evaluate(a),
-        Cmd::Optimize(a) => train::optimize(a),
+        Cmd::Train(a) => {
+            cpu_only("train")?;
+            train::train(a)
+        }
+        Cmd::Distill(a) => {
+            cpu_only("distill")?;
+            train::distill(a)
+        }
+        Cmd::Evaluate(a) => {
+            cpu_only("evaluate")?;
+            train::evaluate(a)
+        }
+        Cmd::Optimize(a) => {
+            cpu_only("optimize")?;
+            train::optimize(a)
+        }
+        Cmd::Devices { json } => devices(json),
         Cmd::FetchVgg { dir } => train::fetch_vgg(dir),
         Cmd::Serve(a) => serve::run(a),
     }
+}
+
+/// `impasto devices`: the adapters, best first, and what `auto` picks.
+fn devices(json: bool) -> Result<i32> {
+    #[cfg(feature = "gpu")]
+    let list = impasto::backend::wgpu::adapters();
+    #[cfg(not(feature = "gpu"))]
+    let list: Vec<serde_json::Value> = Vec::new();
+    #[cfg(feature = "gpu")]
+    let auto = if list.iter().any(|a| a.is_hardware()) {
+        "gpu"
+    } else {
+        "cpu"
+    };
+    #[cfg(not(feature = "gpu"))]
+    let auto = "cpu";
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({"gpu_backend": cfg!(feature = "gpu"), "adapters": list, "auto": auto, "cpu_threads": rayon::current_num_threads()})
+        );
+        return Ok(0);
+    }
+    #[cfg(feature = "gpu")]
+    {
+        if list.is_empty() {
+            outln!("no GPU adapter (Vulkan, Metal or DX12) was found");
+        } else {
+            outln!("| # | adapter | backend | type | max buffer | max binding | driver |");
+            outln!("|---|---|---|---|---|---|---|");
+            for (i, a) in list.iter().enumerate() {
+                outln!(
+                    "| {i} | {} | {} | {} | {} MiB | {} MiB | {} |",
+                    a.name,
+                    a.backend,
+                    a.kind,
+                    a.max_buffer_bytes >> 20,
+                    a.max_binding_bytes >> 20,
+                    a.driver
+                );
+            }
+        }
+    }
+    #[cfg(not(feature = "gpu"))]
+    outln!("this build of impasto has no GPU backend (cargo feature `gpu`)");
+    outln!(
+        "--device auto runs on the {auto} here; the CPU has {} threads",
+        rayon::current_num_threads()
+    );
+    Ok(0)
 }
 
 /// Load `--model`, or a freshly initialised network of `arch` when none is given.

@@ -67,6 +67,7 @@ pub fn run(a: Args) -> Result<i32> {
             max_connections: a.max_connections,
             shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
             live_frame_budget: Duration::from_secs_f64(a.live_frame_budget),
+            device: super::device()?,
         },
         |addr| {
             // The first line on stdout: scripts and tests read the address from it.

@@ -47,7 +47,12 @@ pub struct Look {
 }
 
 impl Look {
-    pub(super) fn model(&self) -> impasto::Result<Transformer> {
+    /// The style's network, on the device `--device` chose.
+    pub(super) fn model(&self) -> impasto::Result<Transformer<impasto::backend::Device>> {
+        Ok(self.model_on_host()?.to_backend(super::device()?))
+    }
+
+    fn model_on_host(&self) -> impasto::Result<Transformer> {
         if self.live {
             impasto::styles::resolve_live(&self.style).map_err(|e| match e {
                 // The command that makes one.
@@ -237,7 +242,7 @@ pub fn run(a: Args) -> Result<i32> {
 }
 
 fn one(
-    model: &Transformer,
+    model: &Transformer<impasto::backend::Device>,
     input: &Source,
     out: &Target,
     opts: &StylizeOptions,

@@ -117,6 +117,17 @@ impl Plan {
         total
     }
 
+    /// The largest single activation (bytes, f32) of one `h × w` forward pass: what a device
+    /// with a per-buffer limit must hold at once.
+    pub fn activation_bytes(&self, h: usize, w: usize) -> u64 {
+        let (mut h, mut w, mut most) = (h, w, 0u64);
+        for c in &self.convs {
+            (h, w) = c.spec.out_size(h, w);
+            most = most.max((4 * c.spec.c_out * h * w) as u64);
+        }
+        most
+    }
+
     /// The total number of parameters.
     pub fn param_count(&self) -> usize {
         self.params.iter().map(ParamSpec::len).sum()

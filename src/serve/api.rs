@@ -126,6 +126,7 @@ pub async fn healthz(State(app): State<Arc<App>>) -> axum::Json<serde_json::Valu
         "workers": app.cfg.workers,
         "queue": app.cfg.queue,
         "in_flight": app.pool.in_flight(),
+        "device": app.cfg.device.describe(),
     }))
 }
 

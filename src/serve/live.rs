@@ -248,9 +248,9 @@ fn refuse_costly(p: &Params, app: &App) -> Result<(), ApiError> {
 /// One live frame as a WebSocket connection handles it, with the live defaults (settings
 /// `{"style"}` only): decode, scale to at most `max_side`, stylize with blended statistics,
 /// JPEG-encode. For `impasto bench --frames`, which times exactly the server's work per frame.
-pub fn default_frame(
+pub fn default_frame<B: crate::backend::Backend>(
     bytes: &[u8],
-    model: &crate::model::Transformer,
+    model: &crate::model::Transformer<B>,
     max_side: u32,
     stats: &mut Option<SmoothStats>,
 ) -> Result<Vec<u8>, String> {
@@ -272,11 +272,11 @@ pub fn default_frame(
     .map_err(|e| e.json().to_string())
 }
 
-fn frame(
+fn frame<B: crate::backend::Backend>(
     bytes: &[u8],
     max_pixels: u64,
     max_side: u32,
-    model: &crate::model::Transformer,
+    model: &crate::model::Transformer<B>,
     opts: &crate::stylize::StylizeOptions,
     stats: &mut SmoothStats,
     budget: std::time::Duration,

@@ -66,6 +66,8 @@ pub struct ServeConfig {
     /// error; settings whose frames would cost far more than a frame at `live_max_side` are
     /// refused up front.
     pub live_frame_budget: Duration,
+    /// Where the networks run.
+    pub device: crate::backend::Device,
 }
 
 impl Default for ServeConfig {
@@ -87,6 +89,7 @@ impl Default for ServeConfig {
             max_connections: 256,
             shutdown_grace: Duration::from_secs(30),
             live_frame_budget: Duration::from_secs(2),
+            device: crate::backend::Device::default(),
         }
     }
 }
@@ -151,7 +154,7 @@ pub fn serve(cfg: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Result<
     if cfg.workers == 0 {
         return Err(Error::Usage("`workers` must be at least 1".into()));
     }
-    let (styles, warnings) = Registry::load(cfg.models.as_deref())?;
+    let (styles, warnings) = Registry::load(cfg.models.as_deref(), &cfg.device)?;
     for w in &warnings {
         tracing::warn!("{w}");
     }

@@ -1,6 +1,7 @@
 //! The styles a server offers: the built-in ones plus the model files of `--models`, keyed
 //! by name. Requests look names up here; nothing a client sends is ever turned into a path.
 
+use crate::backend::Device;
 use crate::error::{Error, Result};
 use crate::model::Transformer;
 use crate::stylize::{stylize, StylizeOptions};
@@ -12,7 +13,8 @@ pub struct Style {
     pub name: String,
     /// `built-in` or the model file's name.
     pub source: String,
-    pub model: Arc<Transformer>,
+    /// The network, on the server's device.
+    pub model: Arc<Transformer<Device>>,
     /// JPEG: the painting when the file carries one, else the style applied to a small
     /// generated landscape.
     pub thumbnail: Vec<u8>,
@@ -24,6 +26,8 @@ pub struct Style {
 #[derive(Default)]
 pub struct Registry {
     styles: BTreeMap<String, Style>,
+    /// Where the styles' networks run.
+    device: Device,
 }
 
 /// Style names: 1–64 of `A-Z a-z 0-9 _ -`.
@@ -38,8 +42,11 @@ impl Registry {
     /// The built-in styles and every loadable `*.safetensors` in `models` (not recursive).
     /// Files that fail to load are skipped and reported in the returned warnings; a missing
     /// or unreadable folder is an error.
-    pub fn load(models: Option<&Path>) -> Result<(Self, Vec<String>)> {
-        let mut reg = Registry::default();
+    pub fn load(models: Option<&Path>, device: &Device) -> Result<(Self, Vec<String>)> {
+        let mut reg = Registry {
+            device: device.clone(),
+            ..Registry::default()
+        };
         let mut warnings = Vec::new();
         for n in crate::styles::names() {
             let m = crate::styles::builtin(n).expect("listed")?;
@@ -96,7 +103,7 @@ impl Registry {
             Style {
                 name,
                 source,
-                model: Arc::new(model),
+                model: Arc::new(model.to_backend(self.device.clone())),
                 thumbnail,
                 sha256,
             },
@@ -149,7 +156,7 @@ fn sha256(bytes: &[u8]) -> String {
 }
 
 /// The teacher's SHA-256 a distilled model records in its provenance.
-fn teacher_sha256(model: &Transformer) -> Option<String> {
+fn teacher_sha256<B: crate::backend::Backend>(model: &Transformer<B>) -> Option<String> {
     let p = crate::model::provenance::Provenance::from_metadata(&model.metadata)?.ok()?;
     let sha = p
         .train?
@@ -219,7 +226,7 @@ mod tests {
             .unwrap();
         std::fs::write(dir.path().join("broken.safetensors"), b"garbage").unwrap();
         std::fs::write(dir.path().join("notes.txt"), b"not a model").unwrap();
-        let (reg, warnings) = Registry::load(Some(dir.path())).unwrap();
+        let (reg, warnings) = Registry::load(Some(dir.path()), &Device::default()).unwrap();
         assert!(reg.get("mine").is_some());
         assert!(reg.get("broken").is_none() && reg.get("bad name").is_none());
         assert_eq!(reg.len(), crate::styles::names().len() + 1);
@@ -227,7 +234,7 @@ mod tests {
         assert!(warnings.iter().any(|w| w.contains("broken.safetensors")));
         let t = &reg.get("mine").unwrap().thumbnail;
         assert_eq!(image::guess_format(t).unwrap(), image::ImageFormat::Jpeg);
-        assert!(Registry::load(Some(&dir.path().join("missing"))).is_err());
+        assert!(Registry::load(Some(&dir.path().join("missing")), &Device::default()).is_err());
     }
 
     /// A twin belongs to the model it was distilled from: the built-ins keep theirs; a
@@ -236,7 +243,7 @@ mod tests {
     #[test]
     fn a_twin_belongs_to_the_model_it_was_distilled_from() {
         let dir = tempfile::tempdir().unwrap();
-        let (reg, _) = Registry::load(None).unwrap();
+        let (reg, _) = Registry::load(None, &Device::default()).unwrap();
         for n in crate::styles::names() {
             if let Some(t) = crate::styles::live_twin(n) {
                 assert_eq!(reg.twin_of(n).map(|s| s.name.as_str()), Some(t), "{n}");
@@ -249,7 +256,7 @@ mod tests {
         );
         mine.save(&dir.path().join("great_wave.safetensors"), true)
             .unwrap();
-        let (reg, warnings) = Registry::load(Some(dir.path())).unwrap();
+        let (reg, warnings) = Registry::load(Some(dir.path()), &Device::default()).unwrap();
         assert!(warnings.iter().any(|w| w.contains("replaces the built-in")));
         assert!(
             reg.twin_of("great_wave").is_none(),
@@ -266,7 +273,7 @@ mod tests {
             .insert("impasto.provenance".into(), prov.to_string());
         twin.save(&dir.path().join("great_wave_live.safetensors"), true)
             .unwrap();
-        let (reg, _) = Registry::load(Some(dir.path())).unwrap();
+        let (reg, _) = Registry::load(Some(dir.path()), &Device::default()).unwrap();
         assert_eq!(
             reg.twin_of("great_wave").map(|s| s.source.as_str()),
             Some("great_wave_live.safetensors")

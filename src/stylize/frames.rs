@@ -57,8 +57,8 @@ impl StatsSource for SmoothStats {
 }
 
 /// Stylize one RGB frame (any size; untiled) with statistics from `src`.
-pub fn stylize_frame(
-    model: &Transformer,
+pub fn stylize_frame<B: crate::backend::Backend>(
+    model: &Transformer<B>,
     frame: &RgbImage,
     opts: &StylizeOptions,
     src: &mut SmoothStats,

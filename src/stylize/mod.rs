@@ -95,15 +95,15 @@ impl Default for StylizeOptions {
 impl StylizeOptions {
     /// The mirror margin `model` is run with: the one asked for, else the model file's,
     /// else [`DEFAULT_MARGIN`].
-    pub fn margin_for(&self, model: &Transformer) -> usize {
+    pub fn margin_for<B: crate::backend::Backend>(&self, model: &Transformer<B>) -> usize {
         self.margin.or(model.margin()).unwrap_or(DEFAULT_MARGIN)
     }
 }
 
 /// Stylize one decoded image; the result has the input's size (after `max_size`) and keeps
 /// its alpha channel.
-pub fn stylize(
-    model: &Transformer,
+pub fn stylize<B: crate::backend::Backend>(
+    model: &Transformer<B>,
     input: Decoded,
     opts: &StylizeOptions,
     progress: Option<Progress>,
@@ -171,8 +171,8 @@ pub fn stylize(
 
 /// The raw network output (0..255, unclamped) for an RGB tensor of any size, tiled or not;
 /// used to measure tiled against whole-image inference.
-pub fn stylize_tensor(
-    model: &Transformer,
+pub fn stylize_tensor<B: crate::backend::Backend>(
+    model: &Transformer<B>,
     x: &Tensor,
     opts: &StylizeOptions,
 ) -> Result<Tensor, Cancelled> {
@@ -235,7 +235,11 @@ mod tests {
     }
 
     /// `img` stylized by `model` at stroke scale `scale`, all else default.
-    fn at_scale(model: &Transformer, img: DynamicImage, scale: Scale) -> RgbImage {
+    fn at_scale<B: crate::backend::Backend>(
+        model: &Transformer<B>,
+        img: DynamicImage,
+        scale: Scale,
+    ) -> RgbImage {
         let o = StylizeOptions {
             scale,
             ..Default::default()

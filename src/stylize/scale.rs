@@ -57,8 +57,8 @@ pub(super) const GUIDE_RADIUS: usize = 2;
 pub(super) const GUIDE_EPS: f32 = 100.0;
 
 /// The network's output for `content` as three planes (0..255, unclamped).
-pub(super) fn network_planes(
-    model: &Transformer,
+pub(super) fn network_planes<B: crate::backend::Backend>(
+    model: &Transformer<B>,
     content: &Content,
     opts: &StylizeOptions,
     progress: Option<Progress>,

@@ -200,8 +200,8 @@ pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Sync);
 
 /// Run the network over the content at its padded size; returns the stylized tensor's
 /// pixels via `emit(y, x, rgb)` for every pixel of the unpadded image.
-pub(super) fn run_network(
-    model: &Transformer,
+pub(super) fn run_network<B: crate::backend::Backend>(
+    model: &Transformer<B>,
     content: &Content,
     opts: &StylizeOptions,
     progress: Option<Progress>,
@@ -212,9 +212,22 @@ pub(super) fn run_network(
     let a = Transformer::ALIGN;
     let m = opts.margin_for(model);
     let (h4, w4) = ((h + 2 * m).div_ceil(a) * a, (w + 2 * m).div_ceil(a) * a);
-    let core = (opts.tile.max(a) / a) * a;
+    let mut core = (opts.tile.max(a) / a) * a;
     let halo = opts.halo.div_ceil(a) * a;
-    let tiled = (h4 * w4) as u64 > opts.tile_threshold && (h4 > core || w4 > core);
+    let mut tiled = (h4 * w4) as u64 > opts.tile_threshold && (h4 > core || w4 > core);
+    // A device with a buffer limit (a GPU adapter) gets tiles whose widest activation fits.
+    if let Some(limit) = model.backend().max_tensor_bytes() {
+        let fits =
+            |side_h: usize, side_w: usize| model.plan().activation_bytes(side_h, side_w) <= limit;
+        if !tiled && !fits(h4, w4) {
+            tiled = true;
+        }
+        if tiled {
+            while core > a && !fits(core + 2 * halo, core + 2 * halo) {
+                core = (core / 2).div_ceil(a) * a;
+            }
+        }
+    }
     let tiles = if tiled {
         plan(h4, w4, core, halo)
     } else {

@@ -6,10 +6,13 @@ use impasto::model::{Arch, Transformer, TransformerConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The real `impasto` binary, without the caller's thread setting.
+/// The real `impasto` binary, without the caller's thread setting, on the CPU (tests that
+/// compare outputs bit for bit must not move to a GPU where a machine has one; the GPU's
+/// own tests ask for it with `--device gpu`).
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_impasto"));
     c.env_remove("IMPASTO_THREADS");
+    c.env("IMPASTO_DEVICE", "cpu");
     c
 }
 

@@ -24,6 +24,7 @@ from ._impasto import (
 
 __all__ = [
     "Model",
+    "devices",
     "styles",
     "read_image",
     "decode_image",
@@ -34,6 +35,12 @@ __all__ = [
     "ImpastoError",
     "ModelError",
 ]
+
+
+def devices():
+    """The GPU adapters impasto can run on, best first (name, backend, kind, limits), and
+    what ``device="auto"`` picks: ``{"adapters": [...], "auto": "gpu" | "cpu", ...}``."""
+    return _json.loads(_impasto.devices_json())
 
 
 def _is_pil(img):
@@ -67,8 +74,16 @@ class Model:
     Load once and reuse; one model may be used from several threads at once.
     """
 
-    def __init__(self, style):
-        self._m = _impasto.Model(str(style))
+    def __init__(self, style, device=None):
+        """``device``: ``"auto"`` (a real GPU when there is one, else the CPU), ``"cpu"``
+        or ``"gpu"`` (the best GPU adapter; ``RuntimeError`` if there is none); by default
+        the ``IMPASTO_DEVICE`` environment variable, else ``"auto"``."""
+        self._m = _impasto.Model(str(style), device)
+
+    @property
+    def device(self):
+        """Where the network runs, e.g. ``"cpu (8 threads)"``."""
+        return self._m.device
 
     @property
     def name(self):

@@ -200,12 +200,11 @@ impl Ctx {
             required_limits: adapter.limits(),
             ..Default::default()
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|e| {
-            OpenError::Refused {
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&desc)).map_err(|e| OpenError::Refused {
                 name: summary.name.clone(),
                 msg: e.to_string(),
-            }
-        })?;
+            })?;
         let error = Arc::new(Mutex::new(None::<String>));
         let slot = error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -355,7 +354,13 @@ impl Ctx {
 
     /// Records one dispatch of `kernel` with parameter words `params` and the buffers
     /// bound from binding 1 on, over `groups` workgroups.
-    pub fn dispatch(&self, kernel: Kernel, params: &[u32], buffers: &[&wgpu::Buffer], groups: [u32; 3]) {
+    pub fn dispatch(
+        &self,
+        kernel: Kernel,
+        params: &[u32],
+        buffers: &[&wgpu::Buffer],
+        groups: [u32; 3],
+    ) {
         if groups.contains(&0) {
             return;
         }

@@ -16,8 +16,8 @@ mod shaders;
 
 use std::sync::Arc;
 
-pub use context::{list as adapters, AdapterSummary, OpenError};
 use context::{groups_1d, Ctx, Kernel};
+pub use context::{list as adapters, AdapterSummary, OpenError};
 
 use super::{Backend, ConvGrads, ConvSpec, OutputFn, Resample};
 use crate::kernels::norm::{Moments, NormStats};
@@ -56,11 +56,6 @@ impl Wgpu {
         &self.ctx.adapter
     }
 
-    /// The largest tensor one kernel can bind, in bytes.
-    pub fn max_tensor_bytes(&self) -> u64 {
-        self.ctx.max_tensor_bytes()
-    }
-
     fn tensor(&self, dims: [usize; 4]) -> GpuTensor {
         let n: usize = dims.iter().product();
         GpuTensor {
@@ -92,7 +87,15 @@ impl Wgpu {
         let out = self.ctx.alloc(4 * 3 * (c * samples) as u64);
         let mode = b.is_some() as u32;
         let words = [
-            c, h, w, rows.0, rows.1, cols.0, cols.1, first, mode as usize,
+            c,
+            h,
+            w,
+            rows.0,
+            rows.1,
+            cols.0,
+            cols.1,
+            first,
+            mode as usize,
         ]
         .map(|v| v as u32);
         self.ctx.dispatch(
@@ -116,7 +119,16 @@ impl Wgpu {
         extra: &[u32],
         buffers: &[&wgpu::Buffer],
     ) {
-        let mut words = vec![m as u32, n as u32, k as u32, splits as u32, kchunk as u32, 0, 0, 0];
+        let mut words = vec![
+            m as u32,
+            n as u32,
+            k as u32,
+            splits as u32,
+            kchunk as u32,
+            0,
+            0,
+            0,
+        ];
         words.extend_from_slice(extra);
         let tiles = m.div_ceil(64) * n.div_ceil(64);
         let x = tiles.min(65_535);
@@ -139,7 +151,14 @@ impl Wgpu {
     }
 
     /// `scale · Σ_s part[b][s]` for `batch` blocks of `len`, read back.
-    fn sum_splits(&self, part: &wgpu::Buffer, len: usize, splits: usize, batch: usize, scale: f32) -> Vec<f32> {
+    fn sum_splits(
+        &self,
+        part: &wgpu::Buffer,
+        len: usize,
+        splits: usize,
+        batch: usize,
+        scale: f32,
+    ) -> Vec<f32> {
         let out = self.ctx.alloc(4 * (len * batch) as u64);
         let mut g = groups_1d(len);
         g[2] = batch as u32;
@@ -315,6 +334,10 @@ impl Backend for Wgpu {
         t.dims
     }
 
+    fn max_tensor_bytes(&self) -> Option<u64> {
+        Some(self.ctx.max_tensor_bytes())
+    }
+
     fn conv(&self, spec: &ConvSpec, weight: &[f32], bias: Option<&[f32]>) -> GpuConv {
         let n: usize = spec.weight_shape().iter().product();
         assert_eq!(weight.len(), n, "weight size");
@@ -451,8 +474,14 @@ impl Backend for Wgpu {
         let plane = c * h * w;
         self.ctx.dispatch(
             Kernel::NormApply,
-            &[plane, h * w, sample * plane, relu as usize, residual.is_some() as usize]
-                .map(|v| v as u32),
+            &[
+                plane,
+                h * w,
+                sample * plane,
+                relu as usize,
+                residual.is_some() as usize,
+            ]
+            .map(|v| v as u32),
             &[x.buf(), &s, residual.map_or(&self.ctx.dummy, |r| r.buf())],
             groups_1d(plane),
         );
@@ -606,7 +635,15 @@ impl Backend for Wgpu {
         let hw = h * w;
         let (splits, chunk) = Self::split(c, c, n, hw);
         let part = self.ctx.alloc(4 * (n * splits * c * c) as u64);
-        self.gemm(Kernel::Gram, (c, c, hw), n, splits, chunk, &[], &[f.buf(), &part]);
+        self.gemm(
+            Kernel::Gram,
+            (c, c, hw),
+            n,
+            splits,
+            chunk,
+            &[],
+            &[f.buf(), &part],
+        );
         let v = self.sum_splits(&part, c * c, splits, n, 1.0 / (c * hw) as f32);
         self.ctx.recycle(part);
         v.chunks(c * c).map(<[f32]>::to_vec).collect()
@@ -648,7 +685,13 @@ impl Backend for Wgpu {
         let g = self.tensor(y.dims);
         self.ctx.dispatch(
             Kernel::LossGrad,
-            &[y.len() as u32, 1, ((2.0 * w) as f32).to_bits(), h as u32, wd as u32],
+            &[
+                y.len() as u32,
+                1,
+                ((2.0 * w) as f32).to_bits(),
+                h as u32,
+                wd as u32,
+            ],
             &[y.buf(), y.buf(), g.buf()],
             groups_1d(y.len()),
         );
@@ -671,7 +714,11 @@ impl Wgpu {
         words.extend(src.map(|v| v as u32));
         words.extend(scale.map(f32::to_bits));
         words.extend(shift.map(f32::to_bits));
-        self.ctx
-            .dispatch(Kernel::ChannelAffine, &words, &[x.buf(), y.buf()], groups_1d(y.len()));
+        self.ctx.dispatch(
+            Kernel::ChannelAffine,
+            &words,
+            &[x.buf(), y.buf()],
+            groups_1d(y.len()),
+        );
     }
 }

@@ -609,6 +609,52 @@ mod tests {
         }
     }
 
+    /// The whole network on the wgpu backend (lavapipe where there is no GPU) against the
+    /// CPU backend: both architectures, forward, inference and every parameter gradient
+    /// within the tolerances the CPU meets against the reference.
+    #[cfg(feature = "gpu")]
+    #[test]
+    fn wgpu_and_cpu_backends_run_the_same_network() {
+        use crate::backend::Backend;
+        let Some(gpu) = crate::testutil::gpu() else {
+            return;
+        };
+        let mut rng = Rng::new(2);
+        for arch in [Arch::Johnson, Arch::Seed] {
+            let mut config = TransformerConfig::new(arch);
+            config.channels = [8, 16, 24];
+            config.res_blocks = 2;
+            let cpu = model(config, 9);
+            let dev = cpu.to_backend(gpu.clone());
+            let x = image(&mut rng, 2, 20, 28);
+            let (yc, tc) = cpu.forward_train(&x);
+            let (yg, tg) = dev.forward_train(&gpu.upload(&x));
+            let e = gpu.download(&yg).rel_error(&yc);
+            assert!(e < 1e-5, "{arch:?} forward: {e:.2e}");
+            let e = dev.forward(&x).rel_error(&cpu.forward(&x));
+            assert!(e < 1e-4, "{arch:?} inference: {e:.2e}");
+            let dy = image(&mut rng, 2, 20, 28);
+            let (gc, gg) = (cpu.backward(&tc, &dy), dev.backward(&tg, &gpu.upload(&dy)));
+            let max = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            for (id, p) in cpu.plan().params.iter().enumerate() {
+                let e = crate::tensor::rel_error(&gg[id], &gc[id]);
+                // A shift that a later instance norm removes (a conv bias before a norm, a
+                // residual block's last β: reflect-padded convs carry constants through)
+                // has an exactly-zero gradient; both backends leave rounding noise there,
+                // far below the gradient of the layer's weight or scale.
+                let plan = cpu.plan();
+                let sibling = (plan.convs.iter().find(|c| c.bias == Some(id)))
+                    .map(|c| c.weight)
+                    .or_else(|| plan.norms.iter().find(|n| n.shift == id).map(|n| n.scale));
+                let noise = sibling.is_some_and(|w| {
+                    let scale = max(&gc[w]);
+                    max(&gc[id]) < 1e-4 * scale && max(&gg[id]) < 1e-4 * scale
+                });
+                assert!(e < 1e-3 || noise, "{arch:?} {}: {e:.2e}", p.name);
+            }
+        }
+    }
+
     /// The whole network's backward pass, both architectures, against central differences
     /// of L = Σ r ⊙ y along each checked tensor's own gradient.
     #[test]

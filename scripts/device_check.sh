@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The GPU check for a machine with a GPU but no cargo and no network (a lent NVIDIA box):
+#
+#   scripts/device_check.sh prepare     # here: build, strip, gather into target/device-kit/
+#   scripts/device_check.sh run         # there: from the checkout, with target/device-kit/
+#
+# `prepare` puts in target/device-kit/ (git-ignored; carry that folder with the checkout)
+# the stripped release binary, the test binary that holds the conformance check, and
+# libvulkan.so.1 (the loader; the GPU's own driver, e.g. NVIDIA's ICD, is on that machine).
+# `run` lists the adapters, runs the wgpu conformance and whole-network checks against the
+# reference and CPU backends, then the benchmarks (inference 1080p and 4K, live frames, a
+# training step at batch 4 × 256² when VGG16 weights are given with IMPASTO_VGG), and
+# prints one JSON object. It says plainly when there is no Vulkan adapter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KIT=target/device-kit
+case "${1:-run}" in
+prepare)
+  cargo build --release --bin impasto
+  cargo test --release --lib --no-run 2>&1 | tee /tmp/impasto-test-build.log
+  lib=$(grep -o 'target/release/deps/impasto-[0-9a-f]*' /tmp/impasto-test-build.log | head -1)
+  mkdir -p "$KIT"
+  cp target/release/impasto "$KIT/impasto"
+  cp "$lib" "$KIT/impasto-lib-tests"
+  strip "$KIT/impasto" "$KIT/impasto-lib-tests"
+  loader=$(ldconfig -p | awk '/libvulkan.so.1 / { print $NF; exit }')
+  [ -n "$loader" ] && cp -L "$loader" "$KIT/libvulkan.so.1"
+  du -sh "$KIT"
+  ;;
+run)
+  export LD_LIBRARY_PATH="$PWD/$KIT${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
+  bin="$KIT/impasto"
+  out=$(mktemp -d)
+  "$bin" devices --json >"$out/devices.json" 2>"$out/devices.err" || true
+  if ! grep -q '"name"' "$out/devices.json"; then
+    echo "{\"ok\": false, \"why\": \"no Vulkan adapter on this machine\", \"devices\": $(cat "$out/devices.json" 2>/dev/null || echo null), \"stderr\": $(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))' <"$out/devices.err")}"
+    exit 0
+  fi
+  conf=pass
+  IMPASTO_STRICT_TESTS=1 "$KIT/impasto-lib-tests" --test-threads 1 wgpu >"$out/conf.log" 2>&1 || conf=fail
+  bench=$("$bin" bench --device gpu --sizes 1024,2048 --runs 5 --json 2>/dev/null | paste -sd, -)
+  frames=$("$bin" bench --device gpu --frames 640x480,1280x720 --runs 10 --json 2>/dev/null | paste -sd, -)
+  cpu=$("$bin" bench --device cpu --sizes 1024 --runs 3 --json 2>/dev/null | paste -sd, -)
+  train=null
+  if [ -n "${IMPASTO_VGG:-}" ]; then
+    train="[$("$bin" bench --device gpu --train --sizes 256 --batch 4 --runs 5 --json 2>/dev/null | paste -sd, -)]"
+  fi
+  python3 - "$out" <<PY
+import json, sys
+out = sys.argv[1]
+print(json.dumps({
+    "ok": "$conf" == "pass",
+    "devices": json.load(open(f"{out}/devices.json")),
+    "conformance": "$conf",
+    "conformance_tail": open(f"{out}/conf.log").read()[-3000:],
+    "bench_gpu": [$bench],
+    "frames_gpu": [$frames],
+    "bench_cpu": [$cpu],
+    "train_gpu": $train,
+}, indent=1))
+PY
+  ;;
+*)
+  echo "usage: scripts/device_check.sh prepare|run" >&2
+  exit 2
+  ;;
+esac

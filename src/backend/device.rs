@@ -1,0 +1,414 @@
+//! Where the networks run, chosen at run time: the CPU backend, or the GPU backend on the
+//! best adapter there is. [`Device`] is itself a [`Backend`] that forwards every op to the
+//! one it holds (as candle's `Device` does), so the stylize pipeline, video, the server and
+//! the Python package run one `Transformer<Device>` whatever the machine has.
+
+use super::{Backend, ConvGrads, ConvSpec, Cpu, OutputFn};
+use crate::kernels::norm::{Moments, NormStats};
+use crate::tensor::Tensor;
+
+#[cfg(feature = "gpu")]
+use super::wgpu::{GpuConv, GpuTensor, Wgpu};
+
+/// What the user asked for (`--device`, `IMPASTO_DEVICE`, `device=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// A real GPU when there is one, the CPU otherwise.
+    #[default]
+    Auto,
+    Cpu,
+    /// The best GPU adapter, or a software one (lavapipe) if that is all there is.
+    Gpu,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" | "" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "gpu" => Ok(DeviceChoice::Gpu),
+            other => Err(format!(
+                "unknown device `{other}` (expected cpu, gpu or auto)"
+            )),
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// `IMPASTO_DEVICE`, or `auto`.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var("IMPASTO_DEVICE") {
+            Ok(v) => v.parse().map_err(|e| format!("IMPASTO_DEVICE: {e}")),
+            Err(_) => Ok(DeviceChoice::Auto),
+        }
+    }
+}
+
+/// A backend chosen at run time.
+#[derive(Clone, Debug)]
+pub enum Device {
+    Cpu(Cpu),
+    #[cfg(feature = "gpu")]
+    Gpu(Wgpu),
+}
+
+impl Default for Device {
+    fn default() -> Self {
+        Device::Cpu(Cpu)
+    }
+}
+
+/// A [`Device`]'s tensor.
+#[derive(Clone)]
+pub enum DeviceTensor {
+    Host(Tensor),
+    #[cfg(feature = "gpu")]
+    Gpu(GpuTensor),
+}
+
+/// A [`Device`]'s prepared convolution (a few per network: their size does not matter).
+#[derive(Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum DeviceConv {
+    Cpu(<Cpu as Backend>::Conv),
+    #[cfg(feature = "gpu")]
+    Gpu(GpuConv),
+}
+
+impl Device {
+    /// Opens what `choice` asks for. `auto` never fails: without a real GPU it is the CPU.
+    pub fn open(choice: DeviceChoice) -> crate::Result<Device> {
+        match choice {
+            DeviceChoice::Cpu => Ok(Device::Cpu(Cpu)),
+            #[cfg(feature = "gpu")]
+            DeviceChoice::Auto => Ok(Wgpu::hardware().map_or(Device::Cpu(Cpu), Device::Gpu)),
+            #[cfg(not(feature = "gpu"))]
+            DeviceChoice::Auto => Ok(Device::Cpu(Cpu)),
+            #[cfg(feature = "gpu")]
+            DeviceChoice::Gpu => Wgpu::best().map(Device::Gpu).map_err(|e| {
+                crate::Error::Device(format!(
+                    "--device gpu: {e}. Install the GPU's Vulkan driver (Linux: mesa-vulkan-drivers for AMD, Intel and the software adapter lavapipe; NVIDIA's driver brings its own), or run with --device cpu"
+                ))
+            }),
+            #[cfg(not(feature = "gpu"))]
+            DeviceChoice::Gpu => Err(crate::Error::Device(
+                "--device gpu: this build of impasto has no GPU backend (cargo feature `gpu`)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// One line saying where the work runs.
+    pub fn describe(&self) -> String {
+        match self {
+            Device::Cpu(_) => format!("cpu ({} threads)", rayon::current_num_threads()),
+            #[cfg(feature = "gpu")]
+            Device::Gpu(g) => {
+                let a = g.adapter();
+                format!("gpu: {} ({}, {})", a.name, a.backend, a.kind)
+            }
+        }
+    }
+
+    /// `cpu` or `gpu`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Device::Cpu(_) => "cpu",
+            #[cfg(feature = "gpu")]
+            Device::Gpu(_) => "gpu",
+        }
+    }
+}
+
+fn host(t: &DeviceTensor) -> &Tensor {
+    match t {
+        DeviceTensor::Host(t) => t,
+        #[cfg(feature = "gpu")]
+        DeviceTensor::Gpu(_) => panic!("a GPU tensor given to the CPU backend"),
+    }
+}
+
+fn host_mut(t: &mut DeviceTensor) -> &mut Tensor {
+    match t {
+        DeviceTensor::Host(t) => t,
+        #[cfg(feature = "gpu")]
+        DeviceTensor::Gpu(_) => panic!("a GPU tensor given to the CPU backend"),
+    }
+}
+
+#[cfg(feature = "gpu")]
+fn gpu(t: &DeviceTensor) -> &GpuTensor {
+    match t {
+        DeviceTensor::Gpu(t) => t,
+        DeviceTensor::Host(_) => panic!("a host tensor given to the GPU backend"),
+    }
+}
+
+#[cfg(feature = "gpu")]
+fn gpu_mut(t: &mut DeviceTensor) -> &mut GpuTensor {
+    match t {
+        DeviceTensor::Gpu(t) => t,
+        DeviceTensor::Host(_) => panic!("a host tensor given to the GPU backend"),
+    }
+}
+
+fn cpu_conv(c: &DeviceConv) -> &<Cpu as Backend>::Conv {
+    match c {
+        DeviceConv::Cpu(c) => c,
+        #[cfg(feature = "gpu")]
+        DeviceConv::Gpu(_) => panic!("a GPU convolution given to the CPU backend"),
+    }
+}
+
+#[cfg(feature = "gpu")]
+fn gpu_conv(c: &DeviceConv) -> &GpuConv {
+    match c {
+        DeviceConv::Gpu(c) => c,
+        DeviceConv::Cpu(_) => panic!("a CPU convolution given to the GPU backend"),
+    }
+}
+
+/// `dispatch!(self, |b, T, t, C, c| expr)`: `expr` on the CPU and on the GPU, with `t`
+/// unwrapping a tensor, `tm` a mutable one, `c` a convolution and `T` wrapping a result.
+macro_rules! dispatch {
+    ($self:expr, |$b:ident, $wrap:ident, $t:ident, $tm:ident, $c:ident| $e:expr) => {
+        match $self {
+            Device::Cpu($b) => {
+                #[allow(unused)]
+                let ($wrap, $t, $tm, $c) = (DeviceTensor::Host, host, host_mut, cpu_conv);
+                $e
+            }
+            #[cfg(feature = "gpu")]
+            Device::Gpu($b) => {
+                #[allow(unused)]
+                let ($wrap, $t, $tm, $c) = (DeviceTensor::Gpu, gpu, gpu_mut, gpu_conv);
+                $e
+            }
+        }
+    };
+}
+
+impl Backend for Device {
+    type Tensor = DeviceTensor;
+    type Conv = DeviceConv;
+
+    fn name(&self) -> &'static str {
+        dispatch!(self, |b, w, t, tm, c| b.name())
+    }
+
+    fn upload(&self, x: &Tensor) -> DeviceTensor {
+        dispatch!(self, |b, w, t, tm, c| w(b.upload(x)))
+    }
+
+    fn download(&self, x: &DeviceTensor) -> Tensor {
+        dispatch!(self, |b, w, t, tm, c| b.download(t(x)))
+    }
+
+    fn upload_owned(&self, x: Tensor) -> DeviceTensor {
+        dispatch!(self, |b, w, t, tm, c| w(b.upload_owned(x)))
+    }
+
+    fn download_owned(&self, x: DeviceTensor) -> Tensor {
+        match (self, x) {
+            (Device::Cpu(_), DeviceTensor::Host(x)) => x,
+            #[cfg(feature = "gpu")]
+            (Device::Gpu(b), DeviceTensor::Gpu(x)) => b.download_owned(x),
+            #[cfg(feature = "gpu")]
+            _ => panic!("a tensor given to another device's backend"),
+        }
+    }
+
+    fn dims(&self, x: &DeviceTensor) -> [usize; 4] {
+        dispatch!(self, |b, w, t, tm, c| b.dims(t(x)))
+    }
+
+    fn max_tensor_bytes(&self) -> Option<u64> {
+        dispatch!(self, |b, w, t, tm, c| b.max_tensor_bytes())
+    }
+
+    fn conv(&self, spec: &ConvSpec, weight: &[f32], bias: Option<&[f32]>) -> DeviceConv {
+        match self {
+            Device::Cpu(b) => DeviceConv::Cpu(b.conv(spec, weight, bias)),
+            #[cfg(feature = "gpu")]
+            Device::Gpu(b) => DeviceConv::Gpu(b.conv(spec, weight, bias)),
+        }
+    }
+
+    fn conv_update(&self, conv: &mut DeviceConv, weight: &[f32], bias: Option<&[f32]>) {
+        match (self, conv) {
+            (Device::Cpu(b), DeviceConv::Cpu(c)) => b.conv_update(c, weight, bias),
+            #[cfg(feature = "gpu")]
+            (Device::Gpu(b), DeviceConv::Gpu(c)) => b.conv_update(c, weight, bias),
+            #[cfg(feature = "gpu")]
+            _ => panic!("a convolution given to another device's backend"),
+        }
+    }
+
+    fn conv_forward(&self, conv: &DeviceConv, x: &DeviceTensor, precise: bool) -> DeviceTensor {
+        dispatch!(self, |b, w, t, tm, c| w(b.conv_forward(
+            c(conv),
+            t(x),
+            precise
+        )))
+    }
+
+    fn conv_backward(
+        &self,
+        conv: &DeviceConv,
+        x: &DeviceTensor,
+        dy: &DeviceTensor,
+        want_dx: bool,
+    ) -> ConvGrads<DeviceTensor> {
+        dispatch!(self, |b, w, t, tm, c| {
+            let g = b.conv_backward(c(conv), t(x), t(dy), want_dx);
+            ConvGrads {
+                dx: g.dx.map(w),
+                dw: g.dw,
+                db: g.db,
+            }
+        })
+    }
+
+    fn conv_input_grad(
+        &self,
+        conv: &DeviceConv,
+        dy: &DeviceTensor,
+        h: usize,
+        wd: usize,
+    ) -> DeviceTensor {
+        dispatch!(self, |b, w, t, tm, c| w(b.conv_input_grad(
+            c(conv),
+            t(dy),
+            h,
+            wd
+        )))
+    }
+
+    fn moments(
+        &self,
+        x: &DeviceTensor,
+        sample: usize,
+        rows: (usize, usize),
+        cols: (usize, usize),
+    ) -> Moments {
+        dispatch!(self, |b, w, t, tm, c| b.moments(t(x), sample, rows, cols))
+    }
+
+    fn norm_apply(
+        &self,
+        x: &mut DeviceTensor,
+        sample: usize,
+        stats: &NormStats,
+        gamma: &[f32],
+        beta: &[f32],
+        relu: bool,
+        residual: Option<&DeviceTensor>,
+    ) {
+        dispatch!(self, |b, w, t, tm, c| b.norm_apply(
+            tm(x),
+            sample,
+            stats,
+            gamma,
+            beta,
+            relu,
+            residual.map(t)
+        ))
+    }
+
+    fn norm_backward(
+        &self,
+        xhat: &DeviceTensor,
+        dy: &DeviceTensor,
+        inv_std: &[Vec<f32>],
+        gamma: &[f32],
+    ) -> (DeviceTensor, Vec<f32>, Vec<f32>) {
+        dispatch!(self, |b, w, t, tm, c| {
+            let (dx, dg, db) = b.norm_backward(t(xhat), t(dy), inv_std, gamma);
+            (w(dx), dg, db)
+        })
+    }
+
+    fn relu(&self, x: &mut DeviceTensor) {
+        dispatch!(self, |b, w, t, tm, c| b.relu(tm(x)))
+    }
+
+    fn relu_mask(&self, d: &mut DeviceTensor, y: &DeviceTensor) {
+        dispatch!(self, |b, w, t, tm, c| b.relu_mask(tm(d), t(y)))
+    }
+
+    fn add(&self, a: &mut DeviceTensor, x: &DeviceTensor) {
+        dispatch!(self, |b, w, t, tm, c| b.add(tm(a), t(x)))
+    }
+
+    fn centre(&self, x: &DeviceTensor) -> DeviceTensor {
+        dispatch!(self, |b, w, t, tm, c| w(b.centre(t(x))))
+    }
+
+    fn channel_affine(
+        &self,
+        x: &DeviceTensor,
+        src: [usize; 3],
+        scale: [f32; 3],
+        shift: [f32; 3],
+    ) -> DeviceTensor {
+        dispatch!(self, |b, w, t, tm, c| w(b.channel_affine(
+            t(x),
+            src,
+            scale,
+            shift
+        )))
+    }
+
+    fn channel_affine_backward(
+        &self,
+        dy: &DeviceTensor,
+        src: [usize; 3],
+        scale: [f32; 3],
+    ) -> DeviceTensor {
+        dispatch!(self, |b, w, t, tm, c| w(b.channel_affine_backward(
+            t(dy),
+            src,
+            scale
+        )))
+    }
+
+    fn output(&self, x: &mut DeviceTensor, f: OutputFn) {
+        dispatch!(self, |b, w, t, tm, c| b.output(tm(x), f))
+    }
+
+    fn output_backward(&self, d: &mut DeviceTensor, pre: &DeviceTensor, f: OutputFn) {
+        dispatch!(self, |b, w, t, tm, c| b.output_backward(tm(d), t(pre), f))
+    }
+
+    fn max_pool2(&self, x: &DeviceTensor) -> DeviceTensor {
+        dispatch!(self, |b, w, t, tm, c| w(b.max_pool2(t(x))))
+    }
+
+    fn max_pool2_backward(&self, x: &DeviceTensor, dy: &DeviceTensor) -> DeviceTensor {
+        dispatch!(self, |b, w, t, tm, c| w(b.max_pool2_backward(t(x), t(dy))))
+    }
+
+    fn gram(&self, f: &DeviceTensor) -> Vec<Vec<f32>> {
+        dispatch!(self, |b, w, t, tm, c| b.gram(t(f)))
+    }
+
+    fn gram_backward(&self, f: &DeviceTensor, dg: &[Vec<f32>]) -> DeviceTensor {
+        dispatch!(self, |b, w, t, tm, c| w(b.gram_backward(t(f), dg)))
+    }
+
+    fn mse(&self, a: &DeviceTensor, x: &DeviceTensor, wt: f64) -> (f64, DeviceTensor) {
+        dispatch!(self, |b, w, t, tm, c| {
+            let (l, g) = b.mse(t(a), t(x), wt);
+            (l, w(g))
+        })
+    }
+
+    fn tv(&self, y: &DeviceTensor, wt: f64) -> (f64, DeviceTensor) {
+        dispatch!(self, |b, w, t, tm, c| {
+            let (l, g) = b.tv(t(y), wt);
+            (l, w(g))
+        })
+    }
+}

@@ -1,0 +1,257 @@
+//! The GPU backend end to end, through the real binary: `impasto devices`, `--device gpu`
+//! against `--device cpu` on real pictures (a style, its live twin, tiles, video frames),
+//! and the ways a device can be missing. On a machine without a GPU these run on Mesa's
+//! software Vulkan driver (lavapipe); strict runs fail when no adapter exists at all.
+use std::path::Path;
+use std::process::Output;
+
+mod common;
+use common::{bin, stderr};
+
+fn gpu_run(args: &[&str]) -> Output {
+    bin()
+        .args(args)
+        .env("IMPASTO_DEVICE", "gpu")
+        .output()
+        .unwrap()
+}
+
+/// Whether a GPU adapter exists (else a skip, a failure under strict runs).
+fn have_adapter(test: &str) -> bool {
+    let o = bin().args(["devices", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let js: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let n = js["adapters"].as_array().map_or(0, Vec::len);
+    if n == 0 {
+        impasto::testutil::skip(
+            test,
+            "no Vulkan/Metal/DX12 adapter (install mesa-vulkan-drivers)",
+        );
+    }
+    n > 0
+}
+
+fn max_abs_diff(a: &Path, b: &Path) -> u8 {
+    let (a, b) = (
+        image::open(a).unwrap().to_rgb8(),
+        image::open(b).unwrap().to_rgb8(),
+    );
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn devices_lists_the_adapters_as_a_table_and_json() {
+    let o = bin().args(["devices"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("--device auto runs on the"), "{text}");
+    if have_adapter("devices_lists_the_adapters_as_a_table_and_json") {
+        assert!(text.contains("| adapter | backend | type |"), "{text}");
+    }
+}
+
+/// The same picture on the GPU and on the CPU: a trained style, its live twin, and the
+/// tiled path (forced by a low threshold), each within 2/255.
+#[test]
+fn stylize_on_the_gpu_matches_the_cpu() {
+    if !have_adapter("stylize_on_the_gpu_matches_the_cpu") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let coffee = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/coffee.jpg");
+    for (name, extra) in [
+        ("style", vec!["--style", "great_wave", "--max-size", "160"]),
+        (
+            "live",
+            vec!["--style", "great_wave", "--live", "--max-size", "160"],
+        ),
+        (
+            "tiled",
+            vec![
+                "--style",
+                "udnie",
+                "--max-size",
+                "100",
+                "--tile",
+                "64",
+                "--tile-threshold",
+                "4096",
+            ],
+        ),
+    ] {
+        let (g, c) = (
+            dir.path().join(format!("{name}-gpu.png")),
+            dir.path().join(format!("{name}-cpu.png")),
+        );
+        for (device, out) in [("gpu", &g), ("cpu", &c)] {
+            let mut args = vec!["stylize", coffee, "-o", s(out), "--device", device];
+            args.extend(&extra);
+            let o = bin().args(&args).output().unwrap();
+            assert!(o.status.success(), "{name} on {device}: {}", stderr(&o));
+            if device == "gpu" {
+                assert!(stderr(&o).contains("running on gpu"), "{}", stderr(&o));
+            }
+        }
+        let d = max_abs_diff(&g, &c);
+        assert!(d <= 2, "{name}: GPU and CPU differ by {d}/255");
+    }
+}
+
+/// A video's frames: the smoothed-statistics frame path on the GPU gives the CPU's frames
+/// within 2/255, and `impasto video --device gpu` runs end to end.
+#[test]
+fn video_frames_on_the_gpu_match_the_cpu() {
+    use impasto::stylize::{stylize_frame, SmoothStats, StylizeOptions};
+    if !have_adapter("video_frames_on_the_gpu_match_the_cpu") {
+        return;
+    }
+    let Some(gpu) = impasto::testutil::gpu() else {
+        return;
+    };
+    let cpu_model = impasto::styles::resolve("the_scream").unwrap();
+    let gpu_model = cpu_model.to_backend(gpu);
+    let photo = image::open(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/coffee.jpg")).unwrap();
+    let opts = StylizeOptions::default();
+    let (mut sc, mut sg) = (SmoothStats::new(0.9), SmoothStats::new(0.9));
+    for shift in [0u32, 4, 8] {
+        // A panning shot: each frame a crop moved a few pixels.
+        let frame = photo.crop_imm(shift * 4, shift, 96, 64).to_rgb8();
+        let c = stylize_frame(&cpu_model, &frame, &opts, &mut sc).unwrap();
+        let g = stylize_frame(&gpu_model, &frame, &opts, &mut sg).unwrap();
+        let d = c
+            .as_raw()
+            .iter()
+            .zip(g.as_raw())
+            .map(|(x, y)| x.abs_diff(*y))
+            .max()
+            .unwrap();
+        assert!(d <= 2, "frame {shift}: GPU and CPU differ by {d}/255");
+    }
+    if std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .is_err()
+    {
+        impasto::testutil::skip(
+            "video_frames_on_the_gpu_match_the_cpu",
+            "ffmpeg is not installed",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clip = dir.path().join("in.mp4");
+    let o = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=96x64:rate=4:duration=0.5",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .arg(&clip)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = dir.path().join("out.mp4");
+    let o = gpu_run(&[
+        "video",
+        s(&clip),
+        "--style",
+        "the_scream",
+        "--smooth",
+        "-o",
+        s(&out),
+    ]);
+    assert!(o.status.success(), "video on the GPU: {}", stderr(&o));
+    assert!(stderr(&o).contains("running on gpu"), "{}", stderr(&o));
+    assert_eq!(impasto::video::read_frames(&out).unwrap().len(), 2);
+}
+
+/// No adapter (a backend that does not exist here): `gpu` is an error with exit 2 and a
+/// sentence; `auto` runs on the CPU and says so.
+#[test]
+fn a_missing_gpu_is_a_clear_error_and_auto_falls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let coffee = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/coffee.jpg");
+    let out = dir.path().join("o.png");
+    let absent = if cfg!(target_os = "macos") {
+        "dx12"
+    } else {
+        "metal"
+    };
+    let o = bin()
+        .args([
+            "stylize",
+            coffee,
+            "--style",
+            "udnie",
+            "--max-size",
+            "64",
+            "-o",
+            s(&out),
+            "--device",
+            "gpu",
+        ])
+        .env("WGPU_BACKEND", absent)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("no GPU adapter was found") && e.contains("--device cpu"),
+        "{e}"
+    );
+    assert!(!out.exists(), "no output after a device error");
+    let o = bin()
+        .args([
+            "stylize",
+            coffee,
+            "--style",
+            "udnie",
+            "--max-size",
+            "64",
+            "-o",
+            s(&out),
+        ])
+        .env("IMPASTO_DEVICE", "auto")
+        .env("WGPU_BACKEND", absent)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("running on cpu"), "{}", stderr(&o));
+    let o = gpu_run(&[
+        "train",
+        "--style",
+        coffee,
+        "--data",
+        "x",
+        "-o",
+        s(&dir.path().join("m.safetensors")),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("runs on the CPU in this version"),
+        "{}",
+        stderr(&o)
+    );
+    let o = bin().args(["devices", "--device", "tpu"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown device `tpu`"),
+        "{}",
+        stderr(&o)
+    );
+}
