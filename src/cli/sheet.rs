@@ -95,7 +95,10 @@ pub fn sheet(a: Args) -> Result<i32> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| n.clone()),
         };
-        models.push((label, Some(impasto::styles::resolve(n)?)));
+        models.push((
+            label,
+            Some(impasto::styles::resolve(n)?.to_backend(super::device()?)),
+        ));
     }
     let decoded = impasto::imageio::read_path(&a.photo, &Default::default())?;
     let opts = StylizeOptions {
