@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_impasto"));
+    c.env("IMPASTO_DEVICE", "cpu");
     c.env_remove("IMPASTO_VGG").env_remove("IMPASTO_THREADS");
     c
 }

@@ -255,3 +255,44 @@ fn a_missing_gpu_is_a_clear_error_and_auto_falls_back() {
         stderr(&o)
     );
 }
+
+/// `impasto serve --device gpu`: `/healthz` names the adapter and a stylize request is
+/// answered by the GPU with the CPU server's pixels within 2/255.
+#[test]
+fn the_server_runs_on_the_gpu() {
+    if !have_adapter("the_server_runs_on_the_gpu") {
+        return;
+    }
+    let photo = image::open(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/coffee.jpg"))
+        .unwrap()
+        .thumbnail(96, 96);
+    let mut png = Vec::new();
+    photo
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    let mut outs = Vec::new();
+    for device in ["gpu", "cpu"] {
+        let s = common::server::Server::start(&["--device", device, "--workers", "1"]);
+        let h = s.health();
+        assert!(
+            h["device"].as_str().unwrap().starts_with(device),
+            "{device}: {h}"
+        );
+        let r = s.post("/v1/stylize?style=great_wave&format=png", "image/png", &png);
+        assert_eq!(
+            r.status,
+            200,
+            "{device}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        outs.push(image::load_from_memory(&r.body).unwrap().to_rgb8());
+    }
+    let d = outs[0]
+        .as_raw()
+        .iter()
+        .zip(outs[1].as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap();
+    assert!(d <= 2, "the GPU server differs by {d}/255");
+}

@@ -247,6 +247,7 @@ fn full_queue_and_timeouts_answer_503() {
 #[test]
 fn a_missing_models_folder_is_a_clear_error() {
     let o = Command::new(env!("CARGO_BIN_EXE_impasto"))
+        .env("IMPASTO_DEVICE", "cpu")
         .args([
             "serve",
             "--addr",

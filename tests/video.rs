@@ -78,6 +78,7 @@ fn stylizes_a_clip_keeping_frames_size_and_audio_and_smooth_reduces_flicker() {
     let (plain, smooth) = (d.path().join("plain.mp4"), d.path().join("smooth.mp4"));
     for (out, extra) in [(&plain, None), (&smooth, Some("--smooth"))] {
         let mut c = Command::new(env!("CARGO_BIN_EXE_impasto"));
+        c.env("IMPASTO_DEVICE", "cpu");
         c.args([
             "video",
             clip.to_str().unwrap(),
@@ -129,6 +130,7 @@ fn stylizes_a_clip_keeping_frames_size_and_audio_and_smooth_reduces_flicker() {
     {
         let live = d.path().join("live.mp4");
         let o = Command::new(env!("CARGO_BIN_EXE_impasto"))
+            .env("IMPASTO_DEVICE", "cpu")
             .args([
                 "video",
                 clip.to_str().unwrap(),
@@ -158,6 +160,7 @@ fn bad_videos_and_a_missing_ffmpeg_are_clear_errors() {
     let out = d.path().join("out.mp4");
     // No ffmpeg on PATH.
     let o = Command::new(env!("CARGO_BIN_EXE_impasto"))
+        .env("IMPASTO_DEVICE", "cpu")
         .env("PATH", d.path())
         .args([
             "video",
@@ -179,6 +182,7 @@ fn bad_videos_and_a_missing_ffmpeg_are_clear_errors() {
         return;
     }
     let o = Command::new(env!("CARGO_BIN_EXE_impasto"))
+        .env("IMPASTO_DEVICE", "cpu")
         .args([
             "video",
             bad.to_str().unwrap(),

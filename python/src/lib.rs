@@ -519,7 +519,7 @@ impl impasto::train::trainer::Observer for Progress {
 #[pyo3(signature = (style, data, output, steps = None, epochs = None, batch_size = None, image_size = None,
     style_size = None, lr = None, content_weight = None, style_weight = None, tv_weight = None,
     arch = "johnson", seed = None, checkpoint_every = None, val = None, resume = false, vgg = None,
-    half = false, on_progress = None))]
+    half = false, on_progress = None, device = None))]
 #[allow(clippy::too_many_arguments)]
 fn train(
     py: Python<'_>,
@@ -543,6 +543,7 @@ fn train(
     vgg: Option<PathBuf>,
     half: bool,
     on_progress: Option<PyObject>,
+    device: Option<&str>,
 ) -> PyResult<(String, u64, Vec<String>, String, String)> {
     use impasto::train::trainer::{self, Outcome, RunFiles, TrainRequest};
     // Checked before anything runs: a bad callback found after the first step would leave
@@ -601,6 +602,11 @@ fn train(
     req.run.resume = resume;
     req.run.vgg = vgg;
     req.run.half = half;
+    let choice = match device {
+        Some(d) => d.parse().map_err(PyValueError::new_err)?,
+        None => DeviceChoice::from_env().map_err(PyValueError::new_err)?,
+    };
+    req.run.device = py.allow_threads(|| open_device(choice)).map_err(to_py)?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut progress = Progress {
         callback: on_progress,

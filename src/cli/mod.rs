@@ -140,14 +140,17 @@ static DEVICE: std::sync::OnceLock<(
     std::sync::OnceLock<impasto::backend::Device>,
 )> = std::sync::OnceLock::new();
 
-/// Where this command's networks run; says which on stderr the first time.
+/// Where this command's networks run; says which on stderr the first time, unless the
+/// user asked for the CPU.
 pub fn device() -> impasto::Result<impasto::backend::Device> {
     let (choice, cell) = DEVICE.get().expect("run() records the choice");
     if let Some(d) = cell.get() {
         return Ok(d.clone());
     }
     let d = impasto::backend::Device::open(*choice)?;
-    tracing::info!("running on {}", d.describe());
+    if *choice != impasto::backend::DeviceChoice::Cpu {
+        tracing::info!("running on {}", d.describe());
+    }
     Ok(cell.get_or_init(|| d).clone())
 }
 
@@ -254,14 +257,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Bench(a) => bench::run(a),
-        Cmd::Train(a) => {
-            cpu_only("train")?;
-            train::train(a)
-        }
-        Cmd::Distill(a) => {
-            cpu_only("distill")?;
-            train::distill(a)
-        }
+        Cmd::Train(a) => train::train(a),
+        Cmd::Distill(a) => train::distill(a),
         Cmd::Evaluate(a) => {
             cpu_only("evaluate")?;
             train::evaluate(a)

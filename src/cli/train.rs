@@ -102,8 +102,9 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    fn settings(&self) -> RunSettings {
-        RunSettings {
+    /// The run's settings, on the device `--device` chose.
+    fn settings(&self) -> impasto::Result<RunSettings> {
+        Ok(RunSettings {
             data: self.data.clone(),
             val: self.val.clone(),
             output: self.output.clone(),
@@ -117,7 +118,8 @@ impl RunArgs {
             resume: self.resume,
             vgg: self.vgg.clone(),
             half: self.half,
-        }
+            device: super::device()?,
+        })
     }
 }
 
@@ -142,7 +144,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         lr: a.lr,
         loss: a.loss.config(),
         arch: a.arch,
-        run: a.run.settings(),
+        run: a.run.settings()?,
     };
     let out = with_progress(&a.run.output, |obs| {
         trainer::run(&req, obs, &super::signals::STOP)
@@ -253,7 +255,7 @@ pub fn distill(a: DistillArgs) -> Result<i32> {
         loss_from: a.loss_from,
         style_scale: a.style_scale,
         painting: a.style.clone(),
-        run: a.run.settings(),
+        run: a.run.settings()?,
     };
     with_progress(&a.run.output, |obs| {
         trainer::distill(&req, obs, &super::signals::STOP)

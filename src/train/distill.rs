@@ -149,9 +149,9 @@ impl Distiller {
     /// The distillation losses of `student` on the photos `x` and, with `grads`, their
     /// gradient with respect to every student parameter. `seed` fixes the noise;
     /// `with_teacher_loss` adds the teacher's own training loss.
-    pub fn loss(
+    pub fn loss<B: crate::backend::Backend>(
         &self,
-        student: &Transformer,
+        student: &Transformer<B>,
         x: &Tensor,
         seed: u64,
         grads: bool,
@@ -168,16 +168,20 @@ impl Distiller {
         } else {
             x.clone()
         };
+        // The student runs on its own backend (a GPU too); the teacher, the pixel terms and
+        // VGG16 on the host.
+        let sb = student.backend();
+        let input = sb.upload_owned(input);
         let (y, tape) = if grads {
             let (y, t) = student.forward_train(&input);
-            (y, Some(t))
+            (sb.download_owned(y), Some(t))
         } else {
-            (student.forward_batch(&input), None)
+            (sb.download_owned(student.forward_batch(&input)), None)
         };
         let half = target.data.len();
         let (clean, noisy) = y.data.split_at(half);
         let yc = Tensor::from_vec(x.n, 3, y.h, y.w, clean.to_vec());
-        let b = student.backend();
+        let b = &crate::backend::Cpu;
         let (pixel, d) = crate::loss::content(b, &yc, &target, c.pixel_weight);
         let mut dy = d.into_data();
         let mut stability = 0.0;
@@ -232,7 +236,7 @@ impl Distiller {
         };
         let g = tape.map(|t| {
             let dy = Tensor::from_vec(y.n, y.c, y.h, y.w, dy);
-            student.backward(&t, &dy)
+            student.backward(&t, &sb.upload_owned(dy))
         });
         (losses, g)
     }

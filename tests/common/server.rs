@@ -10,6 +10,7 @@ pub struct Server {
 impl Server {
     pub fn start(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_impasto"))
+            .env("IMPASTO_DEVICE", "cpu")
             .args(["serve", "--addr", "127.0.0.1:0"])
             .args(args)
             .env_remove("IMPASTO_THREADS")

@@ -157,6 +157,7 @@ def train(
     vgg=None,
     half=False,
     on_progress=None,
+    device=None,
 ):
     """Train a style from a painting on a folder of photos (``impasto train``).
 
@@ -169,8 +170,9 @@ def train(
     with ``val``, preview grids. ``on_progress(info)`` is called after every step with a dict
     (``step``, ``steps``, ``content``, ``style``, ``tv``, ``total``, ``images_per_second``); if
     it raises, or on Ctrl-C, the run stops at that step with its checkpoint saved and the
-    exception propagates. Returns a dict: ``outcome`` ("finished" or "interrupted"),
-    ``model``, ``checkpoint``, ``metrics``, ``messages``.
+    exception propagates. ``device`` is where the network trains (``"auto"``, ``"cpu"`` or
+    ``"gpu"``; by default ``IMPASTO_DEVICE``, else ``"auto"``). Returns a dict: ``outcome``
+    ("finished" or "interrupted"), ``model``, ``checkpoint``, ``metrics``, ``messages``.
     """
     if on_progress is not None and not callable(on_progress):
         raise TypeError(f"on_progress must be callable (a function taking one dict), got {on_progress!r}")
@@ -179,7 +181,7 @@ def train(
         outcome, step, messages, checkpoint, metrics = _impasto.train(
             str(style), str(data), str(output), steps, epochs, batch_size, image_size,
             style_size, lr, content_weight, style_weight, tv_weight, arch, seed,
-            checkpoint_every, p(val), resume, p(vgg), half, on_progress,
+            checkpoint_every, p(val), resume, p(vgg), half, on_progress, device,
         )
     except OverflowError as e:
         raise ValueError(f"a size or count is out of range: {e}") from None

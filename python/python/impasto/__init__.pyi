@@ -52,6 +52,7 @@ def train(
     vgg: Optional[StrPath] = ...,
     half: bool = ...,
     on_progress: Optional[Callable[[Dict[str, float]], Any]] = ...,
+    device: Optional[str] = ...,
 ) -> Dict[str, Any]: ...
 
 def devices() -> Dict[str, Any]: ...

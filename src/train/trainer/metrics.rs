@@ -2,16 +2,17 @@
 use super::*;
 
 /// Mean losses of the model over validation crops.
-pub fn validate(
-    model: &Transformer,
-    vgg: &Vgg16,
+pub fn validate<B: Backend>(
+    model: &Transformer<B>,
+    vgg: &Vgg16<B>,
     target: &StyleTarget,
     cfg: &LossConfig,
     imgs: &[Tensor],
 ) -> Losses {
+    let b = model.backend();
     mean(
         imgs.iter()
-            .map(|x| step::losses(model, vgg, target, cfg, x)),
+            .map(|x| step::losses(model, vgg, target, cfg, &b.upload(x))),
     )
 }
 
@@ -42,8 +43,8 @@ pub(super) fn mean(ls: impl Iterator<Item = Losses>) -> Losses {
 
 /// A grid: the validation photos on top, their stylizations below (with a teacher: the
 /// photos, the teacher's output, the student's).
-pub fn preview(
-    model: &Transformer,
+pub fn preview<B: Backend>(
+    model: &Transformer<B>,
     teacher: Option<&Transformer>,
     imgs: &[Tensor],
     path: &Path,

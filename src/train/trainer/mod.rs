@@ -7,6 +7,7 @@
 //! - `metrics`: validation losses and preview grids;
 //! - here: the configuration a checkpoint records and the loop itself ([`train`]).
 
+use crate::backend::{Backend, Device};
 use crate::error::{Error, Result};
 use crate::loss::LossConfig;
 use crate::model::format::TensorFile;
@@ -88,7 +89,10 @@ impl TrainConfig {
 /// What a run trains the network to minimise.
 pub enum Objective<'a> {
     /// Johnson's perceptual loss: content, style (against the painting's Grams), TV.
-    Perceptual { vgg: &'a Vgg16, target: StyleTarget },
+    Perceptual {
+        vgg: &'a Vgg16<Device>,
+        target: StyleTarget,
+    },
     /// Reproduce a teacher network (`impasto distill`).
     Distill(&'a Distiller),
 }
@@ -97,14 +101,15 @@ impl Objective<'_> {
     /// The losses of batch `step` (0-based) of `steps` and their gradient.
     fn loss_and_grads(
         &self,
-        model: &Transformer,
+        model: &Transformer<Device>,
         cfg: &TrainConfig,
         x: &Tensor,
         step: u64,
     ) -> (Losses, crate::model::transformer::Grads) {
         match self {
             Objective::Perceptual { vgg, target } => {
-                step::loss_and_grads(model, vgg, target, &cfg.loss, x)
+                let x = model.backend().upload(x);
+                step::loss_and_grads(model, vgg, target, &cfg.loss, &x)
             }
             Objective::Distill(d) => {
                 let on = d.teacher_loss_at(step, cfg.steps);
@@ -115,7 +120,7 @@ impl Objective<'_> {
     }
 
     /// Mean losses over validation crops (fixed noise; every term a run can have).
-    fn validate(&self, model: &Transformer, cfg: &LossConfig, imgs: &[Tensor]) -> Losses {
+    fn validate(&self, model: &Transformer<Device>, cfg: &LossConfig, imgs: &[Tensor]) -> Losses {
         match self {
             Objective::Perceptual { vgg, target } => validate(model, vgg, target, cfg, imgs),
             Objective::Distill(d) => mean(
@@ -150,6 +155,8 @@ pub struct RunOptions<'a> {
     /// Set from elsewhere (a signal handler, a callback) to stop at the next step with the
     /// checkpoint saved.
     pub interrupt: &'a AtomicBool,
+    /// Where the network trains.
+    pub device: Device,
 }
 
 #[derive(Debug)]
@@ -216,14 +223,24 @@ pub fn train(
                 opts.files.checkpoint.display()
             ));
             truncate_metrics(&opts.files.metrics, ck.step)?;
-            (ck.model, ck.adam, ck.step, ck.data)
+            (
+                ck.model.to_backend(opts.device.clone()),
+                ck.adam,
+                ck.step,
+                ck.data,
+            )
         }
         None => {
             let mut m = Transformer::init(cfg.network(), cfg.seed);
             if let Objective::Distill(d) = objective {
                 d.warm_start(&mut m);
             }
-            (m, Adam::new(cfg.lr), 0, DataPos::default())
+            (
+                m.to_backend(opts.device.clone()),
+                Adam::new(cfg.lr),
+                0,
+                DataPos::default(),
+            )
         }
     };
     let val_imgs: Vec<Tensor> = match &opts.val {
@@ -239,10 +256,10 @@ pub fn train(
     let mut last_pos = pos;
     let t0 = Instant::now();
     let mut done_here = 0u64;
-    let save = |model: &Transformer, adam: &Adam, step: u64, data: DataPos| -> Result<()> {
+    let save = |model: &Transformer<Device>, adam: &Adam, step: u64, data: DataPos| -> Result<()> {
         Checkpoint {
             config: cfg.clone(),
-            model: model.clone(),
+            model: model.to_backend(crate::backend::Cpu),
             adam: adam.clone(),
             step,
             data,

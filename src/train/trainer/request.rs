@@ -47,6 +47,9 @@ pub struct RunSettings {
     pub vgg: Option<PathBuf>,
     /// Store the finished model as float16.
     pub half: bool,
+    /// Where the networks run (the transformation network and VGG16; a distilled student
+    /// here, its teacher on the CPU).
+    pub device: crate::backend::Device,
 }
 
 impl RunSettings {
@@ -67,6 +70,7 @@ impl RunSettings {
             resume: false,
             vgg: None,
             half: false,
+            device: crate::backend::Device::default(),
         }
     }
 }

@@ -34,7 +34,8 @@ pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -
     refuse_output_inside(&req.run)?;
     let (files, _lock) = lock_output(&req.run.output)?;
     let vgg_path = crate::model::vgg::locate(req.run.vgg.as_deref())?;
-    let vgg = Vgg16::load(&vgg_path)?;
+    let device = &req.run.device;
+    let vgg = Vgg16::load_on(device.clone(), &vgg_path)?;
     let data = Inputs::scan(&req.run, obs)?;
     let style = load_style(&req.style, Some(req.style_size))?;
     let cfg = TrainConfig {
@@ -69,7 +70,7 @@ pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -
         cfg.vgg_convention
     ));
     let opts = run_options(&req.run, &cfg, data.val, files, resume, interrupt);
-    let target = StyleTarget::new(&vgg, &style);
+    let target = StyleTarget::new(&vgg, &device.upload(&style));
     train(
         &cfg,
         &Objective::Perceptual { vgg: &vgg, target },
@@ -330,5 +331,6 @@ fn run_options<'a>(
         resume,
         half: run.half,
         interrupt,
+        device: run.device.clone(),
     }
 }
