@@ -181,7 +181,7 @@ fn video_frames_on_the_gpu_match_the_cpu() {
 }
 
 /// No adapter (a backend that does not exist here): `gpu` is an error with exit 2 and a
-/// sentence; `auto` runs on the CPU and says so.
+/// sentence, for a command that trains as well; `auto` runs on the CPU and says so.
 #[test]
 fn a_missing_gpu_is_a_clear_error_and_auto_falls_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -232,18 +232,24 @@ fn a_missing_gpu_is_a_clear_error_and_auto_falls_back() {
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("running on cpu"), "{}", stderr(&o));
-    let o = gpu_run(&[
-        "train",
-        "--style",
-        coffee,
-        "--data",
-        "x",
-        "-o",
-        s(&dir.path().join("m.safetensors")),
-    ]);
+    let o = bin()
+        .args([
+            "train",
+            "--style",
+            coffee,
+            "--data",
+            "x",
+            "-o",
+            s(&dir.path().join("m.safetensors")),
+            "--device",
+            "gpu",
+        ])
+        .env("WGPU_BACKEND", absent)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("runs on the CPU in this version"),
+        stderr(&o).contains("no GPU adapter was found"),
         "{}",
         stderr(&o)
     );

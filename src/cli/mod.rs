@@ -154,16 +154,6 @@ pub fn device() -> impasto::Result<impasto::backend::Device> {
     Ok(cell.get_or_init(|| d).clone())
 }
 
-/// Commands that run only on the CPU in this version refuse an explicit `--device gpu`.
-pub fn cpu_only(what: &str) -> impasto::Result<()> {
-    match DEVICE.get().map(|d| d.0) {
-        Some(impasto::backend::DeviceChoice::Gpu) => Err(impasto::Error::Device(format!(
-            "`impasto {what}` runs on the CPU in this version; leave out --device gpu (or set it to cpu or auto)"
-        ))),
-        _ => Ok(()),
-    }
-}
-
 pub fn run(cli: Cli) -> Result<i32> {
     let _ = DEVICE.set((cli.device, std::sync::OnceLock::new()));
     // `serve` shuts down through its own (async) signal handling.
@@ -259,14 +249,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Train(a) => train::train(a),
         Cmd::Distill(a) => train::distill(a),
-        Cmd::Evaluate(a) => {
-            cpu_only("evaluate")?;
-            train::evaluate(a)
-        }
-        Cmd::Optimize(a) => {
-            cpu_only("optimize")?;
-            train::optimize(a)
-        }
+        Cmd::Evaluate(a) => train::evaluate(a),
+        Cmd::Optimize(a) => train::optimize(a),
         Cmd::Devices { json } => devices(json),
         Cmd::FetchVgg { dir } => train::fetch_vgg(dir),
         Cmd::Serve(a) => serve::run(a),

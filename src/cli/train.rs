@@ -296,8 +296,9 @@ pub struct EvalArgs {
 }
 
 pub fn evaluate(a: EvalArgs) -> Result<i32> {
-    let model = impasto::styles::resolve(&a.model.to_string_lossy())?;
-    let vgg_net = Vgg16::load(&vgg::locate(a.vgg.as_deref())?)?;
+    let device = super::device()?;
+    let model = impasto::styles::resolve(&a.model.to_string_lossy())?.to_backend(device.clone());
+    let vgg_net = Vgg16::load_on(device, &vgg::locate(a.vgg.as_deref())?)?;
     let opts = EvalOptions {
         image_size: a.image_size,
         style_size: a.style_size,
@@ -405,7 +406,7 @@ pub struct OptimizeArgs {
 pub fn optimize(a: OptimizeArgs) -> Result<i32> {
     impasto::imageio::format_for(&a.output)?;
     impasto::batch::guard_output(&a.output, &[&a.content, &a.style])?;
-    let vgg_net = Vgg16::load(&vgg::locate(a.vgg.as_deref())?)?;
+    let vgg_net = Vgg16::load_on(super::device()?, &vgg::locate(a.vgg.as_deref())?)?;
     let content = trainer::load_style(&a.content, Some(a.max_size))?;
     let style = trainer::load_style(&a.style, Some(a.style_size))?;
     let cfg = a.loss.config();

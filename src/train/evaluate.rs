@@ -74,10 +74,10 @@ impl Evaluation {
 }
 
 /// Evaluate `model` against the style image `style` on the photos under `photos`.
-pub fn evaluate(
-    model: &Transformer,
+pub fn evaluate<B: crate::backend::Backend>(
+    model: &Transformer<B>,
     model_path: &Path,
-    vgg: &Vgg16,
+    vgg: &Vgg16<B>,
     style: &Path,
     photos: &Path,
     opts: &EvalOptions,
@@ -97,7 +97,11 @@ pub fn evaluate(
     if let Some(w) = opts.content_weight {
         loss.content_weight = w;
     }
-    let target = StyleTarget::new(vgg, &trainer::load_style(style, Some(opts.style_size))?);
+    let b = vgg.backend();
+    let target = StyleTarget::new(
+        vgg,
+        &b.upload(&trainer::load_style(style, Some(opts.style_size))?),
+    );
     let size = opts.image_size;
     let (mut imgs, mut skipped) = (Vec::new(), Vec::new());
     let scan = data::scan_reporting(photos)?;
@@ -117,7 +121,7 @@ pub fn evaluate(
     };
     for x in &imgs {
         let out = crate::stylize::stylize_tensor(model, x, &stylize).expect("nothing cancels it");
-        let p = step::losses_of(vgg, &target, &loss, x, &out);
+        let p = step::losses_of(vgg, &target, &loss, &b.upload(x), &b.upload(&out));
         pipeline.content += p.content / k;
         pipeline.style += p.style / k;
         pipeline.tv += p.tv / k;

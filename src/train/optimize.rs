@@ -10,8 +10,8 @@ use crate::train::step::{image_loss_and_grad, Losses, StyleTarget};
 /// Optimise from the content image for `iters` steps with Adam (step `lr` on the 0..255
 /// scale, pixels clamped to 0..255 after each step); `each(iter, losses)` is called after
 /// every step (the losses of the image before that step).
-pub fn optimize(
-    vgg: &Vgg16,
+pub fn optimize<B: crate::backend::Backend>(
+    vgg: &Vgg16<B>,
     content: &Tensor,
     style: &Tensor,
     cfg: &LossConfig,
@@ -19,20 +19,25 @@ pub fn optimize(
     lr: f32,
     mut each: impl FnMut(usize, &Losses),
 ) -> crate::Result<(Tensor, Losses)> {
-    let target = StyleTarget::new(vgg, style);
-    let (fc, _) = vgg.forward_train(content, cfg.content_tap);
+    // VGG16 runs on its backend; the pixels and Adam's state stay on the host.
+    let b = vgg.backend();
+    let target = StyleTarget::new(vgg, &b.upload(style));
+    let (fc, _) = vgg.forward_train(&b.upload(content), cfg.content_tap);
     let fc = fc[cfg.content_tap].clone();
     let mut y = content.clone();
     let mut adam = Adam::new(lr as f64);
     let mut start = None;
     for it in 1..=iters {
-        let (l, g) = image_loss_and_grad(vgg, &target, &fc, cfg, &y);
+        let (l, g) = image_loss_and_grad(vgg, &target, &fc, cfg, &b.upload(&y));
         start.get_or_insert(l.total);
-        adam.step(std::slice::from_mut(&mut y.data), &[g.into_data()]);
+        adam.step(
+            std::slice::from_mut(&mut y.data),
+            &[b.download_owned(g).into_data()],
+        );
         y.data.iter_mut().for_each(|v| *v = v.clamp(0.0, 255.0));
         each(it, &l);
     }
-    let (fin, _) = image_loss_and_grad(vgg, &target, &fc, cfg, &y);
+    let (fin, _) = image_loss_and_grad(vgg, &target, &fc, cfg, &b.upload(&y));
     // An optimisation lowers its loss. One that ends higher than it began (a learning rate
     // far too large saturates the picture) or not finite has diverged: no picture.
     let start = start.unwrap_or(fin.total);
