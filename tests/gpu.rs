@@ -302,3 +302,28 @@ fn the_server_runs_on_the_gpu() {
         .unwrap();
     assert!(d <= 2, "the GPU server differs by {d}/255");
 }
+
+/// A size beyond what one of the adapter's buffers holds is refused before any work, with
+/// the size and the limit named (exit 2, no panic); pictures that large are tiled instead.
+#[test]
+fn beyond_the_adapters_limits_is_a_clear_error() {
+    if !have_adapter("beyond_the_adapters_limits_is_a_clear_error") {
+        return;
+    }
+    let o = bin().args(["devices", "--json"]).output().unwrap();
+    let js: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let a = &js["adapters"][0];
+    let limit = a["max_binding_bytes"]
+        .as_u64()
+        .unwrap()
+        .min(a["max_buffer_bytes"].as_u64().unwrap());
+    // The network's widest activation is 32 channels of f32 at full size.
+    let side = ((limit / 128) as f64).sqrt() as u64 + 64;
+    let o = gpu_run(&["bench", "--sizes", &side.to_string(), "--runs", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("MiB tensor, more than the") && e.contains(&format!("{}", limit >> 20)),
+        "{e}"
+    );
+}

@@ -112,6 +112,21 @@ impl Device {
         }
     }
 
+    /// An error naming `what`, its size and the device's limit when one tensor of `bytes`
+    /// would not fit in one of the device's buffers (checked before work starts, so that a
+    /// request too large for a GPU is a clear error instead of a failed allocation).
+    pub fn check_fits(&self, bytes: u64, what: &str) -> crate::Result<()> {
+        match self.max_tensor_bytes() {
+            Some(limit) if bytes > limit => Err(crate::Error::Device(format!(
+                "{what} needs a {} MiB tensor, more than the {} MiB one buffer may hold on {}; use smaller sizes or --device cpu",
+                bytes.div_ceil(1 << 20),
+                limit >> 20,
+                self.describe()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// `cpu` or `gpu`.
     pub fn kind(&self) -> &'static str {
         match self {

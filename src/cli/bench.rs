@@ -130,6 +130,10 @@ pub fn run(a: Args) -> Result<i32> {
         outln!("|---|---|---|---|---|");
     }
     for &s in &a.sizes {
+        device.check_fits(
+            model.plan().activation_bytes(s, s),
+            &format!("the network at {s}²"),
+        )?;
         let mut rng = impasto::rng::Rng::new(s as u64);
         let x = Tensor::from_vec(
             1,
@@ -190,6 +194,11 @@ fn train(a: Args) -> Result<i32> {
     let target = StyleTarget::new(&vgg, &device.upload(&style));
     let mut opt = Adam::new(1e-3);
     for &s in &a.sizes {
+        let (n, side) = (a.batch as u64, s as u64);
+        device.check_fits(
+            4 * 64 * n * side * side,
+            &format!("a training batch of {n} at {s}²"),
+        )?;
         let x = Tensor::from_vec(
             a.batch,
             3,

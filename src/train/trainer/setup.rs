@@ -35,6 +35,12 @@ pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -
     let (files, _lock) = lock_output(&req.run.output)?;
     let vgg_path = crate::model::vgg::locate(req.run.vgg.as_deref())?;
     let device = &req.run.device;
+    // VGG16's first layers hold the largest tensors of a step: 64 channels at full size.
+    let (n, s) = (req.run.batch_size as u64, req.run.image_size as u64);
+    device.check_fits(
+        4 * 64 * n * s * s,
+        &format!("a training batch of {n} at {s}²"),
+    )?;
     let vgg = Vgg16::load_on(device.clone(), &vgg_path)?;
     let data = Inputs::scan(&req.run, obs)?;
     let style = load_style(&req.style, Some(req.style_size))?;
