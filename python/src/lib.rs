@@ -440,7 +440,7 @@ fn plan_named(
 
 /// `impasto evaluate` as JSON text (the Python wrapper turns it into a dict).
 #[pyfunction]
-#[pyo3(signature = (model, style, photos, vgg = None, image_size = 256, style_size = 256, margin = None))]
+#[pyo3(signature = (model, style, photos, vgg = None, image_size = 256, style_size = 256, margin = None, device = None))]
 #[allow(clippy::too_many_arguments)]
 fn evaluate_json(
     py: Python<'_>,
@@ -451,15 +451,21 @@ fn evaluate_json(
     image_size: usize,
     style_size: u32,
     margin: Option<usize>,
+    device: Option<&str>,
 ) -> PyResult<String> {
+    let choice = match device {
+        Some(d) => d.parse().map_err(PyValueError::new_err)?,
+        None => DeviceChoice::from_env().map_err(PyValueError::new_err)?,
+    };
     if image_size < 16 || !image_size.is_multiple_of(4) {
         return Err(PyValueError::new_err(format!(
             "image_size {image_size} must be a multiple of 4, at least 16"
         )));
     }
     py.allow_threads(|| {
-        let m = impasto::styles::resolve(&model.to_string_lossy())?;
-        let v = impasto::model::Vgg16::load(&impasto::model::vgg::locate(vgg.as_deref())?)?;
+        let d = open_device(choice)?;
+        let m = impasto::styles::resolve(&model.to_string_lossy())?.to_backend(d.clone());
+        let v = impasto::model::Vgg16::load_on(d, &impasto::model::vgg::locate(vgg.as_deref())?)?;
         let defaults = impasto::train::evaluate::EvalOptions::default();
         let opts = impasto::train::evaluate::EvalOptions {
             image_size,

@@ -120,9 +120,11 @@ class Model:
         return repr(self._m)
 
 
-def evaluate(model, style, photos, vgg=None, image_size=256, style_size=256, margin=None):
+def evaluate(model, style, photos, vgg=None, image_size=256, style_size=256, margin=None,
+             device=None):
     """``impasto evaluate`` as a dict: the model's content, style and TV losses on the
-    photos (bare network and the stylize pipeline) and its artifact measures."""
+    photos (bare network and the stylize pipeline) and its artifact measures, computed on
+    ``device`` (``"auto"``, ``"cpu"``, ``"gpu"``; by default ``IMPASTO_DEVICE``)."""
     return _json.loads(
         _impasto.evaluate_json(
             str(model),
@@ -132,6 +134,7 @@ def evaluate(model, style, photos, vgg=None, image_size=256, style_size=256, mar
             image_size,
             style_size,
             margin,
+            device,
         )
     )
 

@@ -29,6 +29,7 @@ def evaluate(
     image_size: Optional[int] = ...,
     style_size: Optional[int] = ...,
     margin: Optional[int] = ...,
+    device: Optional[str] = ...,
 ) -> Dict[str, Any]: ...
 
 def train(
