@@ -332,6 +332,29 @@ impl Backend for Device {
         ))
     }
 
+    fn norm_own(
+        &self,
+        x: &mut DeviceTensor,
+        sample: usize,
+        region: ((usize, usize), (usize, usize)),
+        eps: f64,
+        gamma: &[f32],
+        beta: &[f32],
+        relu: bool,
+        residual: Option<&DeviceTensor>,
+    ) {
+        dispatch!(self, |b, w, t, tm, c| b.norm_own(
+            tm(x),
+            sample,
+            region,
+            eps,
+            gamma,
+            beta,
+            relu,
+            residual.map(t)
+        ))
+    }
+
     fn norm_backward(
         &self,
         xhat: &DeviceTensor,

@@ -250,6 +250,25 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         relu: bool,
         residual: Option<&Self::Tensor>,
     );
+    /// Instance norm of one sample with its own statistics over rows `rows` × columns
+    /// `cols` (`eps` added to the variance), then [`Backend::norm_apply`]. A backend whose
+    /// tensors live elsewhere computes the statistics there, without reading them back; the
+    /// default is moments → statistics (f64) → apply, exactly the host path.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_own(
+        &self,
+        x: &mut Self::Tensor,
+        sample: usize,
+        (rows, cols): ((usize, usize), (usize, usize)),
+        eps: f64,
+        gamma: &[f32],
+        beta: &[f32],
+        relu: bool,
+        residual: Option<&Self::Tensor>,
+    ) {
+        let st = self.moments(x, sample, rows, cols).stats(eps);
+        self.norm_apply(x, sample, &st, gamma, beta, relu, residual);
+    }
     /// Backward of `y = γ·x̂ + β` per sample, given x̂, each sample's inv_std and dy:
     /// returns (dx, dγ, dβ), dγ and dβ summed over the batch.
     fn norm_backward(

@@ -200,6 +200,26 @@ pub fn conformance<B: Backend>(b: &B, tol: &Tolerances) {
             1e-6,
         );
     }
+    // Own statistics over a rectangle, computed where the tensor lives (values offset by 50
+    // so that a variance from unshifted f32 sums would cancel).
+    let shifted = Tensor::from_vec(2, 5, 9, 11, x.data.iter().map(|v| 50.0 + v).collect());
+    for (region, relu, residual) in [
+        (((0, 9), (0, 11)), false, None),
+        (((2, 7), (3, 10)), true, Some(&res)),
+    ] {
+        let mut want = shifted.clone();
+        r.norm_own(&mut want, 1, region, 1e-5, &g, &be, relu, residual);
+        let mut got = b.upload(&shifted);
+        let rb = residual.map(|t| b.upload(t));
+        b.norm_own(&mut got, 1, region, 1e-5, &g, &be, relu, rb.as_ref());
+        same(
+            b,
+            &format!("norm own {region:?}"),
+            &got,
+            &want,
+            tol.reduction.max(1e-5),
+        );
+    }
     let inv: Vec<Vec<f32>> = (0..2)
         .map(|s| r.moments(&x, s, (0, 9), (0, 11)).stats(1e-3).inv_std)
         .collect();

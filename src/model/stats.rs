@@ -28,11 +28,34 @@ impl Activation<'_> {
 /// pre-activation, return the statistics to normalise with, or `None` to stop the pass.
 pub trait StatsSource {
     fn stats(&mut self, index: usize, x: &Activation, eps: f64) -> Option<NormStats>;
+
+    /// When norm `index`'s statistics are simply the activation's own moments over one
+    /// rectangle of its `h × w` plane (rows, columns), that rectangle: the backend then
+    /// computes and applies them where the activation lives, without a trip to the host
+    /// (a GPU's inference reads back only the picture). `None` (the default) asks
+    /// [`StatsSource::stats`].
+    fn own_region(
+        &self,
+        _index: usize,
+        _h: usize,
+        _w: usize,
+    ) -> Option<((usize, usize), (usize, usize))> {
+        None
+    }
 }
 
 impl<S: StatsSource + ?Sized> StatsSource for &mut S {
     fn stats(&mut self, index: usize, x: &Activation, eps: f64) -> Option<NormStats> {
         (**self).stats(index, x, eps)
+    }
+
+    fn own_region(
+        &self,
+        index: usize,
+        h: usize,
+        w: usize,
+    ) -> Option<((usize, usize), (usize, usize))> {
+        (**self).own_region(index, h, w)
     }
 }
 
@@ -42,5 +65,14 @@ pub struct OwnStats;
 impl StatsSource for OwnStats {
     fn stats(&mut self, _index: usize, x: &Activation, eps: f64) -> Option<NormStats> {
         Some(x.moments().stats(eps))
+    }
+
+    fn own_region(
+        &self,
+        _index: usize,
+        h: usize,
+        w: usize,
+    ) -> Option<((usize, usize), (usize, usize))> {
+        Some(((0, h), (0, w)))
     }
 }

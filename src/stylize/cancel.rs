@@ -66,4 +66,17 @@ impl<S: StatsSource> StatsSource for Checked<'_, S> {
         }
         self.inner.stats(index, x, eps)
     }
+
+    /// Cancelled: none, so that the pass asks `stats`, which stops it.
+    fn own_region(
+        &self,
+        index: usize,
+        h: usize,
+        w: usize,
+    ) -> Option<((usize, usize), (usize, usize))> {
+        if self.cancel.is_cancelled() {
+            return None;
+        }
+        self.inner.own_region(index, h, w)
+    }
 }

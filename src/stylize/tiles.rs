@@ -193,6 +193,20 @@ impl StatsSource for PictureStats {
     fn stats(&mut self, _index: usize, x: &Activation, eps: f64) -> Option<NormStats> {
         Some(self.moments(x).stats(eps))
     }
+
+    /// The picture's rectangle in the activation (as [`Picture::moments`] takes it).
+    fn own_region(
+        &self,
+        _index: usize,
+        h: usize,
+        w: usize,
+    ) -> Option<((usize, usize), (usize, usize))> {
+        let (sh, sw) = (self.h / h, self.w / w);
+        let p = &self.picture;
+        let rows = span(p.y0, p.y1.min(self.h), 0, sh, h);
+        let cols = span(p.x0, p.x1.min(self.w), 0, sw, w);
+        (rows.0 < rows.1 && cols.0 < cols.1).then_some((rows, cols))
+    }
 }
 
 /// Progress reporting for long (tiled) runs: `(done, total)` work units.

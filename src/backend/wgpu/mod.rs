@@ -487,6 +487,45 @@ impl Backend for Wgpu {
         );
     }
 
+    fn norm_own(
+        &self,
+        x: &mut GpuTensor,
+        sample: usize,
+        (rows, cols): ((usize, usize), (usize, usize)),
+        eps: f64,
+        gamma: &[f32],
+        beta: &[f32],
+        relu: bool,
+        residual: Option<&GpuTensor>,
+    ) {
+        let [_, c, h, w] = x.dims;
+        let sums = self.plane_sums(x, None, sample, 1, rows, cols);
+        let gb: Vec<f32> = (0..c).flat_map(|i| [gamma[i], beta[i]]).collect();
+        let gb = self.small(&gb);
+        let plane = c * h * w;
+        let count = (rows.1 - rows.0) * (cols.1 - cols.0);
+        self.ctx.dispatch(
+            Kernel::NormOwn,
+            &[
+                plane as u32,
+                (h * w) as u32,
+                (sample * plane) as u32,
+                relu as u32,
+                residual.is_some() as u32,
+                count as u32,
+                (eps as f32).to_bits(),
+            ],
+            &[
+                x.buf(),
+                &sums,
+                &gb,
+                residual.map_or(&self.ctx.dummy, |r| r.buf()),
+            ],
+            groups_1d(plane),
+        );
+        self.ctx.recycle(sums);
+    }
+
     fn norm_backward(
         &self,
         xhat: &GpuTensor,

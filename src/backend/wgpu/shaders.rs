@@ -426,6 +426,28 @@ pub fn norm_apply() -> String {
     )
 }
 
+/// Instance norm of one sample with its own statistics, from `PLANE_SUMS` mode 0 over the
+/// chosen rectangle (no readback): words 0 len (C·HW), 1 HW, 2 sample offset, 3 relu,
+/// 4 residual, 5 the rectangle's pixel count, 6 eps bits; (γ, β) per channel in `GB`.
+pub fn norm_own() -> String {
+    elementwise(
+        "@group(0) @binding(1) var<storage, read_write> X: array<f32>;\n@group(0) @binding(2) var<storage, read> Sums: array<f32>;\n@group(0) @binding(3) var<storage, read> GB: array<f32>;\n@group(0) @binding(4) var<storage, read> R: array<f32>;",
+        r#"
+    let c = i / P[1];
+    let j = P[2] + i;
+    let n = f32(P[5]);
+    let m1 = Sums[3u * c] / n;
+    let mean = Sums[3u * c + 2u] + m1;
+    let variance = max(Sums[3u * c + 1u] / n - m1 * m1, 0.0);
+    let inv = 1.0 / sqrt(variance + bitcast<f32>(P[6]));
+    var v = GB[2u * c] * ((X[j] - mean) * inv) + GB[2u * c + 1u];
+    if (P[3] == 1u) { v = max(v, 0.0); }
+    if (P[4] == 1u) { v += R[j]; }
+    X[j] = v;
+"#,
+    )
+}
+
 /// `dx = k·(dy − Σdy/HW − x̂·Σ(x̂·dy)/HW)` with the sums from `PLANE_SUMS` mode 1 and
 /// `k = γ·inv_std` per plane in `K`. Words: 0 len, 1 HW.
 pub fn norm_backward() -> String {

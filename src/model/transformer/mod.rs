@@ -528,6 +528,24 @@ impl<B: Backend> Transformer<B> {
         let mut xhat = tape
             .is_some()
             .then(|| (z.clone(), vec![1.0f32; c], vec![0.0f32; c]));
+        // Statistics that are the activation's own moments over a rectangle are computed
+        // and applied where the activation lives (no readback on a GPU); taping needs them
+        // on the host.
+        if let (None, Some(region)) = (&xhat, src.own_region(i, h, w)) {
+            for s in 0..n {
+                b.norm_own(
+                    z,
+                    s,
+                    region,
+                    self.plan.norm_eps,
+                    gamma,
+                    beta,
+                    relu,
+                    residual,
+                );
+            }
+            return Some(());
+        }
         let mut inv = Vec::with_capacity(n);
         for s in 0..n {
             let st = {
