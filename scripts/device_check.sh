@@ -10,7 +10,8 @@
 # `run` lists the adapters, runs the wgpu conformance and whole-network checks against the
 # reference and CPU backends, then the benchmarks (inference 1080p and 4K, live frames, a
 # training step at batch 4 × 256² when VGG16 weights are given with IMPASTO_VGG), and
-# prints one JSON object. It says plainly when there is no Vulkan adapter.
+# prints one JSON object. It says plainly when there is no Vulkan adapter. On a slow adapter
+# narrow the sizes: DEVICE_CHECK_SIZES=64 DEVICE_CHECK_FRAMES=64x48 scripts/device_check.sh run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KIT=target/device-kit
@@ -39,13 +40,21 @@ run)
   fi
   conf=pass
   IMPASTO_STRICT_TESTS=1 "$KIT/impasto-lib-tests" --test-threads 1 wgpu >"$out/conf.log" 2>&1 || conf=fail
-  bench=$("$bin" bench --device gpu --sizes 1024,2048 --runs 5 --json 2>/dev/null | paste -sd, -)
-  frames=$("$bin" bench --device gpu --frames 640x480,1280x720 --runs 10 --json 2>/dev/null | paste -sd, -)
-  cpu=$("$bin" bench --device cpu --sizes 1024 --runs 3 --json 2>/dev/null | paste -sd, -)
+  # Sizes may be narrowed for a slow adapter (lavapipe): DEVICE_CHECK_SIZES=64 etc.
+  sizes=${DEVICE_CHECK_SIZES:-1024,2048}
+  frames=${DEVICE_CHECK_FRAMES:-640x480,1280x720}
+  bench=$("$bin" bench --device gpu --sizes "$sizes" --runs 5 --json 2>"$out/bench.err" | paste -sd, -)
+  frames=$("$bin" bench --device gpu --frames "$frames" --runs 10 --json 2>/dev/null | paste -sd, -)
+  cpu=$("$bin" bench --device cpu --sizes "${sizes%%,*}" --runs 3 --json 2>/dev/null | paste -sd, -)
   train=null
   if [ -n "${IMPASTO_VGG:-}" ]; then
     train="[$("$bin" bench --device gpu --train --sizes 256 --batch 4 --runs 5 --json 2>/dev/null | paste -sd, -)]"
   fi
+  # JSON text travels through files, not through the Python source.
+  echo "[$bench]" >"$out/bench.json"
+  echo "[$frames]" >"$out/frames.json"
+  echo "[$cpu]" >"$out/cpu.json"
+  echo "$train" >"$out/train.json"
   python3 - "$out" <<PY
 import json, sys
 out = sys.argv[1]
@@ -54,10 +63,11 @@ print(json.dumps({
     "devices": json.load(open(f"{out}/devices.json")),
     "conformance": "$conf",
     "conformance_tail": open(f"{out}/conf.log").read()[-3000:],
-    "bench_gpu": [$bench],
-    "frames_gpu": [$frames],
-    "bench_cpu": [$cpu],
-    "train_gpu": $train,
+    "bench_gpu": json.load(open(f"{out}/bench.json")),
+    "bench_gpu_stderr": open(f"{out}/bench.err").read()[-2000:],
+    "frames_gpu": json.load(open(f"{out}/frames.json")),
+    "bench_cpu": json.load(open(f"{out}/cpu.json")),
+    "train_gpu": json.load(open(f"{out}/train.json")),
 }, indent=1))
 PY
   ;;
