@@ -34,6 +34,15 @@ run)
   bin="$KIT/impasto"
   out=$(mktemp -d)
   "$bin" devices --json >"$out/devices.json" 2>"$out/devices.err" || true
+  # A container may have NVIDIA's driver without its Vulkan manifest: point the loader at it.
+  if ! grep -q '"name"' "$out/devices.json"; then
+    nv=$(ldconfig -p 2>/dev/null | awk '/libGLX_nvidia.so.0 / { print $NF; exit }')
+    if [ -n "$nv" ]; then
+      printf '{"file_format_version": "1.0.0", "ICD": {"library_path": "%s", "api_version": "1.3.0"}}\n' "$nv" >"$out/nvidia_icd.json"
+      export VK_ICD_FILENAMES="$out/nvidia_icd.json"
+      "$bin" devices --json >"$out/devices.json" 2>"$out/devices.err" || true
+    fi
+  fi
   if ! grep -q '"name"' "$out/devices.json"; then
     echo "{\"ok\": false, \"why\": \"no Vulkan adapter on this machine\", \"devices\": $(cat "$out/devices.json" 2>/dev/null || echo null), \"stderr\": $(python3 -c 'import json,sys; print(json.dumps(sys.stdin.read()))' <"$out/devices.err")}"
     exit 0
