@@ -194,7 +194,7 @@ impl StatsSource for PictureStats {
         Some(self.moments(x).stats(eps))
     }
 
-    /// The picture's rectangle in the activation (as [`Picture::moments`] takes it).
+    /// The picture's rectangle in the activation (the rectangle `Picture::moments` takes).
     fn own_region(
         &self,
         _index: usize,
