@@ -51,9 +51,9 @@ run)
   IMPASTO_STRICT_TESTS=1 "$KIT/impasto-lib-tests" --test-threads 1 wgpu >"$out/conf.log" 2>&1 || conf=fail
   # Sizes may be narrowed for a slow adapter (lavapipe): DEVICE_CHECK_SIZES=64 etc.
   sizes=${DEVICE_CHECK_SIZES:-1024,2048}
-  frames=${DEVICE_CHECK_FRAMES:-640x480,1280x720}
+  frame_sizes=${DEVICE_CHECK_FRAMES:-640x480,1280x720}
   bench=$("$bin" bench --device gpu --sizes "$sizes" --runs 5 --json 2>"$out/bench.err" | paste -sd, -)
-  frames=$("$bin" bench --device gpu --frames "$frames" --runs 10 --json 2>/dev/null | paste -sd, -)
+  frames=$("$bin" bench --device gpu --frames "$frame_sizes" --runs 10 --json 2>/dev/null | paste -sd, -)
   cpu=$("$bin" bench --device cpu --sizes "${sizes%%,*}" --runs 3 --json 2>/dev/null | paste -sd, -)
   train=null
   if [ -n "${IMPASTO_VGG:-}" ]; then

@@ -31,11 +31,8 @@ fn have_adapter(test: &str) -> bool {
     n > 0
 }
 
-fn max_abs_diff(a: &Path, b: &Path) -> u8 {
-    let (a, b) = (
-        image::open(a).unwrap().to_rgb8(),
-        image::open(b).unwrap().to_rgb8(),
-    );
+/// The largest difference of two pictures of one size, per channel (0..255).
+fn max_abs_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
     assert_eq!(a.dimensions(), b.dimensions());
     a.as_raw()
         .iter()
@@ -43,6 +40,11 @@ fn max_abs_diff(a: &Path, b: &Path) -> u8 {
         .map(|(x, y)| x.abs_diff(*y))
         .max()
         .unwrap()
+}
+
+fn max_abs_diff_of_files(a: &Path, b: &Path) -> u8 {
+    let open = |p: &Path| image::open(p).unwrap().to_rgb8();
+    max_abs_diff(&open(a), &open(b))
 }
 
 fn s(p: &Path) -> &str {
@@ -102,7 +104,7 @@ fn stylize_on_the_gpu_matches_the_cpu() {
                 assert!(stderr(&o).contains("running on gpu"), "{}", stderr(&o));
             }
         }
-        let d = max_abs_diff(&g, &c);
+        let d = max_abs_diff_of_files(&g, &c);
         assert!(d <= 2, "{name}: GPU and CPU differ by {d}/255");
     }
 }
@@ -128,13 +130,7 @@ fn video_frames_on_the_gpu_match_the_cpu() {
         let frame = photo.crop_imm(shift * 4, shift, 96, 64).to_rgb8();
         let c = stylize_frame(&cpu_model, &frame, &opts, &mut sc).unwrap();
         let g = stylize_frame(&gpu_model, &frame, &opts, &mut sg).unwrap();
-        let d = c
-            .as_raw()
-            .iter()
-            .zip(g.as_raw())
-            .map(|(x, y)| x.abs_diff(*y))
-            .max()
-            .unwrap();
+        let d = max_abs_diff(&c, &g);
         assert!(d <= 2, "frame {shift}: GPU and CPU differ by {d}/255");
     }
     if std::process::Command::new("ffmpeg")
@@ -192,22 +188,26 @@ fn a_missing_gpu_is_a_clear_error_and_auto_falls_back() {
     } else {
         "metal"
     };
-    let o = bin()
-        .args([
-            "stylize",
-            coffee,
-            "--style",
-            "udnie",
-            "--max-size",
-            "64",
-            "-o",
-            s(&out),
-            "--device",
-            "gpu",
-        ])
-        .env("WGPU_BACKEND", absent)
-        .output()
-        .unwrap();
+    // A small stylize with `device` (or IMPASTO_DEVICE's `auto`) where no adapter exists.
+    let small = |device: &[&str]| {
+        bin()
+            .args([
+                "stylize",
+                coffee,
+                "--style",
+                "udnie",
+                "--max-size",
+                "64",
+                "-o",
+                s(&out),
+            ])
+            .args(device)
+            .env("IMPASTO_DEVICE", "auto")
+            .env("WGPU_BACKEND", absent)
+            .output()
+            .unwrap()
+    };
+    let o = small(&["--device", "gpu"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(
@@ -215,21 +215,7 @@ fn a_missing_gpu_is_a_clear_error_and_auto_falls_back() {
         "{e}"
     );
     assert!(!out.exists(), "no output after a device error");
-    let o = bin()
-        .args([
-            "stylize",
-            coffee,
-            "--style",
-            "udnie",
-            "--max-size",
-            "64",
-            "-o",
-            s(&out),
-        ])
-        .env("IMPASTO_DEVICE", "auto")
-        .env("WGPU_BACKEND", absent)
-        .output()
-        .unwrap();
+    let o = small(&[]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("running on cpu"), "{}", stderr(&o));
     let o = bin()
@@ -293,13 +279,7 @@ fn the_server_runs_on_the_gpu() {
         );
         outs.push(image::load_from_memory(&r.body).unwrap().to_rgb8());
     }
-    let d = outs[0]
-        .as_raw()
-        .iter()
-        .zip(outs[1].as_raw())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap();
+    let d = max_abs_diff(&outs[0], &outs[1]);
     assert!(d <= 2, "the GPU server differs by {d}/255");
 }
 

@@ -335,14 +335,7 @@ fn open_device(choice: DeviceChoice) -> impasto::Result<Device> {
 /// The GPU adapters impasto can run on, best first, as JSON text (see `impasto.devices()`).
 #[pyfunction]
 fn devices_json() -> String {
-    let list = impasto::backend::wgpu::adapters();
-    let auto = if list.iter().any(|a| a.is_hardware()) {
-        "gpu"
-    } else {
-        "cpu"
-    };
-    serde_json::json!({"adapters": list, "auto": auto, "cpu_threads": rayon::current_num_threads()})
-        .to_string()
+    serde_json::to_string(&impasto::backend::device::survey()).expect("a survey serialises")
 }
 
 #[pyfunction]

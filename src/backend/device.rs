@@ -46,6 +46,58 @@ impl DeviceChoice {
     }
 }
 
+/// One GPU adapter as `impasto devices` lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    /// `discrete`, `integrated`, `virtual`, `cpu` (software, such as llvmpipe) or `other`.
+    pub kind: String,
+    pub driver: String,
+    /// The largest single buffer the adapter allows, in bytes.
+    pub max_buffer_bytes: u64,
+    /// The largest storage binding (one tensor), in bytes.
+    pub max_binding_bytes: u64,
+}
+
+impl AdapterSummary {
+    /// A real GPU (not a CPU or software adapter): what `auto` takes.
+    pub fn is_hardware(&self) -> bool {
+        self.kind != "cpu"
+    }
+}
+
+/// What `impasto devices` and `impasto.devices()` report: the adapters (best first), what
+/// `auto` picks here, and the CPU's threads.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Survey {
+    /// Whether this build has the GPU backend (cargo feature `gpu`).
+    pub gpu_backend: bool,
+    pub adapters: Vec<AdapterSummary>,
+    /// `gpu` or `cpu`.
+    pub auto: &'static str,
+    pub cpu_threads: usize,
+}
+
+/// Lists the adapters (one enumeration).
+pub fn survey() -> Survey {
+    #[cfg(feature = "gpu")]
+    let adapters = super::wgpu::adapters();
+    #[cfg(not(feature = "gpu"))]
+    let adapters = Vec::new();
+    let auto = if adapters.iter().any(AdapterSummary::is_hardware) {
+        "gpu"
+    } else {
+        "cpu"
+    };
+    Survey {
+        gpu_backend: cfg!(feature = "gpu"),
+        adapters,
+        auto,
+        cpu_threads: rayon::current_num_threads(),
+    }
+}
+
 /// A backend chosen at run time.
 #[derive(Clone, Debug)]
 pub enum Device {

@@ -259,50 +259,35 @@ pub fn run(cli: Cli) -> Result<i32> {
 
 /// `impasto devices`: the adapters, best first, and what `auto` picks.
 fn devices(json: bool) -> Result<i32> {
-    #[cfg(feature = "gpu")]
-    let list = impasto::backend::wgpu::adapters();
-    #[cfg(not(feature = "gpu"))]
-    let list: Vec<serde_json::Value> = Vec::new();
-    #[cfg(feature = "gpu")]
-    let auto = if list.iter().any(|a| a.is_hardware()) {
-        "gpu"
-    } else {
-        "cpu"
-    };
-    #[cfg(not(feature = "gpu"))]
-    let auto = "cpu";
+    let survey = impasto::backend::device::survey();
     if json {
-        outln!(
-            "{}",
-            serde_json::json!({"gpu_backend": cfg!(feature = "gpu"), "adapters": list, "auto": auto, "cpu_threads": rayon::current_num_threads()})
-        );
+        outln!("{}", serde_json::to_string(&survey)?);
         return Ok(0);
     }
-    #[cfg(feature = "gpu")]
-    {
-        if list.is_empty() {
-            outln!("no GPU adapter (Vulkan, Metal or DX12) was found");
-        } else {
-            outln!("| # | adapter | backend | type | max buffer | max binding | driver |");
-            outln!("|---|---|---|---|---|---|---|");
-            for (i, a) in list.iter().enumerate() {
-                outln!(
-                    "| {i} | {} | {} | {} | {} MiB | {} MiB | {} |",
-                    a.name,
-                    a.backend,
-                    a.kind,
-                    a.max_buffer_bytes >> 20,
-                    a.max_binding_bytes >> 20,
-                    a.driver
-                );
-            }
+    let list = &survey.adapters;
+    if !survey.gpu_backend {
+        outln!("this build of impasto has no GPU backend (cargo feature `gpu`)");
+    } else if list.is_empty() {
+        outln!("no GPU adapter (Vulkan, Metal or DX12) was found");
+    } else {
+        outln!("| # | adapter | backend | type | max buffer | max binding | driver |");
+        outln!("|---|---|---|---|---|---|---|");
+        for (i, a) in list.iter().enumerate() {
+            outln!(
+                "| {i} | {} | {} | {} | {} MiB | {} MiB | {} |",
+                a.name,
+                a.backend,
+                a.kind,
+                a.max_buffer_bytes >> 20,
+                a.max_binding_bytes >> 20,
+                a.driver
+            );
         }
     }
-    #[cfg(not(feature = "gpu"))]
-    outln!("this build of impasto has no GPU backend (cargo feature `gpu`)");
     outln!(
-        "--device auto runs on the {auto} here; the CPU has {} threads",
-        rayon::current_num_threads()
+        "--device auto runs on the {} here; the CPU has {} threads",
+        survey.auto,
+        survey.cpu_threads
     );
     Ok(0)
 }

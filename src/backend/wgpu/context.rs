@@ -10,41 +10,22 @@ use wgpu::util::DeviceExt;
 
 use super::shaders;
 
-/// One adapter as `impasto devices` lists it.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct AdapterSummary {
-    pub name: String,
-    pub backend: String,
-    /// `discrete`, `integrated`, `virtual`, `cpu` (software, such as llvmpipe) or `other`.
-    pub kind: String,
-    pub driver: String,
-    /// The largest single buffer the adapter allows, in bytes.
-    pub max_buffer_bytes: u64,
-    /// The largest storage binding (one tensor), in bytes.
-    pub max_binding_bytes: u64,
-}
+pub use crate::backend::device::AdapterSummary;
 
-impl AdapterSummary {
-    fn of(a: &wgpu::Adapter) -> Self {
-        let info = a.get_info();
-        let limits = a.limits();
-        AdapterSummary {
-            name: info.name,
-            backend: format!("{:?}", info.backend).to_lowercase(),
-            kind: kind_name(info.device_type).into(),
-            driver: [info.driver, info.driver_info]
-                .into_iter()
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-                .join(" "),
-            max_buffer_bytes: limits.max_buffer_size,
-            max_binding_bytes: limits.max_storage_buffer_binding_size,
-        }
-    }
-
-    /// A real GPU (not a CPU or software adapter).
-    pub fn is_hardware(&self) -> bool {
-        self.kind != "cpu"
+fn summary(a: &wgpu::Adapter) -> AdapterSummary {
+    let info = a.get_info();
+    let limits = a.limits();
+    AdapterSummary {
+        name: info.name,
+        backend: format!("{:?}", info.backend).to_lowercase(),
+        kind: kind_name(info.device_type).into(),
+        driver: [info.driver, info.driver_info]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
+        max_buffer_bytes: limits.max_buffer_size,
+        max_binding_bytes: limits.max_storage_buffer_binding_size,
     }
 }
 
@@ -85,7 +66,7 @@ fn adapters() -> Vec<wgpu::Adapter> {
 
 /// Every compute adapter on this machine, best first.
 pub fn list() -> Vec<AdapterSummary> {
-    adapters().iter().map(AdapterSummary::of).collect()
+    adapters().iter().map(summary).collect()
 }
 
 /// The kernels, in the order of [`Kernel::source`].
@@ -194,7 +175,7 @@ impl Ctx {
             .into_iter()
             .find(|a| !hardware_only || a.get_info().device_type != wgpu::DeviceType::Cpu)
             .ok_or(OpenError::NoAdapter)?;
-        let summary = AdapterSummary::of(&adapter);
+        let summary = summary(&adapter);
         // Everything the adapter can give: activations of large pictures are large buffers.
         let desc = wgpu::DeviceDescriptor {
             label: Some("impasto"),
