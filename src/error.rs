@@ -68,6 +68,12 @@ impl From<Cancelled> for Error {
     }
 }
 
+impl From<crate::backend::DeviceError> for Error {
+    fn from(e: crate::backend::DeviceError) -> Self {
+        Error::Device(e.to_string())
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What is wrong with a model or weights file, for a caller that wants to act on it (the

@@ -2,7 +2,9 @@
 //! switches (Winograd for 3×3 stride-1 layers, direct AVX-512 kernels, sub-pixel
 //! upsampling), the buffer pool (`tensor::take_buffer`) and the `IMPASTO_PROFILE` timings.
 
-use super::{Backend, ConvGrads, ConvSpec, OutputFn, Resample};
+use super::{
+    host, vector, AdamStep, Backend, ConvGrads, ConvSpec, DeviceError, OutputFn, Resample,
+};
 use crate::kernels::conv::{flip_transpose, SubPixel, UpsampleConv};
 use crate::kernels::norm::{self, Moments, NormStats};
 use crate::kernels::{pool, Conv2d, ConvGeom, Strided};
@@ -72,9 +74,18 @@ impl CpuConv {
 impl Backend for Cpu {
     type Tensor = Tensor;
     type Conv = CpuConv;
+    type Scalar = f64;
 
     fn name(&self) -> &'static str {
         "cpu"
+    }
+
+    fn read_scalars(&self, s: &[&f64]) -> Result<Vec<f64>, DeviceError> {
+        Ok(s.iter().map(|&&v| v).collect())
+    }
+
+    fn scalar(&self, v: f64) -> f64 {
+        v
     }
 
     fn upload(&self, t: &Tensor) -> Tensor {
@@ -97,6 +108,10 @@ impl Backend for Cpu {
         t.shape()
     }
 
+    fn as_host<'a>(&self, t: &'a Tensor) -> Option<&'a [f32]> {
+        Some(&t.data)
+    }
+
     fn conv(&self, spec: &ConvSpec, weight: &[f32], bias: Option<&[f32]>) -> CpuConv {
         let (conv, up) = prepare(spec, weight, bias);
         CpuConv {
@@ -107,8 +122,8 @@ impl Backend for Cpu {
         }
     }
 
-    fn conv_update(&self, c: &mut CpuConv, weight: &[f32], bias: Option<&[f32]>) {
-        let (conv, up) = prepare(&c.spec, weight, bias);
+    fn conv_set(&self, c: &mut CpuConv, weight: &Tensor, bias: Option<&Tensor>) {
+        let (conv, up) = prepare(&c.spec, &weight.data, bias.map(|b| b.data.as_slice()));
         c.conv = conv;
         c.up = up;
         c.grad = OnceLock::new();
@@ -148,8 +163,8 @@ impl Backend for Cpu {
         };
         ConvGrads {
             dx: g.dx,
-            dw,
-            db: g.db,
+            dw: vector(dw),
+            db: vector(g.db),
         }
     }
 
@@ -185,12 +200,13 @@ impl Backend for Cpu {
         x: &mut Tensor,
         sample: usize,
         stats: &NormStats,
-        gamma: &[f32],
-        beta: &[f32],
+        gamma: &Tensor,
+        beta: &Tensor,
         relu: bool,
         residual: Option<&Tensor>,
     ) {
         let (c, hw) = (x.c, x.plane());
+        let (gamma, beta) = (&gamma.data, &beta.data);
         timed(
             || {
                 norm::apply(
@@ -212,31 +228,39 @@ impl Backend for Cpu {
         &self,
         xhat: &Tensor,
         dy: &Tensor,
-        inv_std: &[Vec<f32>],
-        gamma: &[f32],
-    ) -> (Tensor, Vec<f32>, Vec<f32>) {
+        inv_std: &Tensor,
+        gamma: &Tensor,
+    ) -> (Tensor, Tensor, Tensor) {
         let (c, hw) = (xhat.c, xhat.plane());
         let (mut dg, mut db) = (vec![0.0f64; c], vec![0.0f64; c]);
         let mut dz = Tensor::for_overwrite(xhat.n, c, xhat.h, xhat.w);
-        for (s, inv_std) in inv_std.iter().enumerate().take(xhat.n) {
+        for s in 0..xhat.n {
             let d = norm::backward(
                 xhat.sample(s),
                 dy.sample(s),
                 c,
                 hw,
-                inv_std,
-                gamma,
+                inv_std.sample(s),
+                &gamma.data,
                 &mut dg,
                 &mut db,
             );
             dz.sample_mut(s).copy_from_slice(&d);
         }
-        let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+        let f = |v: Vec<f64>| vector(v.into_iter().map(|v| v as f32).collect());
         (dz, f(dg), f(db))
     }
 
     fn relu(&self, x: &mut Tensor) {
         crate::kernels::relu(&mut x.data);
+    }
+
+    fn sum_squares(&self, x: &Tensor) -> f64 {
+        host::sum_squares(x)
+    }
+
+    fn adam(&self, p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, s: &AdamStep) {
+        host::adam(&mut p.data, &g.data, &mut m.data, &mut v.data, s);
     }
 
     fn relu_mask(&self, d: &mut Tensor, y: &Tensor) {

@@ -3,12 +3,12 @@
 //! one it holds (as candle's `Device` does), so the stylize pipeline, video, the server and
 //! the Python package run one `Transformer<Device>` whatever the machine has.
 
-use super::{Backend, ConvGrads, ConvSpec, Cpu, OutputFn};
+use super::{AdamStep, Backend, ConvGrads, ConvSpec, Cpu, DeviceError, OutputFn};
 use crate::kernels::norm::{Moments, NormStats};
 use crate::tensor::Tensor;
 
 #[cfg(feature = "gpu")]
-use super::wgpu::{GpuConv, GpuTensor, Wgpu};
+use super::wgpu::{GpuConv, GpuScalar, GpuTensor, Wgpu};
 
 /// What the user asked for (`--device`, `IMPASTO_DEVICE`, `device=`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -118,6 +118,14 @@ pub enum DeviceTensor {
     Host(Tensor),
     #[cfg(feature = "gpu")]
     Gpu(GpuTensor),
+}
+
+/// A [`Device`]'s scalar (a loss value).
+#[derive(Clone)]
+pub enum DeviceScalar {
+    Host(f64),
+    #[cfg(feature = "gpu")]
+    Gpu(GpuScalar),
 }
 
 /// A [`Device`]'s prepared convolution (a few per network: their size does not matter).
@@ -260,9 +268,42 @@ macro_rules! dispatch {
 impl Backend for Device {
     type Tensor = DeviceTensor;
     type Conv = DeviceConv;
+    type Scalar = DeviceScalar;
 
     fn name(&self) -> &'static str {
         dispatch!(self, |b, w, t, tm, c| b.name())
+    }
+
+    fn read_scalars(&self, s: &[&DeviceScalar]) -> Result<Vec<f64>, DeviceError> {
+        match self {
+            Device::Cpu(_) => Ok(s
+                .iter()
+                .map(|v| match v {
+                    DeviceScalar::Host(v) => *v,
+                    #[cfg(feature = "gpu")]
+                    DeviceScalar::Gpu(_) => panic!("a GPU scalar given to the CPU backend"),
+                })
+                .collect()),
+            #[cfg(feature = "gpu")]
+            Device::Gpu(b) => {
+                let g: Vec<&GpuScalar> = s
+                    .iter()
+                    .map(|v| match v {
+                        DeviceScalar::Gpu(v) => v,
+                        DeviceScalar::Host(_) => panic!("a host scalar given to the GPU backend"),
+                    })
+                    .collect();
+                b.read_scalars(&g)
+            }
+        }
+    }
+
+    fn scalar(&self, v: f64) -> DeviceScalar {
+        match self {
+            Device::Cpu(_) => DeviceScalar::Host(v),
+            #[cfg(feature = "gpu")]
+            Device::Gpu(b) => DeviceScalar::Gpu(b.scalar(v)),
+        }
     }
 
     fn upload(&self, x: &Tensor) -> DeviceTensor {
@@ -291,6 +332,14 @@ impl Backend for Device {
         dispatch!(self, |b, w, t, tm, c| b.dims(t(x)))
     }
 
+    fn as_host<'a>(&self, x: &'a DeviceTensor) -> Option<&'a [f32]> {
+        match x {
+            DeviceTensor::Host(t) => Some(&t.data),
+            #[cfg(feature = "gpu")]
+            DeviceTensor::Gpu(_) => None,
+        }
+    }
+
     fn max_tensor_bytes(&self) -> Option<u64> {
         dispatch!(self, |b, w, t, tm, c| b.max_tensor_bytes())
     }
@@ -303,11 +352,11 @@ impl Backend for Device {
         }
     }
 
-    fn conv_update(&self, conv: &mut DeviceConv, weight: &[f32], bias: Option<&[f32]>) {
+    fn conv_set(&self, conv: &mut DeviceConv, weight: &DeviceTensor, bias: Option<&DeviceTensor>) {
         match (self, conv) {
-            (Device::Cpu(b), DeviceConv::Cpu(c)) => b.conv_update(c, weight, bias),
+            (Device::Cpu(b), DeviceConv::Cpu(c)) => b.conv_set(c, host(weight), bias.map(host)),
             #[cfg(feature = "gpu")]
-            (Device::Gpu(b), DeviceConv::Gpu(c)) => b.conv_update(c, weight, bias),
+            (Device::Gpu(b), DeviceConv::Gpu(c)) => b.conv_set(c, gpu(weight), bias.map(gpu)),
             #[cfg(feature = "gpu")]
             _ => panic!("a convolution given to another device's backend"),
         }
@@ -332,8 +381,8 @@ impl Backend for Device {
             let g = b.conv_backward(c(conv), t(x), t(dy), want_dx);
             ConvGrads {
                 dx: g.dx.map(w),
-                dw: g.dw,
-                db: g.db,
+                dw: w(g.dw),
+                db: w(g.db),
             }
         })
     }
@@ -368,8 +417,8 @@ impl Backend for Device {
         x: &mut DeviceTensor,
         sample: usize,
         stats: &NormStats,
-        gamma: &[f32],
-        beta: &[f32],
+        gamma: &DeviceTensor,
+        beta: &DeviceTensor,
         relu: bool,
         residual: Option<&DeviceTensor>,
     ) {
@@ -377,8 +426,8 @@ impl Backend for Device {
             tm(x),
             sample,
             stats,
-            gamma,
-            beta,
+            t(gamma),
+            t(beta),
             relu,
             residual.map(t)
         ))
@@ -390,8 +439,8 @@ impl Backend for Device {
         sample: usize,
         region: ((usize, usize), (usize, usize)),
         eps: f64,
-        gamma: &[f32],
-        beta: &[f32],
+        gamma: &DeviceTensor,
+        beta: &DeviceTensor,
         relu: bool,
         residual: Option<&DeviceTensor>,
     ) {
@@ -400,23 +449,38 @@ impl Backend for Device {
             sample,
             region,
             eps,
-            gamma,
-            beta,
+            t(gamma),
+            t(beta),
             relu,
             residual.map(t)
         ))
+    }
+
+    fn norm_train(
+        &self,
+        x: &mut DeviceTensor,
+        eps: f64,
+        gamma: &DeviceTensor,
+        beta: &DeviceTensor,
+        relu: bool,
+        residual: Option<&DeviceTensor>,
+    ) -> (DeviceTensor, DeviceTensor) {
+        dispatch!(self, |b, w, t, tm, c| {
+            let (xhat, inv) = b.norm_train(tm(x), eps, t(gamma), t(beta), relu, residual.map(t));
+            (w(xhat), w(inv))
+        })
     }
 
     fn norm_backward(
         &self,
         xhat: &DeviceTensor,
         dy: &DeviceTensor,
-        inv_std: &[Vec<f32>],
-        gamma: &[f32],
-    ) -> (DeviceTensor, Vec<f32>, Vec<f32>) {
+        inv_std: &DeviceTensor,
+        gamma: &DeviceTensor,
+    ) -> (DeviceTensor, DeviceTensor, DeviceTensor) {
         dispatch!(self, |b, w, t, tm, c| {
-            let (dx, dg, db) = b.norm_backward(t(xhat), t(dy), inv_std, gamma);
-            (w(dx), dg, db)
+            let (dx, dg, db) = b.norm_backward(t(xhat), t(dy), t(inv_std), t(gamma));
+            (w(dx), w(dg), w(db))
         })
     }
 
@@ -488,17 +552,75 @@ impl Backend for Device {
         dispatch!(self, |b, w, t, tm, c| w(b.gram_backward(t(f), dg)))
     }
 
-    fn mse(&self, a: &DeviceTensor, x: &DeviceTensor, wt: f64) -> (f64, DeviceTensor) {
-        dispatch!(self, |b, w, t, tm, c| {
-            let (l, g) = b.mse(t(a), t(x), wt);
-            (l, w(g))
-        })
+    fn style_loss(
+        &self,
+        f: &DeviceTensor,
+        target: &DeviceTensor,
+        wt: f64,
+    ) -> (DeviceScalar, DeviceTensor) {
+        match self {
+            Device::Cpu(b) => {
+                let (l, g) = b.style_loss(host(f), host(target), wt);
+                (DeviceScalar::Host(l), DeviceTensor::Host(g))
+            }
+            #[cfg(feature = "gpu")]
+            Device::Gpu(b) => {
+                let (l, g) = b.style_loss(gpu(f), gpu(target), wt);
+                (DeviceScalar::Gpu(l), DeviceTensor::Gpu(g))
+            }
+        }
     }
 
-    fn tv(&self, y: &DeviceTensor, wt: f64) -> (f64, DeviceTensor) {
-        dispatch!(self, |b, w, t, tm, c| {
-            let (l, g) = b.tv(t(y), wt);
-            (l, w(g))
-        })
+    fn mse(&self, a: &DeviceTensor, x: &DeviceTensor, wt: f64) -> (DeviceScalar, DeviceTensor) {
+        match self {
+            Device::Cpu(b) => {
+                let (l, g) = b.mse(host(a), host(x), wt);
+                (DeviceScalar::Host(l), DeviceTensor::Host(g))
+            }
+            #[cfg(feature = "gpu")]
+            Device::Gpu(b) => {
+                let (l, g) = b.mse(gpu(a), gpu(x), wt);
+                (DeviceScalar::Gpu(l), DeviceTensor::Gpu(g))
+            }
+        }
+    }
+
+    fn tv(&self, y: &DeviceTensor, wt: f64) -> (DeviceScalar, DeviceTensor) {
+        match self {
+            Device::Cpu(b) => {
+                let (l, g) = b.tv(host(y), wt);
+                (DeviceScalar::Host(l), DeviceTensor::Host(g))
+            }
+            #[cfg(feature = "gpu")]
+            Device::Gpu(b) => {
+                let (l, g) = b.tv(gpu(y), wt);
+                (DeviceScalar::Gpu(l), DeviceTensor::Gpu(g))
+            }
+        }
+    }
+
+    fn sum_squares(&self, x: &DeviceTensor) -> DeviceScalar {
+        match self {
+            Device::Cpu(b) => DeviceScalar::Host(b.sum_squares(host(x))),
+            #[cfg(feature = "gpu")]
+            Device::Gpu(b) => DeviceScalar::Gpu(b.sum_squares(gpu(x))),
+        }
+    }
+
+    fn adam(
+        &self,
+        p: &mut DeviceTensor,
+        g: &DeviceTensor,
+        m: &mut DeviceTensor,
+        v: &mut DeviceTensor,
+        step: &AdamStep,
+    ) {
+        dispatch!(self, |b, w, t, tm, c| b.adam(
+            tm(p),
+            t(g),
+            tm(m),
+            tm(v),
+            step
+        ))
     }
 }

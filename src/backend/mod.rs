@@ -1,10 +1,15 @@
 //! The backend seam: the small set of operations the transformation network, the VGG16 loss
 //! network and the losses are written in, and nothing more.
 //!
-//! A backend owns its tensors (`Backend::Tensor`) and its prepared convolutions
-//! (`Backend::Conv`); images cross to it only through [`Backend::upload`] and
-//! [`Backend::download`]. Small per-channel vectors (instance-norm scale and shift, moments,
-//! Gram matrices) stay on the host: they are a few hundred floats.
+//! A backend owns its tensors (`Backend::Tensor`), its prepared convolutions
+//! (`Backend::Conv`) and its scalars (`Backend::Scalar`, loss values); data crosses to it only
+//! through [`Backend::upload`], [`Backend::download`] and [`Backend::read_scalars`]. A
+//! training step keeps everything where the backend computes: parameters and their
+//! gradients (vectors are `[1, 1, 1, len]` tensors), instance-norm statistics, Gram matrices,
+//! losses and the optimiser's state, and reads back its losses once ([`Backend::adam`] is an
+//! op). What stays on the host is named as such: [`Backend::moments`] (the tiled path's
+//! cross-tile statistics, a few floats per tile) and [`Backend::gram`] (a style target, once
+//! per run).
 //!
 //! - [`Cpu`]: the engine's own kernels (im2col + GEMM, Winograd, direct AVX-512, sub-pixel
 //!   upsampling, the buffer pool, the `IMPASTO_PROFILE` timings).
@@ -146,14 +151,43 @@ impl ConvSpec {
     }
 }
 
-/// The gradients of one convolution, summed over the batch.
+/// The gradients of one convolution, summed over the batch, on the backend.
 pub struct ConvGrads<T> {
     /// d/dx, when asked for.
     pub dx: Option<T>,
-    /// d/dW in the stored layout ([`ConvSpec::weight_shape`]).
-    pub dw: Vec<f32>,
-    /// d/db (zeros when the layer has no bias).
-    pub db: Vec<f32>,
+    /// d/dW in the stored layout ([`ConvSpec::weight_shape`]), flat.
+    pub dw: T,
+    /// d/db (zeros when the layer has no bias), flat.
+    pub db: T,
+}
+
+/// One Adam step's constants (PyTorch's Adam: no weight decay, ε outside the square root):
+/// `m ← β1·m + (1−β1)·g`, `v ← β2·v + (1−β2)·g²`, `p ← p − lr·(m/bc1)/(√v/√bc2 + ε)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// `1 − β1ᵗ` and `1 − β2ᵗ` for this step `t` (1-based).
+    pub bc1: f64,
+    pub bc2: f64,
+}
+
+/// What went wrong on a device, found when a result was read back.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    #[error("the GPU ({adapter}) ran out of memory: {msg}")]
+    OutOfMemory { adapter: String, msg: String },
+    #[error("the GPU ({adapter}) was lost: {msg}")]
+    Lost { adapter: String, msg: String },
+    #[error("the GPU ({adapter}) refused the work: {msg}")]
+    Failed { adapter: String, msg: String },
+}
+
+/// A flat `[1, 1, 1, len]` host tensor (a parameter vector).
+pub fn vector(v: Vec<f32>) -> Tensor {
+    Tensor::from_vec(1, 1, 1, v.len(), v)
 }
 
 /// How closely a backend's ops follow the reference backend's (relative error over a
@@ -185,6 +219,9 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     type Tensor: Clone + Send + Sync;
     /// A convolution's weights, prepared for this backend.
     type Conv: Clone + Send + Sync;
+    /// A number computed on the backend (a loss value), read with
+    /// [`Backend::read_scalars`].
+    type Scalar: Clone + Send + Sync;
 
     fn name(&self) -> &'static str;
 
@@ -201,6 +238,16 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         self.download(&t)
     }
     fn dims(&self, t: &Self::Tensor) -> [usize; 4];
+    /// The tensor's values where they already are on the host (a host backend's tensors),
+    /// without a copy.
+    fn as_host<'a>(&self, _t: &'a Self::Tensor) -> Option<&'a [f32]> {
+        None
+    }
+    /// Scalars read back together (one synchronisation); the device's error if the work
+    /// behind them failed (out of memory, a lost device).
+    fn read_scalars(&self, s: &[&Self::Scalar]) -> Result<Vec<f64>, DeviceError>;
+    /// A scalar the host already knows.
+    fn scalar(&self, v: f64) -> Self::Scalar;
     /// The largest tensor (bytes) the device can hold in one buffer, where it has such a
     /// limit (a GPU adapter's binding size): the stylize pipeline tiles pictures to fit.
     fn max_tensor_bytes(&self) -> Option<u64> {
@@ -209,8 +256,9 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
 
     // Convolutions (plain, strided, upsampling, transposed).
     fn conv(&self, spec: &ConvSpec, weight: &[f32], bias: Option<&[f32]>) -> Self::Conv;
-    /// New weights for a prepared convolution (after an optimiser step).
-    fn conv_update(&self, conv: &mut Self::Conv, weight: &[f32], bias: Option<&[f32]>);
+    /// New weights for a prepared convolution from flat tensors on the backend (after an
+    /// optimiser step), in the stored layout.
+    fn conv_set(&self, conv: &mut Self::Conv, weight: &Self::Tensor, bias: Option<&Self::Tensor>);
     /// `precise`: no fast algorithms with larger rounding error (Winograd); training uses it.
     fn conv_forward(&self, conv: &Self::Conv, x: &Self::Tensor, precise: bool) -> Self::Tensor;
     fn conv_backward(
@@ -245,8 +293,8 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         x: &mut Self::Tensor,
         sample: usize,
         stats: &NormStats,
-        gamma: &[f32],
-        beta: &[f32],
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
         relu: bool,
         residual: Option<&Self::Tensor>,
     );
@@ -261,23 +309,49 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         sample: usize,
         (rows, cols): ((usize, usize), (usize, usize)),
         eps: f64,
-        gamma: &[f32],
-        beta: &[f32],
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
         relu: bool,
         residual: Option<&Self::Tensor>,
     ) {
         let st = self.moments(x, sample, rows, cols).stats(eps);
         self.norm_apply(x, sample, &st, gamma, beta, relu, residual);
     }
-    /// Backward of `y = γ·x̂ + β` per sample, given x̂, each sample's inv_std and dy:
-    /// returns (dx, dγ, dβ), dγ and dβ summed over the batch.
+    /// Instance norm of every sample over its whole plane, for training: `x ← γ·x̂ + β`,
+    /// ReLU, `+ residual`; returns x̂ and each sample's 1/σ (`[n, c, 1, 1]`), both on the
+    /// backend. The default is the host path, bit for bit.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_train(
+        &self,
+        x: &mut Self::Tensor,
+        eps: f64,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        relu: bool,
+        residual: Option<&Self::Tensor>,
+    ) -> (Self::Tensor, Self::Tensor) {
+        let [n, c, h, w] = self.dims(x);
+        let ones = self.upload(&vector(vec![1.0; c]));
+        let zeros = self.upload(&vector(vec![0.0; c]));
+        let mut xhat = x.clone();
+        let mut inv = Vec::with_capacity(n * c);
+        for s in 0..n {
+            let st = self.moments(x, s, (0, h), (0, w)).stats(eps);
+            self.norm_apply(&mut xhat, s, &st, &ones, &zeros, false, None);
+            self.norm_apply(x, s, &st, gamma, beta, relu, residual);
+            inv.extend_from_slice(&st.inv_std);
+        }
+        (xhat, self.upload(&Tensor::from_vec(n, c, 1, 1, inv)))
+    }
+    /// Backward of `y = γ·x̂ + β` per sample, given x̂, each sample's 1/σ (`[n, c, 1, 1]`)
+    /// and dy: returns (dx, dγ, dβ), dγ and dβ summed over the batch.
     fn norm_backward(
         &self,
         xhat: &Self::Tensor,
         dy: &Self::Tensor,
-        inv_std: &[Vec<f32>],
-        gamma: &[f32],
-    ) -> (Self::Tensor, Vec<f32>, Vec<f32>);
+        inv_std: &Self::Tensor,
+        gamma: &Self::Tensor,
+    ) -> (Self::Tensor, Self::Tensor, Self::Tensor);
 
     // Elementwise.
     fn relu(&self, x: &mut Self::Tensor);
@@ -312,14 +386,90 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     fn max_pool2_backward(&self, x: &Self::Tensor, dy: &Self::Tensor) -> Self::Tensor;
 
     // Losses.
-    /// Each sample's Gram matrix F·Fᵀ / (C·H·W), C×C, on the host.
+    /// Each sample's Gram matrix F·Fᵀ / (C·H·W), C×C, on the host (a style target, once).
     fn gram(&self, f: &Self::Tensor) -> Vec<Vec<f32>>;
     /// `dF = dG · F` per sample (dG symmetric, C×C per sample).
     fn gram_backward(&self, f: &Self::Tensor, dg: &[Vec<f32>]) -> Self::Tensor;
+    /// The style loss at one tap, `w · mean over the batch and C×C of (gram(f) − target)²`,
+    /// and its gradient at `f`; `target` is one `[1, 1, C, C]` Gram matrix. The default is
+    /// the host path; a device keeps the Gram matrices where they are.
+    fn style_loss(
+        &self,
+        f: &Self::Tensor,
+        target: &Self::Tensor,
+        w: f64,
+    ) -> (Self::Scalar, Self::Tensor) {
+        let [n, c, h, wd] = self.dims(f);
+        let target = self.download(target).into_data();
+        let denom = (n * c * c) as f64;
+        let mut total = 0.0f64;
+        let dg: Vec<Vec<f32>> = self
+            .gram(f)
+            .into_iter()
+            .map(|g| {
+                let mut sum = 0.0f64;
+                let d = g
+                    .iter()
+                    .zip(&target)
+                    .map(|(&x, &t)| {
+                        let e = (x - t) as f64;
+                        sum += e * e;
+                        // dL/dG = 2w/(B·C²)·(G − S); dL/dF = 2·dG·F/(C·H·W) (dG symmetric).
+                        (2.0 * w / denom * e * 2.0 / (c * h * wd) as f64) as f32
+                    })
+                    .collect();
+                total += w * sum / denom;
+                d
+            })
+            .collect();
+        (self.scalar(total), self.gram_backward(f, &dg))
+    }
     /// `w · mean((a − b)²)` and its gradient with respect to `a`.
-    fn mse(&self, a: &Self::Tensor, b: &Self::Tensor, w: f64) -> (f64, Self::Tensor);
+    fn mse(&self, a: &Self::Tensor, b: &Self::Tensor, w: f64) -> (Self::Scalar, Self::Tensor);
     /// `w · Σ (vertical² + horizontal² neighbour differences)` and its gradient.
-    fn tv(&self, y: &Self::Tensor, w: f64) -> (f64, Self::Tensor);
+    fn tv(&self, y: &Self::Tensor, w: f64) -> (Self::Scalar, Self::Tensor);
+    /// `Σ x²` (a divergence check: finite exactly when every element is).
+    fn sum_squares(&self, x: &Self::Tensor) -> Self::Scalar;
+
+    // The optimiser.
+    /// One Adam step of parameter `p` with gradient `g` and moments `m`, `v` (all the same
+    /// length), in place.
+    fn adam(
+        &self,
+        p: &mut Self::Tensor,
+        g: &Self::Tensor,
+        m: &mut Self::Tensor,
+        v: &mut Self::Tensor,
+        step: &AdamStep,
+    );
+}
+
+/// The ops whose arithmetic every host backend shares.
+pub mod host {
+    use super::AdamStep;
+    use crate::tensor::Tensor;
+
+    /// [`super::Backend::adam`] on host slices; float64 arithmetic, float32 state.
+    pub fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamStep) {
+        assert!(
+            g.len() == p.len() && m.len() == p.len() && v.len() == p.len(),
+            "adam: sizes differ"
+        );
+        for j in 0..p.len() {
+            let gj = g[j] as f64;
+            let mj = s.beta1 * m[j] as f64 + (1.0 - s.beta1) * gj;
+            let vj = s.beta2 * v[j] as f64 + (1.0 - s.beta2) * gj * gj;
+            m[j] = mj as f32;
+            v[j] = vj as f32;
+            let denom = (vj.sqrt() / s.bc2.sqrt()) + s.eps;
+            p[j] = (p[j] as f64 - s.lr * (mj / s.bc1) / denom) as f32;
+        }
+    }
+
+    /// `Σ x²` in float64.
+    pub fn sum_squares(x: &Tensor) -> f64 {
+        x.data.iter().map(|&v| (v as f64) * (v as f64)).sum()
+    }
 }
 
 #[cfg(test)]

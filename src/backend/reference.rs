@@ -7,7 +7,9 @@
 // Index loops are the point here: each op reads like its formula.
 #![allow(clippy::needless_range_loop)]
 
-use super::{Backend, ConvGrads, ConvSpec, OutputFn, Padding, Resample};
+use super::{
+    host, vector, AdamStep, Backend, ConvGrads, ConvSpec, DeviceError, OutputFn, Padding, Resample,
+};
 use crate::kernels::norm::{Moments, NormStats};
 use crate::tensor::Tensor;
 
@@ -118,9 +120,18 @@ impl RefConv {
 impl Backend for Reference {
     type Tensor = Tensor;
     type Conv = RefConv;
+    type Scalar = f64;
 
     fn name(&self) -> &'static str {
         "reference"
+    }
+
+    fn read_scalars(&self, s: &[&f64]) -> Result<Vec<f64>, DeviceError> {
+        Ok(s.iter().map(|&&v| v).collect())
+    }
+
+    fn scalar(&self, v: f64) -> f64 {
+        v
     }
 
     fn upload(&self, t: &Tensor) -> Tensor {
@@ -143,6 +154,10 @@ impl Backend for Reference {
         t.shape()
     }
 
+    fn as_host<'a>(&self, t: &'a Tensor) -> Option<&'a [f32]> {
+        Some(&t.data)
+    }
+
     fn conv(&self, spec: &ConvSpec, weight: &[f32], bias: Option<&[f32]>) -> RefConv {
         let n: usize = spec.weight_shape().iter().product();
         assert_eq!(weight.len(), n, "weight size");
@@ -153,8 +168,8 @@ impl Backend for Reference {
         }
     }
 
-    fn conv_update(&self, c: &mut RefConv, weight: &[f32], bias: Option<&[f32]>) {
-        *c = self.conv(&c.spec, weight, bias);
+    fn conv_set(&self, c: &mut RefConv, weight: &Tensor, bias: Option<&Tensor>) {
+        *c = self.conv(&c.spec, &weight.data, bias.map(|b| b.data.as_slice()));
     }
 
     fn conv_forward(&self, c: &RefConv, x: &Tensor, _precise: bool) -> Tensor {
@@ -281,8 +296,8 @@ impl Backend for Reference {
         let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect::<Vec<f32>>();
         ConvGrads {
             dx: want_dx.then(|| Tensor::from_vec(x.n, x.c, x.h, x.w, f(dx))),
-            dw: f(dw),
-            db: if s.bias { f(db) } else { vec![0.0; s.c_out] },
+            dw: vector(f(dw)),
+            db: vector(if s.bias { f(db) } else { vec![0.0; s.c_out] }),
         }
     }
 
@@ -317,11 +332,12 @@ impl Backend for Reference {
         x: &mut Tensor,
         sample: usize,
         st: &NormStats,
-        gamma: &[f32],
-        beta: &[f32],
+        gamma: &Tensor,
+        beta: &Tensor,
         relu: bool,
         residual: Option<&Tensor>,
     ) {
+        let (gamma, beta) = (&gamma.data, &beta.data);
         for c in 0..x.c {
             for y in 0..x.h {
                 for xx in 0..x.w {
@@ -344,10 +360,11 @@ impl Backend for Reference {
         &self,
         xhat: &Tensor,
         dy: &Tensor,
-        inv_std: &[Vec<f32>],
-        gamma: &[f32],
-    ) -> (Tensor, Vec<f32>, Vec<f32>) {
+        inv_std: &Tensor,
+        gamma: &Tensor,
+    ) -> (Tensor, Tensor, Tensor) {
         let (c, hw) = (xhat.c, xhat.plane());
+        let gamma = &gamma.data;
         let (mut dg, mut db) = (vec![0.0f64; c], vec![0.0f64; c]);
         let mut dx = Tensor::zeros(xhat.n, c, xhat.h, xhat.w);
         for n in 0..xhat.n {
@@ -363,15 +380,23 @@ impl Backend for Reference {
                 db[ch] += sg;
                 // dx = γ·inv_std·(dy − mean(dy) − x̂·mean(dy·x̂))
                 let (m1, m2) = (sg / hw as f64, sgx / hw as f64);
-                let k = gamma[ch] as f64 * inv_std[n][ch] as f64;
+                let k = gamma[ch] as f64 * inv_std.data[n * c + ch] as f64;
                 for p in 0..hw {
                     let (a, g) = (xhat.data[base + p] as f64, dy.data[base + p] as f64);
                     dx.data[base + p] = (k * (g - m1 - a * m2)) as f32;
                 }
             }
         }
-        let f = |v: Vec<f64>| v.into_iter().map(|v| v as f32).collect();
+        let f = |v: Vec<f64>| vector(v.into_iter().map(|v| v as f32).collect());
         (dx, f(dg), f(db))
+    }
+
+    fn sum_squares(&self, x: &Tensor) -> f64 {
+        host::sum_squares(x)
+    }
+
+    fn adam(&self, p: &mut Tensor, g: &Tensor, m: &mut Tensor, v: &mut Tensor, s: &AdamStep) {
+        host::adam(&mut p.data, &g.data, &mut m.data, &mut v.data, s);
     }
 
     fn relu(&self, x: &mut Tensor) {

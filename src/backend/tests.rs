@@ -117,9 +117,9 @@ pub fn conformance<B: Backend>(b: &B, tol: &Tolerances) {
         let gr = r.conv_backward(&cr, &x, &dy, true);
         for want_dx in [true, false] {
             let gb = b.conv_backward(&cb, &xb, &b.upload(&dy), want_dx);
-            close(&format!("{what} dw"), &gb.dw, &gr.dw, tol.conv);
+            same(b, &format!("{what} dw"), &gb.dw, &gr.dw, tol.conv);
             if spec.bias {
-                close(&format!("{what} db"), &gb.db, &gr.db, tol.conv);
+                same(b, &format!("{what} db"), &gb.db, &gr.db, tol.conv);
             }
             match (want_dx, &gb.dx) {
                 (true, Some(dx)) => same(
@@ -148,7 +148,11 @@ pub fn conformance<B: Backend>(b: &B, tol: &Tolerances) {
         }
         let wt2 = vec(&mut rng, n_w);
         let mut cb = cb;
-        b.conv_update(&mut cb, &wt2, bias.as_deref());
+        b.conv_set(
+            &mut cb,
+            &b.upload(&vector(wt2.clone())),
+            bias.as_ref().map(|v| b.upload(&vector(v.clone()))).as_ref(),
+        );
         let want2 = r.conv_forward(&r.conv(&spec, &wt2, bias.as_deref()), &x, true);
         same(
             b,
@@ -179,7 +183,8 @@ pub fn conformance<B: Backend>(b: &B, tol: &Tolerances) {
         }
     }
     let st = r.moments(&x, 1, (0, 9), (0, 11)).stats(1e-5);
-    let (g, be) = (vec(&mut rng, 5), vec(&mut rng, 5));
+    let (g, be) = (vector(vec(&mut rng, 5)), vector(vec(&mut rng, 5)));
+    let (gb, beb) = (b.upload(&g), b.upload(&be));
     let res = random(&mut rng, 2, 5, 9, 11);
     for (relu, residual) in [
         (false, None),
@@ -191,7 +196,7 @@ pub fn conformance<B: Backend>(b: &B, tol: &Tolerances) {
         r.norm_apply(&mut want, 1, &st, &g, &be, relu, residual);
         let mut got = b.upload(&x);
         let rb = residual.map(|t| b.upload(t));
-        b.norm_apply(&mut got, 1, &st, &g, &be, relu, rb.as_ref());
+        b.norm_apply(&mut got, 1, &st, &gb, &beb, relu, rb.as_ref());
         same(
             b,
             &format!("norm apply relu={relu} residual={}", residual.is_some()),
@@ -211,7 +216,7 @@ pub fn conformance<B: Backend>(b: &B, tol: &Tolerances) {
         r.norm_own(&mut want, 1, region, 1e-5, &g, &be, relu, residual);
         let mut got = b.upload(&shifted);
         let rb = residual.map(|t| b.upload(t));
-        b.norm_own(&mut got, 1, region, 1e-5, &g, &be, relu, rb.as_ref());
+        b.norm_own(&mut got, 1, region, 1e-5, &gb, &beb, relu, rb.as_ref());
         same(
             b,
             &format!("norm own {region:?}"),
@@ -220,15 +225,48 @@ pub fn conformance<B: Backend>(b: &B, tol: &Tolerances) {
             tol.reduction.max(1e-5),
         );
     }
-    let inv: Vec<Vec<f32>> = (0..2)
-        .map(|s| r.moments(&x, s, (0, 9), (0, 11)).stats(1e-3).inv_std)
-        .collect();
+    // Training's norm of the whole batch: x̂, 1/σ and the output, on values offset by 5
+    // (the CPU's float32 partial sums of squares lose digits on larger offsets).
+    let offset = Tensor::from_vec(2, 5, 9, 11, x.data.iter().map(|v| 5.0 + v).collect());
+    for (relu, residual) in [(true, None), (false, Some(&res))] {
+        let mut want = offset.clone();
+        let (xr, ir) = r.norm_train(&mut want, 1e-5, &g, &be, relu, residual);
+        let mut got = b.upload(&offset);
+        let rb = residual.map(|t| b.upload(t));
+        let (xg, ig) = b.norm_train(&mut got, 1e-5, &gb, &beb, relu, rb.as_ref());
+        let what = format!("norm train relu={relu}");
+        let tol = tol.reduction.max(1e-5);
+        same(b, &format!("{what} output"), &got, &want, tol);
+        same(b, &format!("{what} x̂"), &xg, &xr, tol);
+        same(b, &format!("{what} 1/σ"), &ig, &ir, tol);
+    }
+    let inv = Tensor::from_vec(
+        2,
+        5,
+        1,
+        1,
+        (0..2)
+            .flat_map(|s| r.moments(&x, s, (0, 9), (0, 11)).stats(1e-3).inv_std)
+            .collect(),
+    );
     let dy = random(&mut rng, 2, 5, 9, 11);
     let (dxr, dgr, dbr) = r.norm_backward(&x, &dy, &inv, &g);
-    let (dxb, dgb, dbb) = b.norm_backward(&xb, &b.upload(&dy), &inv, &g);
+    let (dxb, dgb, dbb) = b.norm_backward(&xb, &b.upload(&dy), &b.upload(&inv), &gb);
     same(b, "norm backward dx", &dxb, &dxr, 1e-5);
-    close("norm backward dgamma", &dgb, &dgr, tol.reduction.max(1e-5));
-    close("norm backward dbeta", &dbb, &dbr, tol.reduction.max(1e-5));
+    same(
+        b,
+        "norm backward dgamma",
+        &dgb,
+        &dgr,
+        tol.reduction.max(1e-5),
+    );
+    same(
+        b,
+        "norm backward dbeta",
+        &dbb,
+        &dbr,
+        tol.reduction.max(1e-5),
+    );
 
     // Elementwise.
     let (mut a, mut ar) = (b.upload(&x), x.clone());
@@ -326,13 +364,50 @@ pub fn conformance<B: Backend>(b: &B, tol: &Tolerances) {
         &r.gram_backward(&f, &dg),
         tol.conv,
     );
+    let target = Tensor::from_vec(1, 1, 6, 6, r.gram(&random(&mut rng, 1, 6, 5, 5)).remove(0));
+    let (ls, gs) = b.style_loss(&fb, &b.upload(&target), 7.0);
+    let (lsr, gsr) = r.style_loss(&f, &target, 7.0);
+    same(b, "style loss gradient", &gs, &gsr, tol.conv);
     let t = random(&mut rng, 2, 6, 7, 9);
-    let ((lb, gb), (lr, gr)) = (b.mse(&fb, &b.upload(&t), 3.0), r.mse(&f, &t, 3.0));
-    assert!((lb - lr).abs() <= tol.loss * lr, "mse {lb} vs {lr}");
-    same(b, "mse gradient", &gb, &gr, 1e-6);
-    let ((lb, gb), (lr, gr)) = (b.tv(&fb, 0.5), r.tv(&f, 0.5));
-    assert!((lb - lr).abs() <= tol.loss * lr, "tv {lb} vs {lr}");
-    same(b, "tv gradient", &gb, &gr, 1e-6);
+    let ((lm, gm), (lmr, gmr)) = (b.mse(&fb, &b.upload(&t), 3.0), r.mse(&f, &t, 3.0));
+    same(b, "mse gradient", &gm, &gmr, 1e-6);
+    let ((lt, gt), (ltr, gtr)) = (b.tv(&fb, 0.5), r.tv(&f, 0.5));
+    same(b, "tv gradient", &gt, &gtr, 1e-6);
+    let sq = b.sum_squares(&fb);
+    let known = b.scalar(0.25);
+    // Every scalar in one read.
+    let got = b.read_scalars(&[&ls, &lm, &lt, &sq, &known]).expect("read");
+    let want = [lsr, lmr, ltr, r.sum_squares(&f), 0.25];
+    // The style loss is made of Gram matrices: the convolutions' tolerance.
+    let tols = [tol.conv, tol.loss, tol.loss, tol.loss, 0.0];
+    for (what, ((g, w), t)) in ["style", "mse", "tv", "sum of squares", "known"]
+        .iter()
+        .zip(got.iter().zip(want).zip(tols))
+    {
+        assert!((g - w).abs() <= t * w.abs(), "{what}: {g} vs {w}");
+    }
+
+    // Adam: three steps of one tensor (the second and third with nonzero moments).
+    let (mut p, mut pr) = (b.upload(&f), f.clone());
+    let zeros = Tensor::zeros(2, 6, 7, 9);
+    let (mut m, mut v) = (b.upload(&zeros), b.upload(&zeros));
+    let (mut mr, mut vr) = (zeros.clone(), zeros.clone());
+    for t in 1..=3 {
+        let k = AdamStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            bc1: 1.0 - 0.9f64.powi(t),
+            bc2: 1.0 - 0.999f64.powi(t),
+        };
+        let g = random(&mut rng, 2, 6, 7, 9);
+        b.adam(&mut p, &b.upload(&g), &mut m, &mut v, &k);
+        r.adam(&mut pr, &g, &mut mr, &mut vr, &k);
+    }
+    same(b, "adam parameters", &p, &pr, 1e-6);
+    same(b, "adam first moments", &m, &mr, 1e-6);
+    same(b, "adam second moments", &v, &vr, 1e-5);
 }
 
 #[test]

@@ -174,7 +174,7 @@ pub fn run(a: Args) -> Result<i32> {
 fn train(a: Args) -> Result<i32> {
     use impasto::backend::Backend;
     use impasto::loss::LossConfig;
-    use impasto::train::step::{apply, loss_and_grads, Adam, StyleTarget};
+    use impasto::train::step::{apply, loss_and_grads, Optimizer, StyleTarget};
     let device = super::device()?;
     let vgg = impasto::model::Vgg16::load_on(
         device.clone(),
@@ -192,7 +192,7 @@ fn train(a: Args) -> Result<i32> {
         (0..3 * 256 * 256).map(|_| rng.f32() * 255.0).collect(),
     );
     let target = StyleTarget::new(&vgg, &device.upload(&style));
-    let mut opt = Adam::new(1e-3);
+    let mut opt = Optimizer::new(1e-3);
     for &s in &a.sizes {
         let (n, side) = (a.batch as u64, s as u64);
         device.check_fits(
@@ -209,20 +209,23 @@ fn train(a: Args) -> Result<i32> {
                 .collect(),
         );
         let x = device.upload(&x);
-        let mut run = || {
-            let (_, g) = loss_and_grads(&model, &vgg, &target, &cfg, &x);
+        // A step as `train` runs it: the losses and the gradients' finiteness read back once.
+        let mut run = || -> Result<()> {
+            let (l, g) = loss_and_grads(&model, &vgg, &target, &cfg, &x);
+            l.read(&device, &g.sum_squares(&device))?;
             apply(&mut model, &mut opt, &g);
+            Ok(())
         };
         for _ in 0..a.warmup {
-            run();
+            run()?;
         }
         let mut ms: Vec<f64> = (0..a.runs.max(1))
             .map(|_| {
                 let t = Instant::now();
-                run();
-                t.elapsed().as_secs_f64() * 1e3
+                run()?;
+                Ok(t.elapsed().as_secs_f64() * 1e3)
             })
-            .collect();
+            .collect::<Result<_>>()?;
         ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let med = ms[ms.len() / 2];
         let ips = a.batch as f64 / (med / 1e3);

@@ -93,7 +93,7 @@ pub struct Distiller {
     pub vgg: Option<Vgg16>,
     pub cfg: DistillConfig,
     /// The teacher's loss: the painting's Gram matrices and the loss weights.
-    pub teacher_loss: Option<(StyleTarget, LossConfig)>,
+    pub teacher_loss: Option<(StyleTarget<crate::backend::Cpu>, LossConfig)>,
 }
 
 /// The photo with Gaussian noise of `sigma` (0..255 scale), clamped to the valid range;
@@ -156,7 +156,7 @@ impl Distiller {
         seed: u64,
         grads: bool,
         with_teacher_loss: bool,
-    ) -> (Losses, Option<Grads>) {
+    ) -> (Losses, Option<Grads<B>>) {
         let c = &self.cfg;
         let target = self.teacher.forward_batch(x);
         let stable = c.stability_weight > 0.0;
@@ -182,6 +182,7 @@ impl Distiller {
         let (clean, noisy) = y.data.split_at(half);
         let yc = Tensor::from_vec(x.n, 3, y.h, y.w, clean.to_vec());
         let b = &crate::backend::Cpu;
+        // The host backend's scalars are its values (f64).
         let (pixel, d) = crate::loss::content(b, &yc, &target, c.pixel_weight);
         let mut dy = d.into_data();
         let mut stability = 0.0;
@@ -217,7 +218,7 @@ impl Distiller {
             let (fc, _) = vgg.forward_train(x, lc.content_tap);
             let (l, d) =
                 crate::train::step::image_loss_and_grad(vgg, target, &fc[lc.content_tap], &lc, &yc);
-            johnson = l;
+            johnson = l.get(b);
             if grads {
                 dy[..half]
                     .iter_mut()
@@ -270,7 +271,7 @@ mod tests {
         let x = pseudo_image(2, 16, 16, 7);
         let (l, g) = d.loss(&student, &x, 11, true, true);
         assert!(l.total.is_finite() && l.total > 0.0);
-        let g = g.unwrap();
+        let g = g.unwrap().to_host(&crate::backend::Cpu);
         let plan = student.plan().clone();
         let mut checked = 0;
         for p in plan
@@ -289,7 +290,7 @@ mod tests {
                     d.loss(&s, &x, 11, false, true).0.total
                 };
                 let num = (f(eps) - f(-eps)) / (2.0 * eps as f64);
-                let ana = g.0[id][i] as f64;
+                let ana = g[id][i] as f64;
                 assert!(
                     (num - ana).abs() <= 2e-2 * num.abs().max(ana.abs()).max(1e-3),
                     "{what}: {} [{i}]: numeric {num} analytic {ana}",

@@ -19,7 +19,8 @@ pub fn optimize<B: crate::backend::Backend>(
     lr: f32,
     mut each: impl FnMut(usize, &Losses),
 ) -> crate::Result<(Tensor, Losses)> {
-    // VGG16 runs on its backend; the pixels and Adam's state stay on the host.
+    // VGG16 runs on its backend; the pixels and Adam's state stay on the host (they are
+    // clamped to 0..255 after each step): one picture up and one gradient down per step.
     let b = vgg.backend();
     let target = StyleTarget::new(vgg, &b.upload(style));
     let (fc, _) = vgg.forward_train(&b.upload(content), cfg.content_tap);
@@ -29,15 +30,15 @@ pub fn optimize<B: crate::backend::Backend>(
     let mut start = None;
     for it in 1..=iters {
         let (l, g) = image_loss_and_grad(vgg, &target, &fc, cfg, &b.upload(&y));
+        let g = b.download_owned(g).into_data();
+        let (l, _) = l.read(b, &[])?;
         start.get_or_insert(l.total);
-        adam.step(
-            std::slice::from_mut(&mut y.data),
-            &[b.download_owned(g).into_data()],
-        );
+        adam.step(std::slice::from_mut(&mut y.data), &[g]);
         y.data.iter_mut().for_each(|v| *v = v.clamp(0.0, 255.0));
         each(it, &l);
     }
     let (fin, _) = image_loss_and_grad(vgg, &target, &fc, cfg, &b.upload(&y));
+    let (fin, _) = fin.read(b, &[])?;
     // An optimisation lowers its loss. One that ends higher than it began (a learning rate
     // far too large saturates the picture) or not finite has diverged: no picture.
     let start = start.unwrap_or(fin.total);

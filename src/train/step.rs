@@ -2,22 +2,23 @@
 //! respect to every transformer parameter, and the optimiser update. Generic over the
 //! backend: the batch, the network's output and every activation stay on it.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, DeviceError};
 use crate::loss::{self, LossConfig};
 use crate::model::transformer::Grads;
 use crate::model::{Transformer, Vgg16};
+use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-pub use crate::train::adam::Adam;
+pub use crate::train::adam::{Adam, Optimizer};
 
-/// The style image's Gram matrices at the four taps.
-#[derive(Clone, Debug)]
-pub struct StyleTarget {
-    pub grams: Vec<Vec<f32>>,
+/// The style image's Gram matrices at the four taps, on the backend (`[1, 1, C, C]` each):
+/// computed once per run.
+pub struct StyleTarget<B: Backend> {
+    pub grams: Vec<B::Tensor>,
 }
 
-impl StyleTarget {
-    pub fn new<B: Backend>(vgg: &Vgg16<B>, style: &B::Tensor) -> Self {
+impl<B: Backend> StyleTarget<B> {
+    pub fn new(vgg: &Vgg16<B>, style: &B::Tensor) -> Self {
         let b = vgg.backend();
         let grams = vgg
             .forward(style)
@@ -25,16 +26,54 @@ impl StyleTarget {
             .map(|f| {
                 // Average over the style batch (normally one image).
                 let per = loss::gram_batch(b, f);
+                let c = b.dims(f)[1];
                 let mut g = vec![0.0f32; per[0].len()];
                 for p in &per {
                     g.iter_mut()
                         .zip(p)
                         .for_each(|(a, b)| *a += b / per.len() as f32);
                 }
-                g
+                b.upload(&Tensor::from_vec(1, 1, c, c, g))
             })
             .collect();
         StyleTarget { grams }
+    }
+}
+
+/// A batch's loss terms, still on the backend, read together once ([`PendingLosses::read`]).
+pub struct PendingLosses<B: Backend> {
+    content: B::Scalar,
+    style: Vec<B::Scalar>,
+    tv: B::Scalar,
+}
+
+impl<B: Backend> PendingLosses<B> {
+    /// The losses, and the `extra` scalars read in the same synchronisation.
+    pub fn read(&self, b: &B, extra: &[B::Scalar]) -> Result<(Losses, Vec<f64>), DeviceError> {
+        let all: Vec<&B::Scalar> = [&self.content, &self.tv]
+            .into_iter()
+            .chain(&self.style)
+            .chain(extra)
+            .collect();
+        let v = b.read_scalars(&all)?;
+        let (content, tv) = (v[0], v[1]);
+        let style: f64 = v[2..2 + self.style.len()].iter().sum();
+        let losses = Losses {
+            content,
+            style,
+            tv,
+            total: content + style + tv,
+            ..Default::default()
+        };
+        Ok((losses, v[2 + self.style.len()..].to_vec()))
+    }
+
+    /// The losses alone; a device's failure panics (evaluation paths).
+    pub fn get(&self, b: &B) -> Losses {
+        match self.read(b, &[]) {
+            Ok((l, _)) => l,
+            Err(e) => panic!("{e}"),
+        }
     }
 }
 
@@ -80,7 +119,7 @@ impl Losses {
 pub fn losses<B: Backend>(
     model: &Transformer<B>,
     vgg: &Vgg16<B>,
-    target: &StyleTarget,
+    target: &StyleTarget<B>,
     cfg: &LossConfig,
     x: &B::Tensor,
 ) -> Losses {
@@ -91,7 +130,7 @@ pub fn losses<B: Backend>(
 /// network, the stylize pipeline with its margin, another engine).
 pub fn losses_of<B: Backend>(
     vgg: &Vgg16<B>,
-    target: &StyleTarget,
+    target: &StyleTarget<B>,
     cfg: &LossConfig,
     x: &B::Tensor,
     y: &B::Tensor,
@@ -99,33 +138,27 @@ pub fn losses_of<B: Backend>(
     let b = vgg.backend();
     let fy = vgg.forward(y);
     let (fc, _) = vgg.forward_train(x, cfg.content_tap);
-    let (c, _) = loss::content(
+    let (content, _) = loss::content(
         b,
         &fy[cfg.content_tap],
         &fc[cfg.content_tap],
         cfg.content_weight,
     );
-    let s: f64 = (0..4)
+    let style = (0..4)
         .map(|t| loss::style(b, &fy[t], &target.grams[t], cfg.style_weight).0)
-        .sum();
-    let (t, _) = loss::tv(b, y, cfg.tv_weight);
-    Losses {
-        content: c,
-        style: s,
-        tv: t,
-        total: c + s + t,
-        ..Default::default()
-    }
+        .collect();
+    let (tv, _) = loss::tv(b, y, cfg.tv_weight);
+    PendingLosses { content, style, tv }.get(b)
 }
 
-/// Losses and d(total)/d(parameter) for one batch.
+/// Losses (on the backend) and d(total)/d(parameter) for one batch.
 pub fn loss_and_grads<B: Backend>(
     model: &Transformer<B>,
     vgg: &Vgg16<B>,
-    target: &StyleTarget,
+    target: &StyleTarget<B>,
     cfg: &LossConfig,
     x: &B::Tensor,
-) -> (Losses, Grads) {
+) -> (PendingLosses<B>, Grads<B>) {
     let (y, tape) = model.forward_train(x);
     let (fc, _) = vgg.forward_train(x, cfg.content_tap);
     let (losses, dy) = image_loss_and_grad(vgg, target, &fc[cfg.content_tap], cfg, &y);
@@ -134,10 +167,10 @@ pub fn loss_and_grads<B: Backend>(
     (losses, grads)
 }
 
-/// Apply one optimiser step to the model's parameters (its prepared kernels are updated in
-/// place).
-pub fn apply<B: Backend>(model: &mut Transformer<B>, opt: &mut Adam, grads: &Grads) {
-    model.update_params(|_, params| opt.step(params, &grads.0));
+/// Apply one optimiser step to the model's parameters where they live (its prepared
+/// kernels are updated in place; nothing is read back).
+pub fn apply<B: Backend>(model: &mut Transformer<B>, opt: &mut Optimizer<B>, grads: &Grads<B>) {
+    model.update_on_backend(|b, params| opt.step(b, params, &grads.0));
 }
 
 /// The perceptual loss of an image `y` against fixed content features (at the content tap)
@@ -145,36 +178,27 @@ pub fn apply<B: Backend>(model: &mut Transformer<B>, opt: &mut Adam, grads: &Gra
 /// the transformer) and Gatys-style optimisation (directly on the pixels) descend.
 pub fn image_loss_and_grad<B: Backend>(
     vgg: &Vgg16<B>,
-    target: &StyleTarget,
+    target: &StyleTarget<B>,
     content_feat: &B::Tensor,
     cfg: &LossConfig,
     y: &B::Tensor,
-) -> (Losses, B::Tensor) {
+) -> (PendingLosses<B>, B::Tensor) {
     let b = vgg.backend();
     let (fy, vtape) = vgg.forward_train(y, 3);
-    let (lc, dc) = loss::content(b, &fy[cfg.content_tap], content_feat, cfg.content_weight);
-    let mut ls = 0.0;
+    let (content, dc) = loss::content(b, &fy[cfg.content_tap], content_feat, cfg.content_weight);
+    let mut style = Vec::with_capacity(4);
     let mut dtaps: Vec<Option<B::Tensor>> = Vec::with_capacity(4);
     for (t, f) in fy.iter().enumerate() {
         let (l, mut d) = loss::style(b, f, &target.grams[t], cfg.style_weight);
-        ls += l;
+        style.push(l);
         if t == cfg.content_tap {
             b.add(&mut d, &dc);
         }
         dtaps.push(Some(d));
     }
     drop(fy);
-    let (lt, dtv) = loss::tv(b, y, cfg.tv_weight);
+    let (tv, dtv) = loss::tv(b, y, cfg.tv_weight);
     let mut dy = vgg.backward(&vtape, &dtaps);
     b.add(&mut dy, &dtv);
-    (
-        Losses {
-            content: lc,
-            style: ls,
-            tv: lt,
-            total: lc + ls + lt,
-            ..Default::default()
-        },
-        dy,
-    )
+    (PendingLosses { content, style, tv }, dy)
 }

@@ -11,6 +11,7 @@ use wgpu::util::DeviceExt;
 use super::shaders;
 
 pub use crate::backend::device::AdapterSummary;
+use crate::backend::DeviceError;
 
 fn summary(a: &wgpu::Adapter) -> AdapterSummary {
     let info = a.get_info();
@@ -89,6 +90,10 @@ pub enum Kernel {
     Output,
     MaxPool,
     LossGrad,
+    PlaneTotals,
+    NormTrain,
+    Adam,
+    Permute,
 }
 
 impl Kernel {
@@ -111,6 +116,10 @@ impl Kernel {
             Kernel::Output => shaders::output(),
             Kernel::MaxPool => shaders::max_pool(),
             Kernel::LossGrad => shaders::loss_grad(),
+            Kernel::PlaneTotals => shaders::plane_totals(),
+            Kernel::NormTrain => shaders::norm_train(),
+            Kernel::Adam => shaders::adam(),
+            Kernel::Permute => shaders::permute(),
         }
     }
 }
@@ -141,9 +150,11 @@ pub struct Ctx {
     pending: Mutex<Pending>,
     pool: Mutex<Pool>,
     /// The first error the device reported (validation, out of memory, lost device).
-    error: Arc<Mutex<Option<String>>>,
+    error: Arc<Mutex<Option<Fault>>>,
     /// Bound where a kernel's optional input is absent.
     pub dummy: wgpu::Buffer,
+    /// How many times results were read back (each one a synchronisation).
+    pub readbacks: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -159,6 +170,14 @@ pub enum OpenError {
     NoAdapter,
     #[error("the adapter `{name}` refused a device: {msg}")]
     Refused { name: String, msg: String },
+}
+
+/// What the device reported, typed when it is read back ([`Ctx::fault`]).
+#[derive(Clone, Debug)]
+enum Fault {
+    OutOfMemory(String),
+    Lost(String),
+    Failed(String),
 }
 
 fn env_note() -> String {
@@ -188,14 +207,24 @@ impl Ctx {
                 name: summary.name.clone(),
                 msg: e.to_string(),
             })?;
-        let error = Arc::new(Mutex::new(None::<String>));
+        let error = Arc::new(Mutex::new(None::<Fault>));
         let slot = error.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
             let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
             if s.is_none() {
-                *s = Some(e.to_string());
+                *s = Some(match e {
+                    wgpu::Error::OutOfMemory { .. } => Fault::OutOfMemory(e.to_string()),
+                    _ => Fault::Failed(e.to_string()),
+                });
             }
         }));
+        let slot = error.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            if reason != wgpu::DeviceLostReason::Destroyed {
+                let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+                s.get_or_insert(Fault::Lost(msg));
+            }
+        });
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("dummy"),
             size: 16,
@@ -214,6 +243,7 @@ impl Ctx {
             pool: Mutex::new(Pool::default()),
             error,
             dummy,
+            readbacks: Default::default(),
         })
     }
 
@@ -382,43 +412,81 @@ impl Ctx {
         }
     }
 
-    /// The first `len` floats of `b`, after everything recorded so far.
+    /// The first `len` floats of `b`, after everything recorded so far; a device error
+    /// panics with the adapter named (see [`Ctx::read_many`] for the typed error).
     pub fn read(&self, b: &wgpu::Buffer, len: usize) -> Vec<f32> {
-        if len == 0 {
-            return Vec::new();
+        match self.read_many(&[(b, len)]) {
+            Ok(mut v) => v.pop().expect("one result"),
+            Err(e) => panic!("{e}"),
         }
-        let bytes = 4 * len as u64;
+    }
+
+    /// The first `len` floats of each buffer, after everything recorded so far, with one
+    /// synchronisation; the device's error, typed, if the work failed.
+    pub fn read_many(&self, bufs: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>, DeviceError> {
+        let total: usize = bufs.iter().map(|b| b.1).sum();
+        self.readbacks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if total == 0 {
+            self.fault()?;
+            return Ok(bufs.iter().map(|_| Vec::new()).collect());
+        }
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
-            size: bytes,
+            size: 4 * total as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        self.copy(b, &staging, bytes);
+        let mut at = 0u64;
+        for &(b, len) in bufs {
+            let bytes = 4 * len as u64;
+            if bytes > 0 {
+                let dst = &staging;
+                self.record(|enc| enc.copy_buffer_to_buffer(b, 0, dst, at, bytes));
+            }
+            at += bytes;
+        }
         self.flush();
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
         let polled = self.device.poll(wgpu::PollType::wait_indefinitely());
-        self.check();
+        self.fault()?;
+        let name = || self.adapter.name.clone();
         if let Err(e) = polled {
-            panic!("the GPU ({}) stopped answering: {e}", self.adapter.name);
+            return Err(DeviceError::Lost {
+                adapter: name(),
+                msg: format!("it stopped answering ({e})"),
+            });
         }
-        match rx.recv() {
-            Ok(Ok(())) => {}
-            _ => panic!("the GPU ({}) could not return a result", self.adapter.name),
+        if !matches!(rx.recv(), Ok(Ok(()))) {
+            return Err(DeviceError::Failed {
+                adapter: name(),
+                msg: "a result could not be mapped for reading".into(),
+            });
         }
-        let out = bytemuck::cast_slice::<u8, f32>(&staging.get_mapped_range(..).expect("mapped"))
+        let all = bytemuck::cast_slice::<u8, f32>(&staging.get_mapped_range(..).expect("mapped"))
             .to_vec();
         staging.unmap();
-        out
+        let mut out = Vec::with_capacity(bufs.len());
+        let mut at = 0;
+        for &(_, len) in bufs {
+            out.push(all[at..at + len].to_vec());
+            at += len;
+        }
+        Ok(out)
     }
 
-    /// Panics with the device's own words if it reported an error.
-    fn check(&self) {
-        if let Some(e) = self.error.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            panic!("GPU error on {}: {e}", self.adapter.name);
+    /// The device's first reported error, typed (and cleared).
+    fn fault(&self) -> Result<(), DeviceError> {
+        let taken = self.error.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let adapter = self.adapter.name.clone();
+        match taken {
+            None => Ok(()),
+            Some(Fault::OutOfMemory(msg)) => Err(DeviceError::OutOfMemory { adapter, msg }),
+            Some(Fault::Lost(msg)) => Err(DeviceError::Lost { adapter, msg }),
+            Some(Fault::Failed(msg)) => Err(DeviceError::Failed { adapter, msg }),
         }
     }
 }

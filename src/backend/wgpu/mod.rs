@@ -4,24 +4,30 @@
 //! (macOS) and DX12 (Windows).
 //!
 //! Tensors live in device buffers (pooled); every op records into one pending command
-//! encoder, and nothing is read back until a result is asked for: `download`, and the ops
-//! whose results the trait returns on the host (moments, the Gram matrices, weight
-//! gradients, loss values). Sums are f32 (WGSL has no f64): Kahan-compensated within a
-//! thread, a tree across threads, and the per-plane statistics shifted by a sample value
-//! so that the variance does not cancel. Measured against the reference backend's f64 in
-//! `backend::tests` (see [`TOLERANCES`]).
+//! encoder, and nothing is read back until a result is asked for: `download`,
+//! `read_scalars` (a training step's losses, once per step), and the two ops the trait
+//! returns on the host (`moments` for the tiled path's cross-tile statistics, `gram` for a
+//! style target once per run). Parameters, their gradients, Adam's moments, instance-norm
+//! statistics and Gram matrices stay on the device. Sums are f32 (WGSL has no f64):
+//! Kahan-compensated within a thread, a tree across threads, and the per-plane statistics
+//! shifted by a sample value so that the variance does not cancel; a loss is kept as its
+//! partial sums and added up in f64 when read. Measured against the reference backend's f64
+//! in `backend::tests` (see [`TOLERANCES`]).
 
 mod context;
+mod launch;
 mod shaders;
+mod tensor;
 
 use std::sync::Arc;
 
 use context::{groups_1d, Ctx, Kernel};
 pub use context::{list as adapters, AdapterSummary, OpenError};
+use tensor::transpose_kernel;
+pub use tensor::{GpuConv, GpuScalar, GpuTensor};
 
-use super::{Backend, ConvGrads, ConvSpec, OutputFn, Resample};
+use super::{AdamStep, Backend, ConvGrads, ConvSpec, DeviceError, OutputFn, Resample};
 use crate::kernels::norm::{Moments, NormStats};
-use crate::kernels::PadMode;
 use crate::tensor::Tensor;
 
 /// The wgpu backend: a handle to one opened device (cheap to clone).
@@ -56,139 +62,12 @@ impl Wgpu {
         &self.ctx.adapter
     }
 
-    fn tensor(&self, dims: [usize; 4]) -> GpuTensor {
-        let n: usize = dims.iter().product();
-        GpuTensor {
-            ctx: self.ctx.clone(),
-            buf: Some(self.ctx.alloc(4 * n as u64)),
-            dims,
-        }
-    }
-
-    fn small(&self, v: &[f32]) -> wgpu::Buffer {
-        let data: &[f32] = if v.is_empty() { &[0.0] } else { v };
+    /// How many times this device's results have been read back so far (each one waits for
+    /// the device): a training step reads once, an inference pass once.
+    pub fn readbacks(&self) -> u64 {
         self.ctx
-            .buffer_with(bytemuck::cast_slice(data), wgpu::BufferUsages::STORAGE)
-    }
-
-    /// `(Σ(x − s), Σ(x − s)², s)` (mode 0) or `(Σ b, Σ a·b, ·)` (mode 1) per plane of samples
-    /// `first..first + samples`, over a rectangle; read back.
-    #[allow(clippy::too_many_arguments)]
-    fn plane_sums(
-        &self,
-        a: &GpuTensor,
-        b: Option<&GpuTensor>,
-        first: usize,
-        samples: usize,
-        rows: (usize, usize),
-        cols: (usize, usize),
-    ) -> wgpu::Buffer {
-        let [_, c, h, w] = a.dims;
-        let out = self.ctx.alloc(4 * 3 * (c * samples) as u64);
-        let mode = b.is_some() as u32;
-        let words = [
-            c,
-            h,
-            w,
-            rows.0,
-            rows.1,
-            cols.0,
-            cols.1,
-            first,
-            mode as usize,
-        ]
-        .map(|v| v as u32);
-        self.ctx.dispatch(
-            Kernel::PlaneSums,
-            &words,
-            &[a.buf(), b.unwrap_or(a).buf(), &out],
-            [c as u32, samples as u32, 1],
-        );
-        out
-    }
-
-    /// Runs a GEMM kernel over `batch × splits` slices.
-    #[allow(clippy::too_many_arguments)]
-    fn gemm(
-        &self,
-        kernel: Kernel,
-        (m, n, k): (usize, usize, usize),
-        batch: usize,
-        splits: usize,
-        kchunk: usize,
-        extra: &[u32],
-        buffers: &[&wgpu::Buffer],
-    ) {
-        let mut words = vec![
-            m as u32,
-            n as u32,
-            k as u32,
-            splits as u32,
-            kchunk as u32,
-            0,
-            0,
-            0,
-        ];
-        words.extend_from_slice(extra);
-        let tiles = m.div_ceil(64) * n.div_ceil(64);
-        let x = tiles.min(65_535);
-        self.ctx.dispatch(
-            kernel,
-            &words,
-            buffers,
-            [x as u32, tiles.div_ceil(x) as u32, (batch * splits) as u32],
-        );
-    }
-
-    /// How to split a reduction of length `r` for an `m × n` output so that about a
-    /// thousand workgroups run: (splits, reduction per split).
-    fn split(m: usize, n: usize, batch: usize, r: usize) -> (usize, usize) {
-        let tiles = m.div_ceil(64) * n.div_ceil(64) * batch;
-        let most = r.div_ceil(256).max(1);
-        let splits = (1024 / tiles.max(1)).clamp(1, most);
-        let chunk = r.div_ceil(splits).next_multiple_of(16);
-        (r.div_ceil(chunk).max(1), chunk)
-    }
-
-    /// `scale · Σ_s part[b][s]` for `batch` blocks of `len`, read back.
-    fn sum_splits(
-        &self,
-        part: &wgpu::Buffer,
-        len: usize,
-        splits: usize,
-        batch: usize,
-        scale: f32,
-    ) -> Vec<f32> {
-        let out = self.ctx.alloc(4 * (len * batch) as u64);
-        let mut g = groups_1d(len);
-        g[2] = batch as u32;
-        self.ctx.dispatch(
-            Kernel::SumSplits,
-            &[len as u32, splits as u32, scale.to_bits()],
-            &[part, &out],
-            g,
-        );
-        let v = self.ctx.read(&out, len * batch);
-        self.ctx.recycle(out);
-        v
-    }
-
-    /// Σ of a loss's terms over the whole tensor (mode 0: (a − b)², mode 1: TV), in f64
-    /// from f32 partial sums of 16,384 terms.
-    fn loss_sum(&self, a: &GpuTensor, b: &GpuTensor, mode: u32) -> f64 {
-        let len = a.len();
-        let groups = len.div_ceil(16_384);
-        let out = self.ctx.alloc(4 * groups as u64);
-        let x = groups.min(65_535);
-        self.ctx.dispatch(
-            Kernel::LossSums,
-            &[len as u32, mode, a.dims[2] as u32, a.dims[3] as u32],
-            &[a.buf(), b.buf(), &out],
-            [x as u32, groups.div_ceil(x) as u32, 1],
-        );
-        let v = self.ctx.read(&out, groups);
-        self.ctx.recycle(out);
-        v.iter().map(|&p| p as f64).sum()
+            .readbacks
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -200,121 +79,21 @@ pub const TOLERANCES: crate::backend::Tolerances = crate::backend::Tolerances {
     loss: 1e-6,
 };
 
-/// A tensor in a device buffer. Cloning copies on the device; dropping hands the buffer
-/// back to the pool.
-pub struct GpuTensor {
-    ctx: Arc<Ctx>,
-    buf: Option<wgpu::Buffer>,
-    dims: [usize; 4],
-}
-
-impl GpuTensor {
-    fn buf(&self) -> &wgpu::Buffer {
-        self.buf.as_ref().expect("live buffer")
-    }
-
-    fn len(&self) -> usize {
-        self.dims.iter().product()
-    }
-}
-
-impl Clone for GpuTensor {
-    fn clone(&self) -> Self {
-        let bytes = 4 * self.len() as u64;
-        let b = self.ctx.alloc(bytes);
-        self.ctx.copy(self.buf(), &b, bytes);
-        GpuTensor {
-            ctx: self.ctx.clone(),
-            buf: Some(b),
-            dims: self.dims,
-        }
-    }
-}
-
-impl Drop for GpuTensor {
-    fn drop(&mut self) {
-        if let Some(b) = self.buf.take() {
-            self.ctx.recycle(b);
-        }
-    }
-}
-
-/// A convolution on the device: weights as `[c_out][c_in·k·k]` of the equivalent plain
-/// convolution (a transposed layer's kernel is flipped and its channels swapped; its
-/// geometry zero-inserts the input).
-#[derive(Clone)]
-pub struct GpuConv {
-    spec: ConvSpec,
-    w: wgpu::Buffer,
-    b: wgpu::Buffer,
-}
-
-/// A transposed layer's `[c_in][c_out][k][k]` as the plain `[c_out][c_in][k][k]` kernel
-/// that convolves the zero-inserted input (and back, for its gradient: the map is its own
-/// inverse with the two channel counts exchanged).
-fn transpose_kernel(w: &[f32], a: usize, b: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0.0; w.len()];
-    for i in 0..a {
-        for o in 0..b {
-            for ky in 0..k {
-                for kx in 0..k {
-                    out[((o * a + i) * k + ky) * k + kx] =
-                        w[((i * b + o) * k + (k - 1 - ky)) * k + (k - 1 - kx)];
-                }
-            }
-        }
-    }
-    out
-}
-
-impl GpuConv {
-    /// The geometry words (8..) for an `n × c_in × h × w` input.
-    fn words(&self, n: usize, h: usize, w: usize) -> Vec<u32> {
-        let s = &self.spec;
-        let g = s.geom(h, w);
-        let (ho, wo) = g.out_size(h, w);
-        let logical = |len: usize| {
-            if g.dilate > 1 {
-                (len - 1) * g.dilate + 1
-            } else {
-                len * g.upsample
-            }
-        };
-        let mode = match g.mode {
-            PadMode::Zero => 0,
-            PadMode::Reflect => 1,
-            PadMode::Replicate => unreachable!("no layer pads by replication"),
-        };
-        [
-            n,
-            s.c_in,
-            h,
-            w,
-            s.c_out,
-            ho,
-            wo,
-            s.k,
-            g.stride,
-            g.pad[0],
-            g.pad[2],
-            mode,
-            g.upsample,
-            g.dilate,
-            logical(h),
-            logical(w),
-            s.bias as usize,
-        ]
-        .map(|v| v as u32)
-        .to_vec()
-    }
-}
-
 impl Backend for Wgpu {
     type Tensor = GpuTensor;
     type Conv = GpuConv;
+    type Scalar = GpuScalar;
 
     fn name(&self) -> &'static str {
         "wgpu"
+    }
+
+    fn read_scalars(&self, s: &[&GpuScalar]) -> Result<Vec<f64>, DeviceError> {
+        Wgpu::read_scalars(self, s)
+    }
+
+    fn scalar(&self, v: f64) -> GpuScalar {
+        Wgpu::scalar(self, v)
     }
 
     fn upload(&self, t: &Tensor) -> GpuTensor {
@@ -348,13 +127,24 @@ impl Backend for Wgpu {
         let b = bias.map_or_else(|| vec![0.0; spec.c_out], <[f32]>::to_vec);
         GpuConv {
             spec: *spec,
-            w: self.small(&w),
-            b: self.small(&b),
+            w: self.upload(&super::vector(w)),
+            b: self.upload(&super::vector(b)),
         }
     }
 
-    fn conv_update(&self, conv: &mut GpuConv, weight: &[f32], bias: Option<&[f32]>) {
-        *conv = self.conv(&conv.spec, weight, bias);
+    fn conv_set(&self, conv: &mut GpuConv, weight: &GpuTensor, bias: Option<&GpuTensor>) {
+        let s = conv.spec;
+        assert_eq!(weight.len(), conv.w.len(), "conv_set: weight size");
+        if s.resample == Resample::Transposed {
+            conv.w = self.permute(weight, s.c_in, s.c_out, s.k);
+        } else {
+            self.ctx
+                .copy(weight.buf(), conv.w.buf(), 4 * weight.len() as u64);
+        }
+        if let Some(b) = bias {
+            assert_eq!(b.len(), s.c_out, "conv_set: bias size");
+            self.ctx.copy(b.buf(), conv.b.buf(), 4 * b.len() as u64);
+        }
     }
 
     fn conv_forward(&self, conv: &GpuConv, x: &GpuTensor, _precise: bool) -> GpuTensor {
@@ -370,7 +160,7 @@ impl Backend for Wgpu {
             1,
             s.c_in * s.k * s.k,
             &conv.words(n, h, w),
-            &[x.buf(), &conv.w, &conv.b, y.buf()],
+            &[x.buf(), conv.w.buf(), conv.b.buf(), y.buf()],
         );
         y
     }
@@ -399,20 +189,18 @@ impl Backend for Wgpu {
             &[x.buf(), dy.buf(), &part],
         );
         let dx = want_dx.then(|| self.conv_input_grad(conv, dy, h, w));
-        let mut dw = self.sum_splits(&part, s.c_out * kk, splits, 1, 1.0);
+        let mut dw = self.sum_splits(&part, [1, 1, 1, s.c_out * kk], splits, 1, 1.0);
         self.ctx.recycle(part);
         if s.resample == Resample::Transposed {
-            dw = transpose_kernel(&dw, s.c_out, s.c_in, s.k);
+            dw = self.permute(&dw, s.c_out, s.c_in, s.k);
         }
         let db = if s.bias {
             let sums = self.plane_sums(dy, Some(dy), 0, n, (0, ho), (0, wo));
-            let v = self.ctx.read(&sums, 3 * n * s.c_out);
+            let db = self.plane_totals(&sums, n, s.c_out, 0);
             self.ctx.recycle(sums);
-            (0..s.c_out)
-                .map(|o| (0..n).map(|b| v[3 * (b * s.c_out + o)] as f64).sum::<f64>() as f32)
-                .collect()
+            db
         } else {
-            vec![0.0; s.c_out]
+            self.upload(&super::vector(vec![0.0; s.c_out]))
         };
         ConvGrads { dx, dw, db }
     }
@@ -428,7 +216,7 @@ impl Backend for Wgpu {
             1,
             s.c_out * s.k * s.k,
             &conv.words(n, h, w),
-            &[dy.buf(), &conv.w, dx.buf()],
+            &[dy.buf(), conv.w.buf(), dx.buf()],
         );
         dx
     }
@@ -461,14 +249,14 @@ impl Backend for Wgpu {
         x: &mut GpuTensor,
         sample: usize,
         stats: &NormStats,
-        gamma: &[f32],
-        beta: &[f32],
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
         relu: bool,
         residual: Option<&GpuTensor>,
     ) {
         let [_, c, h, w] = x.dims;
         let per: Vec<f32> = (0..c)
-            .flat_map(|i| [stats.mean[i], stats.inv_std[i], gamma[i], beta[i]])
+            .flat_map(|i| [stats.mean[i], stats.inv_std[i]])
             .collect();
         let s = self.small(&per);
         let plane = c * h * w;
@@ -482,7 +270,13 @@ impl Backend for Wgpu {
                 residual.is_some() as usize,
             ]
             .map(|v| v as u32),
-            &[x.buf(), &s, residual.map_or(&self.ctx.dummy, |r| r.buf())],
+            &[
+                x.buf(),
+                &s,
+                gamma.buf(),
+                beta.buf(),
+                residual.map_or(&self.ctx.dummy, |r| r.buf()),
+            ],
             groups_1d(plane),
         );
     }
@@ -493,15 +287,13 @@ impl Backend for Wgpu {
         sample: usize,
         (rows, cols): ((usize, usize), (usize, usize)),
         eps: f64,
-        gamma: &[f32],
-        beta: &[f32],
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
         relu: bool,
         residual: Option<&GpuTensor>,
     ) {
         let [_, c, h, w] = x.dims;
         let sums = self.plane_sums(x, None, sample, 1, rows, cols);
-        let gb: Vec<f32> = (0..c).flat_map(|i| [gamma[i], beta[i]]).collect();
-        let gb = self.small(&gb);
         let plane = c * h * w;
         let count = (rows.1 - rows.0) * (cols.1 - cols.0);
         self.ctx.dispatch(
@@ -518,7 +310,8 @@ impl Backend for Wgpu {
             &[
                 x.buf(),
                 &sums,
-                &gb,
+                gamma.buf(),
+                beta.buf(),
                 residual.map_or(&self.ctx.dummy, |r| r.buf()),
             ],
             groups_1d(plane),
@@ -526,34 +319,71 @@ impl Backend for Wgpu {
         self.ctx.recycle(sums);
     }
 
+    fn norm_train(
+        &self,
+        x: &mut GpuTensor,
+        eps: f64,
+        gamma: &GpuTensor,
+        beta: &GpuTensor,
+        relu: bool,
+        residual: Option<&GpuTensor>,
+    ) -> (GpuTensor, GpuTensor) {
+        let [n, c, h, w] = x.dims;
+        let sums = self.plane_sums(x, None, 0, n, (0, h), (0, w));
+        let xhat = self.tensor(x.dims);
+        let inv = self.tensor([n, c, 1, 1]);
+        self.ctx.dispatch(
+            Kernel::NormTrain,
+            &[
+                x.len() as u32,
+                (h * w) as u32,
+                c as u32,
+                relu as u32,
+                residual.is_some() as u32,
+                (eps as f32).to_bits(),
+            ],
+            &[
+                x.buf(),
+                &sums,
+                gamma.buf(),
+                beta.buf(),
+                residual.map_or(&self.ctx.dummy, |r| r.buf()),
+                xhat.buf(),
+                inv.buf(),
+            ],
+            groups_1d(x.len()),
+        );
+        self.ctx.recycle(sums);
+        (xhat, inv)
+    }
+
     fn norm_backward(
         &self,
         xhat: &GpuTensor,
         dy: &GpuTensor,
-        inv_std: &[Vec<f32>],
-        gamma: &[f32],
-    ) -> (GpuTensor, Vec<f32>, Vec<f32>) {
+        inv_std: &GpuTensor,
+        gamma: &GpuTensor,
+    ) -> (GpuTensor, GpuTensor, GpuTensor) {
         let [n, c, h, w] = xhat.dims;
         let sums = self.plane_sums(xhat, Some(dy), 0, n, (0, h), (0, w));
-        let k: Vec<f32> = (0..n)
-            .flat_map(|b| (0..c).map(move |ch| gamma[ch] * inv_std[b][ch]))
-            .collect();
-        let kb = self.small(&k);
         let dx = self.tensor(xhat.dims);
         self.ctx.dispatch(
             Kernel::NormBackward,
-            &[xhat.len() as u32, (h * w) as u32],
-            &[xhat.buf(), dy.buf(), &sums, &kb, dx.buf()],
+            &[xhat.len() as u32, (h * w) as u32, c as u32],
+            &[
+                xhat.buf(),
+                dy.buf(),
+                &sums,
+                gamma.buf(),
+                inv_std.buf(),
+                dx.buf(),
+            ],
             groups_1d(xhat.len()),
         );
-        let v = self.ctx.read(&sums, 3 * n * c);
+        let dg = self.plane_totals(&sums, n, c, 1);
+        let db = self.plane_totals(&sums, n, c, 0);
         self.ctx.recycle(sums);
-        let total = |j: usize| -> Vec<f32> {
-            (0..c)
-                .map(|ch| (0..n).map(|b| v[3 * (b * c + ch) + j] as f64).sum::<f64>() as f32)
-                .collect()
-        };
-        (dx, total(1), total(0))
+        (dx, dg, db)
     }
 
     fn relu(&self, x: &mut GpuTensor) {
@@ -670,56 +500,58 @@ impl Backend for Wgpu {
     }
 
     fn gram(&self, f: &GpuTensor) -> Vec<Vec<f32>> {
-        let [n, c, h, w] = f.dims;
-        let hw = h * w;
-        let (splits, chunk) = Self::split(c, c, n, hw);
-        let part = self.ctx.alloc(4 * (n * splits * c * c) as u64);
-        self.gemm(
-            Kernel::Gram,
-            (c, c, hw),
-            n,
-            splits,
-            chunk,
-            &[],
-            &[f.buf(), &part],
-        );
-        let v = self.sum_splits(&part, c * c, splits, n, 1.0 / (c * hw) as f32);
-        self.ctx.recycle(part);
+        let c = f.dims[1];
+        let g = self.gram_tensor(f);
+        let v = self.ctx.read(g.buf(), g.len());
         v.chunks(c * c).map(<[f32]>::to_vec).collect()
     }
 
     fn gram_backward(&self, f: &GpuTensor, dg: &[Vec<f32>]) -> GpuTensor {
-        let [n, c, h, w] = f.dims;
+        let [n, c, _, _] = f.dims;
         let flat: Vec<f32> = dg.iter().flatten().copied().collect();
         assert_eq!(flat.len(), n * c * c, "gram_backward: dG size");
-        let g = self.small(&flat);
-        let d = self.tensor(f.dims);
-        self.gemm(
-            Kernel::GramBackward,
-            (c, h * w, c),
-            n,
-            1,
-            c,
-            &[],
-            &[&g, f.buf(), d.buf()],
-        );
-        d
+        let g = self.upload(&Tensor::from_vec(n, 1, c, c, flat));
+        self.gram_backward_dev(f, &g)
     }
 
-    fn mse(&self, a: &GpuTensor, b: &GpuTensor, w: f64) -> (f64, GpuTensor) {
+    fn style_loss(&self, f: &GpuTensor, target: &GpuTensor, w: f64) -> (GpuScalar, GpuTensor) {
+        let [n, c, h, wd] = f.dims;
+        assert_eq!(target.len(), c * c, "style_loss: target size");
+        let g = self.gram_tensor(f);
+        let denom = (n * c * c) as f64;
+        // dL/dG = 2w/(B·C²)·(G − S); dL/dF = 2·dG·F/(C·H·W) (dG symmetric).
+        let k = 2.0 * w / denom * 2.0 / (c * h * wd) as f64;
+        let dg = self.tensor(g.dims);
+        self.ctx.dispatch(
+            Kernel::LossGrad,
+            &[g.len() as u32, 0, (k as f32).to_bits(), (c * c) as u32, 0],
+            &[g.buf(), target.buf(), dg.buf()],
+            groups_1d(g.len()),
+        );
+        let loss = self.loss_sum(&g, target, 0, c * c, w / denom);
+        (loss, self.gram_backward_dev(f, &dg))
+    }
+
+    fn mse(&self, a: &GpuTensor, b: &GpuTensor, w: f64) -> (GpuScalar, GpuTensor) {
         assert_eq!(a.dims, b.dims, "mse: shapes differ");
         let n = a.len() as f64;
         let g = self.tensor(a.dims);
         self.ctx.dispatch(
             Kernel::LossGrad,
-            &[a.len() as u32, 0, ((2.0 * w / n) as f32).to_bits(), 0, 0],
+            &[
+                a.len() as u32,
+                0,
+                ((2.0 * w / n) as f32).to_bits(),
+                a.len() as u32,
+                0,
+            ],
             &[a.buf(), b.buf(), g.buf()],
             groups_1d(a.len()),
         );
-        (w * self.loss_sum(a, b, 0) / n, g)
+        (self.loss_sum(a, b, 0, a.len(), w / n), g)
     }
 
-    fn tv(&self, y: &GpuTensor, w: f64) -> (f64, GpuTensor) {
+    fn tv(&self, y: &GpuTensor, w: f64) -> (GpuScalar, GpuTensor) {
         let [_, _, h, wd] = y.dims;
         let g = self.tensor(y.dims);
         self.ctx.dispatch(
@@ -734,30 +566,75 @@ impl Backend for Wgpu {
             &[y.buf(), y.buf(), g.buf()],
             groups_1d(y.len()),
         );
-        (w * self.loss_sum(y, y, 1), g)
+        (self.loss_sum(y, y, 1, 0, w), g)
+    }
+
+    fn sum_squares(&self, x: &GpuTensor) -> GpuScalar {
+        self.loss_sum(x, x, 2, 0, 1.0)
+    }
+
+    fn adam(
+        &self,
+        p: &mut GpuTensor,
+        g: &GpuTensor,
+        m: &mut GpuTensor,
+        v: &mut GpuTensor,
+        s: &AdamStep,
+    ) {
+        assert!(
+            g.len() == p.len() && m.len() == p.len() && v.len() == p.len(),
+            "adam: sizes differ"
+        );
+        let f = |x: f64| (x as f32).to_bits();
+        self.ctx.dispatch(
+            Kernel::Adam,
+            &[
+                p.len() as u32,
+                f(s.lr),
+                f(s.beta1),
+                f(1.0 - s.beta1),
+                f(s.beta2),
+                f(1.0 - s.beta2),
+                f(s.eps),
+                f(s.bc1),
+                f(s.bc2.sqrt()),
+            ],
+            &[p.buf(), g.buf(), m.buf(), v.buf()],
+            groups_1d(p.len()),
+        );
     }
 }
 
-impl Wgpu {
-    fn affine(
-        &self,
-        x: &GpuTensor,
-        y: &GpuTensor,
-        backward: u32,
-        src: [usize; 3],
-        scale: [f32; 3],
-        shift: [f32; 3],
-    ) {
-        let [_, _, h, w] = x.dims;
-        let mut words = vec![y.len() as u32, (h * w) as u32, backward];
-        words.extend(src.map(|v| v as u32));
-        words.extend(scale.map(f32::to_bits));
-        words.extend(shift.map(f32::to_bits));
-        self.ctx.dispatch(
-            Kernel::ChannelAffine,
-            &words,
-            &[x.buf(), y.buf()],
-            groups_1d(y.len()),
-        );
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device's error comes back typed, naming the adapter, at the next readback (here a
+    /// buffer larger than the adapter allows, asked for behind the backend's back); the
+    /// device goes on working after it.
+    #[test]
+    fn a_device_error_is_typed_at_the_next_readback() {
+        if crate::testutil::gpu().is_none() {
+            return;
+        }
+        // A device of its own: the error must not reach the other tests' device.
+        let b = Wgpu::best().expect("an adapter");
+        let _ = b.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: b.adapter().max_buffer_bytes + 4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let x = b.upload(&crate::backend::vector(vec![1.0, 2.0]));
+        let s = b.sum_squares(&x);
+        match b.read_scalars(&[&s]) {
+            Err(DeviceError::Failed { adapter, msg }) => {
+                assert_eq!(adapter, b.adapter().name);
+                assert!(!msg.is_empty());
+            }
+            other => panic!("expected a typed device error, got {:?}", other.map(|_| ())),
+        }
+        let s = b.sum_squares(&x);
+        assert_eq!(b.read_scalars(&[&s]).unwrap(), vec![5.0]);
     }
 }

@@ -347,8 +347,9 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec
 "#;
 
 /// Partial sums of a whole tensor's loss terms, one per workgroup of 256 threads × 64
-/// elements. Mode 0: (a − b)²; mode 1: total variation (squared differences to the
-/// neighbour below and to the right). Words: 0 len, 1 mode, 2 H, 3 W.
+/// elements. Mode 0: (a − b)², `b` repeating with period word 2 (a Gram target broadcast
+/// over the batch); mode 1: total variation (squared differences to the neighbour below and
+/// to the right; words 2 H, 3 W); mode 2: a². Words: 0 len, 1 mode.
 pub const LOSS_SUMS: &str = r#"
 @group(0) @binding(0) var<storage, read> P: array<u32>;
 @group(0) @binding(1) var<storage, read> A: array<f32>;
@@ -367,7 +368,9 @@ fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec
         if (i >= len) { break; }
         var v = 0.0;
         if (P[1] == 0u) {
-            let d = A[i] - B[i]; v = d * d;
+            let d = A[i] - B[i % P[2]]; v = d * d;
+        } else if (P[1] == 2u) {
+            v = A[i] * A[i];
         } else {
             let x = i % Wd; let y = (i / Wd) % H;
             if (y + 1u < H) { let d = A[i + Wd] - A[i]; v += d * d; }
@@ -411,14 +414,14 @@ pub fn pointwise() -> String {
 }
 
 /// Instance norm on one sample: words 0 len (C·HW), 1 HW, 2 sample offset (elements), 3 relu,
-/// 4 residual; per channel (mean, inv_std, γ, β) in `S`.
+/// 4 residual; per channel (mean, inv_std) in `S`, γ in `G`, β in `Bt`.
 pub fn norm_apply() -> String {
     elementwise(
-        "@group(0) @binding(1) var<storage, read_write> X: array<f32>;\n@group(0) @binding(2) var<storage, read> S: array<f32>;\n@group(0) @binding(3) var<storage, read> R: array<f32>;",
+        "@group(0) @binding(1) var<storage, read_write> X: array<f32>;\n@group(0) @binding(2) var<storage, read> S: array<f32>;\n@group(0) @binding(3) var<storage, read> G: array<f32>;\n@group(0) @binding(4) var<storage, read> Bt: array<f32>;\n@group(0) @binding(5) var<storage, read> R: array<f32>;",
         r#"
     let c = i / P[1];
     let j = P[2] + i;
-    var v = S[4u * c + 2u] * ((X[j] - S[4u * c]) * S[4u * c + 1u]) + S[4u * c + 3u];
+    var v = G[c] * ((X[j] - S[2u * c]) * S[2u * c + 1u]) + Bt[c];
     if (P[3] == 1u) { v = max(v, 0.0); }
     if (P[4] == 1u) { v += R[j]; }
     X[j] = v;
@@ -428,10 +431,10 @@ pub fn norm_apply() -> String {
 
 /// Instance norm of one sample with its own statistics, from `PLANE_SUMS` mode 0 over the
 /// chosen rectangle (no readback): words 0 len (C·HW), 1 HW, 2 sample offset, 3 relu,
-/// 4 residual, 5 the rectangle's pixel count, 6 eps bits; (γ, β) per channel in `GB`.
+/// 4 residual, 5 the rectangle's pixel count, 6 eps bits; γ in `G`, β in `Bt`.
 pub fn norm_own() -> String {
     elementwise(
-        "@group(0) @binding(1) var<storage, read_write> X: array<f32>;\n@group(0) @binding(2) var<storage, read> Sums: array<f32>;\n@group(0) @binding(3) var<storage, read> GB: array<f32>;\n@group(0) @binding(4) var<storage, read> R: array<f32>;",
+        "@group(0) @binding(1) var<storage, read_write> X: array<f32>;\n@group(0) @binding(2) var<storage, read> Sums: array<f32>;\n@group(0) @binding(3) var<storage, read> G: array<f32>;\n@group(0) @binding(4) var<storage, read> Bt: array<f32>;\n@group(0) @binding(5) var<storage, read> R: array<f32>;",
         r#"
     let c = i / P[1];
     let j = P[2] + i;
@@ -440,7 +443,7 @@ pub fn norm_own() -> String {
     let mean = Sums[3u * c + 2u] + m1;
     let variance = max(Sums[3u * c + 1u] / n - m1 * m1, 0.0);
     let inv = 1.0 / sqrt(variance + bitcast<f32>(P[6]));
-    var v = GB[2u * c] * ((X[j] - mean) * inv) + GB[2u * c + 1u];
+    var v = G[c] * ((X[j] - mean) * inv) + Bt[c];
     if (P[3] == 1u) { v = max(v, 0.0); }
     if (P[4] == 1u) { v += R[j]; }
     X[j] = v;
@@ -448,17 +451,86 @@ pub fn norm_own() -> String {
     )
 }
 
+/// Instance norm of a whole batch for training, each plane with its own statistics from
+/// `PLANE_SUMS` mode 0: writes x̂ to `XH`, `γ·x̂ + β` (ReLU, + residual) over `X`, and 1/σ
+/// per plane to `Inv`. Words: 0 len (N·C·HW), 1 HW, 2 C, 3 relu, 4 residual, 5 eps bits.
+pub fn norm_train() -> String {
+    elementwise(
+        "@group(0) @binding(1) var<storage, read_write> X: array<f32>;\n@group(0) @binding(2) var<storage, read> Sums: array<f32>;\n@group(0) @binding(3) var<storage, read> G: array<f32>;\n@group(0) @binding(4) var<storage, read> Bt: array<f32>;\n@group(0) @binding(5) var<storage, read> R: array<f32>;\n@group(0) @binding(6) var<storage, read_write> XH: array<f32>;\n@group(0) @binding(7) var<storage, read_write> Inv: array<f32>;",
+        r#"
+    let p = i / P[1];
+    let c = p % P[2];
+    let n = f32(P[1]);
+    let m1 = Sums[3u * p] / n;
+    let mean = Sums[3u * p + 2u] + m1;
+    let variance = max(Sums[3u * p + 1u] / n - m1 * m1, 0.0);
+    let inv = 1.0 / sqrt(variance + bitcast<f32>(P[5]));
+    let xh = (X[i] - mean) * inv;
+    XH[i] = xh;
+    var v = G[c] * xh + Bt[c];
+    if (P[3] == 1u) { v = max(v, 0.0); }
+    if (P[4] == 1u) { v += R[i]; }
+    X[i] = v;
+    if (i % P[1] == 0u) { Inv[p] = inv; }
+"#,
+    )
+}
+
 /// `dx = k·(dy − Σdy/HW − x̂·Σ(x̂·dy)/HW)` with the sums from `PLANE_SUMS` mode 1 and
-/// `k = γ·inv_std` per plane in `K`. Words: 0 len, 1 HW.
+/// `k = γ·inv_std` per plane (γ per channel in `G`, 1/σ per plane in `Inv`). Words: 0 len,
+/// 1 HW, 2 C.
 pub fn norm_backward() -> String {
     elementwise(
-        "@group(0) @binding(1) var<storage, read> XH: array<f32>;\n@group(0) @binding(2) var<storage, read> DY: array<f32>;\n@group(0) @binding(3) var<storage, read> Sums: array<f32>;\n@group(0) @binding(4) var<storage, read> K: array<f32>;\n@group(0) @binding(5) var<storage, read_write> DX: array<f32>;",
+        "@group(0) @binding(1) var<storage, read> XH: array<f32>;\n@group(0) @binding(2) var<storage, read> DY: array<f32>;\n@group(0) @binding(3) var<storage, read> Sums: array<f32>;\n@group(0) @binding(4) var<storage, read> G: array<f32>;\n@group(0) @binding(5) var<storage, read> Inv: array<f32>;\n@group(0) @binding(6) var<storage, read_write> DX: array<f32>;",
         r#"
     let p = i / P[1];
     let hw = f32(P[1]);
     let m1 = Sums[3u * p] / hw;
     let m2 = Sums[3u * p + 1u] / hw;
-    DX[i] = K[p] * (DY[i] - m1 - XH[i] * m2);
+    DX[i] = G[p % P[2]] * Inv[p] * (DY[i] - m1 - XH[i] * m2);
+"#,
+    )
+}
+
+/// One of the three `PLANE_SUMS` values summed over the samples, per channel (bias and
+/// instance-norm γ/β gradients). Words: 0 C, 1 N, 2 which value (0..3).
+pub fn plane_totals() -> String {
+    elementwise(
+        "@group(0) @binding(1) var<storage, read> Sums: array<f32>;\n@group(0) @binding(2) var<storage, read_write> Out: array<f32>;",
+        r#"
+    var s = 0.0;
+    for (var b = 0u; b < P[1]; b++) { s += Sums[3u * (b * P[0] + i) + P[2]]; }
+    Out[i] = s;
+"#,
+    )
+}
+
+/// One Adam step, in place (PyTorch's arithmetic in f32). Words (f32 bits): 0 len, 1 lr,
+/// 2 β1, 3 1 − β1, 4 β2, 5 1 − β2 (computed in f64: 1 − 0.999 in f32 is off by 1e-5),
+/// 6 ε, 7 1 − β1ᵗ, 8 √(1 − β2ᵗ).
+pub fn adam() -> String {
+    elementwise(
+        "@group(0) @binding(1) var<storage, read_write> Pm: array<f32>;\n@group(0) @binding(2) var<storage, read> Gr: array<f32>;\n@group(0) @binding(3) var<storage, read_write> M: array<f32>;\n@group(0) @binding(4) var<storage, read_write> V: array<f32>;",
+        r#"
+    let gi = Gr[i];
+    let m = bitcast<f32>(P[2]) * M[i] + bitcast<f32>(P[3]) * gi;
+    let v = bitcast<f32>(P[4]) * V[i] + bitcast<f32>(P[5]) * gi * gi;
+    M[i] = m; V[i] = v;
+    let denom = sqrt(v) / bitcast<f32>(P[8]) + bitcast<f32>(P[6]);
+    Pm[i] = Pm[i] - bitcast<f32>(P[1]) * (m / bitcast<f32>(P[7])) / denom;
+"#,
+    )
+}
+
+/// A ConvTranspose kernel `[a][b][k][k]` as the plain `[b][a][k][k]` kernel flipped in both
+/// axes (its own inverse with `a` and `b` exchanged). Words: 0 len, 1 a, 2 b, 3 k.
+pub fn permute() -> String {
+    elementwise(
+        "@group(0) @binding(1) var<storage, read> In: array<f32>;\n@group(0) @binding(2) var<storage, read_write> Out: array<f32>;",
+        r#"
+    let a = P[1]; let b = P[2]; let k = P[3];
+    let kx = i % k; let ky = (i / k) % k; let ia = (i / (k * k)) % a; let o = i / (k * k * a);
+    Out[i] = In[((ia * b + o) * k + (k - 1u - ky)) * k + (k - 1u - kx)];
 "#,
     )
 }
@@ -547,14 +619,15 @@ pub fn max_pool() -> String {
     )
 }
 
-/// The gradients of the losses. Words: 0 len, 1 mode, 2 scale bits, 3 H, 4 W. Mode 0 (MSE):
-/// `scale·(a − b)`; mode 1 (TV): `scale·Σ` of the differences to the four neighbours.
+/// The gradients of the losses. Words: 0 len, 1 mode, 2 scale bits, 3 H (mode 0: the period
+/// of `b`), 4 W. Mode 0 (MSE): `scale·(a − b)`; mode 1 (TV): `scale·Σ` of the differences to
+/// the four neighbours.
 pub fn loss_grad() -> String {
     elementwise(
         "@group(0) @binding(1) var<storage, read> A: array<f32>;\n@group(0) @binding(2) var<storage, read> B: array<f32>;\n@group(0) @binding(3) var<storage, read_write> G: array<f32>;",
         r#"
     let s = bitcast<f32>(P[2]);
-    if (P[1] == 0u) { G[i] = s * (A[i] - B[i]); return; }
+    if (P[1] == 0u) { G[i] = s * (A[i] - B[i % P[3]]); return; }
     let H = P[3]; let Wd = P[4];
     let x = i % Wd; let y = (i / Wd) % H;
     let v = A[i];

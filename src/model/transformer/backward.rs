@@ -6,9 +6,9 @@ use super::*;
 pub struct Tape<B: Backend = Cpu> {
     /// The input of every conv layer, in plan order.
     pub(super) inputs: Vec<B::Tensor>,
-    /// Per instance norm: x̂ (normalised, before γ/β) and each sample's 1/σ.
+    /// Per instance norm: x̂ (normalised, before γ/β) and each sample's 1/σ (`[n, c, 1, 1]`).
     pub(super) xhat: Vec<B::Tensor>,
-    pub(super) inv_std: Vec<Vec<Vec<f32>>>,
+    pub(super) inv_std: Vec<B::Tensor>,
     /// The value the output function was applied to.
     pub(super) pre_output: Option<B::Tensor>,
 }
@@ -16,9 +16,9 @@ pub struct Tape<B: Backend = Cpu> {
 impl<B: Backend> Transformer<B> {
     /// Gradients of a scalar loss with respect to every parameter, given d(loss)/d(output):
     /// the plan's blocks in reverse.
-    pub fn backward(&self, tape: &Tape<B>, dy: &B::Tensor) -> Grads {
+    pub fn backward(&self, tape: &Tape<B>, dy: &B::Tensor) -> Grads<B> {
         let b = &self.backend;
-        let mut grads = Grads(vec![Vec::new(); self.params.len()]);
+        let mut grads = Grads((0..self.params.len()).map(|_| None).collect());
         let mut d = dy.clone();
         let pre = tape.pre_output.as_ref().expect("a taped forward pass");
         b.output_backward(&mut d, pre, self.plan.output);
@@ -74,17 +74,17 @@ impl<B: Backend> Transformer<B> {
         i: usize,
         tape: &Tape<B>,
         dout: &B::Tensor,
-        grads: &mut Grads,
+        grads: &mut Grads<B>,
     ) -> B::Tensor {
         let layer = &self.plan.norms[i];
         let (dz, dg, db) = self.backend.norm_backward(
             &tape.xhat[i],
             dout,
             &tape.inv_std[i],
-            &self.params[layer.scale],
+            &self.dev[layer.scale],
         );
-        grads.0[layer.scale] = dg;
-        grads.0[layer.shift] = db;
+        grads.0[layer.scale] = Some(dg);
+        grads.0[layer.shift] = Some(db);
         dz
     }
 
@@ -96,7 +96,7 @@ impl<B: Backend> Transformer<B> {
         tape: &Tape<B>,
         dz: &B::Tensor,
         want_dx: bool,
-        grads: &mut Grads,
+        grads: &mut Grads<B>,
     ) -> Option<B::Tensor> {
         let layer = &self.plan.convs[i];
         let mut x = &tape.inputs[i];
@@ -116,9 +116,9 @@ impl<B: Backend> Transformer<B> {
             x = &centred;
         }
         let g = self.backend.conv_backward(&self.convs[i], x, dz, want_dx);
-        grads.0[layer.weight] = g.dw;
+        grads.0[layer.weight] = Some(g.dw);
         if let Some(b) = layer.bias {
-            grads.0[b] = g.db;
+            grads.0[b] = Some(g.db);
         }
         g.dx
     }

@@ -35,6 +35,11 @@ pub use crate::backend::OutputFn;
 
 /// A transformation network on a backend: its plan, its parameters (one store, indexed by
 /// [`ParamId`]) and each convolution prepared for the backend.
+///
+/// Every parameter lives twice: on the host (what files, ONNX and the accessors read) and on
+/// the backend (what the passes read, and what an optimiser steps in place with
+/// [`Transformer::update_on_backend`], after which the host copy is refreshed only when it
+/// is asked for: one readback per checkpoint, not per step).
 pub struct Transformer<B: Backend = Cpu> {
     pub config: TransformerConfig,
     /// Free-form provenance (how the model was made), kept with the file.
@@ -43,6 +48,10 @@ pub struct Transformer<B: Backend = Cpu> {
     params: Vec<Vec<f32>>,
     backend: B,
     convs: Vec<B::Conv>,
+    /// Every parameter on the backend, flat (`[1, 1, 1, len]`).
+    dev: Vec<B::Tensor>,
+    /// The backend's parameters are newer than `params`.
+    stale: bool,
 }
 
 impl<B: Backend> Clone for Transformer<B> {
@@ -50,7 +59,7 @@ impl<B: Backend> Clone for Transformer<B> {
         Self::build(
             self.backend.clone(),
             self.config.clone(),
-            self.params.clone(),
+            self.host_params().into_owned(),
             self.metadata.clone(),
         )
     }
@@ -87,14 +96,25 @@ pub fn parse_margin(v: &str) -> std::result::Result<usize, String> {
     }
 }
 
-/// Per-parameter gradients, indexed by [`ParamId`].
-#[derive(Clone, Debug, Default)]
-pub struct Grads(pub Vec<Vec<f32>>);
+/// Per-parameter gradients on the backend (flat), indexed by [`ParamId`]; `None` for a
+/// parameter the loss does not reach.
+pub struct Grads<B: Backend = Cpu>(pub Vec<Option<B::Tensor>>);
 
-impl std::ops::Index<ParamId> for Grads {
-    type Output = [f32];
-    fn index(&self, id: ParamId) -> &[f32] {
-        &self.0[id]
+impl<B: Backend> Grads<B> {
+    /// The gradients on the host (empty for `None`): tests and finite-difference checks.
+    pub fn to_host(&self, b: &B) -> Vec<Vec<f32>> {
+        self.0
+            .iter()
+            .map(|g| {
+                g.as_ref()
+                    .map_or_else(Vec::new, |g| b.download(g).into_data())
+            })
+            .collect()
+    }
+
+    /// `Σ g²` over every gradient, on the backend (finite exactly when every gradient is).
+    pub fn sum_squares(&self, b: &B) -> Vec<B::Scalar> {
+        self.0.iter().flatten().map(|g| b.sum_squares(g)).collect()
     }
 }
 
@@ -152,6 +172,7 @@ impl<B: Backend> Transformer<B> {
                 backend.conv(&l.spec, &params[l.weight], bias)
             })
             .collect();
+        let dev = Self::upload_params(&backend, &params);
         Transformer {
             config,
             metadata,
@@ -159,7 +180,46 @@ impl<B: Backend> Transformer<B> {
             params,
             backend,
             convs,
+            dev,
+            stale: false,
         }
+    }
+
+    fn upload_params(backend: &B, params: &[Vec<f32>]) -> Vec<B::Tensor> {
+        params
+            .iter()
+            .map(|p| backend.upload(&crate::backend::vector(p.clone())))
+            .collect()
+    }
+
+    /// The parameters on the host: the stored copy, or the backend's when they are newer.
+    fn host_params(&self) -> std::borrow::Cow<'_, [Vec<f32>]> {
+        if self.stale {
+            std::borrow::Cow::Owned(
+                self.dev
+                    .iter()
+                    .map(|t| self.backend.download(t).into_data())
+                    .collect(),
+            )
+        } else {
+            std::borrow::Cow::Borrowed(&self.params)
+        }
+    }
+
+    /// Bring the host copy of the parameters up to date with the backend's (after
+    /// [`Transformer::update_on_backend`]): one readback of every parameter.
+    pub fn sync_host(&mut self) {
+        if self.stale {
+            self.params = self.host_params().into_owned();
+            self.stale = false;
+        }
+    }
+
+    fn assert_fresh(&self) {
+        assert!(
+            !self.stale,
+            "the parameters were stepped on the backend: call `sync_host` before reading them"
+        );
     }
 
     pub fn load_on(backend: B, path: &Path) -> Result<Self> {
@@ -250,7 +310,7 @@ impl<B: Backend> Transformer<B> {
         Transformer::build(
             backend,
             self.config.clone(),
-            self.params.clone(),
+            self.host_params().into_owned(),
             self.metadata.clone(),
         )
     }
@@ -265,6 +325,7 @@ impl<B: Backend> Transformer<B> {
 
     /// Every parameter with its spec, in plan order.
     pub fn params(&self) -> impl Iterator<Item = (&ParamSpec, &[f32])> {
+        self.assert_fresh();
         self.plan
             .params
             .iter()
@@ -274,21 +335,49 @@ impl<B: Backend> Transformer<B> {
 
     /// A parameter by its id.
     pub fn param_values(&self, id: ParamId) -> &[f32] {
+        self.assert_fresh();
         &self.params[id]
     }
 
     /// A parameter by its file name.
     pub fn param(&self, name: &str) -> Option<&[f32]> {
+        self.assert_fresh();
         self.plan.param_id(name).map(|i| self.params[i].as_slice())
     }
 
-    /// Change parameters in place (an optimiser step, a test's edit); the prepared
-    /// convolutions are updated afterwards.
+    /// Change parameters on the host (a test's edit, a warm start); the backend's copy and
+    /// the prepared convolutions follow.
     pub fn update_params(&mut self, f: impl FnOnce(&Plan, &mut [Vec<f32>])) {
+        self.sync_host();
         f(&self.plan, &mut self.params);
+        self.dev = Self::upload_params(&self.backend, &self.params);
+        self.refresh_convs();
+    }
+
+    /// Change parameters where they live on the backend (an optimiser step): nothing is read
+    /// back. A host backend's copy is current at once; a device's is refreshed by
+    /// [`Transformer::sync_host`] (the accessors that borrow host values ask for it).
+    pub fn update_on_backend(&mut self, f: impl FnOnce(&B, &mut [B::Tensor])) {
+        f(&self.backend, &mut self.dev);
+        self.stale = true;
+        if self.dev.iter().all(|t| self.backend.as_host(t).is_some()) {
+            for (p, t) in self.params.iter_mut().zip(&self.dev) {
+                p.copy_from_slice(self.backend.as_host(t).expect("host tensor"));
+            }
+            self.stale = false;
+        }
+        self.refresh_convs();
+    }
+
+    /// The parameters on the backend, in plan order.
+    pub fn backend_params(&self) -> &[B::Tensor] {
+        &self.dev
+    }
+
+    fn refresh_convs(&mut self) {
         for (l, conv) in self.plan.convs.iter().zip(&mut self.convs) {
-            let bias = l.bias.map(|b| self.params[b].as_slice());
-            self.backend.conv_update(conv, &self.params[l.weight], bias);
+            let bias = l.bias.map(|b| &self.dev[b]);
+            self.backend.conv_set(conv, &self.dev[l.weight], bias);
         }
     }
 
@@ -304,7 +393,7 @@ impl<B: Backend> Transformer<B> {
     /// The model as a tensor file (config and provenance in the metadata).
     pub fn to_file(&self) -> TensorFile {
         let mut f = TensorFile::default();
-        for (spec, v) in self.params() {
+        for (spec, v) in self.plan.params.iter().zip(self.host_params().iter()) {
             f.tensors
                 .insert(spec.name.clone(), (spec.shape.clone(), v.to_vec()));
         }
@@ -331,7 +420,10 @@ impl<B: Backend> Transformer<B> {
         if precision != Precision::F32 {
             // f16 overflows to infinity above 65504.
             if let Some((spec, _)) = self
-                .params()
+                .plan
+                .params
+                .iter()
+                .zip(self.host_params().iter())
                 .find(|(_, v)| v.iter().any(|x| x.abs() > 65504.0))
             {
                 return Err(Error::model(
@@ -375,7 +467,7 @@ impl<B: Backend> Transformer<B> {
                 msg,
             })?;
         }
-        for (spec, v) in self.params() {
+        for (spec, v) in self.plan.params.iter().zip(self.host_params().iter()) {
             if let Some(&value) = v.iter().find(|x| !x.is_finite()) {
                 return Err(ModelError::NonFinite {
                     name: spec.name.clone(),
@@ -523,15 +615,23 @@ impl<B: Backend> Transformer<B> {
         let b = &self.backend;
         let [n, c, h, w] = b.dims(z);
         let layer = &self.plan.norms[i];
-        let (gamma, beta) = (&self.params[layer.scale], &self.params[layer.shift]);
-        // When taping: x̂ (normalised with γ = 1, β = 0) beside the output.
-        let mut xhat = tape
-            .is_some()
-            .then(|| (z.clone(), vec![1.0f32; c], vec![0.0f32; c]));
+        let (gamma, beta) = (&self.dev[layer.scale], &self.dev[layer.shift]);
+        // Training: each sample's own statistics over its whole plane; x̂ and 1/σ are kept
+        // for the backward pass, on the backend.
+        if let Some(t) = tape.as_deref_mut() {
+            assert_eq!(
+                src.own_region(i, h, w),
+                Some(((0, h), (0, w))),
+                "a taped pass normalises with each plane's own statistics"
+            );
+            let (xhat, inv) = b.norm_train(z, self.plan.norm_eps, gamma, beta, relu, residual);
+            t.xhat.push(xhat);
+            t.inv_std.push(inv);
+            return Some(());
+        }
         // Statistics that are the activation's own moments over a rectangle are computed
-        // and applied where the activation lives (no readback on a GPU); taping needs them
-        // on the host.
-        if let (None, Some(region)) = (&xhat, src.own_region(i, h, w)) {
+        // and applied where the activation lives (no readback on a GPU).
+        if let Some(region) = src.own_region(i, h, w) {
             for s in 0..n {
                 b.norm_own(
                     z,
@@ -546,7 +646,7 @@ impl<B: Backend> Transformer<B> {
             }
             return Some(());
         }
-        let mut inv = Vec::with_capacity(n);
+        // Statistics from elsewhere (the tiled path's whole-picture statistics): on the host.
         for s in 0..n {
             let st = {
                 let zr: &B::Tensor = z;
@@ -559,15 +659,7 @@ impl<B: Backend> Transformer<B> {
                 };
                 src.stats(i, &act, self.plan.norm_eps)?
             };
-            if let Some((xh, ones, zeros)) = &mut xhat {
-                b.norm_apply(xh, s, &st, ones, zeros, false, None);
-                inv.push(st.inv_std.clone());
-            }
             b.norm_apply(z, s, &st, gamma, beta, relu, residual);
-        }
-        if let (Some(t), Some((xh, _, _))) = (tape.as_deref_mut(), xhat) {
-            t.xhat.push(xh);
-            t.inv_std.push(inv);
         }
         Some(())
     }
@@ -617,7 +709,10 @@ mod tests {
             assert!(e < 1e-5, "{arch:?} forward: {e:.2e}");
             assert!(cpu.forward(&x).rel_error(&yr) < 1e-4, "{arch:?} inference");
             let dy = image(&mut rng, 2, 20, 28);
-            let (gc, gr) = (cpu.backward(&tc, &dy), reference.backward(&tr, &dy));
+            let (gc, gr) = (
+                cpu.backward(&tc, &dy).to_host(&Cpu),
+                reference.backward(&tr, &dy).to_host(&Reference),
+            );
             for (id, p) in cpu.plan().params.iter().enumerate() {
                 let e = crate::tensor::rel_error(&gc[id], &gr[id]);
                 // Conv biases before a norm have an exactly-zero gradient: compare sizes.
@@ -652,7 +747,10 @@ mod tests {
             let e = dev.forward(&x).rel_error(&cpu.forward(&x));
             assert!(e < 1e-4, "{arch:?} inference: {e:.2e}");
             let dy = image(&mut rng, 2, 20, 28);
-            let (gc, gg) = (cpu.backward(&tc, &dy), dev.backward(&tg, &gpu.upload(&dy)));
+            let (gc, gg) = (
+                cpu.backward(&tc, &dy).to_host(&Cpu),
+                dev.backward(&tg, &gpu.upload(&dy)).to_host(&gpu),
+            );
             let max = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
             for (id, p) in cpu.plan().params.iter().enumerate() {
                 let e = crate::tensor::rel_error(&gg[id], &gc[id]);
@@ -684,7 +782,7 @@ mod tests {
             let (y, tape) = model.forward_train(&x);
             let r: Vec<f32> = (0..y.data.len()).map(|_| rng.f32() - 0.5).collect();
             let dy = Tensor::from_vec(y.n, y.c, y.h, y.w, r.clone());
-            let grads = model.backward(&tape, &dy);
+            let grads = model.backward(&tape, &dy).to_host(&Cpu);
             let loss = |m: &Transformer| -> f64 {
                 m.forward(&x)
                     .data
@@ -732,9 +830,61 @@ mod tests {
         }
     }
 
+    /// On a GPU a training step (forward, VGG losses, backward, the Adam step of every
+    /// parameter) reads back once: its losses and the gradients' sums of squares, together;
+    /// an inference pass reads back once, the picture. The step still trains: the loss falls.
+    #[cfg(feature = "gpu")]
+    #[test]
+    fn a_gpu_training_step_reads_back_once() {
+        use crate::backend::Backend;
+        use crate::train::step::{apply, loss_and_grads, Optimizer, StyleTarget};
+        if crate::testutil::gpu().is_none() {
+            return;
+        }
+        // A device of its own: the other tests' readbacks must not count here.
+        let gpu = crate::backend::Wgpu::best().expect("an adapter");
+        let vgg = crate::model::Vgg16::from_file_on(gpu.clone(), random_vgg_file()).unwrap();
+        let mut rng = Rng::new(6);
+        let target = StyleTarget::new(&vgg, &gpu.upload(&image(&mut rng, 1, 32, 32)));
+        let cfg = crate::loss::LossConfig::default();
+        for arch in [Arch::Johnson, Arch::Seed] {
+            let mut config = TransformerConfig::new(arch);
+            config.channels = [8, 12, 16];
+            config.res_blocks = 2;
+            let mut m = model(config, 1).to_backend(gpu.clone());
+            let x = gpu.upload(&image(&mut rng, 2, 32, 32));
+            let mut opt = Optimizer::new(1e-2);
+            let mut totals = Vec::new();
+            for _ in 0..3 {
+                let before = gpu.readbacks();
+                let (l, g) = loss_and_grads(&m, &vgg, &target, &cfg, &x);
+                let (l, sums) = l.read(&gpu, &g.sum_squares(&gpu)).unwrap();
+                apply(&mut m, &mut opt, &g);
+                assert_eq!(gpu.readbacks() - before, 1, "{arch:?}: readbacks in a step");
+                assert!(sums.iter().all(|v| v.is_finite() && *v >= 0.0));
+                totals.push(l.total);
+            }
+            assert!(totals[2] < totals[0], "{arch:?}: {totals:?}");
+            let before = gpu.readbacks();
+            m.forward(&image(&mut rng, 1, 32, 32));
+            assert_eq!(
+                gpu.readbacks() - before,
+                1,
+                "{arch:?}: readbacks in inference"
+            );
+            // The host copy follows only when asked (one readback per parameter).
+            m.sync_host();
+            assert!(m.params().all(|(_, v)| v.iter().all(|x| x.is_finite())));
+        }
+    }
+
     /// A random VGG16 in impasto's layout (enough to exercise training without the shared
     /// weights).
     fn random_vgg() -> crate::model::Vgg16 {
+        crate::model::Vgg16::from_file(random_vgg_file()).unwrap()
+    }
+
+    fn random_vgg_file() -> TensorFile {
         let mut rng = Rng::new(4);
         let mut f = TensorFile::default();
         for (name, ci, co) in crate::model::vgg::LAYERS {
@@ -750,14 +900,14 @@ mod tests {
         f.metadata.insert("channel_order".into(), "bgr".into());
         f.metadata
             .insert("mean_bgr".into(), "103.939,116.779,123.68".into());
-        crate::model::Vgg16::from_file(f).unwrap()
+        f
     }
 
     /// The topology lives in the config: other widths and another block count train, save,
     /// load, export and (seed) import back without any other change.
     #[test]
     fn a_config_with_other_widths_and_blocks_trains_and_exports() {
-        use crate::train::step::{apply, loss_and_grads, Adam, StyleTarget};
+        use crate::train::step::{apply, loss_and_grads, Optimizer, StyleTarget};
         let vgg = random_vgg();
         let mut rng = Rng::new(6);
         let style = image(&mut rng, 1, 32, 32);
@@ -770,13 +920,15 @@ mod tests {
             let mut m = model(config.clone(), 1);
             assert_eq!(m.plan().convs.len(), 6 + 2 * 3);
             let x = image(&mut rng, 2, 32, 32);
-            let mut opt = Adam::new(1e-2);
+            let mut opt = Optimizer::new(1e-2);
             let (first, _) = loss_and_grads(&m, &vgg, &target, &cfg, &x);
+            let first = first.get(&Cpu);
             for _ in 0..8 {
                 let (_, g) = loss_and_grads(&m, &vgg, &target, &cfg, &x);
                 apply(&mut m, &mut opt, &g);
             }
             let (last, _) = loss_and_grads(&m, &vgg, &target, &cfg, &x);
+            let last = last.get(&Cpu);
             assert!(
                 last.total < first.total,
                 "{arch:?}: {} -> {}",

@@ -1,6 +1,7 @@
 //! The files a run keeps beside its model: the lock, the checkpoint (parameters, Adam
 //! state and the data position, so a resume is exact), the metrics log.
 use super::*;
+use crate::train::step::Adam;
 
 /// Files a run writes beside its output model.
 pub struct RunFiles {

@@ -5,7 +5,7 @@ use super::*;
 pub fn validate<B: Backend>(
     model: &Transformer<B>,
     vgg: &Vgg16<B>,
-    target: &StyleTarget,
+    target: &StyleTarget<B>,
     cfg: &LossConfig,
     imgs: &[Tensor],
 ) -> Losses {

@@ -11,11 +11,12 @@ use crate::backend::{Backend, Device};
 use crate::error::{Error, Result};
 use crate::loss::LossConfig;
 use crate::model::format::TensorFile;
+use crate::model::transformer::Grads;
 use crate::model::{Arch, Transformer, TransformerConfig, Vgg16};
 use crate::tensor::Tensor;
 use crate::train::data::{self, DataPos, Loader};
 use crate::train::distill::{DistillConfig, Distiller};
-use crate::train::step::{self, Adam, Losses, StyleTarget};
+use crate::train::step::{self, Losses, Optimizer, StyleTarget};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -91,32 +92,40 @@ pub enum Objective<'a> {
     /// Johnson's perceptual loss: content, style (against the painting's Grams), TV.
     Perceptual {
         vgg: &'a Vgg16<Device>,
-        target: StyleTarget,
+        target: StyleTarget<Device>,
     },
     /// Reproduce a teacher network (`impasto distill`).
     Distill(&'a Distiller),
 }
 
 impl Objective<'_> {
-    /// The losses of batch `step` (0-based) of `steps` and their gradient.
+    /// The losses of batch `step` (0-based) of `steps`, their gradient (on the device) and
+    /// whether every gradient is finite: one readback.
     fn loss_and_grads(
         &self,
         model: &Transformer<Device>,
         cfg: &TrainConfig,
         x: &Tensor,
         step: u64,
-    ) -> (Losses, crate::model::transformer::Grads) {
-        match self {
+    ) -> std::result::Result<(Losses, Grads<Device>, bool), crate::backend::DeviceError> {
+        let b = model.backend();
+        let (losses, grads, sums) = match self {
             Objective::Perceptual { vgg, target } => {
-                let x = model.backend().upload(x);
-                step::loss_and_grads(model, vgg, target, &cfg.loss, &x)
+                let x = b.upload(x);
+                let (pending, grads) = step::loss_and_grads(model, vgg, target, &cfg.loss, &x);
+                let (losses, sums) = pending.read(b, &grads.sum_squares(b))?;
+                (losses, grads, sums)
             }
             Objective::Distill(d) => {
                 let on = d.teacher_loss_at(step, cfg.steps);
                 let (l, g) = d.loss(model, x, cfg.seed ^ step, true, on);
-                (l, g.expect("gradients were asked for"))
+                let g = g.expect("gradients were asked for");
+                let sums = b.read_scalars(&g.sum_squares(b).iter().collect::<Vec<_>>())?;
+                (l, g, sums)
             }
-        }
+        };
+        let finite = sums.iter().all(|v| v.is_finite());
+        Ok((losses, grads, finite))
     }
 
     /// Mean losses over validation crops (fixed noise; every term a run can have).
@@ -190,6 +199,7 @@ pub fn train(
             cfg.lr
         )));
     }
+    let device = opts.device.clone();
     let (mut model, mut adam, mut step, pos) = match opts.resume {
         Some(ck) => {
             if let Some(what) = run_identity_differs(&ck.config, cfg) {
@@ -224,8 +234,8 @@ pub fn train(
             ));
             truncate_metrics(&opts.files.metrics, ck.step)?;
             (
-                ck.model.to_backend(opts.device.clone()),
-                ck.adam,
+                ck.model.to_backend(device.clone()),
+                Optimizer::from_host(&ck.adam, Some(&device)),
                 ck.step,
                 ck.data,
             )
@@ -236,8 +246,8 @@ pub fn train(
                 d.warm_start(&mut m);
             }
             (
-                m.to_backend(opts.device.clone()),
-                Adam::new(cfg.lr),
+                m.to_backend(device.clone()),
+                Optimizer::new(cfg.lr),
                 0,
                 DataPos::default(),
             )
@@ -256,11 +266,16 @@ pub fn train(
     let mut last_pos = pos;
     let t0 = Instant::now();
     let mut done_here = 0u64;
-    let save = |model: &Transformer<Device>, adam: &Adam, step: u64, data: DataPos| -> Result<()> {
+    // The device's parameters and Adam moments come to the host here only.
+    let save = |model: &Transformer<Device>,
+                adam: &Optimizer<Device>,
+                step: u64,
+                data: DataPos|
+     -> Result<()> {
         Checkpoint {
             config: cfg.clone(),
             model: model.to_backend(crate::backend::Cpu),
-            adam: adam.clone(),
+            adam: adam.to_host(&device),
             step,
             data,
         }
@@ -295,8 +310,20 @@ pub fn train(
             skipped_total += 1;
             obs.message(&format!("warning: skipped {}: {e}", p.display()));
         }
-        let (losses, grads) = objective.loss_and_grads(&model, cfg, &batch.images, step);
-        if !losses.total.is_finite() || grads.0.iter().any(|g| g.iter().any(|v| !v.is_finite())) {
+        let (losses, grads, finite) = objective
+            .loss_and_grads(&model, cfg, &batch.images, step)
+            .map_err(|e| {
+                let kept = if opts.files.checkpoint.exists() {
+                    format!(
+                        "the last checkpoint ({}) is intact: continue with `resume`",
+                        opts.files.checkpoint.display()
+                    )
+                } else {
+                    "no checkpoint was written yet".to_string()
+                };
+                Error::Device(format!("{e} at step {}; {kept}", step + 1))
+            })?;
+        if !losses.total.is_finite() || !finite {
             // Name the checkpoint only if there is one to go back to.
             let advice = if opts.files.checkpoint.exists() {
                 format!(
@@ -352,6 +379,7 @@ pub fn train(
         ));
     }
     let mut model = model;
+    model.sync_host();
     let train = serde_json::from_value(serde_json::to_value(cfg).expect("serialises"))
         .expect("a training config is a training record");
     let command = if cfg.distill.is_some() {
