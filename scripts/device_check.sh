@@ -8,8 +8,9 @@
 # the stripped release binary, the test binary that holds the conformance check, and
 # libvulkan.so.1 (the loader; the GPU's own driver, e.g. NVIDIA's ICD, is on that machine).
 # `run` lists the adapters, runs the wgpu conformance and whole-network checks against the
-# reference and CPU backends, then the benchmarks (inference 1080p and 4K, live frames, a
-# training step at batch 4 × 256² when VGG16 weights are given with IMPASTO_VGG), and
+# reference and CPU backends and the one-readback-per-training-step count, then the
+# benchmarks (inference 1080p and 4K, live frames, a training step at batch 4 × 256² when
+# VGG16 weights are given with IMPASTO_VGG), and
 # prints one JSON object. It says plainly when there is no Vulkan adapter. On a slow adapter
 # narrow the sizes: DEVICE_CHECK_SIZES=64 DEVICE_CHECK_FRAMES=64x48 scripts/device_check.sh run
 set -euo pipefail
@@ -48,7 +49,7 @@ run)
     exit 0
   fi
   conf=pass
-  IMPASTO_STRICT_TESTS=1 "$KIT/impasto-lib-tests" --test-threads 1 wgpu >"$out/conf.log" 2>&1 || conf=fail
+  IMPASTO_STRICT_TESTS=1 "$KIT/impasto-lib-tests" --test-threads 1 wgpu a_gpu_training_step >"$out/conf.log" 2>&1 || conf=fail
   # Sizes may be narrowed for a slow adapter (lavapipe): DEVICE_CHECK_SIZES=64 etc.
   sizes=${DEVICE_CHECK_SIZES:-1024,2048}
   frame_sizes=${DEVICE_CHECK_FRAMES:-640x480,1280x720}
