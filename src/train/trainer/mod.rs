@@ -310,28 +310,30 @@ pub fn train(
             skipped_total += 1;
             obs.message(&format!("warning: skipped {}: {e}", p.display()));
         }
+        // Name the checkpoint only if there is one to go back to.
+        let last_good = || {
+            opts.files
+                .checkpoint
+                .exists()
+                .then(|| opts.files.checkpoint.display().to_string())
+        };
         let (losses, grads, finite) = objective
             .loss_and_grads(&model, cfg, &batch.images, step)
             .map_err(|e| {
-                let kept = if opts.files.checkpoint.exists() {
-                    format!(
-                        "the last checkpoint ({}) is intact: continue with `resume`",
-                        opts.files.checkpoint.display()
-                    )
-                } else {
-                    "no checkpoint was written yet".to_string()
+                let kept = match last_good() {
+                    Some(c) => {
+                        format!("the last checkpoint ({c}) is intact: continue with `resume`")
+                    }
+                    None => "no checkpoint was written yet".to_string(),
                 };
                 Error::Device(format!("{e} at step {}; {kept}", step + 1))
             })?;
         if !losses.total.is_finite() || !finite {
-            // Name the checkpoint only if there is one to go back to.
-            let advice = if opts.files.checkpoint.exists() {
-                format!(
-                    "The last good checkpoint ({}) is intact: lower `lr` or the loss weights and continue with `resume`",
-                    opts.files.checkpoint.display()
-                )
-            } else {
-                "No checkpoint was written yet, so nothing was saved: lower `lr` or the loss weights and start again".to_string()
+            let advice = match last_good() {
+                Some(c) => format!(
+                    "The last good checkpoint ({c}) is intact: lower `lr` or the loss weights and continue with `resume`"
+                ),
+                None => "No checkpoint was written yet, so nothing was saved: lower `lr` or the loss weights and start again".to_string(),
             };
             return Err(Error::Diverged(format!(
                 "the loss became {} at step {} (content {}, style {}, tv {}); stopping. {advice}",
