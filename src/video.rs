@@ -153,7 +153,7 @@ pub fn stylize_video<B: crate::backend::Backend>(
         let out = match stylize_frame(model, &frame, &opts.stylize, &mut stats) {
             Ok(out) => blend.apply(&frame, out),
             Err(c) => {
-                failure = Some(Stop::Cancelled(c));
+                failure = Some(Stop::Stylize(c));
                 break;
             }
         };
@@ -184,7 +184,7 @@ pub fn stylize_video<B: crate::backend::Backend>(
 
 /// Why the frame loop stopped early.
 enum Stop {
-    Cancelled(crate::stylize::Cancelled),
+    Stylize(crate::stylize::Stopped),
     Encoder(std::io::Error),
 }
 
@@ -300,7 +300,7 @@ fn check_run(
         ));
     }
     match failure {
-        Some(Stop::Cancelled(c)) => return Err(c.into()),
+        Some(Stop::Stylize(c)) => return Err(c.into()),
         Some(Stop::Encoder(e)) => {
             return Err(Error::output(
                 output,

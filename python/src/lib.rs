@@ -179,10 +179,11 @@ impl Interrupt {
     }
 
     /// The result, or the exception that stopped it.
-    fn result<T>(&self, r: Result<T, stylize::Cancelled>) -> PyResult<T> {
+    fn result<T>(&self, r: Result<T, stylize::Stopped>) -> PyResult<T> {
         match r {
             Ok(v) => Ok(v),
-            Err(_) => Err(self
+            Err(e @ stylize::Stopped::Device(_)) => Err(to_py(e.into())),
+            Err(stylize::Stopped::Cancelled) => Err(self
                 .error
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

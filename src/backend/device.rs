@@ -328,6 +328,16 @@ impl Backend for Device {
         }
     }
 
+    fn try_download_owned(&self, x: DeviceTensor) -> Result<Tensor, DeviceError> {
+        match (self, x) {
+            (Device::Cpu(_), DeviceTensor::Host(x)) => Ok(x),
+            #[cfg(feature = "gpu")]
+            (Device::Gpu(b), DeviceTensor::Gpu(x)) => b.try_download_owned(x),
+            #[cfg(feature = "gpu")]
+            _ => panic!("a tensor given to another device's backend"),
+        }
+    }
+
     fn dims(&self, x: &DeviceTensor) -> [usize; 4] {
         dispatch!(self, |b, w, t, tm, c| b.dims(t(x)))
     }

@@ -237,6 +237,11 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     fn download_owned(&self, t: Self::Tensor) -> Tensor {
         self.download(&t)
     }
+    /// [`Backend::download_owned`] that returns the device's error (out of memory, a lost
+    /// device) instead of panicking: the stylize pipeline's one readback.
+    fn try_download_owned(&self, t: Self::Tensor) -> Result<Tensor, DeviceError> {
+        Ok(self.download_owned(t))
+    }
     fn dims(&self, t: &Self::Tensor) -> [usize; 4];
     /// The tensor's values where they already are on the host (a host backend's tensors),
     /// without a copy.

@@ -292,8 +292,10 @@ fn frame<B: crate::backend::Backend>(
         d.image
     };
     let rgb = img.to_rgb8();
-    let out =
-        stylize_frame(model, &rgb, opts, stats).map_err(|_| ApiError::frame_too_slow(budget))?;
+    let out = stylize_frame(model, &rgb, opts, stats).map_err(|e| match e {
+        crate::stylize::Stopped::Cancelled => ApiError::frame_too_slow(budget),
+        device => crate::Error::from(device).into(),
+    })?;
     let jpg = crate::imageio::encode_jpeg(&out, 85)
         .map_err(|e| ApiError::bad(format!("cannot encode the frame: {e}")))?;
     Ok((jpg, out.width(), out.height()))

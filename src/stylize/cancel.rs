@@ -52,6 +52,31 @@ impl std::fmt::Debug for Cancel {
 
 pub use crate::error::Cancelled;
 
+/// Why a stylization ended without a picture: its caller cancelled it, or the device it ran
+/// on failed (out of memory, lost), found when the picture was read back.
+#[derive(Debug, thiserror::Error)]
+pub enum Stopped {
+    #[error("stopped before it finished")]
+    Cancelled,
+    #[error(transparent)]
+    Device(#[from] crate::backend::DeviceError),
+}
+
+impl From<Cancelled> for Stopped {
+    fn from(_: Cancelled) -> Self {
+        Stopped::Cancelled
+    }
+}
+
+impl From<Stopped> for crate::Error {
+    fn from(s: Stopped) -> Self {
+        match s {
+            Stopped::Cancelled => crate::Error::Cancelled,
+            Stopped::Device(e) => e.into(),
+        }
+    }
+}
+
 /// Statistics from `inner`, unless the work was cancelled: then none, which ends the pass
 /// at this norm.
 pub(super) struct Checked<'a, S> {

@@ -62,7 +62,7 @@ pub fn stylize_frame<B: crate::backend::Backend>(
     frame: &RgbImage,
     opts: &StylizeOptions,
     src: &mut SmoothStats,
-) -> Result<RgbImage, Cancelled> {
+) -> Result<RgbImage, Stopped> {
     let (fw, fh) = (frame.width() as usize, frame.height() as usize);
     let working = opts.scale.working_size(fw, fh);
     let full = Content::U8(frame.clone());
@@ -103,7 +103,7 @@ pub fn stylize_frame<B: crate::backend::Backend>(
                 inner: &mut *src,
                 cancel,
             },
-        )
+        )?
         .ok_or(Cancelled)?;
     let hw = h4 * w4;
     let at = |px: usize, py: usize| {

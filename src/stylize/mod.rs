@@ -26,7 +26,7 @@ mod scale;
 mod tiles;
 
 use cancel::Checked;
-pub use cancel::{Cancel, Cancelled};
+pub use cancel::{Cancel, Cancelled, Stopped};
 use colour::{finish, to_ycc};
 pub use frames::{stylize_frame, SmoothStats};
 use scale::{network_planes, resample_to};
@@ -107,7 +107,7 @@ pub fn stylize<B: crate::backend::Backend>(
     input: Decoded,
     opts: &StylizeOptions,
     progress: Option<Progress>,
-) -> Result<DynamicImage, Cancelled> {
+) -> Result<DynamicImage, Stopped> {
     let mut img = input.image;
     if let Some(m) = opts.max_size {
         let (w, h) = (img.width(), img.height());
@@ -175,7 +175,7 @@ pub fn stylize_tensor<B: crate::backend::Backend>(
     model: &Transformer<B>,
     x: &Tensor,
     opts: &StylizeOptions,
-) -> Result<Tensor, Cancelled> {
+) -> Result<Tensor, Stopped> {
     assert_eq!((x.n, x.c), (1, 3));
     let mut img = Rgb32FImage::new(x.w as u32, x.h as u32);
     let hw = x.plane();
@@ -374,7 +374,7 @@ mod tests {
         let (h, w, m) = (64, 96, 16);
         let x = smooth_image(h, w);
         let mut bare = First(crate::model::transformer::OwnStats, None);
-        model.forward_with(x.clone(), &mut bare).unwrap();
+        model.forward_with(x.clone(), &mut bare).unwrap().unwrap();
         let img = Rgb32FImage::from_fn(w as u32, h as u32, |xx, yy| {
             let i = yy as usize * w + xx as usize;
             let hw = h * w;
@@ -395,9 +395,12 @@ mod tests {
             },
             None,
         );
-        model.forward_with(padded.clone(), &mut ours).unwrap();
+        model
+            .forward_with(padded.clone(), &mut ours)
+            .unwrap()
+            .unwrap();
         let mut whole = First(crate::model::transformer::OwnStats, None);
-        model.forward_with(padded, &mut whole).unwrap();
+        model.forward_with(padded, &mut whole).unwrap().unwrap();
         let (b, o, wh) = (bare.1.unwrap(), ours.1.unwrap(), whole.1.unwrap());
         let diff = |a: &NormStats, b: &NormStats| {
             a.mean

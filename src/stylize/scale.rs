@@ -62,7 +62,7 @@ pub(super) fn network_planes<B: crate::backend::Backend>(
     content: &Content,
     opts: &StylizeOptions,
     progress: Option<Progress>,
-) -> Result<[guided::Plane; 3], Cancelled> {
+) -> Result<[guided::Plane; 3], Stopped> {
     let (h, w) = content.dims();
     let mut p = [
         guided::Plane::new(w, h),

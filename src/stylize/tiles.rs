@@ -220,7 +220,7 @@ pub(super) fn run_network<B: crate::backend::Backend>(
     opts: &StylizeOptions,
     progress: Option<Progress>,
     mut emit: impl FnMut(usize, usize, [f32; 3]),
-) -> Result<(), Cancelled> {
+) -> Result<(), Stopped> {
     let cancel = &opts.cancel;
     let (h, w) = content.dims();
     let a = Transformer::ALIGN;
@@ -276,7 +276,8 @@ pub(super) fn run_network<B: crate::backend::Backend>(
                     },
                     cancel,
                 };
-                let _ = model.forward_with(x, &mut src);
+                // This pass stops at the norm it measures (no picture to read back).
+                let _ = model.forward_with(x, &mut src)?;
                 cancel.check()?;
                 let m = src.inner.acc.expect("pass reaches its norm");
                 match &mut acc {
@@ -310,7 +311,7 @@ pub(super) fn run_network<B: crate::backend::Backend>(
                 w: w4,
             };
             model.forward_with(x, &mut Checked { inner, cancel })
-        }
+        }?
         .ok_or(Cancelled)?;
         let (th, tw) = (y.h, y.w);
         let hw = th * tw;

@@ -109,6 +109,12 @@ impl Backend for Wgpu {
         Tensor::from_vec(n, c, h, w, self.ctx.read(t.buf(), t.len()))
     }
 
+    fn try_download_owned(&self, t: GpuTensor) -> Result<Tensor, DeviceError> {
+        let [n, c, h, w] = t.dims;
+        let data = self.ctx.read_many(&[(t.buf(), t.len())])?.remove(0);
+        Ok(Tensor::from_vec(n, c, h, w, data))
+    }
+
     fn dims(&self, t: &GpuTensor) -> [usize; 4] {
         t.dims
     }
@@ -610,31 +616,53 @@ mod tests {
     use super::*;
 
     /// A device's error comes back typed, naming the adapter, at the next readback (here a
-    /// buffer larger than the adapter allows, asked for behind the backend's back); the
-    /// device goes on working after it.
+    /// buffer larger than the adapter allows, asked for behind the backend's back): a
+    /// training step's scalars and a stylized picture alike. The device goes on working
+    /// after it.
     #[test]
     fn a_device_error_is_typed_at_the_next_readback() {
+        use crate::stylize::{stylize_tensor, Stopped, StylizeOptions};
         if crate::testutil::gpu().is_none() {
             return;
         }
         // A device of its own: the error must not reach the other tests' device.
         let b = Wgpu::best().expect("an adapter");
-        let _ = b.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: b.adapter().max_buffer_bytes + 4,
-            usage: wgpu::BufferUsages::STORAGE,
-            mapped_at_creation: false,
-        });
-        let x = b.upload(&crate::backend::vector(vec![1.0, 2.0]));
-        let s = b.sum_squares(&x);
-        match b.read_scalars(&[&s]) {
-            Err(DeviceError::Failed { adapter, msg }) => {
+        let provoke = || {
+            let _ = b.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: b.adapter().max_buffer_bytes + 4,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+        };
+        let named = |e: DeviceError| match e {
+            DeviceError::Failed { adapter, msg } => {
                 assert_eq!(adapter, b.adapter().name);
                 assert!(!msg.is_empty());
             }
-            other => panic!("expected a typed device error, got {:?}", other.map(|_| ())),
-        }
+            other => panic!("expected a failure, got {other}"),
+        };
+        let x = b.upload(&crate::backend::vector(vec![1.0, 2.0]));
+        provoke();
+        let s = b.sum_squares(&x);
+        named(b.read_scalars(&[&s]).expect_err("a typed device error"));
         let s = b.sum_squares(&x);
         assert_eq!(b.read_scalars(&[&s]).unwrap(), vec![5.0]);
+
+        let mut config = crate::model::TransformerConfig::new(crate::model::Arch::Johnson);
+        config.channels = [4, 4, 4];
+        config.res_blocks = 1;
+        let m = crate::model::Transformer::init(config, 3).to_backend(b.clone());
+        let photo = Tensor::from_vec(1, 3, 12, 16, vec![100.0; 3 * 12 * 16]);
+        let opts = StylizeOptions::default();
+        provoke();
+        match stylize_tensor(&m, &photo, &opts) {
+            Err(Stopped::Device(e)) => named(e),
+            other => panic!("expected a device error, got {:?}", other.map(|_| ())),
+        }
+        assert_eq!(
+            stylize_tensor(&m, &photo, &opts).unwrap().shape(),
+            [1, 3, 12, 16]
+        );
     }
 }

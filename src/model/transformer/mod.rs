@@ -16,7 +16,7 @@
 //! statistics source, so that tiled inference can impose global statistics on every tile
 //! (see the tiled path of `stylize`). Plain inference computes them from the tensor itself.
 
-use crate::backend::{Backend, Cpu, Padding, Resample};
+use crate::backend::{Backend, Cpu, DeviceError, Padding, Resample};
 use crate::error::{Error, ModelError, Result};
 use crate::model::format::TensorFile;
 use crate::model::plan::{Block, Init, ParamId, ParamSpec, Plan};
@@ -490,6 +490,7 @@ impl<B: Backend> Transformer<B> {
             let s = Tensor::from_vec(1, x.c, x.h, x.w, x.sample(b).to_vec());
             outs.push(
                 self.forward_with(s, &mut OwnStats)
+                    .unwrap_or_else(|e| panic!("{e}"))
                     .expect("own statistics never stop"),
             );
         }
@@ -513,12 +514,19 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// Forward pass of one sample with instance-norm statistics from `src`.
-    /// Returns `None` if `src` stopped the pass.
+    /// Returns `None` if `src` stopped the pass, and the device's error if reading the
+    /// picture back found one (out of memory, a lost device).
     /// Takes the input by value: on the CPU neither it nor the output is copied.
-    pub fn forward_with(&self, x: Tensor, src: &mut dyn StatsSource) -> Option<Tensor> {
+    pub fn forward_with(
+        &self,
+        x: Tensor,
+        src: &mut dyn StatsSource,
+    ) -> Result<Option<Tensor>, DeviceError> {
         assert_eq!(x.n, 1, "forward_with takes one sample");
-        let y = self.pass(&self.backend.upload_owned(x), src, None, false)?;
-        Some(self.backend.download_owned(y))
+        match self.pass(&self.backend.upload_owned(x), src, None, false) {
+            Some(y) => self.backend.try_download_owned(y).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Forward pass of a batch on the backend that records what [`Transformer::backward`]
