@@ -85,17 +85,22 @@ pub struct Optimizer<B: Backend> {
 
 impl<B: Backend> Optimizer<B> {
     pub fn new(lr: f64) -> Self {
-        Self::from_host(&Adam::new(lr), None)
+        let a = Adam::new(lr);
+        Optimizer {
+            lr: a.lr,
+            beta1: a.beta1,
+            beta2: a.beta2,
+            eps: a.eps,
+            t: a.t,
+            m: Vec::new(),
+            v: Vec::new(),
+        }
     }
 
     /// A host record (a checkpoint's) on backend `b`.
-    pub fn from_host(a: &Adam, b: Option<&B>) -> Self {
-        let up = |v: &Vec<f32>| {
-            (!v.is_empty()).then(|| {
-                b.expect("a backend for the moments")
-                    .upload(&crate::backend::vector(v.clone()))
-            })
-        };
+    pub fn from_host(a: &Adam, b: &B) -> Self {
+        let up =
+            |v: &Vec<f32>| (!v.is_empty()).then(|| b.upload(&crate::backend::vector(v.clone())));
         Optimizer {
             lr: a.lr,
             beta1: a.beta1,

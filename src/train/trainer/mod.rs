@@ -235,7 +235,7 @@ pub fn train(
             truncate_metrics(&opts.files.metrics, ck.step)?;
             (
                 ck.model.to_backend(device.clone()),
-                Optimizer::from_host(&ck.adam, Some(&device)),
+                Optimizer::from_host(&ck.adam, &device),
                 ck.step,
                 ck.data,
             )
