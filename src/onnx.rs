@@ -164,6 +164,7 @@ fn tensor(b: &[u8]) -> R<Tensor> {
 struct Node {
     op: String,
     inputs: Vec<String>,
+    outputs: Vec<String>,
     ints: HashMap<String, Vec<i64>>,
     floats: HashMap<String, f32>,
     strings: HashMap<String, String>,
@@ -174,6 +175,7 @@ fn node(b: &[u8]) -> R<Node> {
     for (num, v) in fields(b)? {
         match num {
             1 => n.inputs.push(string(&v)?),
+            2 => n.outputs.push(string(&v)?),
             4 => n.op = string(&v)?,
             5 => {
                 let Val::Bytes(ab) = v else {
@@ -273,7 +275,29 @@ pub fn import_bytes(bytes: &[u8]) -> R<Transformer> {
             )),
         }
     };
+    // A norm's scale and shift: initializers, or (a model of several styles) the product
+    // of the style weights with a `[styles, channels]` initializer.
+    let table = |name: &str| -> R<&Tensor> {
+        if let Some(t) = inits.get(name) {
+            return Ok(t);
+        }
+        match nodes.iter().find(|n| n.outputs.iter().any(|o| o == name)) {
+            Some(n) if n.op == "MatMul" && n.inputs.len() == 2 => init(&n.inputs[1]),
+            _ => Err(format!("missing initializer `{name}`")),
+        }
+    };
+    let norm_tables = |n: &Node| -> R<(&Tensor, &Tensor)> {
+        Ok((
+            table(n.inputs.get(1).ok_or("norm without scale")?)?,
+            table(n.inputs.get(2).ok_or("norm without bias")?)?,
+        ))
+    };
+    let styles = match norm_tables(norms[0])?.0.dims.as_slice() {
+        [n, _] if *n > 1 => *n,
+        _ => 1,
+    };
     let mut config = TransformerConfig::new(Arch::Seed);
+    config.styles = styles;
     config.res_blocks = n_res;
     config.norm_eps = eps.unwrap_or(1e-3);
     config.channels = [width(0)?, width(1)?, width(2)?];
@@ -324,11 +348,8 @@ pub fn import_bytes(bytes: &[u8]) -> R<Transformer> {
         params.insert(spec.name.clone(), (w.dims.clone(), w.data.clone()));
     }
     for (n, layer) in norms.iter().zip(&plan.norms) {
-        let (g, b) = (
-            init(n.inputs.get(1).ok_or("norm without scale")?)?,
-            init(n.inputs.get(2).ok_or("norm without bias")?)?,
-        );
-        for (id, t) in [(layer.scale, g), (layer.shift, b)] {
+        let (g, b) = norm_tables(n)?;
+        for (id, t) in [(layer.scale[0], g), (layer.shift[0], b)] {
             params.insert(
                 plan.params[id].name.clone(),
                 (t.dims.clone(), t.data.clone()),

@@ -141,9 +141,15 @@ impl Graph {
     }
 }
 
+/// An image input or output: float `[1, 3, h, w]`.
 fn value_info(name: &str) -> Msg {
+    tensor_info(name, &["1", "3", "h", "w"])
+}
+
+/// A float tensor whose dimensions are numbers or names.
+fn tensor_info(name: &str, dims: &[&str]) -> Msg {
     let mut shape = Msg::default();
-    for d in ["1", "3", "h", "w"] {
+    for &d in dims {
         let mut dim = Msg::default();
         match d.parse::<i64>() {
             Ok(v) => dim.int(1, v),
@@ -159,6 +165,10 @@ fn value_info(name: &str) -> Msg {
     vi.str(1, name).msg(2, &ty);
     vi
 }
+
+/// The graph's second input in a model of several styles: the style weights, a float
+/// vector with one entry per style (normalised to sum 1 by the graph).
+pub const STYLE_INPUT: &str = "style";
 
 /// The ONNX bytes of `model`.
 pub fn to_onnx(model: &Transformer) -> Vec<u8> {
@@ -242,10 +252,26 @@ fn to_onnx_in(model: &Transformer, mut g: Graph) -> Vec<u8> {
             }
         }
     };
+    // Several styles: a second input, the style weights (N), normalised to sum 1 in the
+    // graph; each norm's scale and shift are their product with its `[N, C]` rows.
+    let styles = plan.styles();
+    let weights = (styles > 1).then(|| {
+        let total = g.node("ReduceSum", &[STYLE_INPUT], &[]);
+        g.node("Div", &[STYLE_INPUT, &total], &[])
+    });
+    let rows = |g: &mut Graph, ids: &[ParamId]| -> String {
+        let Some(w) = &weights else {
+            return init(g, ids[0]);
+        };
+        let spec = &plan.params[ids[0]];
+        let all: Vec<f32> = ids.iter().flat_map(|&id| p(id).1.to_vec()).collect();
+        let table = g.init_f32(&spec.name, &[ids.len(), spec.len()], &all);
+        g.node("MatMul", &[w, &table], &[])
+    };
     let norm = |g: &mut Graph, x: &str, i: usize, relu: bool| -> String {
         let layer = &plan.norms[i];
-        let gn = init(g, layer.scale);
-        let bn = init(g, layer.shift);
+        let gn = rows(g, &layer.scale);
+        let bn = rows(g, &layer.shift);
         let y = g.node(
             "InstanceNormalization",
             &[x, &gn, &bn],
@@ -312,6 +338,9 @@ fn to_onnx_in(model: &Transformer, mut g: Graph) -> Vec<u8> {
         graph.msg(5, t);
     }
     graph.msg(11, &value_info("image"));
+    if styles > 1 {
+        graph.msg(11, &tensor_info(STYLE_INPUT, &[&styles.to_string()]));
+    }
     graph.msg(12, &value_info("stylized"));
     let mut opset = Msg::default();
     opset.str(1, "").int(2, 13);

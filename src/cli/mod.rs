@@ -62,8 +62,9 @@ pub enum Cmd {
         #[arg(long)]
         half: bool,
     },
-    /// List the built-in styles.
-    Styles,
+    /// List the built-in styles, or the styles a model holds (a model file or a built-in
+    /// name; a model of several styles lists each, for `stylize --mix`).
+    Styles { model: Option<String> },
     /// Render a photo in every built-in style as one labelled contact sheet.
     Sheet(sheet::Args),
     /// Stylize a video (decoded and encoded by the system ffmpeg; audio copied).
@@ -181,7 +182,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Video(a) => video::run(a),
-        Cmd::Styles => sheet::list(),
+        Cmd::Styles { model: None } => sheet::list(),
+        Cmd::Styles { model: Some(m) } => sheet::list_model(&m),
         Cmd::Sheet(a) => sheet::sheet(a),
         Cmd::Export { model, output } => {
             impasto::batch::guard_output(&output, &[&model])?;
@@ -231,9 +233,20 @@ pub fn run(cli: Cli) -> Result<i32> {
                 "file": model.display().to_string(),
                 "config": m.config,
                 "parameters": n,
+                "styles_held": m.style_names(),
             });
             for (k, v) in &m.metadata {
-                js[k] = if k == impasto::styles::THUMBNAIL_KEY {
+                js[k] = if k == impasto::model::mix::STYLES_KEY {
+                    // Each style without its thumbnail's base64.
+                    let mut list = serde_json::to_value(m.styles())?;
+                    for s in list.as_array_mut().into_iter().flatten() {
+                        if let Some(t) = s.get("thumbnail").and_then(|t| t.as_str()) {
+                            s["thumbnail"] =
+                                format!("<JPEG thumbnail, {} bytes of base64>", t.len()).into();
+                        }
+                    }
+                    list
+                } else if k == impasto::styles::THUMBNAIL_KEY {
                     // Not the whole base64 picture: what it is and how big.
                     serde_json::Value::String(format!(
                         "<JPEG thumbnail of the painting, {} bytes of base64>",

@@ -44,6 +44,24 @@ pub fn list() -> Result<i32> {
     Ok(0)
 }
 
+/// `impasto styles MODEL`: the styles one model holds, a line each.
+pub fn list_model(model: &str) -> Result<i32> {
+    let m = impasto::styles::resolve(model)?;
+    let n = m.style_count();
+    outln!(
+        "{model}: {n} style{} ({:?}, {} parameters)",
+        if n == 1 { "" } else { "s" },
+        m.config.arch,
+        m.plan().param_count()
+    );
+    for s in m.styles() {
+        let steps = s.steps.map(|v| format!(", {v} steps")).unwrap_or_default();
+        let painting = s.painting.as_deref().unwrap_or("painting not recorded");
+        outln!("{:<20} {painting}{steps}", s.name);
+    }
+    Ok(0)
+}
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The photo.

@@ -44,6 +44,10 @@ pub struct Look {
     /// faster, for previews and real time; `impasto styles` lists them).
     #[arg(long)]
     live: bool,
+    /// A model of several styles: pick one (`NAME`) or blend them (`a=0.7,b=0.3`,
+    /// normalised). Default: its first style. `impasto styles MODEL` lists them.
+    #[arg(long, value_name = "NAME|NAME=W,…", value_parser = impasto::model::Mix::parse)]
+    mix: Option<impasto::model::Mix>,
 }
 
 impl Look {
@@ -53,6 +57,12 @@ impl Look {
     }
 
     fn model_on_host(&self) -> impasto::Result<Transformer> {
+        self.network()?
+            .select(self.mix.as_ref())
+            .map_err(|m| impasto::Error::Usage(format!("{}: {m}", self.style)))
+    }
+
+    fn network(&self) -> impasto::Result<Transformer> {
         if self.live {
             impasto::styles::resolve_live(&self.style).map_err(|e| match e {
                 // The command that makes one.

@@ -20,9 +20,16 @@ pub const DEFAULT_TV_WEIGHT: f64 = LossConfig::DEFAULT_TV_WEIGHT;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// The style painting.
-    #[arg(long)]
-    style: PathBuf,
+    /// A style painting, `FILE` or `NAME=FILE` (name: default the file's stem). Give it
+    /// several times to train one network of several styles (conditional instance norm:
+    /// the batches take the paintings in turn; pick or blend them with `stylize --mix`).
+    #[arg(long, required = true, value_name = "[NAME=]FILE")]
+    style: Vec<String>,
+    /// Add the styles to this model (a model file or a built-in style): only their
+    /// instance-norm scale and shift train, every other weight stays exactly as it is, and
+    /// the output holds the model's styles and the new ones.
+    #[arg(long, value_name = "MODEL")]
+    base: Option<String>,
     #[command(flatten)]
     run: RunArgs,
     /// Longest side the style image is scaled to (Johnson's reference uses 256).
@@ -139,7 +146,12 @@ impl Observer for Bar {
 
 pub fn train(a: TrainArgs) -> Result<i32> {
     let req = TrainRequest {
-        style: a.style.clone(),
+        styles: a
+            .style
+            .iter()
+            .map(|s| trainer::StyleSource::parse(s))
+            .collect(),
+        base: a.base.clone(),
         style_size: a.style_size,
         lr: a.lr,
         loss: a.loss.config(),

@@ -22,7 +22,23 @@ pub struct TransformerConfig {
     pub conv_bias: bool,
     pub final_norm: bool,
     pub output: OutputFn,
+    /// Styles the network holds (conditional instance norm, Dumoulin et al. 2017): every
+    /// norm has one scale and shift per style; the convolutions are shared. 1: an ordinary
+    /// single-style network (not written to the file, so such files stay as they were).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub styles: usize,
 }
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+/// The most styles one network holds.
+pub const MAX_STYLES: usize = 256;
 
 impl TransformerConfig {
     pub fn new(arch: Arch) -> Self {
@@ -35,6 +51,7 @@ impl TransformerConfig {
                 conv_bias: true,
                 final_norm: false,
                 output: OutputFn::Linear,
+                styles: 1,
             },
             Arch::Seed => TransformerConfig {
                 arch,
@@ -47,6 +64,7 @@ impl TransformerConfig {
                     scale: 150.0,
                     shift: 127.5,
                 },
+                styles: 1,
             },
         }
     }
@@ -67,6 +85,12 @@ impl TransformerConfig {
                 self.res_blocks
             ));
         }
+        if self.styles == 0 || self.styles > MAX_STYLES {
+            return Err(format!(
+                "implausible network: {} styles (1..={MAX_STYLES})",
+                self.styles
+            ));
+        }
         if !(self.norm_eps > 0.0 && self.norm_eps < 1.0) {
             return Err(format!(
                 "instance-norm epsilon {} out of range (0 < eps < 1)",
@@ -83,12 +107,13 @@ impl TransformerConfig {
         Ok(())
     }
 
-    /// Every parameter: name and shape, in forward order (from the plan).
+    /// Every parameter: its unique key (a style's scale and shift are keyed per style) and
+    /// shape, in forward order (from the plan).
     pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
         self.plan()
             .params
             .into_iter()
-            .map(|p| (p.name, p.shape))
+            .map(|p| (p.key(), p.shape))
             .collect()
     }
 

@@ -152,6 +152,14 @@ impl TensorFile {
 
     /// Serialise in `precision`, written atomically.
     pub fn write_as(&self, path: &Path, precision: Precision) -> Result<()> {
+        let bytes = self
+            .to_bytes(precision)
+            .map_err(|e| Error::output(path, e))?;
+        crate::io::write_atomic(path, &bytes)
+    }
+
+    /// The safetensors bytes in `precision`.
+    pub fn to_bytes(&self, precision: Precision) -> std::result::Result<Vec<u8>, String> {
         let mut names: Vec<&String> = self.tensors.keys().collect();
         names.sort();
         let mut bufs = Vec::new();
@@ -169,7 +177,8 @@ impl TensorFile {
                     shape.clone(),
                     v.iter().flat_map(|x| x.to_le_bytes()).collect(),
                 )),
-                Precision::Int8 if shape.len() >= 2 && shape[0] > 0 => {
+                // Convolution weights only: a norm's per-style rows stay float16.
+                Precision::Int8 if shape.len() == 4 && shape[0] > 0 => {
                     let per = v.len() / shape[0];
                     let mut q = Vec::with_capacity(v.len());
                     let mut scales = Vec::with_capacity(shape[0]);
@@ -204,9 +213,7 @@ impl TensorFile {
             })
             .collect();
         let md: HashMap<String, String> = self.metadata.clone().into_iter().collect();
-        let bytes = safetensors::serialize(views, &Some(md))
-            .map_err(|e| Error::output(path, e.to_string()))?;
-        crate::io::write_atomic(path, &bytes)
+        safetensors::serialize(views, &Some(md)).map_err(|e| e.to_string())
     }
 }
 

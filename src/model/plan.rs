@@ -22,9 +22,20 @@ pub struct ParamSpec {
     pub shape: Vec<usize>,
     /// How a fresh network initialises it.
     pub init: Init,
+    /// The style whose scale or shift this is, in a network of several styles (the file
+    /// stores a norm's styles as the rows of one `[styles, channels]` tensor named `name`).
+    pub style: Option<usize>,
 }
 
 impl ParamSpec {
+    /// A name unique in the plan: `name`, or `name[k]` for style `k`'s row.
+    pub fn key(&self) -> String {
+        match self.style {
+            None => self.name.clone(),
+            Some(k) => format!("{}[{k}]", self.name),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
@@ -54,13 +65,14 @@ pub struct ConvLayer {
     pub bias: Option<ParamId>,
 }
 
-/// An instance norm of the plan and its parameters.
+/// An instance norm of the plan and its parameters: one scale and one shift per style
+/// (conditional instance norm; a single-style network has one of each).
 #[derive(Clone, Debug, PartialEq)]
 pub struct NormLayer {
     pub name: String,
     pub channels: usize,
-    pub scale: ParamId,
-    pub shift: ParamId,
+    pub scale: Vec<ParamId>,
+    pub shift: Vec<ParamId>,
 }
 
 /// One stage of the network; the numbers index [`Plan::convs`] and [`Plan::norms`].
@@ -101,8 +113,20 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn param_id(&self, name: &str) -> Option<ParamId> {
-        self.params.iter().position(|p| p.name == name)
+    /// A parameter by its key ([`ParamSpec::key`]: the file name, or `name[k]` for style
+    /// `k`'s scale or shift).
+    pub fn param_id(&self, key: &str) -> Option<ParamId> {
+        self.params.iter().position(|p| p.key() == key)
+    }
+
+    /// How many styles the norms hold.
+    pub fn styles(&self) -> usize {
+        self.norms.first().map_or(1, |n| n.scale.len())
+    }
+
+    /// Whether a parameter is shared by every style (a convolution's), not one style's.
+    pub fn shared(&self, id: ParamId) -> bool {
+        self.params[id].style.is_none() || self.styles() == 1
     }
 
     /// Nominal multiply-adds ×2 for one `h × w` forward pass.
@@ -143,7 +167,22 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     fn param(&mut self, name: String, shape: Vec<usize>, init: Init) -> ParamId {
-        self.plan.params.push(ParamSpec { name, shape, init });
+        self.styled(name, shape, init, None)
+    }
+
+    fn styled(
+        &mut self,
+        name: String,
+        shape: Vec<usize>,
+        init: Init,
+        style: Option<usize>,
+    ) -> ParamId {
+        self.plan.params.push(ParamSpec {
+            name,
+            shape,
+            init,
+            style,
+        });
         self.plan.params.len() - 1
     }
 
@@ -197,8 +236,29 @@ impl Builder<'_> {
     }
 
     fn norm(&mut self, name: &str, channels: usize) -> usize {
-        let scale = self.param(format!("{name}.weight"), vec![channels], Init::Ones);
-        let shift = self.param(format!("{name}.bias"), vec![channels], Init::Zeros);
+        // One style: plain parameters (pytorch/examples names); several: one row each.
+        let n = self.cfg.styles;
+        let style = |k: usize| (n > 1).then_some(k);
+        let scale = (0..n)
+            .map(|k| {
+                self.styled(
+                    format!("{name}.weight"),
+                    vec![channels],
+                    Init::Ones,
+                    style(k),
+                )
+            })
+            .collect();
+        let shift = (0..n)
+            .map(|k| {
+                self.styled(
+                    format!("{name}.bias"),
+                    vec![channels],
+                    Init::Zeros,
+                    style(k),
+                )
+            })
+            .collect();
         self.plan.norms.push(NormLayer {
             name: name.into(),
             channels,
@@ -291,6 +351,30 @@ mod tests {
         assert!(s.param_id("in6.weight").is_some());
         assert_eq!(s.norms.len(), 16);
         assert_eq!(p.norms.len(), 15);
+    }
+
+    #[test]
+    fn several_styles_add_only_norm_rows() {
+        let one = TransformerConfig::new(Arch::Johnson).plan();
+        let mut cfg = TransformerConfig::new(Arch::Johnson);
+        cfg.styles = 3;
+        let three = cfg.plan();
+        assert_eq!(three.styles(), 3);
+        let norm_params: usize = one.norms.iter().map(|n| 2 * n.channels).sum();
+        assert_eq!(three.param_count(), one.param_count() + 2 * norm_params);
+        let n = &three.norms[0];
+        assert_eq!(three.params[n.scale[2]].key(), "in1.weight[2]");
+        assert_eq!(three.param_id("in1.bias[1]"), Some(n.shift[1]));
+        assert!(three.shared(three.convs[0].weight) && !three.shared(n.scale[0]));
+        // The convolutions draw their random weights in the same order.
+        let convs = |p: &Plan| {
+            p.convs
+                .iter()
+                .map(|c| c.weight)
+                .map(|id| p.params[id].key())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(convs(&one), convs(&three));
     }
 
     #[test]

@@ -120,7 +120,7 @@ impl Distiller {
         let mut copy = |t: Option<usize>, s: Option<usize>| {
             if let (Some(t), Some(s)) = (t, s) {
                 let v = self.teacher.param_values(t).to_vec();
-                let name = sp.params[s].name.clone();
+                let name = sp.params[s].key();
                 if sp.params[s].shape == tp.params[t].shape {
                     student.edit_param(&name, |d| d.copy_from_slice(&v));
                 }
@@ -133,8 +133,15 @@ impl Distiller {
             }) && sp.blocks.last().is_some_and(|b| {
                 matches!(b, crate::model::plan::Block::Output { norm: Some(_), .. })
             }) {
-                copy(Some(tn.scale), Some(sn.scale));
-                copy(Some(tn.shift), Some(sn.shift));
+                // Style by style (the student holds the teacher's styles).
+                for (t, s) in tn
+                    .scale
+                    .iter()
+                    .zip(&sn.scale)
+                    .chain(tn.shift.iter().zip(&sn.shift))
+                {
+                    copy(Some(*t), Some(*s));
+                }
             }
         }
     }

@@ -81,10 +81,11 @@ impl<B: Backend> Transformer<B> {
             &tape.xhat[i],
             dout,
             &tape.inv_std[i],
-            &self.dev[layer.scale],
+            &self.dev[layer.scale[self.style]],
         );
-        grads.0[layer.scale] = Some(dg);
-        grads.0[layer.shift] = Some(db);
+        // Only the active style's row: the other styles' are not touched by this batch.
+        grads.0[layer.scale[self.style]] = Some(dg);
+        grads.0[layer.shift[self.style]] = Some(db);
         dz
     }
 

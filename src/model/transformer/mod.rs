@@ -52,16 +52,13 @@ pub struct Transformer<B: Backend = Cpu> {
     dev: Vec<B::Tensor>,
     /// The backend's parameters are newer than `params`.
     stale: bool,
+    /// The style whose norm rows the passes use (0 in a single-style network).
+    style: usize,
 }
 
 impl<B: Backend> Clone for Transformer<B> {
     fn clone(&self) -> Self {
-        Self::build(
-            self.backend.clone(),
-            self.config.clone(),
-            self.host_params().into_owned(),
-            self.metadata.clone(),
-        )
+        self.to_backend(self.backend.clone())
     }
 }
 
@@ -144,6 +141,40 @@ impl Transformer<Cpu> {
         Self::from_named_on(Cpu, config, tensors, metadata)
     }
 
+    /// From every parameter in plan order (a checkpoint's), checked like a loaded file.
+    pub fn from_params(
+        config: TransformerConfig,
+        params: Vec<Vec<f32>>,
+    ) -> std::result::Result<Transformer, ModelError> {
+        config.validate()?;
+        let plan = config.plan();
+        if params.len() != plan.params.len() {
+            return Err(format!(
+                "{} parameters, the network has {}",
+                params.len(),
+                plan.params.len()
+            )
+            .into());
+        }
+        if let Some((spec, v)) = plan
+            .params
+            .iter()
+            .zip(&params)
+            .find(|(s, v)| s.len() != v.len())
+        {
+            return Err(format!(
+                "`{}` holds {} values, expected {}",
+                spec.key(),
+                v.len(),
+                spec.len()
+            )
+            .into());
+        }
+        let t = Transformer::build(Cpu, config, params, BTreeMap::new());
+        t.validate()?;
+        Ok(t)
+    }
+
     /// A freshly initialised network (PyTorch's default: weights and biases uniform in
     /// ±1/√fan_in, instance-norm scale 1 and shift 0), reproducible from `seed`.
     pub fn init(config: TransformerConfig, seed: u64) -> Self {
@@ -152,7 +183,7 @@ impl Transformer<Cpu> {
 }
 
 impl<B: Backend> Transformer<B> {
-    fn build(
+    pub(crate) fn build(
         backend: B,
         config: TransformerConfig,
         params: Vec<Vec<f32>>,
@@ -182,6 +213,7 @@ impl<B: Backend> Transformer<B> {
             convs,
             dev,
             stale: false,
+            style: 0,
         }
     }
 
@@ -193,7 +225,7 @@ impl<B: Backend> Transformer<B> {
     }
 
     /// The parameters on the host: the stored copy, or the backend's when they are newer.
-    fn host_params(&self) -> std::borrow::Cow<'_, [Vec<f32>]> {
+    pub(crate) fn host_params(&self) -> std::borrow::Cow<'_, [Vec<f32>]> {
         if self.stale {
             std::borrow::Cow::Owned(
                 self.dev
@@ -252,8 +284,34 @@ impl<B: Backend> Transformer<B> {
         metadata: BTreeMap<String, String>,
     ) -> std::result::Result<Self, ModelError> {
         config.validate()?;
+        let plan = config.plan();
+        // Several styles: a norm's `[styles, channels]` tensor holds one row per style.
+        let mut rows: BTreeMap<String, Vec<f32>> = BTreeMap::new();
+        if plan.styles() > 1 {
+            for norm in &plan.norms {
+                for name in [
+                    format!("{}.weight", norm.name),
+                    format!("{}.bias", norm.name),
+                ] {
+                    let want = vec![plan.styles(), norm.channels];
+                    match tensors.remove(&name) {
+                        None => return Err(ModelError::MissingTensor(name)),
+                        Some((got, _)) if got != want => {
+                            return Err(ModelError::Shape { name, got, want })
+                        }
+                        Some((_, v)) => {
+                            rows.insert(name, v);
+                        }
+                    }
+                }
+            }
+        }
         let mut params = Vec::new();
-        for p in config.plan().params {
+        for p in plan.params {
+            if let (Some(k), Some(all)) = (p.style, rows.get(&p.name)) {
+                params.push(all[k * p.len()..(k + 1) * p.len()].to_vec());
+                continue;
+            }
             match tensors.remove(&p.name) {
                 None => return Err(ModelError::MissingTensor(p.name)),
                 Some((got, _)) if got != p.shape => {
@@ -307,12 +365,14 @@ impl<B: Backend> Transformer<B> {
 
     /// The same network on another backend.
     pub fn to_backend<C: Backend>(&self, backend: C) -> Transformer<C> {
-        Transformer::build(
+        let mut t = Transformer::build(
             backend,
             self.config.clone(),
             self.host_params().into_owned(),
             self.metadata.clone(),
-        )
+        );
+        t.style = self.style;
+        t
     }
 
     pub fn backend(&self) -> &B {
@@ -369,6 +429,22 @@ impl<B: Backend> Transformer<B> {
         self.refresh_convs();
     }
 
+    /// The style whose norm rows the passes use from now on (training takes one style per
+    /// batch); to blend styles, see [`Transformer::mixed`].
+    pub fn set_style(&mut self, style: usize) {
+        assert!(
+            style < self.config.styles,
+            "style {style} of {}",
+            self.config.styles
+        );
+        self.style = style;
+    }
+
+    /// The style the passes use.
+    pub fn style(&self) -> usize {
+        self.style
+    }
+
     /// The parameters on the backend, in plan order.
     pub fn backend_params(&self) -> &[B::Tensor] {
         &self.dev
@@ -394,8 +470,23 @@ impl<B: Backend> Transformer<B> {
     pub fn to_file(&self) -> TensorFile {
         let mut f = TensorFile::default();
         for (spec, v) in self.plan.params.iter().zip(self.host_params().iter()) {
-            f.tensors
-                .insert(spec.name.clone(), (spec.shape.clone(), v.to_vec()));
+            match spec.style {
+                None => {
+                    f.tensors
+                        .insert(spec.name.clone(), (spec.shape.clone(), v.to_vec()));
+                }
+                // Style k's row of the norm's `[styles, channels]` tensor (rows in order).
+                Some(_) => {
+                    let e = f.tensors.entry(spec.name.clone()).or_insert_with(|| {
+                        (
+                            vec![0, spec.len()],
+                            Vec::with_capacity(spec.len() * self.plan.styles()),
+                        )
+                    });
+                    e.0[0] += 1;
+                    e.1.extend_from_slice(v);
+                }
+            }
         }
         f.metadata = self.metadata.clone();
         f.metadata.insert(
@@ -430,7 +521,7 @@ impl<B: Backend> Transformer<B> {
                     path,
                     format!(
                         "`{}` has values beyond float16's range (±65504); save it as f32",
-                        spec.name
+                        spec.key()
                     ),
                 ));
             }
@@ -467,10 +558,19 @@ impl<B: Backend> Transformer<B> {
                 msg,
             })?;
         }
+        if let Some(js) = self.metadata.get(crate::model::mix::STYLES_KEY) {
+            let bad = |msg: String| ModelError::Metadata {
+                key: crate::model::mix::STYLES_KEY.into(),
+                msg,
+            };
+            let list: Vec<crate::model::mix::StyleEntry> =
+                serde_json::from_str(js).map_err(|e| bad(e.to_string()))?;
+            crate::model::mix::check_styles(self.config.styles, &list).map_err(bad)?;
+        }
         for (spec, v) in self.plan.params.iter().zip(self.host_params().iter()) {
             if let Some(&value) = v.iter().find(|x| !x.is_finite()) {
                 return Err(ModelError::NonFinite {
-                    name: spec.name.clone(),
+                    name: spec.key(),
                     value,
                 });
             }
@@ -623,7 +723,10 @@ impl<B: Backend> Transformer<B> {
         let b = &self.backend;
         let [n, c, h, w] = b.dims(z);
         let layer = &self.plan.norms[i];
-        let (gamma, beta) = (&self.dev[layer.scale], &self.dev[layer.shift]);
+        let (gamma, beta) = (
+            &self.dev[layer.scale[self.style]],
+            &self.dev[layer.shift[self.style]],
+        );
         // Training: each sample's own statistics over its whole plane; x̂ and 1/σ are kept
         // for the backward pass, on the backend.
         if let Some(t) = tape.as_deref_mut() {
@@ -769,7 +872,12 @@ mod tests {
                 let plan = cpu.plan();
                 let sibling = (plan.convs.iter().find(|c| c.bias == Some(id)))
                     .map(|c| c.weight)
-                    .or_else(|| plan.norms.iter().find(|n| n.shift == id).map(|n| n.scale));
+                    .or_else(|| {
+                        plan.norms
+                            .iter()
+                            .find(|n| n.shift[0] == id)
+                            .map(|n| n.scale[0])
+                    });
                 let noise = sibling.is_some_and(|w| {
                     let scale = max(&gc[w]);
                     max(&gc[id]) < 1e-4 * scale && max(&gg[id]) < 1e-4 * scale

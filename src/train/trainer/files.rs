@@ -110,7 +110,7 @@ impl Checkpoint {
     pub fn save(&self, path: &Path) -> Result<()> {
         let mut f = TensorFile::default();
         for (id, (p, v)) in self.model.params().enumerate() {
-            let (n, s) = (&p.name, &p.shape);
+            let (n, s) = (&p.key(), &p.shape);
             f.tensors
                 .insert(format!("param.{n}"), (s.clone(), v.to_vec()));
             if let (Some(m), Some(vv)) = (self.adam.m.get(id), self.adam.v.get(id)) {
@@ -151,26 +151,26 @@ impl Checkpoint {
                 msg: e.to_string(),
             })
         })?;
-        let mut params = std::collections::BTreeMap::new();
+        let mut params = Vec::new();
         let mut adam = Adam::new(meta.lr);
         adam.t = meta.adam_t;
         meta.model.validate().map_err(|m| bad(m.into()))?;
         for (name, shape) in meta.model.param_shapes() {
-            params.insert(
-                name.clone(),
-                (
-                    shape.clone(),
-                    f.take(&format!("param.{name}"), &shape).map_err(bad)?,
-                ),
-            );
+            params.push(f.take(&format!("param.{name}"), &shape).map_err(bad)?);
             if meta.adam_t > 0 {
-                adam.m
-                    .push(f.take(&format!("adam.m.{name}"), &shape).map_err(bad)?);
-                adam.v
-                    .push(f.take(&format!("adam.v.{name}"), &shape).map_err(bad)?);
+                // A tensor no step has reached yet (another style's row, a frozen
+                // parameter) has no moments.
+                let (m, v) = (format!("adam.m.{name}"), format!("adam.v.{name}"));
+                if f.tensors.contains_key(&m) || f.tensors.contains_key(&v) {
+                    adam.m.push(f.take(&m, &shape).map_err(bad)?);
+                    adam.v.push(f.take(&v, &shape).map_err(bad)?);
+                } else {
+                    adam.m.push(Vec::new());
+                    adam.v.push(Vec::new());
+                }
             }
         }
-        let model = Transformer::from_named(meta.model, params, Default::default()).map_err(bad)?;
+        let model = Transformer::from_params(meta.model, params).map_err(bad)?;
         Ok(Checkpoint {
             config: meta.train,
             model,

@@ -41,10 +41,11 @@ pub(super) fn mean(ls: impl Iterator<Item = Losses>) -> Losses {
     }
 }
 
-/// A grid: the validation photos on top, their stylizations below (with a teacher: the
-/// photos, the teacher's output, the student's).
+/// A grid: the validation photos on top, their stylizations below, a row per style row in
+/// `rows` (with a teacher: the photos, the teacher's output, the student's).
 pub fn preview<B: Backend>(
     model: &Transformer<B>,
+    rows: &[usize],
     teacher: Option<&Transformer>,
     imgs: &[Tensor],
     path: &Path,
@@ -54,14 +55,22 @@ pub fn preview<B: Backend>(
         return Ok(());
     }
     let s = imgs[0].h;
-    let rows = if teacher.is_some() { 3 } else { 2 };
-    let mut grid = image::RgbImage::new((n * s) as u32, (rows * s) as u32);
+    let styled: Vec<Transformer<B>> = rows
+        .iter()
+        .map(|&k| {
+            let mut m = model.clone();
+            m.set_style(k);
+            m
+        })
+        .collect();
+    let height = 1 + usize::from(teacher.is_some()) + styled.len();
+    let mut grid = image::RgbImage::new((n * s) as u32, (height * s) as u32);
     for (i, x) in imgs.iter().take(n).enumerate() {
         let mut shown = vec![x.clone()];
         if let Some(t) = teacher {
             shown.push(t.forward(x));
         }
-        shown.push(model.forward(x));
+        shown.extend(styled.iter().map(|m| m.forward(x)));
         for (row, t) in shown.iter().enumerate() {
             let hw = s * s;
             for py in 0..s {

@@ -32,7 +32,7 @@ use files::{append_jsonl, checkpoint_to_resume, lock_output, truncate_metrics};
 pub use files::{sha256_file, Checkpoint, RunFiles, RunLock};
 use metrics::mean;
 pub use metrics::{preview, validate};
-pub use request::{defaults, DistillRequest, RunSettings, TrainRequest};
+pub use request::{defaults, DistillRequest, RunSettings, StyleSource, TrainRequest};
 use setup::run_identity_differs;
 pub use setup::{distill, load_style, run};
 
@@ -64,6 +64,30 @@ pub struct TrainConfig {
     /// constant, Johnson's recipe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr_final: Option<f64>,
+    /// The paintings of a run of several styles (or one added to a base), in the order
+    /// the batches take them; empty for an ordinary single-style run (`style`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub styles: Vec<StyleRecord>,
+    /// The model the styles are added to: only their norm rows train.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRecord>,
+}
+
+/// A painting of a run of several styles.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StyleRecord {
+    pub name: String,
+    pub painting: String,
+    pub sha256: String,
+}
+
+/// The model a run adds styles to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BaseRecord {
+    pub model: String,
+    pub sha256: String,
+    /// Its styles: rows `0..styles.len()` of the new model are its own, frozen.
+    pub styles: Vec<crate::model::StyleEntry>,
 }
 
 impl TrainConfig {
@@ -79,6 +103,54 @@ impl TrainConfig {
         }
     }
 
+    /// Whether parameter `id` of the network learns in this run: all of them, except in a
+    /// run that adds styles to a base, where only the new styles' norm rows do.
+    pub fn trains(&self, plan: &crate::model::plan::Plan, id: usize) -> bool {
+        match &self.base {
+            None => true,
+            Some(b) => plan.params[id].style.is_some_and(|k| k >= b.styles.len()),
+        }
+    }
+
+    /// The name of every style row of the network this run trains.
+    pub fn style_names(&self) -> Vec<String> {
+        if self.styles.is_empty() {
+            return vec![crate::model::mix::name_from_path(Path::new(&self.style))];
+        }
+        let base = self
+            .base
+            .iter()
+            .flat_map(|b| b.styles.iter().map(|s| s.name.clone()));
+        base.chain(self.styles.iter().map(|s| s.name.clone()))
+            .collect()
+    }
+
+    /// The styles a finished run's model lists: the base's, then the run's own (with their
+    /// paintings' thumbnails and the batches each took over `steps`); warnings for
+    /// thumbnails that could not be made.
+    fn style_entries(&self, steps: u64) -> (Vec<crate::model::StyleEntry>, Vec<String>) {
+        let mut warnings = Vec::new();
+        let mut list: Vec<_> = self.base.iter().flat_map(|b| b.styles.clone()).collect();
+        let n = self.styles.len() as u64;
+        for (i, s) in self.styles.iter().enumerate() {
+            let thumbnail = match crate::styles::painting_thumbnail(Path::new(&s.painting)) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    warnings.push(format!("no thumbnail for style {}: {e}", s.name));
+                    None
+                }
+            };
+            list.push(crate::model::StyleEntry {
+                name: s.name.clone(),
+                painting: Some(s.painting.clone()),
+                sha256: Some(s.sha256.clone()),
+                thumbnail,
+                steps: Some(steps / n + u64::from((i as u64) < steps % n)),
+            });
+        }
+        (list, warnings)
+    }
+
     /// The network this run trains.
     pub fn network(&self) -> TransformerConfig {
         self.network
@@ -90,9 +162,11 @@ impl TrainConfig {
 /// What a run trains the network to minimise.
 pub enum Objective<'a> {
     /// Johnson's perceptual loss: content, style (against the painting's Grams), TV.
+    /// Several styles: one target per style row of the network, the batches taking them
+    /// in turn.
     Perceptual {
         vgg: &'a Vgg16<Device>,
-        target: StyleTarget<Device>,
+        targets: Vec<(usize, StyleTarget<Device>)>,
     },
     /// Reproduce a teacher network (`impasto distill`).
     Distill(&'a Distiller),
@@ -110,7 +184,8 @@ impl Objective<'_> {
     ) -> std::result::Result<(Losses, Grads<Device>, bool), crate::backend::DeviceError> {
         let b = model.backend();
         let (losses, grads, sums) = match self {
-            Objective::Perceptual { vgg, target } => {
+            Objective::Perceptual { vgg, targets } => {
+                let target = &targets[(step % targets.len() as u64) as usize].1;
                 let x = b.upload(x);
                 let (pending, grads) = step::loss_and_grads(model, vgg, target, &cfg.loss, &x);
                 let (losses, sums) = pending.read(b, &grads.sum_squares(b))?;
@@ -128,15 +203,53 @@ impl Objective<'_> {
         Ok((losses, grads, finite))
     }
 
-    /// Mean losses over validation crops (fixed noise; every term a run can have).
-    fn validate(&self, model: &Transformer<Device>, cfg: &LossConfig, imgs: &[Tensor]) -> Losses {
+    /// The style row batch `step` trains.
+    fn style_at(&self, step: u64) -> usize {
         match self {
-            Objective::Perceptual { vgg, target } => validate(model, vgg, target, cfg, imgs),
-            Objective::Distill(d) => mean(
-                imgs.iter()
-                    .enumerate()
-                    .map(|(i, x)| d.loss(model, x, i as u64, false, true).0),
+            Objective::Perceptual { targets, .. } => {
+                targets[(step % targets.len() as u64) as usize].0
+            }
+            Objective::Distill(_) => 0,
+        }
+    }
+
+    /// Mean losses over validation crops (fixed noise; every term a run can have), and
+    /// with several styles each trained row's own (by row).
+    fn validate(
+        &self,
+        model: &Transformer<Device>,
+        cfg: &LossConfig,
+        imgs: &[Tensor],
+    ) -> (Losses, Vec<(usize, Losses)>) {
+        match self {
+            Objective::Perceptual { vgg, targets } => {
+                let per: Vec<(usize, Losses)> = targets
+                    .iter()
+                    .map(|(row, t)| {
+                        let mut m = model.clone();
+                        m.set_style(*row);
+                        (*row, validate(&m, vgg, t, cfg, imgs))
+                    })
+                    .collect();
+                let all = mean(per.iter().map(|(_, l)| *l));
+                (all, if per.len() > 1 { per } else { Vec::new() })
+            }
+            Objective::Distill(d) => (
+                mean(
+                    imgs.iter()
+                        .enumerate()
+                        .map(|(i, x)| d.loss(model, x, i as u64, false, true).0),
+                ),
+                Vec::new(),
             ),
+        }
+    }
+
+    /// The style rows a preview shows (one row of pictures each).
+    fn rows(&self) -> Vec<usize> {
+        match self {
+            Objective::Perceptual { targets, .. } => targets.iter().map(|(r, _)| *r).collect(),
+            Objective::Distill(_) => vec![0],
         }
     }
 
@@ -166,6 +279,9 @@ pub struct RunOptions<'a> {
     pub interrupt: &'a AtomicBool,
     /// Where the network trains.
     pub device: Device,
+    /// The network a fresh run starts from (a base with rows for the styles it adds);
+    /// None: a freshly initialised one.
+    pub start: Option<Transformer>,
 }
 
 #[derive(Debug)]
@@ -241,7 +357,10 @@ pub fn train(
             )
         }
         None => {
-            let mut m = Transformer::init(cfg.network(), cfg.seed);
+            let mut m = match opts.start {
+                Some(m) => m,
+                None => Transformer::init(cfg.network(), cfg.seed),
+            };
             if let Objective::Distill(d) = objective {
                 d.warm_start(&mut m);
             }
@@ -317,6 +436,7 @@ pub fn train(
                 .exists()
                 .then(|| opts.files.checkpoint.display().to_string())
         };
+        model.set_style(objective.style_at(step));
         let (losses, grads, finite) = objective
             .loss_and_grads(&model, cfg, &batch.images, step)
             .map_err(|e| {
@@ -345,6 +465,15 @@ pub fn train(
             )));
         }
         adam.lr = cfg.lr_at(step);
+        let mut grads = grads;
+        if cfg.base.is_some() {
+            // Adding styles to a base: every other weight stays exactly as it was.
+            for (id, g) in grads.0.iter_mut().enumerate() {
+                if !cfg.trains(model.plan(), id) {
+                    *g = None;
+                }
+            }
+        }
         step::apply(&mut model, &mut adam, &grads);
         step += 1;
         done_here += 1;
@@ -363,13 +492,30 @@ pub fn train(
             save(&model, &adam, step, last_pos)?;
         }
         if !val_imgs.is_empty() && (step % opts.val_every == 0 || step == cfg.steps) {
-            let v = objective.validate(&model, &cfg.loss, &val_imgs);
-            append_jsonl(
-                &opts.files.metrics,
-                &serde_json::json!({"step": step, "val": v}),
-            )?;
+            let (v, per) = objective.validate(&model, &cfg.loss, &val_imgs);
+            let mut record = serde_json::json!({"step": step, "val": v});
+            if !per.is_empty() {
+                let names = cfg.style_names();
+                record["val_styles"] = per
+                    .iter()
+                    .map(|(row, l)| {
+                        (
+                            names[*row].clone(),
+                            serde_json::to_value(l).expect("serialises"),
+                        )
+                    })
+                    .collect::<serde_json::Map<_, _>>()
+                    .into();
+            }
+            append_jsonl(&opts.files.metrics, &record)?;
             obs.message(&format!("step {step}: validation {}", v.describe()));
-            preview(&model, objective.teacher(), &val_imgs, &opts.files.preview)?;
+            preview(
+                &model,
+                &objective.rows(),
+                objective.teacher(),
+                &val_imgs,
+                &opts.files.preview,
+            )?;
         }
         if ck || step == cfg.steps || (!val_imgs.is_empty() && step % opts.val_every == 0) {
             crate::train::plot::loss_curve(&opts.files.metrics, &opts.files.curve)?;
@@ -408,6 +554,15 @@ pub fn train(
                     model.metadata.insert(key.into(), v.clone());
                 }
             }
+        }
+        None if !cfg.styles.is_empty() => {
+            let (list, warnings) = cfg.style_entries(step);
+            for w in warnings {
+                obs.message(&format!("warning: {w}"));
+            }
+            model
+                .set_styles(&list)
+                .map_err(|m| Error::Usage(format!("styles: {m}")))?;
         }
         None => {
             model

@@ -100,10 +100,31 @@ impl RunSettings {
 }
 
 impl TrainRequest {
-    /// The one range check of a training request: its run's settings, the style size, the
-    /// learning rate and the loss weights.
+    /// The one range check of a training request: its run's settings, the styles' names,
+    /// the style size, the learning rate and the loss weights.
     pub fn validate(&self) -> Result<()> {
         self.run.validate()?;
+        if self.styles.is_empty() {
+            return Err(Error::Usage("no style painting: give at least one".into()));
+        }
+        for (i, s) in self.styles.iter().enumerate() {
+            crate::model::mix::check_name(&s.name)
+                .map_err(|m| Error::Usage(format!("{}: {m}", s.path.display())))?;
+            if self.styles[..i].iter().any(|o| o.name == s.name) {
+                return Err(Error::Usage(format!(
+                    "two styles are named {:?} ({}); name them with NAME=FILE",
+                    s.name,
+                    s.path.display()
+                )));
+            }
+        }
+        if self.styles.len() > crate::model::config::MAX_STYLES {
+            return Err(Error::Usage(format!(
+                "{} styles: one network holds at most {}",
+                self.styles.len(),
+                crate::model::config::MAX_STYLES
+            )));
+        }
         if self.style_size < 16 {
             return Err(Error::Usage(format!(
                 "`style_size` {} must be at least 16",
@@ -132,12 +153,45 @@ impl TrainRequest {
     }
 }
 
+/// A painting to train and the name its style gets in the model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StyleSource {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl StyleSource {
+    /// A painting named after its file (see [`crate::model::mix::name_from_path`]).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        StyleSource {
+            name: crate::model::mix::name_from_path(&path),
+            path,
+        }
+    }
+
+    /// `FILE` or `NAME=FILE` (a path that exists as given is a file, `=` or not).
+    pub fn parse(arg: &str) -> Self {
+        match arg.split_once('=') {
+            Some((name, file)) if !Path::new(arg).exists() && !name.is_empty() => StyleSource {
+                name: name.to_string(),
+                path: file.into(),
+            },
+            _ => StyleSource::new(arg),
+        }
+    }
+}
+
 /// A training run as a caller asks for it (the CLI's `impasto train` flags, the Python
 /// package's `impasto.train(...)`): [`run`] turns it into a [`TrainConfig`] and runs it.
 #[derive(Clone, Debug)]
 pub struct TrainRequest {
-    /// The style painting.
-    pub style: PathBuf,
+    /// The style paintings: one network learns them all (one batch per style in turn;
+    /// several make a network of several styles).
+    pub styles: Vec<StyleSource>,
+    /// Add the styles to this model (a file or a built-in name): only their norm rows
+    /// train; every other weight, the model's own styles included, stays as it is.
+    pub base: Option<String>,
     /// Longest side the style image is scaled to.
     pub style_size: u32,
     pub lr: f64,
@@ -154,7 +208,8 @@ impl TrainRequest {
         output: impl Into<PathBuf>,
     ) -> Self {
         TrainRequest {
-            style: style.into(),
+            styles: vec![StyleSource::new(style)],
+            base: None,
             style_size: defaults::STYLE_SIZE,
             lr: defaults::LR,
             loss: LossConfig::default(),

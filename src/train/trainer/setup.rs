@@ -30,7 +30,12 @@ pub fn load_style(path: &Path, size: Option<u32>) -> Result<Tensor> {
 /// (skipped folders reported through `obs`), the style, the checkpoint.
 pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -> Result<Outcome> {
     req.validate()?;
-    crate::batch::guard_output(&req.run.output, &[&req.style])?;
+    let inputs: Vec<&Path> = req.styles.iter().map(|s| s.path.as_path()).collect();
+    let base_path = req.base.as_deref().map(Path::new);
+    crate::batch::guard_output(
+        &req.run.output,
+        &[inputs.as_slice(), base_path.as_slice()].concat(),
+    )?;
     refuse_output_inside(&req.run)?;
     let (files, _lock) = lock_output(&req.run.output)?;
     let vgg_path = crate::model::vgg::locate(req.run.vgg.as_deref())?;
@@ -41,13 +46,53 @@ pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -
         4 * 64 * n * s * s,
         &format!("a training batch of {n} at {s}²"),
     )?;
+    let base = match &req.base {
+        Some(b) => Some(load_base(b, &req.styles, req.arch)?),
+        None => None,
+    };
     let vgg = Vgg16::load_on(device.clone(), &vgg_path)?;
     let data = Inputs::scan(&req.run, obs)?;
-    let style = load_style(&req.style, Some(req.style_size))?;
+    let mut paintings = Vec::new();
+    for st in &req.styles {
+        paintings.push((
+            load_style(&st.path, Some(req.style_size))?,
+            sha256_file(&st.path)?,
+        ));
+    }
+    // One style and no base: an ordinary run, recorded as it always was.
+    let several = req.styles.len() > 1 || base.is_some();
+    let first = &req.styles[0];
+    let records = if several {
+        req.styles
+            .iter()
+            .zip(&paintings)
+            .map(|(st, (_, sha))| StyleRecord {
+                name: st.name.clone(),
+                painting: st.path.display().to_string(),
+                sha256: sha.clone(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let old_rows = base.as_ref().map_or(0, |(m, _)| m.style_count());
+    let network = match &base {
+        Some((m, _)) => {
+            let mut c = m.config.clone();
+            c.styles += req.styles.len();
+            Some(c)
+        }
+        None if several => {
+            let mut c = TransformerConfig::new(req.arch);
+            c.styles = req.styles.len();
+            Some(c)
+        }
+        None => None,
+    };
     let cfg = TrainConfig {
         arch: req.arch,
-        style: req.style.display().to_string(),
-        style_sha256: sha256_file(&req.style)?,
+        style: first.path.display().to_string(),
+        style_sha256: paintings[0].1.clone(),
         style_size: Some(req.style_size),
         data: req.run.data.display().to_string(),
         dataset_size: data.photos.len(),
@@ -59,31 +104,85 @@ pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -
         seed: req.run.seed,
         vgg_convention: vgg.pre.convention.clone(),
         checkpoint_every: req.run.checkpoint_every.max(1),
-        network: None,
+        network,
         distill: None,
         lr_final: None,
+        styles: records,
+        base: base.as_ref().map(|(m, sha)| BaseRecord {
+            model: req.base.clone().unwrap_or_default(),
+            sha256: sha.clone(),
+            styles: m.styles(),
+        }),
     };
     let resume = checkpoint_to_resume(&files, req.run.resume)?;
+    let names: Vec<String> = req.styles.iter().map(|s| s.name.clone()).collect();
     obs.message(&format!(
-        "training {:?} on {} photos ({} steps of {}, {}²), style {}, VGG {} ({})",
+        "training {:?} on {} photos ({} steps of {}, {}²), {} {}{}, VGG {} ({})",
         cfg.arch,
         data.photos.len(),
         data.steps,
         cfg.batch_size,
         cfg.image_size,
-        req.style.display(),
+        if names.len() > 1 { "styles" } else { "style" },
+        if several {
+            names.join(", ")
+        } else {
+            first.path.display().to_string()
+        },
+        match &req.base {
+            Some(b) =>
+                format!(" added to {b} (its {old_rows} styles and every shared weight frozen)"),
+            None => String::new(),
+        },
         vgg_path.display(),
         cfg.vgg_convention
     ));
-    let opts = run_options(&req.run, &cfg, data.val, files, resume, interrupt);
-    let target = StyleTarget::new(&vgg, &device.upload(&style));
+    let mut opts = run_options(&req.run, &cfg, data.val, files, resume, interrupt);
+    opts.start = base.map(|(m, _)| m.with_new_styles(req.styles.len()));
+    let targets = paintings
+        .iter()
+        .enumerate()
+        .map(|(i, (img, _))| (old_rows + i, StyleTarget::new(&vgg, &device.upload(img))))
+        .collect();
     train(
         &cfg,
-        &Objective::Perceptual { vgg: &vgg, target },
+        &Objective::Perceptual { vgg: &vgg, targets },
         data.photos,
         opts,
         obs,
     )
+}
+
+/// The model a run adds styles to (a file or a built-in name) and its SHA-256: its
+/// architecture is the run's, and no new style takes one of its styles' names.
+fn load_base(base: &str, styles: &[StyleSource], arch: Arch) -> Result<(Transformer, String)> {
+    use sha2::Digest;
+    let model = crate::styles::resolve(base)?;
+    let sha = match crate::styles::builtin_bytes(base) {
+        Some(bytes) => format!("{:x}", sha2::Sha256::digest(bytes)),
+        None => sha256_file(Path::new(base))?,
+    };
+    if model.config.arch != arch {
+        let a = format!("{:?}", model.config.arch).to_lowercase();
+        return Err(Error::Usage(format!(
+            "{base}: a {a} network; train with `--arch {a}` to add styles to it"
+        )));
+    }
+    let own = model.style_names();
+    if let Some(s) = styles.iter().find(|s| own.contains(&s.name)) {
+        return Err(Error::Usage(format!(
+            "{base} already has a style named {:?}; name the new one with NAME=FILE",
+            s.name
+        )));
+    }
+    if own.len() + styles.len() > crate::model::config::MAX_STYLES {
+        return Err(Error::Usage(format!(
+            "{base} holds {} styles: one network holds at most {}",
+            own.len(),
+            crate::model::config::MAX_STYLES
+        )));
+    }
+    Ok((model, sha))
 }
 
 /// The photos of a run and how many steps it takes.
@@ -162,6 +261,8 @@ pub(super) fn run_identity_differs(ck: &TrainConfig, cfg: &TrainConfig) -> Optio
         // (a distillation's style_sha256 is its teacher's: name the teacher first)
         (teacher(ck) != teacher(cfg), "teacher or teacher's painting"),
         (ck.style_sha256 != cfg.style_sha256, "style"),
+        (ck.styles != cfg.styles, "set of styles"),
+        (ck.base != cfg.base, "base model"),
         (ck.arch != cfg.arch || ck.network != cfg.network, "network"),
         (ck.image_size != cfg.image_size, "image size"),
         (ck.batch_size != cfg.batch_size, "batch size"),
@@ -288,6 +389,8 @@ pub fn distill(
         network: Some(req.network.clone()),
         distill: Some(dcfg.clone()),
         lr_final: req.lr_final,
+        styles: Vec::new(),
+        base: None,
     };
     let resume = checkpoint_to_resume(&files, req.run.resume)?;
     obs.message(&format!(
@@ -338,5 +441,6 @@ fn run_options<'a>(
         half: run.half,
         interrupt,
         device: run.device.clone(),
+        start: None,
     }
 }
