@@ -429,3 +429,191 @@ fn training_on_the_gpu_follows_the_cpu_and_resumes_exactly() {
     assert!(stderr(&o).contains("resuming from step"), "{}", stderr(&o));
     assert_eq!(weights(&b), want, "the resumed GPU run differs");
 }
+
+/// `train_cmd` with several paintings (`--style` given once each) in place of the one.
+fn multi_cmd(s: &Setup, out: &Path, steps: u64, styles: &[String], extra: &[&str]) -> Command {
+    let mut c = bin();
+    c.arg("train");
+    for st in styles {
+        c.arg("--style").arg(st);
+    }
+    c.arg("--data")
+        .arg(s.root.join("data"))
+        .arg("-o")
+        .arg(out)
+        .arg("--vgg")
+        .arg(&s.vgg)
+        .args([
+            "--image-size",
+            "48",
+            "--style-size",
+            "96",
+            "--batch-size",
+            "2",
+        ])
+        .args(["--checkpoint-every", "2", "--steps"])
+        .arg(steps.to_string())
+        .args(extra);
+    c
+}
+
+fn keyed_weights(p: &Path) -> Vec<(String, Vec<f32>)> {
+    let m = impasto::model::Transformer::load(p).unwrap();
+    m.params().map(|(p, v)| (p.key(), v.to_vec())).collect()
+}
+
+/// Three styles in one network: the batches take them in turn, the run resumes after
+/// SIGKILL to the same weights, validation is logged per style and the file lists them.
+/// Then a fourth style added with `--base` trains its own rows only: every tensor of the
+/// three-style model comes out bit for bit.
+#[test]
+fn several_styles_train_resume_exactly_and_a_base_stays_untouched() {
+    let Some(s) = setup("several_styles_train_resume_exactly_and_a_base_stays_untouched") else {
+        return;
+    };
+    let styles_dir = s.style.parent().unwrap();
+    let styles: Vec<String> = [
+        ("wave", "great_wave.jpg"),
+        ("scream", "the_scream.jpg"),
+        ("udnie", "udnie.jpg"),
+    ]
+    .iter()
+    .map(|(n, f)| format!("{n}={}", styles_dir.join(f).display()))
+    .collect();
+    let val = [
+        "--val".to_string(),
+        s.root.join("data").display().to_string(),
+    ];
+    let val: Vec<&str> = val.iter().map(String::as_str).collect();
+    let steps = 6;
+    let a = s.root.join("m3.safetensors");
+    let o = multi_cmd(&s, &a, steps, &styles, &val).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = keyed_weights(&a);
+    let m = impasto::model::Transformer::load(&a).unwrap();
+    assert_eq!(m.style_names(), ["wave", "scream", "udnie"]);
+    assert!(m
+        .styles()
+        .iter()
+        .all(|e| e.steps == Some(2) && e.thumbnail.is_some()));
+    let log = std::fs::read_to_string(s.root.join("m3.metrics.jsonl")).unwrap();
+    let val_line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("val_styles"))
+        .expect("per-style validation");
+    let v: serde_json::Value = serde_json::from_str(val_line).unwrap();
+    for n in ["wave", "scream", "udnie"] {
+        assert!(v["val_styles"][n]["style"].as_f64().unwrap() > 0.0, "{n}");
+    }
+    // The preview has the photos and a row per style.
+    let p = image::open(s.root.join("m3.preview.png")).unwrap();
+    assert_eq!(p.height(), 4 * 48);
+
+    let b = s.root.join("k3.safetensors");
+    let ckpt = s.root.join("k3.ckpt.safetensors");
+    interrupt_after_checkpoint(multi_cmd(&s, &b, steps, &styles, &val), &ckpt, "-KILL");
+    let o = multi_cmd(&s, &b, steps, &styles, &[&val[..], &["--resume"]].concat())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(keyed_weights(&b), want, "the resumed run differs");
+    // Another set of styles is another run: the checkpoint is refused.
+    let o = multi_cmd(&s, &b, steps + 2, &styles[..2], &["--resume"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("set of styles"), "{}", stderr(&o));
+
+    // Add a style to the three-style model.
+    let c = s.root.join("m4.safetensors");
+    let shipwreck = styles_dir.join("starry_night.jpg").display().to_string();
+    let base = ["--base".to_string(), a.display().to_string()];
+    let base: Vec<&str> = base.iter().map(String::as_str).collect();
+    let o = multi_cmd(&s, &c, 4, &[format!("night={shipwreck}")], &base)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m4 = impasto::model::Transformer::load(&c).unwrap();
+    assert_eq!(m4.style_names(), ["wave", "scream", "udnie", "night"]);
+    let after: std::collections::BTreeMap<String, Vec<f32>> =
+        keyed_weights(&c).into_iter().collect();
+    for (k, v) in &want {
+        assert_eq!(&after[k], v, "{k} changed");
+    }
+    // The new rows trained: they left their start (the mean of the base's rows).
+    let start = |k: &str| -> Vec<f32> {
+        let base = k.trim_end_matches("[3]");
+        let rows: Vec<&Vec<f32>> = (0..3).map(|i| &after[&format!("{base}[{i}]")]).collect();
+        (0..rows[0].len())
+            .map(|c| (rows.iter().map(|r| r[c] as f64).sum::<f64>() / 3.0) as f32)
+            .collect()
+    };
+    let new_rows: Vec<&String> = after.keys().filter(|k| k.ends_with("[3]")).collect();
+    assert_eq!(new_rows.len(), 2 * m4.plan().norms.len());
+    assert!(
+        new_rows.iter().all(|k| after[*k] != start(k)),
+        "a new row did not train"
+    );
+    // A style name the base has is refused before any work.
+    let o = multi_cmd(
+        &s,
+        &s.root.join("x.safetensors"),
+        2,
+        &[format!("wave={shipwreck}")],
+        &base,
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("already has a style named \"wave\""),
+        "{}",
+        stderr(&o)
+    );
+
+    // Stylize with each style, a blend, and bad mixes (exit 2, the styles named).
+    let photo = s
+        .root
+        .join("data")
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "jpg") && !p.ends_with("broken.jpg"))
+        .unwrap();
+    let run = |mix: &str, out: &str| {
+        bin()
+            .args(["stylize"])
+            .arg(&photo)
+            .arg("--style")
+            .arg(&c)
+            .args(["--mix", mix, "--max-size", "64", "-o"])
+            .arg(s.root.join(out))
+            .output()
+            .unwrap()
+    };
+    let o = run("night", "night.png");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run("wave=0.5,night=0.5", "blend.png");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (x, y) = (
+        image::open(s.root.join("night.png")).unwrap(),
+        image::open(s.root.join("blend.png")).unwrap(),
+    );
+    assert_eq!((x.width(), x.height()), (y.width(), y.height()));
+    assert_ne!(x.to_rgb8().into_raw(), y.to_rgb8().into_raw());
+    for (mix, want) in [
+        (
+            "nope",
+            "no style nope; its styles: wave, scream, udnie, night",
+        ),
+        ("wave=0", "all zero"),
+        ("wave=-2", "0 or more"),
+    ] {
+        let o = run(mix, "bad.png");
+        assert_eq!(o.status.code(), Some(2), "{mix}");
+        assert!(stderr(&o).contains(want), "{mix}: {}", stderr(&o));
+        assert!(!s.root.join("bad.png").exists());
+    }
+}
