@@ -87,11 +87,15 @@ pub fn painting_thumbnail(painting: &Path) -> Result<String> {
     Ok(base64::engine::general_purpose::STANDARD.encode(jpg))
 }
 
-/// The painting thumbnail a model file carries, if any (JPEG bytes).
+/// The painting thumbnail a model file carries, if any (JPEG bytes): a model of several
+/// styles shows its first style's.
 pub fn thumbnail_of(model: &Transformer) -> Option<Vec<u8>> {
     use base64::Engine;
-    let b64 = model.metadata.get(THUMBNAIL_KEY)?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let first = model.styles().into_iter().next().and_then(|s| s.thumbnail);
+    let b64 = model.metadata.get(THUMBNAIL_KEY).cloned().or(first)?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&b64)
+        .ok()?;
     // Only hand out what really is a JPEG.
     (image::guess_format(&bytes).ok() == Some(image::ImageFormat::Jpeg)).then_some(bytes)
 }

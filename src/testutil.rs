@@ -85,3 +85,43 @@ pub fn gpu() -> Option<crate::backend::Wgpu> {
         }
     }
 }
+
+/// A network of `n` styles (`config`'s shape) named `a`, `b`, `c`, … whose norm rows are
+/// random and differ from style to style, so a wrong row shows in the output.
+pub fn styled_model(
+    mut config: crate::model::TransformerConfig,
+    n: usize,
+    seed: u64,
+) -> crate::model::Transformer {
+    use crate::model::{StyleEntry, Transformer};
+    config.styles = n;
+    let mut m = Transformer::init(config, seed);
+    let mut rng = crate::rng::Rng::new(seed + 1);
+    let seed_arch = m.config.final_norm;
+    m.update_params(|plan, p| {
+        for (spec, v) in plan.params.iter().zip(p.iter_mut()) {
+            if spec.style.is_some() || (n == 1 && spec.name.starts_with("in")) {
+                let base = if spec.name.ends_with(".weight") {
+                    1.0
+                } else {
+                    0.0
+                };
+                for x in v.iter_mut() {
+                    *x = base + (rng.f32() - 0.5) * 0.6;
+                }
+                // The seed network's output norm: keep tanh out of saturation.
+                if seed_arch && spec.name == "in6.weight" {
+                    v.fill(0.01);
+                }
+            }
+        }
+    });
+    let names: Vec<StyleEntry> = (0..n)
+        .map(|k| StyleEntry {
+            name: ((b'a' + (k % 26) as u8) as char).to_string() + &"x".repeat(k / 26),
+            ..Default::default()
+        })
+        .collect();
+    m.set_styles(&names).expect("distinct names");
+    m
+}

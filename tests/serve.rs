@@ -912,3 +912,116 @@ fn a_small_jpeg_claiming_a_huge_size_is_refused_at_once() {
     }
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
 }
+
+/// A model of several styles over the API and on the page: `/v1/styles` lists its styles,
+/// `mix=` picks or blends them (a bad mix is a 400 naming the styles), and the page shows a
+/// slider per style whose blend reaches the result and the live frames.
+#[test]
+fn a_model_of_several_styles_mixes_over_the_api_and_on_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    impasto::testutil::styled_model(TransformerConfig::new(Arch::Johnson), 3, 5)
+        .save(&dir.path().join("trio.safetensors"), false)
+        .unwrap();
+    let s = Server::start(&["--models", dir.path().to_str().unwrap()]);
+    let styles = s.get("/v1/styles").json();
+    let trio = styles["styles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "trio")
+        .unwrap()
+        .clone();
+    assert_eq!(trio["styles"], serde_json::json!(["a", "b", "c"]));
+    let png = encoded(&photo(64, 48), ImageFormat::Png);
+    let run = |q: &str| s.post(&format!("/v1/stylize?style=trio{q}"), "image/png", &png);
+    let (plain, a, b, ab) = (run(""), run("&mix=a"), run("&mix=b"), run("&mix=a=1,b=1"));
+    for r in [&plain, &a, &b, &ab] {
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    assert_eq!(plain.body, a.body, "no mix: the first style");
+    assert_ne!(a.body, b.body);
+    assert_ne!(ab.body, a.body);
+    assert_eq!(ab.header("x-impasto-mix"), Some("a=0.5,b=0.5"));
+    for (q, want) in [
+        ("&mix=zz", "its styles: a, b, c"),
+        ("&mix=a=0", "all zero"),
+        ("&mix=a=-1", "0 or more"),
+    ] {
+        let r = run(q);
+        r.assert_error(400, "bad-request");
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(want),
+            "{q}"
+        );
+    }
+
+    let Some(d) = start_driver() else { return };
+    let file = dir.path().join("photo.png");
+    photo(120, 90).save(&file).unwrap();
+    d.cmd(
+        "POST",
+        "/url",
+        serde_json::json!({"url": format!("{}/", s.url)}),
+    );
+    d.wait_for(
+        "return document.querySelectorAll(\".style-card[data-style='trio']\").length",
+        "the gallery",
+        30,
+    );
+    let card = d.find(".style-card[data-style='trio']");
+    d.cmd(
+        "POST",
+        &format!("/element/{card}/click"),
+        serde_json::json!({}),
+    );
+    let sliders = d.js("return document.getElementById('mix-panel').hidden ? 0 : document.querySelectorAll('#mix input').length");
+    assert_eq!(sliders, 3, "a slider per style");
+    // Half a, half c.
+    d.js("const r = document.querySelectorAll('#mix input'); r[2].value = 100; r[2].dispatchEvent(new Event('input')); return 1");
+    let input = d.find("#file");
+    d.cmd(
+        "POST",
+        &format!("/element/{input}/value"),
+        serde_json::json!({"text": file.to_str().unwrap()}),
+    );
+    let shown = d.wait_for(
+        "const t = document.getElementById('status').textContent; return t.includes('a=0.5,c=0.5') && t",
+        "the blended result",
+        60,
+    );
+    assert!(shown.as_str().unwrap().contains("120x90"), "{shown}");
+    if let Some(p) = std::env::var_os("IMPASTO_SCREENSHOT_MIX") {
+        use base64::Engine;
+        let b64 = d.cmd("GET", "/screenshot", serde_json::Value::Null);
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap())
+            .unwrap();
+        std::fs::write(p, png).unwrap();
+    }
+    // Live frames with the blend; then another blend applies to the next frames.
+    let live = d.find("#live-toggle");
+    d.cmd(
+        "POST",
+        &format!("/element/{live}/click"),
+        serde_json::json!({}),
+    );
+    d.wait_for(
+        "return document.getElementById('live-info').textContent.includes('a=0.5,c=0.5') && +(document.getElementById('fps').dataset.frames || 0) >= 2",
+        "live frames of the blend",
+        60,
+    );
+    d.js("const r = document.querySelectorAll('#mix input'); r[0].value = 0; r[0].dispatchEvent(new Event('input')); return 1");
+    d.wait_for(
+        "return document.getElementById('live-info').textContent.includes('(c=1)')",
+        "live frames of the new mix",
+        60,
+    );
+    d.cmd(
+        "POST",
+        &format!("/element/{live}/click"),
+        serde_json::json!({}),
+    );
+}

@@ -374,42 +374,7 @@ mod tests {
         let mut cfg = TransformerConfig::new(arch);
         cfg.channels = [8, 12, 16];
         cfg.res_blocks = 2;
-        cfg.styles = n;
-        let mut m = Transformer::init(cfg, seed);
-        let mut rng = Rng::new(seed + 1);
-        m.update_params(|plan, p| {
-            for (spec, v) in plan.params.iter().zip(p.iter_mut()) {
-                if spec.style.is_some() {
-                    let base = if spec.name.ends_with(".weight") {
-                        1.0
-                    } else {
-                        0.0
-                    };
-                    for x in v.iter_mut() {
-                        *x = base + (rng.f32() - 0.5) * 0.6;
-                    }
-                }
-            }
-        });
-        if arch == Arch::Seed {
-            for k in 0..n {
-                let key = if n == 1 {
-                    "in6.weight".to_string()
-                } else {
-                    format!("in6.weight[{k}]")
-                };
-                m.edit_param(&key, |p| p.fill(0.01));
-            }
-        }
-        let names: Vec<StyleEntry> = ["a", "b", "c", "d"][..n]
-            .iter()
-            .map(|s| StyleEntry {
-                name: s.to_string(),
-                ..Default::default()
-            })
-            .collect();
-        m.set_styles(&names).unwrap();
-        m
+        crate::testutil::styled_model(cfg, n, seed)
     }
 
     fn image(seed: u64, h: usize, w: usize) -> Tensor {

@@ -161,6 +161,7 @@ pub async fn styles(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value
                 "margin": s.model.margin().unwrap_or(crate::stylize::DEFAULT_MARGIN),
                 "trained": trained,
                 "thumbnail": format!("/v1/styles/{}/thumbnail", s.name),
+                "styles": s.styles,
             })
         })
         .collect();
@@ -378,12 +379,9 @@ async fn stylize_inner(
     // stops at its next layer and the worker is free again.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let _stop_on_drop = super::StopOnDrop(stop.clone());
-    let model = app
-        .styles
-        .get(&params.style)
-        .expect("checked")
-        .model
-        .clone();
+    let style = params.style.clone();
+    let mix = params.mix.clone();
+    let on = app.clone();
     let opts = StylizeOptions {
         cancel: app.cancel(&stop),
         ..params.options(app.cfg.max_side)
@@ -405,6 +403,11 @@ async fn stylize_inner(
             Ok(ImageFormat::WebP) => ImageFormat::WebP,
             _ => ImageFormat::Png,
         });
+        let model = on
+            .styles
+            .get(&style)
+            .expect("checked")
+            .network(mix.as_deref());
         let out = run_stylize(&model, decoded, &opts, None).map_err(crate::Error::from)?;
         let mut buf = Vec::new();
         crate::imageio::encode(&out, fmt, &mut buf).map_err(|e| {
@@ -441,6 +444,10 @@ async fn stylize_inner(
         format!("inline; filename=\"stylized-{}.{ext}\"", params.style),
     );
     put(h_, "x-impasto-style", params.style.clone());
+    if let Some(w) = &params.mix {
+        let names = &app.styles.get(&params.style).expect("checked").styles;
+        put(h_, "x-impasto-mix", crate::model::Mix::describe(names, w));
+    }
     put(h_, "x-impasto-size", format!("{w}x{h}"));
     put(h_, "x-impasto-seconds", format!("{secs:.4}"));
     Ok(r)

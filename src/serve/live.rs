@@ -140,7 +140,7 @@ async fn session(app: Arc<App>, socket: WebSocket) {
                 };
                 if reader.is_finished() { break; }
                 let Some((n, bytes, params)) = shared.slot.lock().unwrap().take() else { continue };
-                let model = app.styles.get(&params.style).expect("checked").model.clone();
+                let model = app.styles.get(&params.style).expect("checked").network(params.mix.as_deref());
                 let mut stats = match smooth.take() {
                     Some((s, st)) if s == params.style => st,
                     _ => SmoothStats::new(MOMENTUM),
@@ -176,9 +176,13 @@ async fn session(app: Arc<App>, socket: WebSocket) {
                 }
                 let sent = match r {
                     Ok((jpg, w, h)) => {
+                        let mix = params.mix.as_ref().map(|w| {
+                            let names = &app.styles.get(&params.style).expect("checked").styles;
+                            crate::model::Mix::describe(names, w)
+                        });
                         let rec = serde_json::json!({
                             "frame": n, "ms": (ms * 10.0).round() / 10.0, "width": w, "height": h,
-                            "style": params.style, "dropped": shared.dropped.load(Ordering::Relaxed),
+                            "style": params.style, "mix": mix, "dropped": shared.dropped.load(Ordering::Relaxed),
                         });
                         match tx.send(Message::Text(rec.to_string().into())).await {
                             Ok(()) => tx.send(Message::Binary(jpg.into())).await,

@@ -19,6 +19,8 @@ pub struct Params {
     pub margin: Option<usize>,
     /// Stroke size (see `stylize::Scale`).
     pub scale: crate::stylize::Scale,
+    /// A model of several styles: the weight of each (normalised); None: its first style.
+    pub mix: Option<Vec<f64>>,
 }
 
 fn parse_bool(k: &str, v: &str) -> Result<bool, ApiError> {
@@ -34,8 +36,9 @@ fn parse_bool(k: &str, v: &str) -> Result<bool, ApiError> {
 
 impl Params {
     pub fn parse(q: &HashMap<String, String>, app: &App) -> Result<Params, ApiError> {
-        const KNOWN: [&str; 7] = [
+        const KNOWN: [&str; 8] = [
             "style",
+            "mix",
             "strength",
             "preserve_color",
             "max_size",
@@ -59,9 +62,17 @@ impl Params {
                 )))
             }
         };
-        if app.styles.get(&style).is_none() {
+        let Some(entry) = app.styles.get(&style) else {
             return Err(ApiError::unknown_style(app, &style));
-        }
+        };
+        let mix = match q.get("mix") {
+            None => None,
+            Some(v) => Some(
+                crate::model::Mix::parse(v)
+                    .and_then(|m| m.weights(&entry.styles))
+                    .map_err(|e| ApiError::bad(format!("mix={:?}: {e}", clip(v, 64))))?,
+            ),
+        };
         let strength = match q.get("strength") {
             None => 1.0,
             Some(v) => match v.parse::<f32>() {
@@ -128,6 +139,7 @@ impl Params {
             format,
             margin,
             scale,
+            mix,
         })
     }
 
