@@ -199,6 +199,46 @@ struct Model {
     inner: Arc<Transformer<Device>>,
     #[pyo3(get)]
     name: String,
+    /// The networks of recent mixes (a model of several styles).
+    mixes: impasto::model::mix::Mixes<Device>,
+}
+
+impl Model {
+    /// The network of `mix`: None (the first style), a style's name, `"a=0.7,b=0.3"` or a
+    /// dict of weights; a ValueError names the model's styles when it does not fit them.
+    fn network(&self, mix: Option<&Bound<'_, PyAny>>) -> PyResult<Arc<Transformer<Device>>> {
+        let Some(mix) = mix.filter(|m| !m.is_none()) else {
+            return Ok(self.mixes.get(&self.inner, None));
+        };
+        let parsed = if let Ok(text) = mix.extract::<String>() {
+            impasto::model::Mix::parse(&text).map_err(PyValueError::new_err)?
+        } else if let Ok(map) = mix.downcast::<pyo3::types::PyDict>() {
+            let mut parts = Vec::new();
+            for (k, v) in map.iter() {
+                let name: String = k
+                    .extract()
+                    .map_err(|_| PyValueError::new_err("mix: the keys are style names (str)"))?;
+                let w: f64 = v.extract().map_err(|_| {
+                    PyValueError::new_err(format!("mix: the weight of {name:?} is not a number"))
+                })?;
+                if !(w.is_finite() && w >= 0.0) {
+                    return Err(PyValueError::new_err(format!(
+                        "mix: the weight of {name:?} is {w}; weights are numbers of 0 or more"
+                    )));
+                }
+                parts.push((name, w));
+            }
+            impasto::model::Mix(parts)
+        } else {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "mix: a style name, \"a=0.7,b=0.3\" or a dict {name: weight}",
+            ));
+        };
+        let w = parsed
+            .weights(&self.inner.style_names())
+            .map_err(|e| PyValueError::new_err(format!("{}: {e}", self.name)))?;
+        Ok(self.mixes.get(&self.inner, Some(&w)))
+    }
 }
 
 #[pymethods]
@@ -222,7 +262,15 @@ impl Model {
         Ok(Model {
             inner: Arc::new(inner),
             name: spec,
+            mixes: Default::default(),
         })
+    }
+
+    /// The styles the model holds, in order (one for an ordinary model): the names
+    /// `stylize(..., mix=...)` takes.
+    #[getter]
+    fn styles(&self) -> Vec<String> {
+        self.inner.style_names()
     }
 
     /// Where the network runs, e.g. "cpu (8 threads)" or "gpu: NVIDIA … (vulkan, discrete)".
@@ -243,7 +291,7 @@ impl Model {
         self.inner.plan().param_count()
     }
 
-    #[pyo3(signature = (image, strength = 1.0, preserve_color = false, max_size = None))]
+    #[pyo3(signature = (image, strength = 1.0, preserve_color = false, max_size = None, mix = None))]
     fn stylize<'py>(
         &self,
         py: Python<'py>,
@@ -251,7 +299,9 @@ impl Model {
         strength: f32,
         preserve_color: bool,
         max_size: Option<i64>,
+        mix: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray3<u8>>> {
+        let model = self.network(mix)?;
         let interrupt = Interrupt::new();
         let opts = StylizeOptions {
             cancel: interrupt.cancel(),
@@ -259,12 +309,11 @@ impl Model {
         };
         let input = to_image(&image)?;
         drop(image);
-        let model = self.inner.clone();
         let out = py.allow_threads(move || stylize::stylize(&model, input, &opts, None));
         Ok(to_array(interrupt.result(out)?).into_pyarray(py))
     }
 
-    #[pyo3(signature = (images, strength = 1.0, preserve_color = false, max_size = None))]
+    #[pyo3(signature = (images, strength = 1.0, preserve_color = false, max_size = None, mix = None))]
     fn stylize_batch<'py>(
         &self,
         py: Python<'py>,
@@ -272,7 +321,9 @@ impl Model {
         strength: f32,
         preserve_color: bool,
         max_size: Option<i64>,
+        mix: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Vec<Bound<'py, PyArray3<u8>>>> {
+        let model = self.network(mix)?;
         let interrupt = Interrupt::new();
         let opts = StylizeOptions {
             cancel: interrupt.cancel(),
@@ -280,7 +331,6 @@ impl Model {
         };
         let inputs = images.iter().map(to_image).collect::<PyResult<Vec<_>>>()?;
         drop(images);
-        let model = self.inner.clone();
         let outs = py.allow_threads(move || {
             inputs
                 .into_iter()
@@ -434,7 +484,7 @@ fn plan_named(
 
 /// `impasto evaluate` as JSON text (the Python wrapper turns it into a dict).
 #[pyfunction]
-#[pyo3(signature = (model, style, photos, vgg = None, image_size = 256, style_size = 256, margin = None, device = None))]
+#[pyo3(signature = (model, style, photos, vgg = None, image_size = 256, style_size = 256, margin = None, device = None, mix = None))]
 #[allow(clippy::too_many_arguments)]
 fn evaluate_json(
     py: Python<'_>,
@@ -446,6 +496,7 @@ fn evaluate_json(
     style_size: u32,
     margin: Option<usize>,
     device: Option<&str>,
+    mix: Option<String>,
 ) -> PyResult<String> {
     let choice = match device {
         Some(d) => d.parse().map_err(PyValueError::new_err)?,
@@ -458,7 +509,16 @@ fn evaluate_json(
     }
     py.allow_threads(|| {
         let d = open_device(choice)?;
-        let m = impasto::styles::resolve(&model.to_string_lossy())?.to_backend(d.clone());
+        let spec = model.to_string_lossy();
+        let mix = mix
+            .as_deref()
+            .map(impasto::model::Mix::parse)
+            .transpose()
+            .map_err(impasto::Error::Usage)?;
+        let m = impasto::styles::resolve(&spec)?
+            .select(mix.as_ref())
+            .map_err(|e| impasto::Error::Usage(format!("{spec}: {e}")))?
+            .to_backend(d.clone());
         let v = impasto::model::Vgg16::load_on(d, &impasto::model::vgg::locate(vgg.as_deref())?)?;
         let defaults = impasto::train::evaluate::EvalOptions::default();
         let opts = impasto::train::evaluate::EvalOptions {
@@ -519,11 +579,11 @@ impl impasto::train::trainer::Observer for Progress {
 #[pyo3(signature = (style, data, output, steps = None, epochs = None, batch_size = None, image_size = None,
     style_size = None, lr = None, content_weight = None, style_weight = None, tv_weight = None,
     arch = "johnson", seed = None, checkpoint_every = None, val = None, resume = false, vgg = None,
-    half = false, on_progress = None, device = None))]
+    half = false, on_progress = None, device = None, base = None))]
 #[allow(clippy::too_many_arguments)]
 fn train(
     py: Python<'_>,
-    style: PathBuf,
+    style: Vec<String>,
     data: PathBuf,
     output: PathBuf,
     steps: Option<u64>,
@@ -544,6 +604,7 @@ fn train(
     half: bool,
     on_progress: Option<PyObject>,
     device: Option<&str>,
+    base: Option<String>,
 ) -> PyResult<(String, u64, Vec<String>, String, String)> {
     use impasto::train::trainer::{self, Outcome, RunFiles, TrainRequest};
     // Checked before anything runs: a bad callback found after the first step would leave
@@ -567,7 +628,12 @@ fn train(
     };
     // Unset arguments take the library's defaults; the library checks every range
     // (`TrainRequest::validate`, a ValueError naming the argument).
-    let mut req = TrainRequest::new(style, data, output);
+    let mut req = TrainRequest::new(PathBuf::new(), data, output);
+    req.styles = style
+        .iter()
+        .map(|s| trainer::StyleSource::parse(s))
+        .collect();
+    req.base = base;
     req.run.steps = steps;
     req.run.epochs = epochs;
     if let Some(v) = batch_size {

@@ -227,3 +227,47 @@ def test_a_short_train_run_reports_progress_and_resumes(tmp_path):
     assert steps[0] >= 2 and steps[-1] == 4, steps
     with pytest.raises(ValueError, match="image_size"):
         impasto.train(style, photos, tmp_path / "x.safetensors", image_size=30, vgg=vgg)
+
+
+def test_a_model_of_several_styles_trains_lists_and_mixes(tmp_path):
+    vgg = SHARED / "weights" / "vgg16_caffe_relu4_3.safetensors"
+    photos = SHARED / "data" / "photos" / "val"
+    styles = SHARED / "data" / "styles"
+    if not (vgg.exists() and photos.exists() and styles.exists()):
+        skip(f"needs {SHARED} (VGG16 weights, photos, styles)")
+    out = tmp_path / "duo.safetensors"
+    r = impasto.train({"wave": styles / "great_wave.jpg", "night": styles / "starry_night.jpg"},
+                      photos, out, steps=4, batch_size=1, image_size=32, style_size=64, vgg=vgg)
+    assert r["outcome"] == "finished"
+    m = impasto.Model(out, device="cpu")
+    assert m.styles == ["wave", "night"]
+    img = smooth(40, 56)
+    wave, night = m.stylize(img, mix="wave"), m.stylize(img, mix={"night": 2.0})
+    assert not np.array_equal(wave, night)
+    # No mix: the first style; a string and a dict of the same blend agree.
+    assert np.array_equal(m.stylize(img), wave)
+    blend = m.stylize(img, mix="wave=0.5,night=0.5")
+    assert np.array_equal(blend, m.stylize(img, mix={"wave": 1, "night": 1}))
+    assert np.array_equal(m.stylize_batch([img], mix="night")[0], night)
+    # The same as the command line's --mix, pixel for pixel.
+    src, dst = tmp_path / "in.png", tmp_path / "out.png"
+    from PIL import Image
+    Image.fromarray(img).save(src)
+    exe = ROOT / "target" / "release" / "impasto"
+    if exe.exists():
+        subprocess.run([str(exe), "stylize", str(src), "--style", str(out), "--mix", "wave=0.5,night=0.5",
+                        "-o", str(dst)], check=True, env={**os.environ, "IMPASTO_DEVICE": "cpu"})
+        assert np.array_equal(np.asarray(Image.open(dst)), blend)
+    for bad, match in [("sky", "its styles: wave, night"), ({"wave": -1}, "0 or more"),
+                       ({"wave": 0}, "all zero"), ("wave=x", "not a number")]:
+        with pytest.raises(ValueError, match=match):
+            m.stylize(img, mix=bad)
+    with pytest.raises(TypeError, match="mix"):
+        m.stylize(img, mix=3)
+    # A style added to it: three styles, the first two as they were.
+    out3 = tmp_path / "trio.safetensors"
+    impasto.train({"scream": styles / "the_scream.jpg"}, photos, out3, steps=2, batch_size=1,
+                  image_size=32, style_size=64, vgg=vgg, base=out)
+    m3 = impasto.Model(out3, device="cpu")
+    assert m3.styles == ["wave", "night", "scream"]
+    assert np.array_equal(m3.stylize(img, mix="night"), night)

@@ -81,6 +81,10 @@ pub struct Args {
     /// Tiles per row.
     #[arg(long, default_value_t = 4, value_parser = super::args::at_least_u32(1))]
     columns: u32,
+    /// For a model of several styles: a tile per mix given (`a=0.75,b=0.25`; repeat it
+    /// for a row of blends) instead of a tile per style.
+    #[arg(long, value_name = "NAME|NAME=W,…", value_parser = impasto::model::Mix::parse)]
+    mix: Vec<impasto::model::Mix>,
 }
 
 pub fn sheet(a: Args) -> Result<i32> {
@@ -113,10 +117,33 @@ pub fn sheet(a: Args) -> Result<i32> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| n.clone()),
         };
-        models.push((
-            label,
-            Some(impasto::styles::resolve(n)?.to_backend(super::device()?)),
-        ));
+        let m = impasto::styles::resolve(n)?;
+        if m.style_count() == 1 {
+            models.push((label, Some(m.to_backend(super::device()?))));
+            continue;
+        }
+        // A model of several styles: a tile per style, or per mix asked for.
+        let names = m.style_names();
+        let weights: Vec<Vec<f64>> = if a.mix.is_empty() {
+            (0..names.len())
+                .map(|k| {
+                    (0..names.len())
+                        .map(|i| f64::from(u8::from(i == k)))
+                        .collect()
+                })
+                .collect()
+        } else {
+            a.mix
+                .iter()
+                .map(|mix| mix.weights(&names))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| Error::Usage(format!("{n}: {e}")))?
+        };
+        for w in weights {
+            let tag = impasto::model::Mix::describe(&names, &w);
+            let tag = tag.strip_suffix("=1").unwrap_or(&tag).to_string();
+            models.push((tag, Some(m.mixed(&w).to_backend(super::device()?))));
+        }
     }
     let decoded = impasto::imageio::read_path(&a.photo, &Default::default())?;
     let opts = StylizeOptions {

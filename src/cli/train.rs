@@ -305,11 +305,18 @@ pub struct EvalArgs {
     /// model's own, else 8).
     #[arg(long, value_parser = super::args::at_most_usize(impasto::model::transformer::MAX_MARGIN))]
     margin: Option<usize>,
+    /// A model of several styles: the style (or blend) to score; default its first.
+    #[arg(long, value_name = "NAME|NAME=W,…", value_parser = impasto::model::Mix::parse)]
+    mix: Option<impasto::model::Mix>,
 }
 
 pub fn evaluate(a: EvalArgs) -> Result<i32> {
     let device = super::device()?;
-    let model = impasto::styles::resolve(&a.model.to_string_lossy())?.to_backend(device.clone());
+    let spec = a.model.to_string_lossy();
+    let model = impasto::styles::resolve(&spec)?
+        .select(a.mix.as_ref())
+        .map_err(|m| Error::Usage(format!("{spec}: {m}")))?
+        .to_backend(device.clone());
     let vgg_net = Vgg16::load_on(device, &vgg::locate(a.vgg.as_deref())?)?;
     let opts = EvalOptions {
         image_size: a.image_size,

@@ -343,6 +343,56 @@ impl Transformer {
     }
 }
 
+/// The networks of the mixes of one model asked for lately (most recent last, at most
+/// [`Mixes::KEPT`]): a mix is built once, then every picture or frame with it runs at the
+/// plain network's cost. Shared between threads.
+pub struct Mixes<B: Backend> {
+    kept: std::sync::Mutex<Vec<Kept<B>>>,
+}
+
+type Kept<B> = (Vec<f64>, std::sync::Arc<Transformer<B>>);
+
+impl<B: Backend> Default for Mixes<B> {
+    fn default() -> Self {
+        Mixes {
+            kept: Default::default(),
+        }
+    }
+}
+
+impl<B: Backend> Mixes<B> {
+    pub const KEPT: usize = 8;
+
+    /// The network of `model` for weights `w` (normalised, one per style; None: the first
+    /// style); a single-style model is itself.
+    pub fn get(
+        &self,
+        model: &std::sync::Arc<Transformer<B>>,
+        w: Option<&[f64]>,
+    ) -> std::sync::Arc<Transformer<B>> {
+        let n = model.config.styles;
+        if n == 1 {
+            return model.clone();
+        }
+        let mut first = vec![0.0; n];
+        first[0] = 1.0;
+        let w = w.unwrap_or(&first);
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = kept.iter().position(|(k, _)| k.as_slice() == w) {
+            let hit = kept.remove(i);
+            let net = hit.1.clone();
+            kept.push(hit);
+            return net;
+        }
+        let net = std::sync::Arc::new(model.mixed(w));
+        if kept.len() == Self::KEPT {
+            kept.remove(0);
+        }
+        kept.push((w.to_vec(), net.clone()));
+        net
+    }
+}
+
 /// The style list of a network of `n` styles: `n` entries, names valid and distinct.
 pub fn check_styles(n: usize, styles: &[StyleEntry]) -> Result<(), String> {
     if styles.len() != n {

@@ -23,37 +23,15 @@ pub struct Style {
     pub sha256: String,
     /// The model's styles (one for an ordinary model), for `mix=`.
     pub styles: Vec<String>,
-    /// The networks of the mixes asked for lately (most recent last): a mix is built once,
-    /// then every request and frame with it runs at the plain network's cost.
-    mixes: std::sync::Mutex<Vec<(Vec<f64>, Arc<Transformer<Device>>)>>,
+    /// The networks of the mixes asked for lately.
+    mixes: crate::model::mix::Mixes<Device>,
 }
-
-/// How many mixes of one style stay built.
-const MIXES_KEPT: usize = 8;
 
 impl Style {
     /// The network of a mix of this model's styles (normalised weights, one per style;
     /// None: its first style).
     pub fn network(&self, mix: Option<&[f64]>) -> Arc<Transformer<Device>> {
-        if self.styles.len() == 1 {
-            return self.model.clone();
-        }
-        let mut first = vec![0.0; self.styles.len()];
-        first[0] = 1.0;
-        let w = mix.unwrap_or(&first);
-        let mut kept = self.mixes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = kept.iter().position(|(k, _)| k.as_slice() == w) {
-            let hit = kept.remove(i);
-            let net = hit.1.clone();
-            kept.push(hit);
-            return net;
-        }
-        let net = Arc::new(self.model.mixed(w));
-        if kept.len() == MIXES_KEPT {
-            kept.remove(0);
-        }
-        kept.push((w.to_vec(), net.clone()));
-        net
+        self.mixes.get(&self.model, mix)
     }
 }
 

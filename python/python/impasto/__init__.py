@@ -98,21 +98,29 @@ class Model:
     def parameters(self):
         return self._m.parameters
 
-    def stylize(self, image, strength=1.0, preserve_color=False, max_size=None):
+    @property
+    def styles(self):
+        """The styles the model holds, in order (one for an ordinary model): the names
+        ``mix`` takes."""
+        return self._m.styles
+
+    def stylize(self, image, strength=1.0, preserve_color=False, max_size=None, mix=None):
         """Stylize one image; the result has the input's size (after ``max_size``).
 
         ``strength`` blends towards the photo (0..1); ``preserve_color`` keeps the photo's
-        colours; ``max_size`` scales the longest side down first. Bad images or parameters
-        raise ``ValueError``.
+        colours; ``max_size`` scales the longest side down first. A model of several
+        styles takes ``mix``: a style's name, ``"a=0.7,b=0.3"`` or ``{"a": 0.7, "b": 0.3}``
+        (weights normalised; default its first style). Bad images or parameters raise
+        ``ValueError``.
         """
-        out = self._m.stylize(_to_array(image), strength, preserve_color, max_size)
+        out = self._m.stylize(_to_array(image), strength, preserve_color, max_size, mix)
         return _like(out, image)
 
-    def stylize_batch(self, images, strength=1.0, preserve_color=False, max_size=None):
+    def stylize_batch(self, images, strength=1.0, preserve_color=False, max_size=None, mix=None):
         """Stylize a list of images (any sizes) in one call, the GIL released throughout."""
         images = list(images)
         outs = self._m.stylize_batch(
-            [_to_array(i) for i in images], strength, preserve_color, max_size
+            [_to_array(i) for i in images], strength, preserve_color, max_size, mix
         )
         return [_like(o, i) for o, i in zip(outs, images)]
 
@@ -121,10 +129,11 @@ class Model:
 
 
 def evaluate(model, style, photos, vgg=None, image_size=256, style_size=256, margin=None,
-             device=None):
+             device=None, mix=None):
     """``impasto evaluate`` as a dict: the model's content, style and TV losses on the
     photos (bare network and the stylize pipeline) and its artifact measures, computed on
-    ``device`` (``"auto"``, ``"cpu"``, ``"gpu"``; by default ``IMPASTO_DEVICE``)."""
+    ``device`` (``"auto"``, ``"cpu"``, ``"gpu"``; by default ``IMPASTO_DEVICE``). ``mix``
+    picks the style (or blend, ``"a=0.7,b=0.3"``) of a model of several styles."""
     return _json.loads(
         _impasto.evaluate_json(
             str(model),
@@ -135,6 +144,7 @@ def evaluate(model, style, photos, vgg=None, image_size=256, style_size=256, mar
             style_size,
             margin,
             device,
+            mix,
         )
     )
 
@@ -161,8 +171,14 @@ def train(
     half=False,
     on_progress=None,
     device=None,
+    base=None,
 ):
     """Train a style from a painting on a folder of photos (``impasto train``).
+
+    ``style`` is a painting's path, or several (a list, or a dict ``{name: path}``) to
+    train one network of several styles (names default to the files' stems). ``base``
+    (a model file or built-in name) adds the styles to that model: only their norm rows
+    train and the output holds its styles and the new ones.
 
     Arguments left at ``None`` take impasto's defaults, the same as the command line's
     (batch 4 of 256² crops, style size 256, Adam lr 1e-3, seed 42, a checkpoint every 500
@@ -180,11 +196,17 @@ def train(
     if on_progress is not None and not callable(on_progress):
         raise TypeError(f"on_progress must be callable (a function taking one dict), got {on_progress!r}")
     p = lambda v: None if v is None else str(v)
+    if isinstance(style, dict):
+        styles = [f"{name}={path}" for name, path in style.items()]
+    elif isinstance(style, (list, tuple)):
+        styles = [str(s) for s in style]
+    else:
+        styles = [str(style)]
     try:
         outcome, step, messages, checkpoint, metrics = _impasto.train(
-            str(style), str(data), str(output), steps, epochs, batch_size, image_size,
+            styles, str(data), str(output), steps, epochs, batch_size, image_size,
             style_size, lr, content_weight, style_weight, tv_weight, arch, seed,
-            checkpoint_every, p(val), resume, p(vgg), half, on_progress, device,
+            checkpoint_every, p(val), resume, p(vgg), half, on_progress, device, p(base),
         )
     except OverflowError as e:
         raise ValueError(f"a size or count is out of range: {e}") from None
