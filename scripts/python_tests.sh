@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=target/py-venv
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check maturin numpy pytest pillow
+"$VENV/bin/pip" install -q --disable-pip-version-check maturin numpy pytest pillow onnxruntime safetensors
 # Ray Data for impasto.ray's test (about 35 s the first time); without it that test skips.
 "$VENV/bin/pip" install -q --disable-pip-version-check "ray[data]" \
   || echo "WARNING: could not install ray; the Ray test will print SKIPPED"

@@ -218,6 +218,21 @@ pub fn import_bytes(bytes: &[u8]) -> R<Transformer> {
             }
         })
         .ok_or("not an ONNX model: no graph")?;
+    // The style names an impasto export records (metadata_props).
+    let mut names: Option<Vec<String>> = None;
+    for (n, v) in &model {
+        if let (14, Val::Bytes(b)) = (n, v) {
+            let kv = fields(b)?;
+            let get = |k: u32| {
+                kv.iter()
+                    .find(|(n, _)| *n == k)
+                    .and_then(|(_, v)| string(v).ok())
+            };
+            if get(1).as_deref() == Some(crate::model::mix::STYLES_KEY) {
+                names = get(2).and_then(|js| serde_json::from_str(&js).ok());
+            }
+        }
+    }
     let mut inits = HashMap::new();
     let mut nodes = Vec::new();
     for (num, v) in fields(graph)? {
@@ -357,7 +372,18 @@ pub fn import_bytes(bytes: &[u8]) -> R<Transformer> {
         }
     }
     // Checks every name and shape against the plan.
-    Transformer::from_named(config, params, BTreeMap::new()).map_err(String::from)
+    let mut t = Transformer::from_named(config, params, BTreeMap::new()).map_err(String::from)?;
+    if let Some(names) = names.filter(|_| styles > 1) {
+        let list: Vec<crate::model::StyleEntry> = names
+            .into_iter()
+            .map(|name| crate::model::StyleEntry {
+                name,
+                ..Default::default()
+            })
+            .collect();
+        t.set_styles(&list)?;
+    }
+    Ok(t)
 }
 
 /// Output: Tanh → Mul(scale) → Add(shift) → Clip(0, 255).
