@@ -572,6 +572,24 @@ fn several_styles_train_resume_exactly_and_a_base_stays_untouched() {
         stderr(&o)
     );
 
+    // Its live twin holds the same styles, each distilled from the teacher's own.
+    let twin = s.root.join("m4_live.safetensors");
+    let o = bin()
+        .args(["distill", "--teacher"])
+        .arg(&c)
+        .arg("--data")
+        .arg(s.root.join("data"))
+        .arg("-o")
+        .arg(&twin)
+        .arg("--vgg")
+        .arg(&s.vgg)
+        .args(["--image-size", "48", "--batch-size", "2", "--steps", "4"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = impasto::model::Transformer::load(&twin).unwrap();
+    assert_eq!(t.style_names(), m4.style_names());
+    assert_eq!(t.config.channels, [8, 16, 32]);
     // Stylize with each style, a blend, and bad mixes (exit 2, the styles named).
     let photo = s
         .root

@@ -89,6 +89,9 @@ impl DistillConfig {
 /// A teacher and what the loss needs: everything of a distillation step but the student.
 pub struct Distiller {
     pub teacher: Transformer,
+    /// A teacher of several styles: one copy per style, each running that style's rows
+    /// (the student learns style `k` from copy `k`); empty for a single-style teacher.
+    pub styled: Vec<Transformer>,
     /// VGG16 for the perceptual term and the teacher's loss (None when neither is on).
     pub vgg: Option<Vgg16>,
     pub cfg: DistillConfig,
@@ -108,6 +111,33 @@ pub fn add_noise(x: &Tensor, sigma: f64, seed: u64) -> Tensor {
 }
 
 impl Distiller {
+    /// A distiller of `teacher` (one copy per style for a teacher of several).
+    pub fn new(
+        teacher: Transformer,
+        vgg: Option<Vgg16>,
+        cfg: DistillConfig,
+        teacher_loss: Option<(StyleTarget<crate::backend::Cpu>, LossConfig)>,
+    ) -> Self {
+        let styled = if teacher.style_count() > 1 {
+            (0..teacher.style_count())
+                .map(|k| {
+                    let mut t = teacher.clone();
+                    t.set_style(k);
+                    t
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Distiller {
+            teacher,
+            styled,
+            vgg,
+            cfg,
+            teacher_loss,
+        }
+    }
+
     /// Start a fresh student where the teacher ends: its output layer's bias (and the
     /// output norm's affine, where the architecture has one) copied from the teacher, so
     /// that the first hundreds of steps are not spent moving the output to the teacher's
@@ -165,7 +195,9 @@ impl Distiller {
         with_teacher_loss: bool,
     ) -> (Losses, Option<Grads<B>>) {
         let c = &self.cfg;
-        let target = self.teacher.forward_batch(x);
+        // The student's current style, from the teacher running the same style.
+        let teacher = self.styled.get(student.style()).unwrap_or(&self.teacher);
+        let target = teacher.forward_batch(x);
         let stable = c.stability_weight > 0.0;
         let input = if stable {
             let noisy = add_noise(x, c.noise_sigma, seed);
@@ -334,12 +366,7 @@ mod tests {
 
     #[test]
     fn the_pixel_and_stability_gradient_matches_finite_differences() {
-        let d = Distiller {
-            teacher: tiny_teacher(),
-            vgg: None,
-            cfg: cfg(0.0, 0.5),
-            teacher_loss: None,
-        };
+        let d = Distiller::new(tiny_teacher(), None, cfg(0.0, 0.5), None);
         let (l, _) = d.loss(
             &tiny_teacher(),
             &pseudo_image(1, 16, 16, 2),
@@ -363,12 +390,12 @@ mod tests {
         let vgg = Vgg16::load(&p).unwrap();
         let painting = pseudo_image(1, 24, 24, 9);
         let target = StyleTarget::new(&vgg, &painting);
-        let d = Distiller {
-            teacher: tiny_teacher(),
-            vgg: Some(vgg),
-            cfg: cfg(1.0, 0.0),
-            teacher_loss: Some((target, LossConfig::default())),
-        };
+        let d = Distiller::new(
+            tiny_teacher(),
+            Some(vgg),
+            cfg(1.0, 0.0),
+            Some((target, LossConfig::default())),
+        );
         let x = pseudo_image(2, 16, 16, 7);
         let (l, _) = d.loss(&tiny_teacher(), &x, 1, false, true);
         assert!(l.style > 0.0 && l.content > 0.0 && l.perceptual == 0.0);

@@ -234,14 +234,22 @@ impl Objective<'_> {
                 let all = mean(per.iter().map(|(_, l)| *l));
                 (all, if per.len() > 1 { per } else { Vec::new() })
             }
-            Objective::Distill(d) => (
-                mean(
-                    imgs.iter()
-                        .enumerate()
-                        .map(|(i, x)| d.loss(model, x, i as u64, false, true).0),
-                ),
-                Vec::new(),
-            ),
+            Objective::Distill(d) => {
+                let per: Vec<(usize, Losses)> = (0..d.teacher.style_count())
+                    .map(|k| {
+                        let mut m = model.clone();
+                        m.set_style(k);
+                        let l = mean(
+                            imgs.iter()
+                                .enumerate()
+                                .map(|(i, x)| d.loss(&m, x, i as u64, false, true).0),
+                        );
+                        (k, l)
+                    })
+                    .collect();
+                let all = mean(per.iter().map(|(_, l)| *l));
+                (all, if per.len() > 1 { per } else { Vec::new() })
+            }
         }
     }
 
@@ -249,7 +257,7 @@ impl Objective<'_> {
     fn rows(&self) -> Vec<usize> {
         match self {
             Objective::Perceptual { targets, .. } => targets.iter().map(|(r, _)| *r).collect(),
-            Objective::Distill(_) => vec![0],
+            Objective::Distill(d) => (0..d.teacher.style_count()).collect(),
         }
     }
 
@@ -495,7 +503,10 @@ pub fn train(
             let (v, per) = objective.validate(&model, &cfg.loss, &val_imgs);
             let mut record = serde_json::json!({"step": step, "val": v});
             if !per.is_empty() {
-                let names = cfg.style_names();
+                let names = match objective {
+                    Objective::Perceptual { .. } => cfg.style_names(),
+                    Objective::Distill(d) => d.teacher.style_names(),
+                };
                 record["val_styles"] = per
                     .iter()
                     .map(|(row, l)| {
@@ -547,6 +558,11 @@ pub fn train(
         serde_json::to_string(&cfg.loss).expect("serialises"),
     );
     match objective.teacher() {
+        Some(t) if t.style_count() > 1 => {
+            model
+                .set_styles(&t.styles())
+                .map_err(|m| Error::Usage(format!("styles: {m}")))?;
+        }
         Some(t) => {
             // The teacher's painting hash and thumbnail: the student is the same style.
             for key in ["impasto.style_sha256", crate::styles::THUMBNAIL_KEY] {

@@ -296,6 +296,9 @@ pub fn distill(
     req.network
         .validate()
         .map_err(|m| Error::Usage(format!("student network: {m}")))?;
+    // The student holds the teacher's styles.
+    let mut network = req.network.clone();
+    network.styles = teacher.style_count();
     if !(0.0..=1.0).contains(&req.loss_from) {
         return Err(Error::Usage(format!(
             "the teacher's loss starts at a fraction of the run from 0 to 1, not {}",
@@ -307,7 +310,15 @@ pub fn distill(
     let record = provenance.as_ref().and_then(|p| p.train.as_ref());
     let recorded = |k: &str| record.and_then(|t| t.other.get(k)).and_then(|v| v.as_str());
     // The painting of the teacher's loss: given, or the teacher's own when it is at hand.
+    let several = teacher.style_count() > 1;
     let painting: Option<(PathBuf, String)> = if req.loss_weight == 0.0 {
+        None
+    } else if several {
+        obs.message(&format!(
+            "{} holds {} styles: the twin learns each from the teacher's own output (the pixel and perceptual terms; the teacher's loss against one painting is off)",
+            req.teacher,
+            teacher.style_count()
+        ));
         None
     } else if let Some(p) = &req.painting {
         Some((p.clone(), sha256_file(p)?))
@@ -369,7 +380,7 @@ pub fn distill(
     };
     let painting_name = recorded("style").map(str::to_string);
     let cfg = TrainConfig {
-        arch: req.network.arch,
+        arch: network.arch,
         style: painting_name.unwrap_or_else(|| req.teacher.clone()),
         style_sha256: teacher_sha256,
         style_size: Some(style_size),
@@ -386,7 +397,7 @@ pub fn distill(
             .map(|v| v.pre.convention.clone())
             .unwrap_or_else(|| "none".into()),
         checkpoint_every: req.run.checkpoint_every.max(1),
-        network: Some(req.network.clone()),
+        network: Some(network.clone()),
         distill: Some(dcfg.clone()),
         lr_final: req.lr_final,
         styles: Vec::new(),
@@ -396,23 +407,18 @@ pub fn distill(
     obs.message(&format!(
         "distilling {} into {:?}-{:?} with {} residual blocks ({} parameters, {:.1}x fewer FLOPs) on {} photos ({} steps of {}, {}²)",
         req.teacher,
-        req.network.arch,
-        req.network.channels,
-        req.network.res_blocks,
-        req.network.plan().param_count(),
-        teacher.flops(256, 256) / req.network.plan().flops(256, 256),
+        network.arch,
+        network.channels,
+        network.res_blocks,
+        network.plan().param_count(),
+        teacher.flops(256, 256) / network.plan().flops(256, 256),
         data.photos.len(),
         data.steps,
         cfg.batch_size,
         cfg.image_size
     ));
     let opts = run_options(&req.run, &cfg, data.val, files, resume, interrupt);
-    let d = Distiller {
-        teacher,
-        vgg,
-        cfg: dcfg,
-        teacher_loss: johnson,
-    };
+    let d = Distiller::new(teacher, vgg, dcfg, johnson);
     train(&cfg, &Objective::Distill(&d), data.photos, opts, obs)
 }
 
