@@ -223,7 +223,7 @@ impl Model {
                 })?;
                 if !(w.is_finite() && w >= 0.0) {
                     return Err(PyValueError::new_err(format!(
-                        "mix: the weight of {name:?} is {w}; weights are numbers of 0 or more"
+                        "mix: the weight of {name:?} is {w}; weights are finite numbers, 0 or more"
                     )));
                 }
                 parts.push((name, w));

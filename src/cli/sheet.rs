@@ -105,6 +105,7 @@ pub fn sheet(a: Args) -> Result<i32> {
         return Err(Error::Usage("this build has no built-in styles".into()).into());
     }
     let mut models = Vec::new();
+    let mut several = false;
     for n in &names {
         if n == "photo" {
             models.push((n.clone(), None));
@@ -123,6 +124,7 @@ pub fn sheet(a: Args) -> Result<i32> {
             continue;
         }
         // A model of several styles: a tile per style, or per mix asked for.
+        several = true;
         let names = m.style_names();
         let weights: Vec<Vec<f64>> = if a.mix.is_empty() {
             (0..names.len())
@@ -144,6 +146,12 @@ pub fn sheet(a: Args) -> Result<i32> {
             let tag = tag.strip_suffix("=1").unwrap_or(&tag).to_string();
             models.push((tag, Some(m.mixed(&w).to_backend(super::device()?))));
         }
+    }
+    if !a.mix.is_empty() && !several {
+        return Err(Error::Usage(
+            "--mix blends the styles of a model of several styles, and the sheet has none (`impasto styles MODEL` lists a model's styles)".into(),
+        )
+        .into());
     }
     let decoded = impasto::imageio::read_path(&a.photo, &Default::default())?;
     let opts = StylizeOptions {

@@ -109,7 +109,7 @@ impl Mix {
             }
             if !(w.is_finite() && w >= 0.0) {
                 return Err(format!(
-                    "mix {:?}: the weight of {name:?} is {w}; weights are numbers of 0 or more",
+                    "mix {:?}: the weight of {name:?} is {w}; weights are finite numbers, 0 or more",
                     crate::error::clip(text, 80)
                 ));
             }
