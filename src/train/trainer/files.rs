@@ -87,6 +87,15 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
 }
 
+/// SHA-256 of a model given as a built-in name (its embedded bytes) or a file.
+pub fn model_sha256(spec: &str) -> Result<String> {
+    use sha2::Digest;
+    match crate::styles::builtin_bytes(spec) {
+        Some(bytes) => Ok(format!("{:x}", sha2::Sha256::digest(bytes))),
+        None => sha256_file(Path::new(spec)),
+    }
+}
+
 /// Everything needed to continue a run exactly.
 pub struct Checkpoint {
     pub config: TrainConfig,

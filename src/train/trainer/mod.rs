@@ -29,7 +29,7 @@ mod request;
 mod setup;
 
 use files::{append_jsonl, checkpoint_to_resume, lock_output, truncate_metrics};
-pub use files::{sha256_file, Checkpoint, RunFiles, RunLock};
+pub use files::{model_sha256, sha256_file, Checkpoint, RunFiles, RunLock};
 use metrics::mean;
 pub use metrics::{preview, validate};
 pub use request::{defaults, DistillRequest, RunSettings, StyleSource, TrainRequest};
@@ -131,6 +131,24 @@ impl TrainConfig {
     fn style_entries(&self, steps: u64) -> (Vec<crate::model::StyleEntry>, Vec<String>) {
         let mut warnings = Vec::new();
         let mut list: Vec<_> = self.base.iter().flat_map(|b| b.styles.clone()).collect();
+        // The base's thumbnails, from the base itself when it is still the same model.
+        if let Some(b) = &self.base {
+            let same = crate::styles::resolve(&b.model).ok().filter(|m| {
+                model_sha256(&b.model).is_ok_and(|sha| sha == b.sha256)
+                    && m.style_count() == b.styles.len()
+            });
+            match same {
+                Some(m) => {
+                    for (e, t) in list.iter_mut().zip(m.styles()) {
+                        e.thumbnail = t.thumbnail;
+                    }
+                }
+                None => warnings.push(format!(
+                    "{} is not the base this run started from any more: its styles keep no thumbnails",
+                    b.model
+                )),
+            }
+        }
         let n = self.styles.len() as u64;
         for (i, s) in self.styles.iter().enumerate() {
             let thumbnail = match crate::styles::painting_thumbnail(Path::new(&s.painting)) {

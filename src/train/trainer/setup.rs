@@ -111,7 +111,15 @@ pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -
         base: base.as_ref().map(|(m, sha)| BaseRecord {
             model: req.base.clone().unwrap_or_default(),
             sha256: sha.clone(),
-            styles: m.styles(),
+            // Without the thumbnails: the record travels in checkpoints and provenance.
+            styles: m
+                .styles()
+                .into_iter()
+                .map(|e| crate::model::StyleEntry {
+                    thumbnail: None,
+                    ..e
+                })
+                .collect(),
         }),
     };
     let resume = checkpoint_to_resume(&files, req.run.resume)?;
@@ -156,12 +164,8 @@ pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -
 /// The model a run adds styles to (a file or a built-in name) and its SHA-256: its
 /// architecture is the run's, and no new style takes one of its styles' names.
 fn load_base(base: &str, styles: &[StyleSource], arch: Arch) -> Result<(Transformer, String)> {
-    use sha2::Digest;
     let model = crate::styles::resolve(base)?;
-    let sha = match crate::styles::builtin_bytes(base) {
-        Some(bytes) => format!("{:x}", sha2::Sha256::digest(bytes)),
-        None => sha256_file(Path::new(base))?,
-    };
+    let sha = model_sha256(base)?;
     if model.config.arch != arch {
         let a = format!("{:?}", model.config.arch).to_lowercase();
         return Err(Error::Usage(format!(
@@ -278,21 +282,14 @@ pub fn distill(
     obs: &mut dyn Observer,
     interrupt: &AtomicBool,
 ) -> Result<Outcome> {
-    use sha2::Digest;
     req.run.validate()?;
     crate::batch::guard_output(&req.run.output, &[Path::new(&req.teacher)])?;
     refuse_output_inside(&req.run)?;
     let (files, _lock) = lock_output(&req.run.output)?;
-    let (teacher, teacher_sha256) = match crate::styles::builtin_bytes(&req.teacher) {
-        Some(bytes) => (
-            crate::styles::resolve(&req.teacher)?,
-            format!("{:x}", sha2::Sha256::digest(bytes)),
-        ),
-        None => (
-            crate::styles::resolve(&req.teacher)?,
-            sha256_file(Path::new(&req.teacher))?,
-        ),
-    };
+    let (teacher, teacher_sha256) = (
+        crate::styles::resolve(&req.teacher)?,
+        model_sha256(&req.teacher)?,
+    );
     req.network
         .validate()
         .map_err(|m| Error::Usage(format!("student network: {m}")))?;
