@@ -187,13 +187,20 @@ pub fn sheet(a: Args) -> Result<i32> {
             pad + (i as u32 / cols) * (th + label + pad),
         );
         image::imageops::overlay(&mut img, t, x0 as i64, y0 as i64);
+        // The largest lettering that fits the tile (a blend's label is long), else cut.
+        let chars = name.chars().count() as u32;
+        let scale = [3, 2, 1]
+            .into_iter()
+            .find(|s| chars * 4 * s <= tw)
+            .unwrap_or(1);
+        let fit: String = name.chars().take((tw / (4 * scale)) as usize).collect();
         impasto::train::plot::draw_text(
             &mut img,
             x0,
             y0 + th + 5,
-            name,
+            &fit,
             image::Rgb([20, 20, 20]),
-            3,
+            scale,
         );
     }
     impasto::imageio::write_path(&image::DynamicImage::ImageRgb8(img), &a.output)?;
