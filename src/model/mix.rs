@@ -597,3 +597,35 @@ mod tests {
         assert!(d(&ab, &a) < d(&a, &b) && d(&ab, &b) < d(&a, &b));
     }
 }
+
+#[cfg(test)]
+mod single_style_files {
+    use crate::model::Transformer;
+
+    /// A single-style file reads and writes exactly as before networks of several styles
+    /// existed: the config has no `styles` field, every tensor keeps its name and shape, and
+    /// the built-ins come back from a round trip value for value.
+    #[test]
+    fn single_style_files_are_unchanged() {
+        for name in crate::styles::names() {
+            let bytes = crate::styles::builtin_bytes(name).expect("listed");
+            let original = crate::model::format::TensorFile::from_bytes(bytes).unwrap();
+            let m = Transformer::from_bytes(bytes).unwrap();
+            assert_eq!(m.style_count(), 1);
+            let f = m.to_file();
+            assert!(!f.metadata[crate::model::transformer::CONFIG_KEY].contains("styles"));
+            let names = |t: &crate::model::format::TensorFile| {
+                t.tensors
+                    .iter()
+                    .filter(|(k, _)| !k.ends_with(crate::model::format::Q8_SCALE))
+                    .map(|(k, (s, _))| (k.clone(), s.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(names(&f), names(&original), "{name}");
+            let back = Transformer::from_file(f).unwrap();
+            for ((s, a), (_, b)) in m.params().zip(back.params()) {
+                assert_eq!(a, b, "{name} {}", s.name);
+            }
+        }
+    }
+}
