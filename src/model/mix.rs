@@ -619,7 +619,7 @@ mod single_style_files {
                     .iter()
                     .filter(|(k, _)| !k.ends_with(crate::model::format::Q8_SCALE))
                     .map(|(k, (s, _))| (k.clone(), s.clone()))
-                    .collect::<Vec<_>>()
+                    .collect::<std::collections::BTreeMap<_, _>>()
             };
             assert_eq!(names(&f), names(&original), "{name}");
             let back = Transformer::from_file(f).unwrap();
