@@ -425,6 +425,18 @@ impl Driver {
             .unwrap_or_else(|| panic!("find {css}: {v}"))
             .to_string()
     }
+    /// A PNG of the page to the file the environment variable `var` names, if it is set.
+    fn screenshot_to(&self, var: &str) {
+        use base64::Engine;
+        if let Some(p) = std::env::var_os(var) {
+            let b64 = self.cmd("GET", "/screenshot", serde_json::Value::Null);
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(b64.as_str().unwrap())
+                .unwrap();
+            std::fs::write(p, png).unwrap();
+        }
+    }
+
     fn js(&self, script: &str) -> serde_json::Value {
         self.cmd(
             "POST",
@@ -586,14 +598,7 @@ fn browser_end_to_end() {
     assert_eq!(dl, format!("photo-{style}.png"));
 
     // IMPASTO_SCREENSHOT=page.png keeps a picture of the page for a look by eye.
-    if let Some(p) = std::env::var_os("IMPASTO_SCREENSHOT") {
-        use base64::Engine;
-        let b64 = d.cmd("GET", "/screenshot", serde_json::Value::Null);
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(b64.as_str().unwrap())
-            .unwrap();
-        std::fs::write(p, png).unwrap();
-    }
+    d.screenshot_to("IMPASTO_SCREENSHOT");
 
     // Live mode with Chromium's fake camera: frames come back and the frame rate shows.
     let live = d.find("#live-toggle");
@@ -993,14 +998,7 @@ fn a_model_of_several_styles_mixes_over_the_api_and_on_the_page() {
         60,
     );
     assert!(shown.as_str().unwrap().contains("120x90"), "{shown}");
-    if let Some(p) = std::env::var_os("IMPASTO_SCREENSHOT_MIX") {
-        use base64::Engine;
-        let b64 = d.cmd("GET", "/screenshot", serde_json::Value::Null);
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(b64.as_str().unwrap())
-            .unwrap();
-        std::fs::write(p, png).unwrap();
-    }
+    d.screenshot_to("IMPASTO_SCREENSHOT_MIX");
     // Live frames with the blend; then another blend applies to the next frames.
     let live = d.find("#live-toggle");
     d.cmd(

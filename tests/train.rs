@@ -65,10 +65,33 @@ fn train_cmd_on(
     every: u64,
     extra: &[&str],
 ) -> Command {
+    train_styles(
+        s,
+        &[s.style.display().to_string()],
+        data,
+        out,
+        steps,
+        every,
+        extra,
+    )
+}
+
+/// The small recipe with `--style` given once per entry of `styles`.
+fn train_styles(
+    s: &Setup,
+    styles: &[String],
+    data: &Path,
+    out: &Path,
+    steps: u64,
+    every: u64,
+    extra: &[&str],
+) -> Command {
     let mut c = bin();
-    c.args(["train", "--style"])
-        .arg(&s.style)
-        .arg("--data")
+    c.arg("train");
+    for st in styles {
+        c.arg("--style").arg(st);
+    }
+    c.arg("--data")
         .arg(data)
         .arg("-o")
         .arg(out)
@@ -432,29 +455,7 @@ fn training_on_the_gpu_follows_the_cpu_and_resumes_exactly() {
 
 /// `train_cmd` with several paintings (`--style` given once each) in place of the one.
 fn multi_cmd(s: &Setup, out: &Path, steps: u64, styles: &[String], extra: &[&str]) -> Command {
-    let mut c = bin();
-    c.arg("train");
-    for st in styles {
-        c.arg("--style").arg(st);
-    }
-    c.arg("--data")
-        .arg(s.root.join("data"))
-        .arg("-o")
-        .arg(out)
-        .arg("--vgg")
-        .arg(&s.vgg)
-        .args([
-            "--image-size",
-            "48",
-            "--style-size",
-            "96",
-            "--batch-size",
-            "2",
-        ])
-        .args(["--checkpoint-every", "2", "--steps"])
-        .arg(steps.to_string())
-        .args(extra);
-    c
+    train_styles(s, styles, &s.root.join("data"), out, steps, 2, extra)
 }
 
 fn keyed_weights(p: &Path) -> Vec<(String, Vec<f32>)> {
