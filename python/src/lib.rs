@@ -645,9 +645,7 @@ fn train(
     if let Some(v) = style_size {
         req.style_size = v;
     }
-    if let Some(v) = lr {
-        req.lr = v;
-    }
+    req.lr = trainer::defaults::lr(lr, req.base.is_some());
     if let Some(v) = content_weight {
         req.loss.content_weight = v;
     }

@@ -35,8 +35,10 @@ pub struct TrainArgs {
     /// Longest side the style image is scaled to (Johnson's reference uses 256).
     #[arg(long, default_value_t = defaults::STYLE_SIZE, value_parser = super::args::at_least_u32(16))]
     style_size: u32,
-    #[arg(long, default_value_t = defaults::LR, value_parser = super::args::positive_f64)]
-    lr: f64,
+    /// Adam's learning rate (default 1e-3; 1e-2 with --base, where only the new styles'
+    /// norm rows train).
+    #[arg(long, value_parser = super::args::positive_f64)]
+    lr: Option<f64>,
     #[command(flatten)]
     loss: LossArgs,
     #[arg(long, value_enum, default_value = "johnson")]
@@ -152,8 +154,8 @@ pub fn train(a: TrainArgs) -> Result<i32> {
             .map(|s| trainer::StyleSource::parse(s))
             .collect(),
         base: a.base.clone(),
+        lr: defaults::lr(a.lr, a.base.is_some()),
         style_size: a.style_size,
-        lr: a.lr,
         loss: a.loss.config(),
         arch: a.arch,
         run: a.run.settings()?,

@@ -178,7 +178,7 @@ def train(
     ``style`` is a painting's path, or several (a list, or a dict ``{name: path}``) to
     train one network of several styles (names default to the files' stems). ``base``
     (a model file or built-in name) adds the styles to that model: only their norm rows
-    train and the output holds its styles and the new ones.
+    train (at ``lr`` 1e-2 unless given) and the output holds its styles and the new ones.
 
     Arguments left at ``None`` take impasto's defaults, the same as the command line's
     (batch 4 of 256² crops, style size 256, Adam lr 1e-3, seed 42, a checkpoint every 500
