@@ -27,8 +27,14 @@ struct Acc {
 
 impl Conv2d {
     /// Backward of `self.forward(x, g)` given `dy`. Stride-1 layers get their input gradient
-    /// as a (Winograd / direct) convolution, the others through col2im.
+    /// as a (Winograd / direct) convolution, the others through col2im; wide layers with few
+    /// output channels their weight gradient directly ([`super::weight_grad`]).
     pub fn backward(&self, g: &ConvGeom, x: &Tensor, dy: &Tensor, want_dx: bool) -> ConvGrad {
+        if super::weight_grad::applicable(self.c_out, g) {
+            let (dw, db) = super::weight_grad::weight_grad(g, x, dy);
+            let dx = want_dx.then(|| stride1_input_grad(self, g, dy, x.h, x.w));
+            return ConvGrad { dx, dw, db };
+        }
         if want_dx && g.stride == 1 && g.upsample == 1 && g.dilate == 1 {
             let mut r = self.backward_col2im(g, x, dy, false);
             r.dx = Some(stride1_input_grad(self, g, dy, x.h, x.w));

@@ -215,20 +215,27 @@ pub(crate) fn gather(
                         dst.fill(0.0);
                     } else {
                         let src = &plane[sy as usize * w..(sy as usize + 1) * w];
-                        // Fast path: a contiguous interior run.
-                        let first = xmap[ox0 * k + kx];
-                        let last = xmap[(ox1 - 1) * k + kx];
-                        if direct
-                            && first >= 0
-                            && last - first == (ox1 - ox0 - 1) as i32
-                            && xmap_contiguous(xmap, k, kx, ox0, ox1)
-                        {
-                            dst.copy_from_slice(&src[first as usize..=last as usize]);
-                        } else {
-                            for (d, ox) in dst.iter_mut().zip(ox0..ox1) {
+                        let scalar = |dst: &mut [f32], from: usize| {
+                            for (d, ox) in dst.iter_mut().zip(from..) {
                                 let sx = xmap[ox * k + kx];
                                 *d = if sx < 0 { 0.0 } else { src[sx as usize] };
                             }
+                        };
+                        if direct {
+                            // Stride 1: output column ox reads source column ox + off inside
+                            // the picture; only the k/2 columns at either edge are padding.
+                            // Copy the interior run, resolve the edges through the map.
+                            let off = kx as isize - g.pad[2] as isize;
+                            let lo = (ox0 as isize).max(-off).min(ox1 as isize) as usize;
+                            let hi = (ox1 as isize).min(w as isize - off).max(lo as isize) as usize;
+                            let (left, rest) = dst.split_at_mut(lo - ox0);
+                            let (mid, right) = rest.split_at_mut(hi - lo);
+                            scalar(left, ox0);
+                            let s0 = (lo as isize + off) as usize;
+                            mid.copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                            scalar(right, hi);
+                        } else {
+                            scalar(dst, ox0);
                         }
                     }
                     p += ox1 - ox0;
@@ -236,13 +243,4 @@ pub(crate) fn gather(
             }
         }
     }
-}
-
-/// True when the source columns for `ox0..ox1` at tap `kx` are consecutive.
-fn xmap_contiguous(xmap: &[i32], k: usize, kx: usize, ox0: usize, ox1: usize) -> bool {
-    // Interior runs of a stride-1 convolution are contiguous except where reflection or
-    // zero padding kicks in; those only touch the first and last k/2 columns.
-    let edge = k;
-    let check = |ox: usize| xmap[ox * k + kx] == xmap[ox0 * k + kx] + (ox - ox0) as i32;
-    (ox0..ox1.min(ox0 + edge)).all(check) && (ox1.saturating_sub(edge).max(ox0)..ox1).all(check)
 }

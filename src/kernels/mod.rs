@@ -6,6 +6,7 @@ pub mod direct;
 pub mod geom;
 pub mod norm;
 pub mod pool;
+pub mod weight_grad;
 pub mod winograd;
 
 pub use conv::{Conv2d, ConvGeom, PadMode};
