@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# One training step (batch 4, 256², VGG16 loss, backward, Adam), impasto next to PyTorch on
-# the CPU, same network and loss, 2 threads each, in the same run; with peak RSS.
-#   scripts/bench_train.sh [RUNS]
+# One training step (batch 4, 256² or SIZE², VGG16 loss, backward, Adam), impasto next to
+# PyTorch (float32) on the CPU, same network and loss, 2 threads each, in the same run; with
+# peak RSS and the CPU's model and vector flags.
+#   scripts/bench_train.sh [RUNS] [SIZE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-3}"
+SIZE="${2:-256}"
 THREADS="${THREADS:-2}"
 VGG="${IMPASTO_VGG:-${IMPASTO_SHARED:-../shared}/weights/vgg16_caffe_relu4_3.safetensors}"
 cargo build --release -q
@@ -14,14 +16,20 @@ VENV="$(scripts/bench-venv.sh >/dev/null; echo target/bench-venv)"
 # out of reach).
 "$VENV/bin/python" -c 'import torch' 2>/dev/null || "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch
 rss() { grep "Maximum resident" "$1" | awk '{printf "%.2f GB", $6/1e6}'; }
-/usr/bin/time -v target/release/impasto bench --train --threads "$THREADS" --vgg "$VGG" --sizes 256 --batch 4 --runs "$RUNS" --json > /tmp/impasto_train.json 2> /tmp/impasto_train.time
-/usr/bin/time -v "$VENV/bin/python" scripts/bench_train.py --vgg "$VGG" --runs "$RUNS" --threads "$THREADS" > /tmp/torch_train.json 2> /tmp/torch_train.time
-python3 - "$(rss /tmp/impasto_train.time)" "$(rss /tmp/torch_train.time)" <<'PY'
+/usr/bin/time -v target/release/impasto bench --train --threads "$THREADS" --vgg "$VGG" --sizes "$SIZE" --batch 4 --runs "$RUNS" --json > /tmp/impasto_train.json 2> /tmp/impasto_train.time
+/usr/bin/time -v target/release/impasto bench --train --fast --threads "$THREADS" --vgg "$VGG" --sizes "$SIZE" --batch 4 --runs "$RUNS" --json > /tmp/impasto_fast.json 2> /tmp/impasto_fast.time
+/usr/bin/time -v "$VENV/bin/python" scripts/bench_train.py --vgg "$VGG" --size "$SIZE" --runs "$RUNS" --threads "$THREADS" > /tmp/torch_train.json 2> /tmp/torch_train.time
+grep -m1 'model name' /proc/cpuinfo || true
+echo "flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx|fma|amx)' | tr '\n' ' ')"
+echo "training step, batch 4 at ${SIZE}², $THREADS threads, median of $RUNS"
+python3 - "$(rss /tmp/impasto_train.time)" "$(rss /tmp/impasto_fast.time)" "$(rss /tmp/torch_train.time)" <<'PY'
 import json, sys
-a = json.load(open("/tmp/impasto_train.json")); b = json.load(open("/tmp/torch_train.json"))
+a = json.load(open("/tmp/impasto_train.json")); p = json.load(open("/tmp/impasto_fast.json"))
+b = json.load(open("/tmp/torch_train.json"))
 print("| engine | ms/step (median) | img/s | peak RSS |")
 print("|---|---|---|---|")
 print(f"| impasto | {a['median_ms']:.0f} | {a['img_per_s']:.2f} | {sys.argv[1]} |")
-print(f"| {b['engine']} | {b['median_ms']:.0f} | {b['img_per_s']:.2f} | {sys.argv[2]} |")
-print(f"\nimpasto / pytorch time: {a['median_ms']/b['median_ms']:.2f}×")
+print(f"| impasto --fast | {p['median_ms']:.0f} | {p['img_per_s']:.2f} | {sys.argv[2]} |")
+print(f"| {b['engine']} | {b['median_ms']:.0f} | {b['img_per_s']:.2f} | {sys.argv[3]} |")
+print(f"\nimpasto / pytorch time: {a['median_ms']/b['median_ms']:.2f}× (--fast: {p['median_ms']/b['median_ms']:.2f}×)")
 PY

@@ -165,7 +165,7 @@ fn train_step_reproduces_pytorch() {
         tv_weight: meta("tv_weight"),
         content_tap: 1,
     };
-    let (l, grads) = loss_and_grads(&model, &vgg, &target, &cfg, &content);
+    let (l, grads) = loss_and_grads(&model, &vgg, &target, &cfg, &content, true);
     let l = l.get(&Cpu);
     let host = grads.to_host(&Cpu);
     for (name, got, want) in [
@@ -242,7 +242,7 @@ fn train_step_reproduces_pytorch() {
     let mut model = Transformer::load(&w).unwrap();
     let mut opt = Optimizer::new(meta("lr"));
     for (step, want) in history.iter().enumerate() {
-        let (l, grads) = loss_and_grads(&model, &vgg, &target, &cfg, &content);
+        let (l, grads) = loss_and_grads(&model, &vgg, &target, &cfg, &content, true);
         let l = l.get(&Cpu);
         let err = (l.total - want).abs() / want.abs();
         eprintln!(

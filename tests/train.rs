@@ -345,6 +345,47 @@ fn optimize_writes_a_stylized_image_and_lowers_the_loss() {
 
 /// `--resume` with another `--data` folder is refused (the position in
 /// the data would mean nothing), and `--steps 0` is refused before any work.
+/// `--fast` trains on the fast kernels (Winograd, direct), the default on the exact ones:
+/// the two runs differ, each records its choice, and a resumed run keeps its checkpoint's
+/// kernels whatever the new command says, so it still ends bit for bit where the
+/// uninterrupted run did.
+#[test]
+fn a_resumed_run_keeps_the_kernels_of_its_checkpoint() {
+    let Some(s) = setup("a_resumed_run_keeps_the_kernels_of_its_checkpoint") else {
+        return;
+    };
+    let steps = 6;
+    let (fast, exact) = (s.root.join("f.safetensors"), s.root.join("e.safetensors"));
+    for (out, extra) in [(&fast, &["--fast"][..]), (&exact, &[][..])] {
+        let o = train_cmd(&s, out, steps, extra).output().unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let want = weights(&fast);
+    assert_ne!(weights(&exact), want, "--fast changed nothing");
+    for (out, precise) in [(&fast, false), (&exact, true)] {
+        let m = impasto::model::Transformer::load(out).unwrap();
+        let prov: serde_json::Value =
+            serde_json::from_str(&m.metadata["impasto.provenance"]).unwrap();
+        assert_eq!(prov["train"]["precise"], precise, "{}", out.display());
+    }
+    let b = s.root.join("b.safetensors");
+    let ckpt = s.root.join("b.ckpt.safetensors");
+    let status = interrupt_after_checkpoint(train_cmd(&s, &b, steps, &["--fast"]), &ckpt, "-INT");
+    assert_eq!(status.code(), Some(130));
+    let o = train_cmd(&s, &b, steps, &["--resume"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the checkpoint was made with the fast (--fast) kernels"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        weights(&b),
+        want,
+        "the resumed run left its checkpoint's kernels"
+    );
+}
+
 #[test]
 fn resume_refuses_another_data_folder() {
     let Some(s) = setup("resume_refuses_another_data_folder") else {

@@ -579,7 +579,7 @@ impl impasto::train::trainer::Observer for Progress {
 #[pyo3(signature = (style, data, output, steps = None, epochs = None, batch_size = None, image_size = None,
     style_size = None, lr = None, content_weight = None, style_weight = None, tv_weight = None,
     arch = "johnson", seed = None, checkpoint_every = None, val = None, resume = false, vgg = None,
-    half = false, on_progress = None, device = None, base = None))]
+    half = false, on_progress = None, device = None, base = None, fast = false))]
 #[allow(clippy::too_many_arguments)]
 fn train(
     py: Python<'_>,
@@ -605,6 +605,7 @@ fn train(
     on_progress: Option<PyObject>,
     device: Option<&str>,
     base: Option<String>,
+    fast: bool,
 ) -> PyResult<(String, u64, Vec<String>, String, String)> {
     use impasto::train::trainer::{self, Outcome, RunFiles, TrainRequest};
     // Checked before anything runs: a bad callback found after the first step would leave
@@ -666,6 +667,7 @@ fn train(
     req.run.resume = resume;
     req.run.vgg = vgg;
     req.run.half = half;
+    req.precise = !fast;
     let choice = match device {
         Some(d) => d.parse().map_err(PyValueError::new_err)?,
         None => DeviceChoice::from_env().map_err(PyValueError::new_err)?,

@@ -33,6 +33,9 @@ pub struct Args {
     /// VGG16 weights for --train.
     #[arg(long)]
     vgg: Option<PathBuf>,
+    /// With --train: the fast kernels in the network's forward pass (`train --fast`).
+    #[arg(long, requires = "train")]
+    fast: bool,
     /// Time the server's live pipeline instead (JPEG decode, stylize with blended
     /// statistics, JPEG encode, as one WebSocket frame) on the shipped photo scaled to each
     /// WxH, e.g. `--frames 320x240,640x480`; `--model` may be a built-in style name.
@@ -207,6 +210,7 @@ fn train(a: Args) -> Result<i32> {
     use impasto::loss::LossConfig;
     use impasto::train::step::{apply, loss_and_grads, Optimizer, StyleTarget};
     let device = super::device()?;
+    impasto::tensor::set_pool_limit(impasto::train::trainer::TRAINING_POOL_BYTES);
     let vgg = impasto::model::Vgg16::load_on(
         device.clone(),
         &impasto::model::vgg::locate(a.vgg.as_deref())?,
@@ -242,7 +246,7 @@ fn train(a: Args) -> Result<i32> {
         let x = device.upload(&x);
         // A step as `train` runs it: the losses and the gradients' finiteness read back once.
         let mut run = || -> Result<()> {
-            let (l, g) = loss_and_grads(&model, &vgg, &target, &cfg, &x);
+            let (l, g) = loss_and_grads(&model, &vgg, &target, &cfg, &x, !a.fast);
             l.read(&device, &g.sum_squares(&device))?;
             apply(&mut model, &mut opt, &g);
             Ok(())

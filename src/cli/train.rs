@@ -43,6 +43,11 @@ pub struct TrainArgs {
     loss: LossArgs,
     #[arg(long, value_enum, default_value = "johnson")]
     arch: Arch,
+    /// Run the network's forward pass on the fast convolution kernels (Winograd, direct)
+    /// that inference uses instead of the exact ones (im2col + GEMM): a few percent faster
+    /// per step; measured, a run's hold-out loss came out 4% higher.
+    #[arg(long)]
+    fast: bool,
 }
 
 /// The perceptual loss's weights (`train` and `optimize`).
@@ -158,6 +163,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         style_size: a.style_size,
         loss: a.loss.config(),
         arch: a.arch,
+        precise: !a.fast,
         run: a.run.settings()?,
     };
     let out = with_progress(&a.run.output, |obs| {

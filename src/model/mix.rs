@@ -527,7 +527,7 @@ mod tests {
             let mut m = model(arch, 3, 11);
             m.set_style(1);
             let x = image(3, 24, 32);
-            let (y, tape) = m.forward_train(&x);
+            let (y, tape) = m.forward_train(&x, true);
             let mut rng = Rng::new(4);
             let r: Vec<f32> = (0..y.data.len()).map(|_| rng.f32() - 0.5).collect();
             let dy = Tensor::from_vec(y.n, y.c, y.h, y.w, r.clone());

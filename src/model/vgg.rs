@@ -138,24 +138,50 @@ impl<B: Backend> Vgg16<B> {
         self.run(x, TAPS.len() - 1, None)
     }
 
-    /// Forward up to tap `upto` (0..4); with a tape, records every ReLU output.
+    /// The tap activations up to tap `upto` (0..4) and no further: the content target
+    /// needs VGG16 only up to relu2_2.
+    pub fn forward_to(&self, x: &B::Tensor, upto: usize) -> Vec<B::Tensor> {
+        self.run(x, upto, None)
+    }
+
+    /// Forward up to tap `upto` (0..4). Without a tape, returns the taps; with one, moves
+    /// every ReLU output onto it (no copies: the taps are read from the tape) and returns
+    /// nothing.
     fn run(&self, x: &B::Tensor, upto: usize, mut tape: Option<&mut VggTape<B>>) -> Vec<B::Tensor> {
         let b = &self.backend;
-        let mut h = self.pre.apply(b, x);
+        // The next convolution's input: owned here, or the tape's last ReLU output.
+        let mut input = Some(self.pre.apply(b, x));
         let mut taps = Vec::with_capacity(4);
         for (i, conv) in self.convs.iter().enumerate() {
-            h = b.conv_forward(conv, &h, false);
+            let mut h = match (&input, tape.as_deref()) {
+                (Some(x), _) => b.conv_forward(conv, x, false),
+                (None, Some(t)) => b.conv_forward(conv, t.relu.last().expect("taped"), false),
+                (None, None) => unreachable!("an input is owned unless taped"),
+            };
             b.relu(&mut h);
-            if let Some(t) = tape.as_deref_mut() {
-                t.relu.push(h.clone());
-                t.size.push(b.dims(&h));
-            }
-            if let Some(t) = TAPS.iter().position(|&t| t == i) {
-                taps.push(h.clone());
-                if t == upto {
-                    break;
+            let tap = TAPS.iter().position(|&t| t == i);
+            match tape.as_deref_mut() {
+                Some(t) => {
+                    t.size.push(b.dims(&h));
+                    t.relu.push(h);
+                    let h = t.relu.last().expect("just pushed");
+                    input = match tap {
+                        Some(k) if k == upto => break,
+                        Some(_) => Some(b.max_pool2(h)),
+                        None => None,
+                    };
                 }
-                h = b.max_pool2(&h);
+                None => match tap {
+                    Some(k) if k == upto => {
+                        taps.push(h);
+                        break;
+                    }
+                    Some(_) => {
+                        input = Some(b.max_pool2(&h));
+                        taps.push(h);
+                    }
+                    None => input = Some(h),
+                },
             }
         }
         taps
@@ -168,15 +194,23 @@ pub struct VggTape<B: Backend = Cpu> {
     size: Vec<[usize; 4]>,
 }
 
+impl<B: Backend> VggTape<B> {
+    /// The tap activations the pass reached, in order.
+    pub fn taps(&self) -> Vec<&B::Tensor> {
+        TAPS.iter().filter_map(|&i| self.relu.get(i)).collect()
+    }
+}
+
 impl<B: Backend> Vgg16<B> {
-    /// Forward up to the tap `upto` (0..4) recording the ReLU outputs; returns the taps.
-    pub fn forward_train(&self, x: &B::Tensor, upto: usize) -> (Vec<B::Tensor>, VggTape<B>) {
+    /// Forward up to the tap `upto` (0..4) recording the ReLU outputs; the taps are the
+    /// tape's ([`VggTape::taps`]).
+    pub fn forward_train(&self, x: &B::Tensor, upto: usize) -> VggTape<B> {
         let mut tape = VggTape {
             relu: Vec::new(),
             size: Vec::new(),
         };
-        let taps = self.run(x, upto, Some(&mut tape));
-        (taps, tape)
+        self.run(x, upto, Some(&mut tape));
+        tape
     }
 
     /// d(loss)/d(input RGB) given d(loss)/d(tap) for each recorded tap (None = no gradient).

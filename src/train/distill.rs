@@ -212,7 +212,7 @@ impl Distiller {
         let sb = student.backend();
         let input = sb.upload_owned(input);
         let (y, tape) = if grads {
-            let (y, t) = student.forward_train(&input);
+            let (y, t) = student.forward_train(&input, true);
             (sb.download_owned(y), Some(t))
         } else {
             (sb.download_owned(student.forward_batch(&input)), None)
@@ -234,9 +234,9 @@ impl Distiller {
         let mut perceptual = 0.0;
         if let (Some(vgg), true) = (&self.vgg, c.perceptual_weight > 0.0) {
             let b = vgg.backend();
-            let (ft, _) = vgg.forward_train(&target, 0);
-            let (fy, vtape) = vgg.forward_train(&yc, 0);
-            let (l, d) = crate::loss::content(b, &fy[0], &ft[0], c.perceptual_weight);
+            let ft = vgg.forward_to(&target, 0);
+            let vtape = vgg.forward_train(&yc, 0);
+            let (l, d) = crate::loss::content(b, vtape.taps()[0], &ft[0], c.perceptual_weight);
             perceptual = l;
             if grads {
                 let dimg = vgg.backward(&vtape, &[Some(d)]);
@@ -254,7 +254,7 @@ impl Distiller {
             lc.content_weight *= c.loss_weight;
             lc.style_weight *= c.loss_weight * c.style_scale;
             lc.tv_weight *= c.loss_weight;
-            let (fc, _) = vgg.forward_train(x, lc.content_tap);
+            let fc = vgg.forward_to(x, lc.content_tap);
             let (l, d) =
                 crate::train::step::image_loss_and_grad(vgg, target, &fc[lc.content_tap], &lc, &yc);
             johnson = l.get(b);

@@ -23,8 +23,8 @@ pub fn optimize<B: crate::backend::Backend>(
     // clamped to 0..255 after each step): one picture up and one gradient down per step.
     let b = vgg.backend();
     let target = StyleTarget::new(vgg, &b.upload(style));
-    let (fc, _) = vgg.forward_train(&b.upload(content), cfg.content_tap);
-    let fc = fc[cfg.content_tap].clone();
+    let mut fc = vgg.forward_to(&b.upload(content), cfg.content_tap);
+    let fc = fc.swap_remove(cfg.content_tap);
     let mut y = content.clone();
     let mut adam = Adam::new(lr as f64);
     let mut start = None;

@@ -137,7 +137,7 @@ pub fn losses_of<B: Backend>(
 ) -> Losses {
     let b = vgg.backend();
     let fy = vgg.forward(y);
-    let (fc, _) = vgg.forward_train(x, cfg.content_tap);
+    let fc = vgg.forward_to(x, cfg.content_tap);
     let (content, _) = loss::content(
         b,
         &fy[cfg.content_tap],
@@ -151,16 +151,18 @@ pub fn losses_of<B: Backend>(
     PendingLosses { content, style, tv }.get(b)
 }
 
-/// Losses (on the backend) and d(total)/d(parameter) for one batch.
+/// Losses (on the backend) and d(total)/d(parameter) for one batch; `precise`: the
+/// transformer's forward pass on the exact kernels ([`Transformer::forward_train`]).
 pub fn loss_and_grads<B: Backend>(
     model: &Transformer<B>,
     vgg: &Vgg16<B>,
     target: &StyleTarget<B>,
     cfg: &LossConfig,
     x: &B::Tensor,
+    precise: bool,
 ) -> (PendingLosses<B>, Grads<B>) {
-    let (y, tape) = model.forward_train(x);
-    let (fc, _) = vgg.forward_train(x, cfg.content_tap);
+    let (y, tape) = model.forward_train(x, precise);
+    let fc = vgg.forward_to(x, cfg.content_tap);
     let (losses, dy) = image_loss_and_grad(vgg, target, &fc[cfg.content_tap], cfg, &y);
     drop(fc);
     let grads = model.backward(&tape, &dy);
@@ -184,8 +186,9 @@ pub fn image_loss_and_grad<B: Backend>(
     y: &B::Tensor,
 ) -> (PendingLosses<B>, B::Tensor) {
     let b = vgg.backend();
-    let (fy, vtape) = vgg.forward_train(y, 3);
-    let (content, dc) = loss::content(b, &fy[cfg.content_tap], content_feat, cfg.content_weight);
+    let vtape = vgg.forward_train(y, 3);
+    let fy = vtape.taps();
+    let (content, dc) = loss::content(b, fy[cfg.content_tap], content_feat, cfg.content_weight);
     let mut style = Vec::with_capacity(4);
     let mut dtaps: Vec<Option<B::Tensor>> = Vec::with_capacity(4);
     for (t, f) in fy.iter().enumerate() {
@@ -196,7 +199,6 @@ pub fn image_loss_and_grad<B: Backend>(
         }
         dtaps.push(Some(d));
     }
-    drop(fy);
     let (tv, dtv) = loss::tv(b, y, cfg.tv_weight);
     let mut dy = vgg.backward(&vtape, &dtaps);
     b.add(&mut dy, &dtv);

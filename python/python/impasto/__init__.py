@@ -172,6 +172,7 @@ def train(
     on_progress=None,
     device=None,
     base=None,
+    fast=False,
 ):
     """Train a style from a painting on a folder of photos (``impasto train``).
 
@@ -179,6 +180,7 @@ def train(
     train one network of several styles (names default to the files' stems). ``base``
     (a model file or built-in name) adds the styles to that model: only their norm rows
     train (at ``lr`` 1e-2 unless given) and the output holds its styles and the new ones.
+    ``fast=True`` runs the network's forward pass on the fast kernels (``--fast``).
 
     Arguments left at ``None`` take impasto's defaults, the same as the command line's
     (batch 4 of 256² crops, style size 256, Adam lr 1e-3, seed 42, a checkpoint every 500
@@ -206,7 +208,7 @@ def train(
         outcome, step, messages, checkpoint, metrics = _impasto.train(
             styles, str(data), str(output), steps, epochs, batch_size, image_size,
             style_size, lr, content_weight, style_weight, tv_weight, arch, seed,
-            checkpoint_every, p(val), resume, p(vgg), half, on_progress, device, p(base),
+            checkpoint_every, p(val), resume, p(vgg), half, on_progress, device, p(base), fast,
         )
     except OverflowError as e:
         raise ValueError(f"a size or count is out of range: {e}") from None

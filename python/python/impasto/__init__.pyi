@@ -33,7 +33,7 @@ def evaluate(
 ) -> Dict[str, Any]: ...
 
 def train(
-    style: StrPath,
+    style: Union[StrPath, Sequence[StrPath], Dict[str, StrPath]],
     data: StrPath,
     output: StrPath,
     steps: Optional[int] = ...,
@@ -54,6 +54,8 @@ def train(
     half: bool = ...,
     on_progress: Optional[Callable[[Dict[str, float]], Any]] = ...,
     device: Optional[str] = ...,
+    base: Optional[StrPath] = ...,
+    fast: bool = ...,
 ) -> Dict[str, Any]: ...
 
 def devices() -> Dict[str, Any]: ...

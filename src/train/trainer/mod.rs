@@ -34,7 +34,7 @@ use metrics::mean;
 pub use metrics::{preview, validate};
 pub use request::{defaults, DistillRequest, RunSettings, StyleSource, TrainRequest};
 use setup::run_identity_differs;
-pub use setup::{distill, load_style, run};
+pub use setup::{distill, load_style, run, TRAINING_POOL_BYTES};
 
 /// How a model is trained; stored in checkpoints and in the model file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,6 +71,14 @@ pub struct TrainConfig {
     /// The model the styles are added to: only their norm rows train.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseRecord>,
+    /// The transformer's forward pass ran on the exact kernels rather than the fast ones
+    /// (`--fast`). Runs from before the setting existed were all precise.
+    #[serde(default = "precise_before_the_setting")]
+    pub precise: bool,
+}
+
+fn precise_before_the_setting() -> bool {
+    true
 }
 
 /// A painting of a run of several styles.
@@ -205,7 +213,8 @@ impl Objective<'_> {
             Objective::Perceptual { vgg, targets } => {
                 let target = &targets[(step % targets.len() as u64) as usize].1;
                 let x = b.upload(x);
-                let (pending, grads) = step::loss_and_grads(model, vgg, target, &cfg.loss, &x);
+                let (pending, grads) =
+                    step::loss_and_grads(model, vgg, target, &cfg.loss, &x, cfg.precise);
                 let (losses, sums) = pending.read(b, &grads.sum_squares(b))?;
                 (losses, grads, sums)
             }
@@ -341,6 +350,26 @@ pub fn train(
             cfg.lr
         )));
     }
+    // A resumed run keeps the kernels its checkpoint was made with: exact resume.
+    let kept;
+    let cfg = match &opts.resume {
+        Some(ck) if ck.config.precise != cfg.precise => {
+            obs.message(&format!(
+                "the checkpoint was made with {} kernels: continuing with them",
+                if ck.config.precise {
+                    "the exact"
+                } else {
+                    "the fast (--fast)"
+                }
+            ));
+            kept = TrainConfig {
+                precise: ck.config.precise,
+                ..cfg.clone()
+            };
+            &kept
+        }
+        _ => cfg,
+    };
     let device = opts.device.clone();
     let (mut model, mut adam, mut step, pos) = match opts.resume {
         Some(ck) => {

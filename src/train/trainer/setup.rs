@@ -25,6 +25,9 @@ pub fn load_style(path: &Path, size: Option<u32>) -> Result<Tensor> {
     Ok(t)
 }
 
+/// Freed activations kept for reuse while training (see [`crate::tensor::set_pool_limit`]).
+pub const TRAINING_POOL_BYTES: usize = 2 << 30;
+
 /// Set up and run (or, with `resume`, continue) a training run: the output's lock first (so
 /// a second run on the same output stops before any work), the VGG16 weights, the photos
 /// (skipped folders reported through `obs`), the style, the checkpoint.
@@ -38,6 +41,7 @@ pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -
     )?;
     refuse_output_inside(&req.run)?;
     let (files, _lock) = lock_output(&req.run.output)?;
+    crate::tensor::set_pool_limit(TRAINING_POOL_BYTES);
     let vgg_path = crate::model::vgg::locate(req.run.vgg.as_deref())?;
     let device = &req.run.device;
     // VGG16's first layers hold the largest tensors of a step: 64 channels at full size.
@@ -107,6 +111,7 @@ pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -
         network,
         distill: None,
         lr_final: None,
+        precise: req.precise,
         styles: records,
         base: base.as_ref().map(|(m, sha)| BaseRecord {
             model: req.base.clone().unwrap_or_default(),
@@ -286,6 +291,7 @@ pub fn distill(
     crate::batch::guard_output(&req.run.output, &[Path::new(&req.teacher)])?;
     refuse_output_inside(&req.run)?;
     let (files, _lock) = lock_output(&req.run.output)?;
+    crate::tensor::set_pool_limit(TRAINING_POOL_BYTES);
     let (teacher, teacher_sha256) = (
         crate::styles::resolve(&req.teacher)?,
         model_sha256(&req.teacher)?,
@@ -399,6 +405,8 @@ pub fn distill(
         lr_final: req.lr_final,
         styles: Vec::new(),
         base: None,
+        // A distilled student is small (Winograd needs 16 channels): the exact kernels.
+        precise: true,
     };
     let resume = checkpoint_to_resume(&files, req.run.resume)?;
     obs.message(&format!(
