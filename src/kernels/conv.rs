@@ -28,6 +28,9 @@ impl std::ops::Deref for Conv2d {
     }
 }
 
+/// The smallest plane (pixels) that runs on Winograd.
+const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
+
 impl Conv2d {
     /// From an OIHW weight (PyTorch `Conv2d` layout) and an optional bias.
     pub fn new(
@@ -82,15 +85,18 @@ impl Conv2d {
             self.c_in, x.c
         );
         let (ho, wo) = g.out_size(x.h, x.w);
-        let mut out = Tensor::for_overwrite(x.n, self.c_out, ho, wo);
-        let ymap = g.index_map(x.h, ho, g.pad[0]);
-        let xmap = g.index_map(x.w, wo, g.pad[2]);
-        if winograd && super::winograd::applicable(self, g) {
+        // Winograd where a plane holds enough 4×4 tiles to fill its GEMMs' blocks: below 64
+        // (32×32 pixels; VGG's conv4 layers at 128² crops) its 36 narrow GEMMs lose to one
+        // im2col + GEMM.
+        if winograd && x.h * x.w >= WINOGRAD_MIN_PIXELS && super::winograd::applicable(self, g) {
             return self
                 .winograd
                 .get_or_init(|| super::winograd::Winograd::new(self))
                 .forward(x, g.mode);
         }
+        let mut out = Tensor::for_overwrite(x.n, self.c_out, ho, wo);
+        let ymap = g.index_map(x.h, ho, g.pad[0]);
+        let xmap = g.index_map(x.w, wo, g.pad[2]);
         // The exact (training) path is im2col + GEMM on every ISA: the direct kernels sum
         // each output's taps in one running f32 sum, and over PyTorch's 5-step training
         // golden that drift reached 1.5e-3 (limit 1e-3) with the AVX2 kernel and with the
