@@ -80,6 +80,10 @@ def test_the_ray_runner_keeps_the_clis_guarantees(tmp_path, monkeypatch, capsys)
         (["--style", "great_wave", "--input", "./in/../in", "--output", str(src)], "overwrite the input"),
         (["--style", "no_such_style", "--input", "in", "--output", "out"], "no_such_style"),
         (["--style", "great_wave", "--input", "missing", "--output", "out"], "missing"),
+        (["--style", "great_wave", "--mix", "nope", "--input", "in", "--output", "out"],
+         "its styles: great_wave"),
+        (["--style", "great_wave", "--mix", "great_wave=-1", "--input", "in", "--output", "out"],
+         "great_wave"),
     ]:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -93,8 +97,8 @@ def test_the_ray_runner_keeps_the_clis_guarantees(tmp_path, monkeypatch, capsys)
     # A whole run from a relative input: four inputs, four files.
     ray = need("ray", "ray is not installed (pip install 'ray[data]')")
     try:
-        rc = main(["--style", "great_wave", "--input", "in", "--output", "out", "--ext", "png",
-                   "--max-size", "32", "--concurrency", "1"])
+        rc = main(["--style", "great_wave", "--mix", "great_wave", "--input", "in", "--output",
+                   "out", "--ext", "png", "--max-size", "32", "--concurrency", "1"])
     finally:
         ray.shutdown()
     assert rc == 0, capsys.readouterr().err

@@ -29,7 +29,7 @@ class Stylizer:
     "output", "error"}`` rows."""
 
     def __init__(self, style, targets, strength=1.0, preserve_color=False, max_size=None,
-                 threads=1):
+                 threads=1, mix=None):
         # Before impasto's thread pool starts: one actor, `threads` cores.
         os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, int(threads))))
         import impasto
@@ -37,7 +37,7 @@ class Stylizer:
         self._impasto = impasto
         self.model = impasto.Model(style)
         self.targets = targets
-        self.opts = dict(strength=strength, preserve_color=preserve_color, max_size=max_size)
+        self.opts = dict(strength=strength, preserve_color=preserve_color, max_size=max_size, mix=mix)
 
     def __call__(self, batch):
         import numpy as np
@@ -101,9 +101,11 @@ def plan(input, output, ext=None, overwrite_inputs=False):
 
 
 def stylize_dataset(style, input, output, strength=1.0, preserve_color=False, max_size=None,
-                    ext=None, concurrency=None, threads_per_actor=1, batch_size=8, plan_=None):
+                    ext=None, concurrency=None, threads_per_actor=1, batch_size=8, plan_=None,
+                    mix=None):
     """Stylize every image under ``input`` (folder or URI) into ``output``; returns a list of
     ``{"path", "output", "error"}`` dicts, one per image (``error`` empty on success).
+    ``mix`` picks or blends the styles of a model of several (as ``Model.stylize`` takes it).
 
     The outputs keep the CLI's guarantees: an input is never written over (``ValueError``),
     every input gets its own output (``NAME-2.EXT`` where two would share a name)."""
@@ -135,6 +137,7 @@ def stylize_dataset(style, input, output, strength=1.0, preserve_color=False, ma
         fn_constructor_kwargs=dict(
             style=str(style), targets=targets, strength=strength,
             preserve_color=preserve_color, max_size=max_size, threads=threads_per_actor,
+            mix=mix,
         ),
         batch_size=batch_size,
         batch_format="numpy",
@@ -155,6 +158,8 @@ def main(argv=None):
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--preserve-color", action="store_true")
     p.add_argument("--max-size", type=int)
+    p.add_argument("--mix", help="a model of several styles: a style's name, or a blend "
+                   "such as a=0.7,b=0.3")
     p.add_argument("--ext", choices=["png", "jpg", "webp"],
                    help="write this format instead of the input's")
     p.add_argument("--overwrite-inputs", action="store_true",
@@ -167,7 +172,12 @@ def main(argv=None):
 
     # Everything that can be refused is refused before Ray starts: exit 2 with one line.
     try:
-        impasto.Model(a.style)
+        m = impasto.Model(a.style)
+        if a.mix is not None:
+            # Unknown names and bad weights are refused here, naming the model's styles.
+            import numpy as np
+
+            m.stylize(np.zeros((16, 16, 3), dtype=np.uint8), mix=a.mix)
         pl = plan(a.input, a.output, a.ext, a.overwrite_inputs)
     except (ValueError, OSError, impasto.ImpastoError) as e:
         msg = str(e)
@@ -189,7 +199,7 @@ def main(argv=None):
     ray.init(address=a.address, log_to_driver=False)
     rows = stylize_dataset(
         a.style, a.input, a.output, a.strength, a.preserve_color, a.max_size, a.ext,
-        a.concurrency, a.threads_per_actor, plan_=pl,
+        a.concurrency, a.threads_per_actor, plan_=pl, mix=a.mix,
     )
     bad = [r for r in rows if r["error"]]
     for r in bad:
