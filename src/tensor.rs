@@ -17,7 +17,7 @@ static POOL_MAX_FLOATS: AtomicUsize = AtomicUsize::new(1 << 27);
 static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
 /// Keep up to `bytes` of freed large buffers for reuse (never below the default 512 MiB).
-/// Training sets 2 GiB: with the default, a 256² step at batch 4 spent about a tenth of its
+/// Training sets 2 GiB: with the default, a 256² step at batch 4 spent about 15% of its
 /// time in the kernel mapping, zeroing and unmapping pages.
 pub fn set_pool_limit(bytes: usize) {
     POOL_MAX_FLOATS.store((bytes / 4).max(1 << 27), Ordering::Relaxed);
