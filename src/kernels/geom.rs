@@ -231,8 +231,11 @@ pub(crate) fn gather(
                             let (left, rest) = dst.split_at_mut(lo - ox0);
                             let (mid, right) = rest.split_at_mut(hi - lo);
                             scalar(left, ox0);
-                            let s0 = (lo as isize + off) as usize;
-                            mid.copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                            if hi > lo {
+                                // (An empty run may lie wholly in the padding: no source.)
+                                let s0 = (lo as isize + off) as usize;
+                                mid.copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                            }
                             scalar(right, hi);
                         } else {
                             scalar(dst, ox0);

@@ -4,9 +4,10 @@
 //! three output rows of GEMM (2.7 GB written per 256² step at batch 4); here each padded
 //! input row stays in L1 while every output channel and tap reads it.
 //!
-//! The sums are the same on every CPU: each row's dot product runs in 16 fixed lanes of
-//! plain multiplies and adds (no fused multiply-add, whatever the ISA), summed in a fixed
-//! order into float64, and one task owns each input channel.
+//! The sums are the same on every CPU: every tap's products run in 16 fixed lanes of plain
+//! multiplies and adds (no fused multiply-add, whatever the ISA; the one body is compiled for
+//! AVX-512, AVX2 and the baseline), four output rows at a time in float32, then into float64
+//! lanes summed in a fixed order; one task owns each input channel.
 
 use crate::kernels::geom::{pad_source, ConvGeom};
 use crate::tensor::Tensor;
@@ -21,21 +22,147 @@ pub fn applicable(c_out: usize, g: &ConvGeom) -> bool {
 }
 
 const LANES: usize = 16;
+/// Output rows summed in float32 lanes before they are added into the float64 lanes.
+const ROWS: usize = 4;
+/// The most taps of one kernel row held in registers at once.
+const GROUP: usize = 9;
 
-/// `Σ a·b` over equal-length slices in 16 fixed lanes, the lanes summed in order.
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    let mut acc = [0.0f32; LANES];
-    let (ac, bc) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ar, br) = (ac.remainder(), bc.remainder());
-    for (x, y) in ac.zip(bc) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
+/// `acc64[t][l] += Σ_rows Σ_j dy[y][16j+l] · xp[y+ky][kx0+t+16j+l]` for `T` taps
+/// `kx0..kx0+T` of kernel row `ky`, over every output row: each dy vector is loaded once for
+/// the `T` shifted input vectors. The lanes' float32 partial sums (`ROWS` rows at a time) go
+/// into float64 lanes in a fixed order, so the result does not depend on the vector width the
+/// body is compiled for.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn taps<const T: usize>(
+    dyo: &[f32],
+    xp: &[f32],
+    wp: usize,
+    ho: usize,
+    wo: usize,
+    ky: usize,
+    kx0: usize,
+    acc64: &mut [[f64; LANES]],
+) {
+    let full = wo / LANES * LANES;
+    for y0 in (0..ho).step_by(ROWS) {
+        let mut acc = [[0.0f32; LANES]; T];
+        for y in y0..(y0 + ROWS).min(ho) {
+            let dr = &dyo[y * wo..(y + 1) * wo];
+            let xr = &xp[(y + ky) * wp + kx0..(y + ky + 1) * wp];
+            for j in (0..full).step_by(LANES) {
+                let d: &[f32; LANES] = dr[j..j + LANES].try_into().expect("lanes");
+                for (t, a) in acc.iter_mut().enumerate() {
+                    let x: &[f32; LANES] = xr[j + t..j + t + LANES].try_into().expect("lanes");
+                    for l in 0..LANES {
+                        a[l] += d[l] * x[l];
+                    }
+                }
+            }
+            for (t, a) in acc.iter_mut().enumerate() {
+                for (l, j) in (full..wo).enumerate() {
+                    a[l] += dr[j] * xr[j + t];
+                }
+            }
+        }
+        for (a64, a) in acc64.iter_mut().zip(&acc) {
+            for l in 0..LANES {
+                a64[l] += a[l] as f64;
+            }
         }
     }
-    for (l, (x, y)) in ar.iter().zip(br).enumerate() {
-        acc[l] += x * y;
+}
+
+/// Every tap of one output channel's plane `dyo` against one padded input plane `xp`
+/// (`acc64`: `k·k` taps of float64 lanes), taps grouped by up to nine per kernel row.
+#[inline(always)]
+fn plane(
+    dyo: &[f32],
+    xp: &[f32],
+    wp: usize,
+    ho: usize,
+    wo: usize,
+    k: usize,
+    acc64: &mut [[f64; LANES]],
+) {
+    for ky in 0..k {
+        let mut kx0 = 0;
+        while kx0 < k {
+            let a = &mut acc64[ky * k + kx0..];
+            let n = match k - kx0 {
+                n if n >= GROUP => {
+                    taps::<GROUP>(dyo, xp, wp, ho, wo, ky, kx0, a);
+                    GROUP
+                }
+                n if n >= 5 => {
+                    taps::<5>(dyo, xp, wp, ho, wo, ky, kx0, a);
+                    5
+                }
+                n if n >= 3 => {
+                    taps::<3>(dyo, xp, wp, ho, wo, ky, kx0, a);
+                    3
+                }
+                _ => {
+                    taps::<1>(dyo, xp, wp, ho, wo, ky, kx0, a);
+                    1
+                }
+            };
+            kx0 += n;
+        }
     }
-    acc.iter().map(|&v| v as f64).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn plane_avx512(
+    dyo: &[f32],
+    xp: &[f32],
+    wp: usize,
+    ho: usize,
+    wo: usize,
+    k: usize,
+    acc64: &mut [[f64; LANES]],
+) {
+    plane(dyo, xp, wp, ho, wo, k, acc64)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn plane_avx2(
+    dyo: &[f32],
+    xp: &[f32],
+    wp: usize,
+    ho: usize,
+    wo: usize,
+    k: usize,
+    acc64: &mut [[f64; LANES]],
+) {
+    plane(dyo, xp, wp, ho, wo, k, acc64)
+}
+
+/// [`plane`] compiled for the widest vectors this CPU has (the same multiplies and adds in
+/// the same order on each: no fused multiply-add is enabled).
+fn plane_dispatch(
+    dyo: &[f32],
+    xp: &[f32],
+    wp: usize,
+    ho: usize,
+    wo: usize,
+    k: usize,
+    acc64: &mut [[f64; LANES]],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use super::direct::{isa, Isa};
+        match isa() {
+            // SAFETY: `isa()` reports AVX-512F only when the CPU has it.
+            Some(Isa::Avx512) => return unsafe { plane_avx512(dyo, xp, wp, ho, wo, k, acc64) },
+            // SAFETY: `isa()` reports AVX2 only when the CPU has it.
+            Some(Isa::Avx2) => return unsafe { plane_avx2(dyo, xp, wp, ho, wo, k, acc64) },
+            None => {}
+        }
+    }
+    plane(dyo, xp, wp, ho, wo, k, acc64)
 }
 
 /// d/dW (`[c_out][c_in·k·k]`) and d/db of a stride-1 convolution of `x` (`c_in` channels)
@@ -45,6 +172,8 @@ pub fn weight_grad(g: &ConvGeom, x: &Tensor, dy: &Tensor) -> (Vec<f32>, Vec<f32>
     let (h, w) = (x.h, x.w);
     let (ho, wo) = g.out_size(h, w);
     assert_eq!((dy.n, dy.h, dy.w), (x.n, ho, wo), "gradient shape");
+    // Padded input rows: the last tap's last full vector ends at column `wo - 1 + k - 1`,
+    // inside the row (`taps` reads no further).
     let (hp, wp) = (ho + k - 1, wo + k - 1);
     let rows: Vec<isize> = (0..hp)
         .map(|p| pad_source(p as isize - g.pad[0] as isize, h, g.mode))
@@ -56,7 +185,7 @@ pub fn weight_grad(g: &ConvGeom, x: &Tensor, dy: &Tensor) -> (Vec<f32>, Vec<f32>
     let per_channel: Vec<Vec<f64>> = (0..ci)
         .into_par_iter()
         .map(|c| {
-            let mut acc = vec![0.0f64; co * k * k];
+            let mut acc = vec![[0.0f64; LANES]; co * k * k];
             let mut xp = vec![0.0f32; hp * wp];
             for s in 0..x.n {
                 let plane = &x.sample(s)[c * h * w..(c + 1) * h * w];
@@ -74,18 +203,18 @@ pub fn weight_grad(g: &ConvGeom, x: &Tensor, dy: &Tensor) -> (Vec<f32>, Vec<f32>
                 let dys = dy.sample(s);
                 for o in 0..co {
                     let dyo = &dys[o * ho * wo..(o + 1) * ho * wo];
-                    for y in 0..ho {
-                        let dr = &dyo[y * wo..(y + 1) * wo];
-                        for ky in 0..k {
-                            let xr = &xp[(y + ky) * wp..(y + ky + 1) * wp];
-                            for kx in 0..k {
-                                acc[(o * k + ky) * k + kx] += dot(dr, &xr[kx..kx + wo]);
-                            }
-                        }
-                    }
+                    plane_dispatch(
+                        dyo,
+                        &xp,
+                        wp,
+                        ho,
+                        wo,
+                        k,
+                        &mut acc[o * k * k..(o + 1) * k * k],
+                    );
                 }
             }
-            acc
+            acc.iter().map(|lanes| lanes.iter().sum::<f64>()).collect()
         })
         .collect();
     let mut dw = vec![0.0f32; co * ci * k * k];
@@ -121,7 +250,13 @@ mod tests {
     fn the_direct_weight_gradient_matches_im2col_for_every_padding() {
         let mut r = crate::rng::Rng::new(31);
         let mut v = |n: usize| (0..n).map(|_| r.f32() - 0.5).collect::<Vec<f32>>();
-        for (k, ci, co) in [(9usize, 5usize, 3usize), (5, 3, 1), (9, 2, 4)] {
+        for (k, ci, co) in [
+            (9usize, 5usize, 3usize),
+            (5, 3, 1),
+            (9, 2, 4),
+            (7, 2, 2),
+            (11, 1, 1),
+        ] {
             for mode in [PadMode::Reflect, PadMode::Zero, PadMode::Replicate] {
                 for (h, w) in [(6usize, 7usize), (13, 21), (20, 35)] {
                     let g = ConvGeom::simple(k, 1, k / 2, mode);
@@ -136,6 +271,44 @@ mod tests {
                     let e = crate::tensor::rel_error(&db, &want.db);
                     assert!(e < 1e-6, "k{k} {mode:?} {h}x{w}: db {e:.1e}");
                 }
+            }
+        }
+    }
+
+    /// The one body compiled for each vector width gives the same bits (no fused
+    /// multiply-add, the same lanes): what AVX-512 machines compute, AVX2 and baseline ones do.
+    #[test]
+    fn every_vector_width_sums_to_the_same_bits() {
+        let mut r = crate::rng::Rng::new(7);
+        let (ho, wo, k) = (13usize, 45usize, 9usize);
+        let wp = wo + k - 1;
+        let dyo: Vec<f32> = (0..ho * wo).map(|_| r.f32() - 0.5).collect();
+        let xp: Vec<f32> = (0..(ho + k - 1) * wp).map(|_| r.f32() - 0.5).collect();
+        let run = |f: &dyn Fn(&mut [[f64; LANES]])| {
+            let mut acc = vec![[0.0f64; LANES]; k * k];
+            f(&mut acc);
+            acc.iter()
+                .flatten()
+                .map(|v| v.to_bits())
+                .collect::<Vec<u64>>()
+        };
+        let base = run(&|a| plane(&dyo, &xp, wp, ho, wo, k, a));
+        assert_eq!(run(&|a| plane_dispatch(&dyo, &xp, wp, ho, wo, k, a)), base);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                assert_eq!(
+                    run(&|a| unsafe { plane_avx2(&dyo, &xp, wp, ho, wo, k, a) }),
+                    base
+                );
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F.
+                assert_eq!(
+                    run(&|a| unsafe { plane_avx512(&dyo, &xp, wp, ho, wo, k, a) }),
+                    base
+                );
             }
         }
     }
