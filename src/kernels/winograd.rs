@@ -8,6 +8,7 @@
 //! stay in cache. Transforms run 16 tiles at a time as plain lane loops that the compiler
 //! vectorises (AVX-512 where present).
 
+use crate::kernels::direct::Isa;
 use crate::kernels::geom::{pad_source, ConvGeom, ConvWeights, PadMode, SendPtr};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -54,23 +55,34 @@ impl Winograd {
             [0.0, 0.0, 1.0],
         ];
         let (ci, co) = (conv.c_in, conv.c_out);
+        // G g Gᵀ for each output channel in parallel (the training pass transforms the
+        // residual blocks' flipped kernels anew every step), then laid out as [36][co][ci].
+        let per_out: Vec<Vec<f32>> = (0..co)
+            .into_par_iter()
+            .map(|o| {
+                let mut u = vec![0.0f32; 36 * ci];
+                for c in 0..ci {
+                    let g = &conv.weight[(o * ci + c) * 9..][..9];
+                    let mut t = [[0.0f64; 3]; 6];
+                    for i in 0..6 {
+                        for j in 0..3 {
+                            t[i][j] = (0..3).map(|k| G[i][k] * g[k * 3 + j] as f64).sum();
+                        }
+                    }
+                    for i in 0..6 {
+                        for j in 0..6 {
+                            let e: f64 = (0..3).map(|k| t[i][k] * G[j][k]).sum();
+                            u[(i * 6 + j) * ci + c] = e as f32;
+                        }
+                    }
+                }
+                u
+            })
+            .collect();
         let mut v = vec![0.0f32; 36 * co * ci];
-        for o in 0..co {
-            for c in 0..ci {
-                let g = &conv.weight[(o * ci + c) * 9..][..9];
-                // G g Gᵀ
-                let mut t = [[0.0f64; 3]; 6];
-                for i in 0..6 {
-                    for j in 0..3 {
-                        t[i][j] = (0..3).map(|k| G[i][k] * g[k * 3 + j] as f64).sum();
-                    }
-                }
-                for i in 0..6 {
-                    for j in 0..6 {
-                        let u: f64 = (0..3).map(|k| t[i][k] * G[j][k]).sum();
-                        v[((i * 6 + j) * co + o) * ci + c] = u as f32;
-                    }
-                }
+        for (o, u) in per_out.iter().enumerate() {
+            for ij in 0..36 {
+                v[(ij * co + o) * ci..][..ci].copy_from_slice(&u[ij * ci..][..ci]);
             }
         }
         Winograd {
@@ -82,16 +94,30 @@ impl Winograd {
     }
 
     pub fn forward(&self, x: &Tensor, mode: PadMode) -> Tensor {
+        self.forward_on(x, mode, super::direct::isa())
+    }
+
+    /// [`Self::forward`] on the transforms compiled for `isa` (`None`: the baseline build),
+    /// which must be one this CPU has.
+    fn forward_on(&self, x: &Tensor, mode: PadMode, isa: Option<Isa>) -> Tensor {
         assert_eq!(x.c, self.c_in);
         let (h, w) = (x.h, x.w);
         let mut out = Tensor::for_overwrite(x.n, self.c_out, h, w);
         for s in 0..x.n {
-            self.forward_sample(x.sample(s), h, w, mode, out.sample_mut(s));
+            self.forward_sample(x.sample(s), h, w, mode, out.sample_mut(s), isa);
         }
         out
     }
 
-    fn forward_sample(&self, x: &[f32], h: usize, w: usize, mode: PadMode, out: &mut [f32]) {
+    fn forward_sample(
+        &self,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        mode: PadMode,
+        out: &mut [f32],
+        isa: Option<Isa>,
+    ) {
         let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
         let (hp, wp) = (4 * th + 2, 4 * tw + 2);
         let (ci, co) = (self.c_in, self.c_out);
@@ -138,7 +164,7 @@ impl Winograd {
                 let nt = TB.min(tiles - t0);
                 // SAFETY: tiles of different blocks write disjoint output pixels.
                 unsafe {
-                    block(self, &xp, wp, tw, t0, nt, u, m, optr.get(), h, w);
+                    block(isa, self, &xp, wp, tw, t0, nt, u, m, optr.get(), h, w);
                 }
             });
         });
@@ -152,6 +178,7 @@ thread_local! {
 
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
+    isa: Option<Isa>,
     wg: &Winograd,
     xp: &[f32],
     wp: usize,
@@ -168,8 +195,10 @@ unsafe fn block(
     unsafe {
         #[cfg(target_arch = "x86_64")]
         {
-            if super::direct::has_avx512() {
-                return block_avx512(wg, xp, wp, tw, t0, nt, u, m, out, h, w);
+            match isa {
+                Some(Isa::Avx512) => return block_avx512(wg, xp, wp, tw, t0, nt, u, m, out, h, w),
+                Some(Isa::Avx2) => return block_avx2(wg, xp, wp, tw, t0, nt, u, m, out, h, w),
+                None => {}
             }
         }
         block_generic(wg, xp, wp, tw, t0, nt, u, m, out, h, w)
@@ -193,6 +222,27 @@ unsafe fn block_avx512(
     w: usize,
 ) {
     // SAFETY: same contract as `block`; the caller checked that the CPU has AVX-512F.
+    unsafe { block_generic(wg, xp, wp, tw, t0, nt, u, m, out, h, w) }
+}
+
+/// The same body for AVX2 machines (no FMA enabled: the sums are those of the other widths).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn block_avx2(
+    wg: &Winograd,
+    xp: &[f32],
+    wp: usize,
+    tw: usize,
+    t0: usize,
+    nt: usize,
+    u: &mut [f32],
+    m: &mut [f32],
+    out: *mut f32,
+    h: usize,
+    w: usize,
+) {
+    // SAFETY: same contract as `block`; the caller checked that the CPU has AVX2.
     unsafe { block_generic(wg, xp, wp, tw, t0, nt, u, m, out, h, w) }
 }
 
@@ -263,8 +313,7 @@ unsafe fn block_generic(
                         r[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
                     }
                     for (j, rj) in r.iter().enumerate() {
-                        let dst = &mut u[((i * 6 + j) * ci + c) * TB + g0..][..gl];
-                        dst.copy_from_slice(&rj[..gl]);
+                        store_lanes(&mut u[((i * 6 + j) * ci + c) * TB + g0..], rj, gl);
                     }
                 }
             }
@@ -296,13 +345,9 @@ unsafe fn block_generic(
         for g0 in (0..nt).step_by(L) {
             let gl = L.min(nt - g0);
             for o in 0..co {
-                let mut mm = [[[0.0f32; L]; 6]; 6];
-                for (i, mi) in mm.iter_mut().enumerate() {
-                    for (j, mij) in mi.iter_mut().enumerate() {
-                        let src = &m[((i * 6 + j) * co + o) * TB + g0..][..gl];
-                        mij[..gl].copy_from_slice(src);
-                    }
-                }
+                let mm: [[[f32; L]; 6]; 6] = std::array::from_fn(|i| {
+                    std::array::from_fn(|j| load_lanes(&m[((i * 6 + j) * co + o) * TB + g0..], gl))
+                });
                 let mut t = [[[0.0f32; L]; 6]; 4];
                 for j in 0..6 {
                     for l in 0..L {
@@ -345,6 +390,69 @@ unsafe fn block_generic(
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The first `gl` of `L` lanes from `src` (the rest zero). A whole group (`gl == L`) is one
+/// fixed-size copy the compiler keeps in registers, not a call to `memcpy`.
+#[inline(always)]
+fn load_lanes(src: &[f32], gl: usize) -> [f32; L] {
+    let mut a = [0.0f32; L];
+    if gl == L {
+        a.copy_from_slice(&src[..L]);
+    } else {
+        a[..gl].copy_from_slice(&src[..gl]);
+    }
+    a
+}
+
+/// The first `gl` lanes of `a` into `dst` (see [`load_lanes`]).
+#[inline(always)]
+fn store_lanes(dst: &mut [f32], a: &[f32; L], gl: usize) {
+    if gl == L {
+        dst[..L].copy_from_slice(a);
+    } else {
+        dst[..gl].copy_from_slice(&a[..gl]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transforms compiled for AVX-512, AVX2 and the baseline give the same bits (no
+    /// fused multiply-add is enabled in any of them), so Winograd's results do not depend on
+    /// the machine's vector width (the GEMMs in between are the `gemm` crate's).
+    #[test]
+    fn every_vector_width_transforms_to_the_same_bits() {
+        let mut r = crate::rng::Rng::new(5);
+        let mut v = |n: usize| (0..n).map(|_| r.f32() - 0.5).collect::<Vec<f32>>();
+        let (ci, co, h, w) = (16usize, 20usize, 13usize, 22usize);
+        let conv = ConvWeights {
+            c_in: ci,
+            c_out: co,
+            weight: v(co * ci * 9),
+            bias: v(co),
+        };
+        let wg = Winograd::new(&conv);
+        let x = Tensor::from_vec(2, ci, h, w, v(2 * ci * h * w));
+        let bits = |t: Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        let base = bits(wg.forward_on(&x, PadMode::Reflect, None));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") {
+                assert_eq!(
+                    bits(wg.forward_on(&x, PadMode::Reflect, Some(Isa::Avx2))),
+                    base
+                );
+            }
+            if std::is_x86_feature_detected!("avx512f") {
+                assert_eq!(
+                    bits(wg.forward_on(&x, PadMode::Reflect, Some(Isa::Avx512))),
+                    base
+                );
             }
         }
     }
