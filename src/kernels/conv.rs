@@ -28,7 +28,7 @@ impl std::ops::Deref for Conv2d {
     }
 }
 
-/// The smallest plane (pixels) that runs on Winograd.
+/// The fewest pixels (over the batch) that run on Winograd: 64 tiles of 4×4.
 const WINOGRAD_MIN_PIXELS: usize = 32 * 32;
 
 impl Conv2d {
@@ -85,10 +85,13 @@ impl Conv2d {
             self.c_in, x.c
         );
         let (ho, wo) = g.out_size(x.h, x.w);
-        // Winograd where a plane holds enough 4×4 tiles to fill its GEMMs' blocks: below 64
-        // (32×32 pixels; VGG's conv4 layers at 128² crops) its 36 narrow GEMMs lose to one
-        // im2col + GEMM.
-        if winograd && x.h * x.w >= WINOGRAD_MIN_PIXELS && super::winograd::applicable(self, g) {
+        // Winograd where the batch holds enough 4×4 tiles to fill its GEMMs' blocks (the
+        // tiles of all samples are pooled: VGG's conv4 layers at 128² crops, 16×16 planes,
+        // qualify at batch 4); below that its 36 narrow GEMMs lose to one im2col + GEMM.
+        if winograd
+            && x.n * x.h * x.w >= WINOGRAD_MIN_PIXELS
+            && super::winograd::applicable(self, g)
+        {
             return self
                 .winograd
                 .get_or_init(|| super::winograd::Winograd::new(self))
@@ -586,6 +589,23 @@ pub(crate) mod tests {
                 assert!(super::super::winograd::applicable(&conv, &g));
                 let err = conv.forward(&x, &g).rel_error(&naive(&conv, &g, &x));
                 assert!(err < 1e-5, "{mode:?} {h}x{w}: {err}");
+            }
+        }
+    }
+
+    /// A batch's tiles are pooled into blocks that cross sample boundaries (small planes
+    /// share a block): every sample must still get its own picture's convolution.
+    #[test]
+    fn winograd_pools_the_tiles_of_a_batch() {
+        for mode in [PadMode::Reflect, PadMode::Zero] {
+            for &(n, h, w) in &[(3usize, 5usize, 7usize), (3, 9, 13), (4, 16, 16), (2, 33, 40)] {
+                let (ci, co) = (16, 20);
+                let g = ConvGeom::simple(3, 1, 1, mode);
+                let x = Tensor::from_vec(n, ci, h, w, pseudo(n * ci * h * w, (h * w) as u32));
+                let conv = Conv2d::new(co, ci, 3, pseudo(co * ci * 9, 31), Some(pseudo(co, 32)));
+                let got = super::super::winograd::Winograd::new(&conv).forward(&x, mode);
+                let err = got.rel_error(&naive(&conv, &g, &x));
+                assert!(err < 1e-5, "{mode:?} {n}×{h}x{w}: {err}");
             }
         }
     }

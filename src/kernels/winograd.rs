@@ -101,23 +101,8 @@ impl Winograd {
     /// which must be one this CPU has.
     fn forward_on(&self, x: &Tensor, mode: PadMode, isa: Option<Isa>) -> Tensor {
         assert_eq!(x.c, self.c_in);
-        let (h, w) = (x.h, x.w);
-        let mut out = Tensor::for_overwrite(x.n, self.c_out, h, w);
-        for s in 0..x.n {
-            self.forward_sample(x.sample(s), h, w, mode, out.sample_mut(s), isa);
-        }
-        out
-    }
-
-    fn forward_sample(
-        &self,
-        x: &[f32],
-        h: usize,
-        w: usize,
-        mode: PadMode,
-        out: &mut [f32],
-        isa: Option<Isa>,
-    ) {
+        let (n, h, w) = (x.n, x.h, x.w);
+        let mut out = Tensor::for_overwrite(n, self.c_out, h, w);
         let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
         let (hp, wp) = (4 * th + 2, 4 * tw + 2);
         let (ci, co) = (self.c_in, self.c_out);
@@ -131,11 +116,11 @@ impl Winograd {
         };
         let rows: Vec<isize> = (0..hp).map(|p| src(p, h)).collect();
         let cols: Vec<isize> = (0..wp).map(|p| src(p, w)).collect();
-        let mut xp = crate::tensor::take_buffer(ci * hp * wp);
+        // Every sample's planes, padded: the tiles of the whole batch are one pool of work.
+        let mut xp = crate::tensor::take_buffer(n * ci * hp * wp);
         xp.par_chunks_mut(hp * wp)
-            .enumerate()
-            .for_each(|(c, plane)| {
-                let s = &x[c * h * w..(c + 1) * h * w];
+            .zip(x.data.par_chunks(h * w))
+            .for_each(|(plane, s)| {
                 for (r, &sy) in rows.iter().enumerate() {
                     let drow = &mut plane[r * wp..(r + 1) * wp];
                     if sy < 0 {
@@ -151,25 +136,50 @@ impl Winograd {
                     }
                 }
             });
-        let tiles = th * tw;
-        let blocks = tiles.div_ceil(TB);
-        let optr = SendPtr::new(out.as_mut_ptr());
+        // Blocks of up to TB tiles across the batch, small enough that every thread gets
+        // two (a 32×32 plane is 64 tiles: one block per sample would leave cores idle).
+        let tiles = n * th * tw;
+        let per_thread = tiles.div_ceil(2 * rayon::current_num_threads());
+        let tb = per_thread.next_multiple_of(L).clamp(L, TB);
+        let blocks = tiles.div_ceil(tb);
+        let geo = Tiles {
+            wp,
+            hp_wp: hp * wp,
+            tw,
+            per_sample: th * tw,
+            h,
+            w,
+        };
+        let optr = SendPtr::new(out.data.as_mut_ptr());
         (0..blocks).into_par_iter().for_each(|b| {
             BUFS.with(|bufs| {
                 let mut bufs = bufs.borrow_mut();
                 let (u, m) = &mut *bufs;
                 u.resize(36 * ci * TB, 0.0);
                 m.resize(36 * co * TB, 0.0);
-                let t0 = b * TB;
-                let nt = TB.min(tiles - t0);
+                let t0 = b * tb;
+                let nt = tb.min(tiles - t0);
                 // SAFETY: tiles of different blocks write disjoint output pixels.
                 unsafe {
-                    block(isa, self, &xp, wp, tw, t0, nt, u, m, optr.get(), h, w);
+                    block(isa, self, &xp, &geo, t0, nt, u, m, optr.get());
                 }
             });
         });
         crate::tensor::recycle(xp);
+        out
     }
+}
+
+/// Where a block's tiles are: tile `t` of the batch is tile `t % per_sample` of sample
+/// `t / per_sample`, in rows of `tw` tiles; padded planes of `hp_wp` floats, `wp` wide.
+#[derive(Clone, Copy)]
+struct Tiles {
+    wp: usize,
+    hp_wp: usize,
+    tw: usize,
+    per_sample: usize,
+    h: usize,
+    w: usize,
 }
 
 thread_local! {
@@ -181,27 +191,24 @@ unsafe fn block(
     isa: Option<Isa>,
     wg: &Winograd,
     xp: &[f32],
-    wp: usize,
-    tw: usize,
+    geo: &Tiles,
     t0: usize,
     nt: usize,
     u: &mut [f32],
     m: &mut [f32],
     out: *mut f32,
-    h: usize,
-    w: usize,
 ) {
     // SAFETY: the caller upholds this function's contract (`out` valid for the tiles `t0..t0+nt`, written by no one else); the AVX-512 path is taken only when the CPU has it.
     unsafe {
         #[cfg(target_arch = "x86_64")]
         {
             match isa {
-                Some(Isa::Avx512) => return block_avx512(wg, xp, wp, tw, t0, nt, u, m, out, h, w),
-                Some(Isa::Avx2) => return block_avx2(wg, xp, wp, tw, t0, nt, u, m, out, h, w),
+                Some(Isa::Avx512) => return block_avx512(wg, xp, geo, t0, nt, u, m, out),
+                Some(Isa::Avx2) => return block_avx2(wg, xp, geo, t0, nt, u, m, out),
                 None => {}
             }
         }
-        block_generic(wg, xp, wp, tw, t0, nt, u, m, out, h, w)
+        block_generic(wg, xp, geo, t0, nt, u, m, out)
     }
 }
 
@@ -211,18 +218,15 @@ unsafe fn block(
 unsafe fn block_avx512(
     wg: &Winograd,
     xp: &[f32],
-    wp: usize,
-    tw: usize,
+    geo: &Tiles,
     t0: usize,
     nt: usize,
     u: &mut [f32],
     m: &mut [f32],
     out: *mut f32,
-    h: usize,
-    w: usize,
 ) {
     // SAFETY: same contract as `block`; the caller checked that the CPU has AVX-512F.
-    unsafe { block_generic(wg, xp, wp, tw, t0, nt, u, m, out, h, w) }
+    unsafe { block_generic(wg, xp, geo, t0, nt, u, m, out) }
 }
 
 /// The same body for AVX2 machines (no FMA enabled: the sums are those of the other widths).
@@ -232,18 +236,15 @@ unsafe fn block_avx512(
 unsafe fn block_avx2(
     wg: &Winograd,
     xp: &[f32],
-    wp: usize,
-    tw: usize,
+    geo: &Tiles,
     t0: usize,
     nt: usize,
     u: &mut [f32],
     m: &mut [f32],
     out: *mut f32,
-    h: usize,
-    w: usize,
 ) {
     // SAFETY: same contract as `block`; the caller checked that the CPU has AVX2.
-    unsafe { block_generic(wg, xp, wp, tw, t0, nt, u, m, out, h, w) }
+    unsafe { block_generic(wg, xp, geo, t0, nt, u, m, out) }
 }
 
 #[inline(always)]
@@ -251,30 +252,35 @@ unsafe fn block_avx2(
 unsafe fn block_generic(
     wg: &Winograd,
     xp: &[f32],
-    wp: usize,
-    tw: usize,
+    geo: &Tiles,
     t0: usize,
     nt: usize,
     u: &mut [f32],
     m: &mut [f32],
     out: *mut f32,
-    h: usize,
-    w: usize,
 ) {
-    // SAFETY: `xp` holds `c_in` padded planes of `wp` columns covering every tile read (`get_unchecked`); `u`/`m` hold 36·c·TB floats for the GEMMs; `out` is valid for `c_out·h·w` floats and only this block's tiles are written.
+    // SAFETY: `xp` holds every sample's `c_in` padded planes of `wp` columns covering every tile read (`get_unchecked`); `u`/`m` hold 36·c·TB floats for the GEMMs (nt ≤ TB); `out` is valid for the batch's `c_out·h·w` floats per sample and only this block's tiles are written.
     unsafe {
         let (ci, co) = (wg.c_in, wg.c_out);
-        let hp_wp = xp.len() / ci;
+        let Tiles {
+            wp,
+            hp_wp,
+            tw,
+            per_sample,
+            h,
+            w,
+        } = *geo;
         // Input transform, L tiles at a time.
         for g0 in (0..nt).step_by(L) {
             let gl = L.min(nt - g0);
             let mut off = [0usize; L];
             for (l, o) in off.iter_mut().enumerate() {
                 let t = t0 + g0 + l.min(gl - 1);
-                *o = (t / tw) * 4 * wp + (t % tw) * 4;
+                let (s, r) = (t / per_sample, t % per_sample);
+                *o = s * ci * hp_wp + (r / tw) * 4 * wp + (r % tw) * 4;
             }
             for c in 0..ci {
-                let plane = &xp[c * hp_wp..(c + 1) * hp_wp];
+                let plane = &xp[c * hp_wp..];
                 // d[i][j][lane]
                 let mut d = [[[0.0f32; L]; 6]; 6];
                 for (i, di) in d.iter_mut().enumerate() {
@@ -379,11 +385,12 @@ unsafe fn block_generic(
                     }
                     for l in 0..gl {
                         let t = t0 + g0 + l;
-                        let (oy, ox) = ((t / tw) * 4 + i, (t % tw) * 4);
+                        let (s, r) = (t / per_sample, t % per_sample);
+                        let (oy, ox) = ((r / tw) * 4 + i, (r % tw) * 4);
                         if oy >= h {
                             continue;
                         }
-                        let dst = out.add(o * plane + oy * w + ox);
+                        let dst = out.add((s * co + o) * plane + oy * w + ox);
                         let n = 4.min(w - ox);
                         for (j, yj) in y.iter().enumerate().take(n) {
                             *dst.add(j) = yj[l];
