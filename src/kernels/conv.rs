@@ -100,10 +100,14 @@ impl Conv2d {
         let mut out = Tensor::for_overwrite(x.n, self.c_out, ho, wo);
         let ymap = g.index_map(x.h, ho, g.pad[0]);
         let xmap = g.index_map(x.w, wo, g.pad[2]);
-        // The exact (training) path is im2col + GEMM on every ISA: the direct kernels sum
-        // each output's taps in one running f32 sum, and over PyTorch's 5-step training
-        // golden that drift reached 1.5e-3 (limit 1e-3) with the AVX2 kernel and with the
-        // AVX-512 one alike. Inference takes the direct kernel on either ISA.
+        // The exact (training) path is im2col + GEMM on every ISA, or for few output
+        // channels the direct kernel of `narrow` (float64 across input channels): the fast
+        // direct kernels sum each output's taps in one running f32 sum, and over PyTorch's
+        // 5-step training golden that drift reached 1.5e-3 (limit 1e-3) with the AVX2
+        // kernel and with the AVX-512 one alike. Inference takes them on either ISA.
+        if !winograd && super::narrow::applicable(self, g) {
+            return super::narrow::forward(self, g, x);
+        }
         if winograd && super::direct::applicable(self, g) {
             return super::direct::forward(self, g, x, &ymap, &xmap, ho, wo);
         }
@@ -458,7 +462,7 @@ pub(crate) mod tests {
     }
 
     /// Straightforward reference: materialise the resampled, padded input and convolve.
-    pub(super) fn naive(conv: &Conv2d, g: &ConvGeom, x: &Tensor) -> Tensor {
+    pub(crate) fn naive(conv: &Conv2d, g: &ConvGeom, x: &Tensor) -> Tensor {
         let (ho, wo) = g.out_size(x.h, x.w);
         let ymap = g.index_map(x.h, ho, g.pad[0]);
         let xmap = g.index_map(x.w, wo, g.pad[2]);
@@ -598,7 +602,12 @@ pub(crate) mod tests {
     #[test]
     fn winograd_pools_the_tiles_of_a_batch() {
         for mode in [PadMode::Reflect, PadMode::Zero] {
-            for &(n, h, w) in &[(3usize, 5usize, 7usize), (3, 9, 13), (4, 16, 16), (2, 33, 40)] {
+            for &(n, h, w) in &[
+                (3usize, 5usize, 7usize),
+                (3, 9, 13),
+                (4, 16, 16),
+                (2, 33, 40),
+            ] {
                 let (ci, co) = (16, 20);
                 let g = ConvGeom::simple(3, 1, 1, mode);
                 let x = Tensor::from_vec(n, ci, h, w, pseudo(n * ci * h * w, (h * w) as u32));

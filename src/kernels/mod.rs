@@ -4,6 +4,7 @@ pub mod conv;
 pub mod conv_grad;
 pub mod direct;
 pub mod geom;
+pub mod narrow;
 pub mod norm;
 pub mod pool;
 pub mod weight_grad;

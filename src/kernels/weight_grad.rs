@@ -46,7 +46,10 @@ fn taps<const T: usize>(
 ) {
     let full = wo / LANES * LANES;
     for y0 in (0..ho).step_by(ROWS) {
+        // Full vectors in `acc` (constant indices: registers), the columns past the last
+        // full vector in `rem` (lane = column offset).
         let mut acc = [[0.0f32; LANES]; T];
+        let mut rem = [[0.0f32; LANES]; T];
         for y in y0..(y0 + ROWS).min(ho) {
             let dr = &dyo[y * wo..(y + 1) * wo];
             let xr = &xp[(y + ky) * wp + kx0..(y + ky + 1) * wp];
@@ -59,15 +62,15 @@ fn taps<const T: usize>(
                     }
                 }
             }
-            for (t, a) in acc.iter_mut().enumerate() {
+            for (t, a) in rem.iter_mut().enumerate() {
                 for (l, j) in (full..wo).enumerate() {
                     a[l] += dr[j] * xr[j + t];
                 }
             }
         }
-        for (a64, a) in acc64.iter_mut().zip(&acc) {
+        for ((a64, a), r) in acc64.iter_mut().zip(&acc).zip(&rem) {
             for l in 0..LANES {
-                a64[l] += a[l] as f64;
+                a64[l] += a[l] as f64 + r[l] as f64;
             }
         }
     }
