@@ -677,3 +677,73 @@ fn several_styles_train_resume_exactly_and_a_base_stays_untouched() {
         assert!(!s.root.join("bad.png").exists());
     }
 }
+
+/// `--style-weights` gives each painting of a run its own style weight: the batches and the
+/// validation of each style use it, the file records it per style, and `evaluate --mix`
+/// scores a style with its own. Bad lists are refused before any work (exit 2).
+#[test]
+fn each_style_trains_and_scores_with_its_own_style_weight() {
+    let Some(s) = setup("each_style_trains_and_scores_with_its_own_style_weight") else {
+        return;
+    };
+    let dir = s.style.parent().unwrap();
+    let styles: Vec<String> = [("wave", "great_wave.jpg"), ("scream", "the_scream.jpg")]
+        .iter()
+        .map(|(n, f)| format!("{n}={}", dir.join(f).display()))
+        .collect();
+    let data = s.root.join("data").display().to_string();
+    let a = s.root.join("w.safetensors");
+    let args = ["--style-weights", "wave=0,scream=4", "--val", data.as_str()];
+    let o = multi_cmd(&s, &a, 4, &styles, &args).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = impasto::model::Transformer::load(&a).unwrap();
+    let weights: Vec<Option<f64>> = m.styles().iter().map(|e| e.style_weight).collect();
+    assert_eq!(weights, [Some(0.0), Some(4.0)]);
+    // Validation per style, each with its own weight: the unweighted style is zero.
+    let log = std::fs::read_to_string(s.root.join("w.metrics.jsonl")).unwrap();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("val_styles"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["val_styles"]["wave"]["style"].as_f64(), Some(0.0));
+    assert!(v["val_styles"]["scream"]["style"].as_f64().unwrap() > 0.0);
+    // evaluate picks the style's own weight.
+    for (mix, want) in [("wave", "style 0 "), ("scream", "style 4 ")] {
+        let o = bin()
+            .args(["evaluate", "--model"])
+            .arg(&a)
+            .arg("--style")
+            .arg(dir.join("the_scream.jpg"))
+            .arg("--photos")
+            .arg(s.root.join("data"))
+            .arg("--vgg")
+            .arg(&s.vgg)
+            .args(["--image-size", "48", "--mix", mix])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains(want), "{mix}: {out}");
+        assert!(out.contains("as recorded in the model"), "{mix}: {out}");
+    }
+    // Refused before any work, naming what is wrong.
+    for (w, says) in [
+        (
+            "nosuch=2",
+            "no style is named \"nosuch\"; this run's styles: wave, scream",
+        ),
+        ("wave", "expected NAME=WEIGHT"),
+        ("wave=-1", "finite number, 0 or more"),
+        ("wave=1,wave=2", "named twice"),
+    ] {
+        let out = s.root.join("bad.safetensors");
+        let o = multi_cmd(&s, &out, 2, &styles, &["--style-weights", w])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{w}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{w}: {}", stderr(&o));
+        assert!(!out.exists() && !s.root.join("bad.ckpt.safetensors").exists());
+    }
+}

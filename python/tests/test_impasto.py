@@ -237,8 +237,26 @@ def test_a_model_of_several_styles_trains_lists_and_mixes(tmp_path):
         skip(f"needs {SHARED} (VGG16 weights, photos, styles)")
     out = tmp_path / "duo.safetensors"
     r = impasto.train({"wave": styles / "great_wave.jpg", "night": styles / "starry_night.jpg"},
-                      photos, out, steps=4, batch_size=1, image_size=32, style_size=64, vgg=vgg)
+                      photos, out, steps=4, batch_size=1, image_size=32, style_size=64, vgg=vgg,
+                      style_weights={"wave": 5})
     assert r["outcome"] == "finished"
+    # Each style is scored with its own weight (wave 5; night the run's default).
+    few = tmp_path / "few"
+    few.mkdir()
+    for f in sorted(photos.iterdir())[:2]:
+        (few / f.name).write_bytes(f.read_bytes())
+    e = impasto.evaluate(out, styles / "great_wave.jpg", few, vgg=vgg, image_size=32, mix="wave",
+                         device="cpu")
+    assert e["loss_config"]["style_weight"] == 5 and e["loss_config_recorded"]
+    e = impasto.evaluate(out, styles / "starry_night.jpg", few, vgg=vgg, image_size=32, mix="night",
+                         device="cpu")
+    assert e["loss_config"]["style_weight"] != 5
+    with pytest.raises(ValueError, match="no style is named \"sky\""):
+        impasto.train({"wave": styles / "great_wave.jpg"}, photos, tmp_path / "x.safetensors",
+                      steps=1, vgg=vgg, style_weights={"sky": 1})
+    with pytest.raises(TypeError, match="style_weights"):
+        impasto.train(styles / "great_wave.jpg", photos, tmp_path / "x.safetensors", steps=1,
+                      vgg=vgg, style_weights=[("sky", 1)])
     m = impasto.Model(out, device="cpu")
     assert m.styles == ["wave", "night"]
     img = smooth(40, 56)

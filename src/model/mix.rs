@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 /// Metadata key: the styles of a network of several styles, in row order (JSON list of
 /// [`StyleEntry`]).
 pub const STYLES_KEY: &str = "impasto.styles";
+/// The loss weights a trained model records (`crate::loss::LossConfig` as JSON).
+pub const LOSS_KEY: &str = "impasto.loss";
 /// Metadata key: the mix a collapsed network was made with (`name=weight,…`).
 pub const MIX_KEY: &str = "impasto.mix";
 
@@ -33,6 +35,11 @@ pub struct StyleEntry {
     /// Training steps this style's rows took (a style added later trains on its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps: Option<u64>,
+    /// The style weight this style trained with, where it differs from run to run (a run
+    /// of several styles may weight each painting differently): what `evaluate` scores a
+    /// pick of this style with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style_weight: Option<f64>,
 }
 
 /// A style name: what `--mix` and `mix=` can spell (letters, digits, `_`, `-`, `.`).
@@ -204,6 +211,7 @@ impl<B: Backend> Transformer<B> {
             sha256: self.metadata.get("impasto.style_sha256").cloned(),
             thumbnail: self.metadata.get(crate::styles::THUMBNAIL_KEY).cloned(),
             steps: None,
+            style_weight: None,
         }]
     }
 
@@ -300,6 +308,14 @@ impl<B: Backend> Transformer<B> {
                     Some(v) => metadata.insert(key.into(), v.clone()),
                     None => metadata.remove(key),
                 };
+            }
+            // Its own style weight, where the run weighted its paintings differently.
+            if let (Some(sw), Some(js)) = (styles[k].style_weight, metadata.get(LOSS_KEY)) {
+                if let Ok(mut loss) = serde_json::from_str::<crate::loss::LossConfig>(js) {
+                    loss.style_weight = sw;
+                    let js = serde_json::to_string(&loss).expect("serialises");
+                    metadata.insert(LOSS_KEY.into(), js);
+                }
             }
         }
         Transformer::build(self.backend().clone(), config, params, metadata)

@@ -173,6 +173,7 @@ def train(
     device=None,
     base=None,
     fast=False,
+    style_weights=None,
 ):
     """Train a style from a painting on a folder of photos (``impasto train``).
 
@@ -181,6 +182,8 @@ def train(
     (a model file or built-in name) adds the styles to that model: only their norm rows
     train (at ``lr`` 1e-2 unless given) and the output holds its styles and the new ones.
     ``fast=True`` runs the network's forward pass on the fast kernels (``--fast``).
+    ``style_weights`` (a dict ``{name: weight}``, ``--style-weights``) gives paintings of a
+    run of several styles their own style weight; the others take ``style_weight``.
 
     Arguments left at ``None`` take impasto's defaults, the same as the command line's
     (batch 4 of 256² crops, style size 256, Adam lr 1e-3, seed 42, a checkpoint every 500
@@ -204,11 +207,15 @@ def train(
         styles = [str(s) for s in style]
     else:
         styles = [str(style)]
+    if style_weights is not None and not isinstance(style_weights, dict):
+        raise TypeError(f"style_weights must be a dict {{name: weight}}, got {style_weights!r}")
+    sw = None if style_weights is None else [(str(k), float(v)) for k, v in style_weights.items()]
     try:
         outcome, step, messages, checkpoint, metrics = _impasto.train(
             styles, str(data), str(output), steps, epochs, batch_size, image_size,
             style_size, lr, content_weight, style_weight, tv_weight, arch, seed,
             checkpoint_every, p(val), resume, p(vgg), half, on_progress, device, p(base), fast,
+            sw,
         )
     except OverflowError as e:
         raise ValueError(f"a size or count is out of range: {e}") from None

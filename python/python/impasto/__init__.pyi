@@ -56,6 +56,7 @@ def train(
     device: Optional[str] = ...,
     base: Optional[StrPath] = ...,
     fast: bool = ...,
+    style_weights: Optional[Dict[str, float]] = ...,
 ) -> Dict[str, Any]: ...
 
 def devices() -> Dict[str, Any]: ...

@@ -32,7 +32,9 @@ use files::{append_jsonl, checkpoint_to_resume, lock_output, truncate_metrics};
 pub use files::{model_sha256, sha256_file, Checkpoint, RunFiles, RunLock};
 use metrics::mean;
 pub use metrics::{preview, validate};
-pub use request::{defaults, DistillRequest, RunSettings, StyleSource, TrainRequest};
+pub use request::{
+    defaults, parse_style_weights, DistillRequest, RunSettings, StyleSource, TrainRequest,
+};
 use setup::run_identity_differs;
 pub use setup::{distill, load_style, run, TRAINING_POOL_BYTES};
 
@@ -87,6 +89,9 @@ pub struct StyleRecord {
     pub name: String,
     pub painting: String,
     pub sha256: String,
+    /// This painting's style weight (`--style-weights`); None: the run's `loss.style_weight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style_weight: Option<f64>,
 }
 
 /// The model a run adds styles to.
@@ -172,9 +177,23 @@ impl TrainConfig {
                 sha256: Some(s.sha256.clone()),
                 thumbnail,
                 steps: Some(steps / n + u64::from((i as u64) < steps % n)),
+                style_weight: Some(s.style_weight.unwrap_or(self.loss.style_weight)),
             });
         }
         (list, warnings)
+    }
+
+    /// The loss weights of the run's painting `i` (its recorded style weight, else the
+    /// run's).
+    pub fn loss_of(&self, i: usize) -> LossConfig {
+        LossConfig {
+            style_weight: self
+                .styles
+                .get(i)
+                .and_then(|r| r.style_weight)
+                .unwrap_or(self.loss.style_weight),
+            ..self.loss.clone()
+        }
     }
 
     /// The network this run trains.
@@ -185,6 +204,14 @@ impl TrainConfig {
     }
 }
 
+/// One painting of a run: the style row it trains, its Gram targets and its loss weights
+/// (a run of several styles may weight each painting's style term differently).
+pub struct Painting {
+    pub row: usize,
+    pub target: StyleTarget<Device>,
+    pub loss: LossConfig,
+}
+
 /// What a run trains the network to minimise.
 pub enum Objective<'a> {
     /// Johnson's perceptual loss: content, style (against the painting's Grams), TV.
@@ -192,7 +219,7 @@ pub enum Objective<'a> {
     /// in turn.
     Perceptual {
         vgg: &'a Vgg16<Device>,
-        targets: Vec<(usize, StyleTarget<Device>)>,
+        targets: Vec<Painting>,
     },
     /// Reproduce a teacher network (`impasto distill`).
     Distill(&'a Distiller),
@@ -211,10 +238,10 @@ impl Objective<'_> {
         let b = model.backend();
         let (losses, grads, sums) = match self {
             Objective::Perceptual { vgg, targets } => {
-                let target = &targets[(step % targets.len() as u64) as usize].1;
+                let p = &targets[(step % targets.len() as u64) as usize];
                 let x = b.upload(x);
                 let (pending, grads) =
-                    step::loss_and_grads(model, vgg, target, &cfg.loss, &x, cfg.precise);
+                    step::loss_and_grads(model, vgg, &p.target, &p.loss, &x, cfg.precise);
                 let (losses, sums) = pending.read(b, &grads.sum_squares(b))?;
                 (losses, grads, sums)
             }
@@ -234,7 +261,7 @@ impl Objective<'_> {
     fn style_at(&self, step: u64) -> usize {
         match self {
             Objective::Perceptual { targets, .. } => {
-                targets[(step % targets.len() as u64) as usize].0
+                targets[(step % targets.len() as u64) as usize].row
             }
             Objective::Distill(_) => 0,
         }
@@ -245,17 +272,16 @@ impl Objective<'_> {
     fn validate(
         &self,
         model: &Transformer<Device>,
-        cfg: &LossConfig,
         imgs: &[Tensor],
     ) -> (Losses, Vec<(usize, Losses)>) {
         match self {
             Objective::Perceptual { vgg, targets } => {
                 let per: Vec<(usize, Losses)> = targets
                     .iter()
-                    .map(|(row, t)| {
+                    .map(|p| {
                         let mut m = model.clone();
-                        m.set_style(*row);
-                        (*row, validate(&m, vgg, t, cfg, imgs))
+                        m.set_style(p.row);
+                        (p.row, validate(&m, vgg, &p.target, &p.loss, imgs))
                     })
                     .collect();
                 let all = mean(per.iter().map(|(_, l)| *l));
@@ -283,7 +309,7 @@ impl Objective<'_> {
     /// The style rows a preview shows (one row of pictures each).
     fn rows(&self) -> Vec<usize> {
         match self {
-            Objective::Perceptual { targets, .. } => targets.iter().map(|(r, _)| *r).collect(),
+            Objective::Perceptual { targets, .. } => targets.iter().map(|p| p.row).collect(),
             Objective::Distill(d) => (0..d.teacher.style_count()).collect(),
         }
     }
@@ -547,7 +573,7 @@ pub fn train(
             save(&model, &adam, step, last_pos)?;
         }
         if !val_imgs.is_empty() && (step % opts.val_every == 0 || step == cfg.steps) {
-            let (v, per) = objective.validate(&model, &cfg.loss, &val_imgs);
+            let (v, per) = objective.validate(&model, &val_imgs);
             let mut record = serde_json::json!({"step": step, "val": v});
             if !per.is_empty() {
                 let names = match objective {
@@ -601,7 +627,7 @@ pub fn train(
     }
     .to_metadata(&mut model.metadata);
     model.metadata.insert(
-        "impasto.loss".into(),
+        crate::model::mix::LOSS_KEY.into(),
         serde_json::to_string(&cfg.loss).expect("serialises"),
     );
     match objective.teacher() {

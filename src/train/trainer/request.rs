@@ -110,7 +110,53 @@ impl RunSettings {
     }
 }
 
+/// `NAME=W,NAME=W,…` (the CLI's `--style-weights`): a style weight per painting.
+pub fn parse_style_weights(text: &str) -> std::result::Result<Vec<(String, f64)>, String> {
+    let clip = |t: &str| crate::error::clip(t, 80);
+    let mut out: Vec<(String, f64)> = Vec::new();
+    for part in text.split(',') {
+        let Some((name, w)) = part.split_once('=') else {
+            return Err(format!(
+                "style weights {:?}: expected NAME=WEIGHT,NAME=WEIGHT (got {:?})",
+                clip(text),
+                clip(part.trim())
+            ));
+        };
+        let name = name.trim();
+        let w: f64 = w.trim().parse().map_err(|_| {
+            format!(
+                "style weights {:?}: the weight of {name:?} is not a number",
+                clip(text)
+            )
+        })?;
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(format!("style weights: {name:?} is named twice"));
+        }
+        out.push((name.to_string(), w));
+    }
+    Ok(out)
+}
+
 impl TrainRequest {
+    /// Give the paintings named in `weights` their own style weight (the others keep the
+    /// run's `loss.style_weight`). A name that is not one of the run's styles is an error
+    /// that lists them.
+    pub fn set_style_weights(&mut self, weights: &[(String, f64)]) -> Result<()> {
+        for (name, w) in weights {
+            match self.styles.iter_mut().find(|s| &s.name == name) {
+                Some(s) => s.style_weight = Some(*w),
+                None => {
+                    let names: Vec<&str> = self.styles.iter().map(|s| s.name.as_str()).collect();
+                    return Err(Error::Usage(format!(
+                        "style weights: no style is named {name:?}; this run's styles: {}",
+                        names.join(", ")
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The one range check of a training request: its run's settings, the styles' names,
     /// the style size, the learning rate and the loss weights.
     pub fn validate(&self) -> Result<()> {
@@ -121,6 +167,14 @@ impl TrainRequest {
         for (i, s) in self.styles.iter().enumerate() {
             crate::model::mix::check_name(&s.name)
                 .map_err(|m| Error::Usage(format!("{}: {m}", s.path.display())))?;
+            if let Some(w) = s.style_weight {
+                if !(w.is_finite() && w >= 0.0) {
+                    return Err(Error::Usage(format!(
+                        "the style weight of {:?} is {w}; it must be a finite number, 0 or more",
+                        s.name
+                    )));
+                }
+            }
             if self.styles[..i].iter().any(|o| o.name == s.name) {
                 return Err(Error::Usage(format!(
                     "two styles are named {:?} ({}); name them with NAME=FILE",
@@ -169,6 +223,8 @@ impl TrainRequest {
 pub struct StyleSource {
     pub name: String,
     pub path: PathBuf,
+    /// This painting's style weight; None: the run's (`loss.style_weight`).
+    pub style_weight: Option<f64>,
 }
 
 impl StyleSource {
@@ -178,6 +234,7 @@ impl StyleSource {
         StyleSource {
             name: crate::model::mix::name_from_path(&path),
             path,
+            style_weight: None,
         }
     }
 
@@ -187,6 +244,7 @@ impl StyleSource {
             Some((name, file)) if !Path::new(arg).exists() && !name.is_empty() => StyleSource {
                 name: name.to_string(),
                 path: file.into(),
+                style_weight: None,
             },
             _ => StyleSource::new(arg),
         }

@@ -74,6 +74,7 @@ pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -
                 name: st.name.clone(),
                 painting: st.path.display().to_string(),
                 sha256: sha.clone(),
+                style_weight: Some(st.style_weight.unwrap_or(req.loss.style_weight)),
             })
             .collect()
     } else {
@@ -104,7 +105,14 @@ pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -
         batch_size: req.run.batch_size,
         steps: data.steps,
         lr: req.lr,
-        loss: req.loss.clone(),
+        // A single painting's own weight (`--style-weights NAME=W`) is the run's.
+        loss: LossConfig {
+            style_weight: match (several, first.style_weight) {
+                (false, Some(w)) => w,
+                _ => req.loss.style_weight,
+            },
+            ..req.loss.clone()
+        },
         seed: req.run.seed,
         vgg_convention: vgg.pre.convention.clone(),
         checkpoint_every: req.run.checkpoint_every.max(1),
@@ -155,7 +163,11 @@ pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -
     let targets = paintings
         .iter()
         .enumerate()
-        .map(|(i, (img, _))| (old_rows + i, StyleTarget::new(&vgg, &device.upload(img))))
+        .map(|(i, (img, _))| Painting {
+            row: old_rows + i,
+            target: StyleTarget::new(&vgg, &device.upload(img)),
+            loss: cfg.loss_of(i),
+        })
         .collect();
     train(
         &cfg,
