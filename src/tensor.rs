@@ -25,6 +25,11 @@ pub fn set_pool_limit(bytes: usize) {
 
 /// A buffer of `n` floats whose contents are unspecified (the caller overwrites all of it).
 pub fn take_buffer(n: usize) -> Vec<f32> {
+    take_pooled(n).unwrap_or_else(|| vec![0.0; n])
+}
+
+/// A pooled buffer of `n` floats (stale contents), if the pool has one that fits.
+fn take_pooled(n: usize) -> Option<Vec<f32>> {
     if n >= POOL_MIN {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
         // The smallest pooled buffer that fits without wasting more than half of it.
@@ -44,10 +49,10 @@ pub fn take_buffer(n: usize) -> Vec<f32> {
             } else {
                 b.resize(n, 0.0);
             }
-            return b;
+            return Some(b);
         }
     }
-    vec![0.0; n]
+    None
 }
 
 /// Hand a buffer back for reuse.
@@ -101,8 +106,14 @@ impl Clone for Tensor {
 
 impl Tensor {
     pub fn zeros(n: usize, c: usize, h: usize, w: usize) -> Self {
-        let mut data = take_buffer(n * c * h * w);
-        data.fill(0.0);
+        // A recycled buffer is cleared; a fresh one comes zeroed from the allocator.
+        let data = match take_pooled(n * c * h * w) {
+            Some(mut b) => {
+                b.fill(0.0);
+                b
+            }
+            None => vec![0.0; n * c * h * w],
+        };
         Tensor { n, c, h, w, data }
     }
 
