@@ -138,6 +138,23 @@ pub fn flip_transpose(w: &[f32], a: usize, b: usize, k: usize) -> Vec<f32> {
 
 /// The source index that padded coordinate `l` (relative to the first real pixel) reads
 /// in a line of `n` pixels, or -1 for a zero.
+/// One plane (`w` wide) with its padding written out into `dst`: padded row `r`, column
+/// `c` is source pixel (`rows[r]`, `cols[c]`), or zero where either is negative.
+pub fn pad_plane(src: &[f32], w: usize, rows: &[isize], cols: &[isize], dst: &mut [f32]) {
+    let wp = cols.len();
+    for (r, &sy) in rows.iter().enumerate() {
+        let row = &mut dst[r * wp..(r + 1) * wp];
+        if sy < 0 {
+            row.fill(0.0);
+            continue;
+        }
+        let s = &src[sy as usize * w..(sy as usize + 1) * w];
+        for (d, &sx) in row.iter_mut().zip(cols) {
+            *d = if sx < 0 { 0.0 } else { s[sx as usize] };
+        }
+    }
+}
+
 pub fn pad_source(l: isize, n: usize, mode: PadMode) -> isize {
     let n = n as isize;
     if l >= 0 && l < n {

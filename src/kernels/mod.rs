@@ -1,5 +1,32 @@
 //! The hot kernels: convolution, instance norm, pooling. Everything the networks compute
 //! goes through here.
+
+/// One kernel body compiled for each vector width: `$avx512` and `$avx2` are `unsafe fn`s
+/// with the given arguments that call `$body` (an `#[inline(always)]` function, so it is
+/// built with their features) inside a function built for AVX-512F or AVX2. Neither enables
+/// fused multiply-add, so plain multiplies and adds give the same bits on every width as on
+/// the baseline build (the kernels' tests compare them). Callers choose with
+/// [`direct::isa`]; calling one on a CPU without its feature is undefined behaviour.
+macro_rules! widths {
+    ($body:expr => $avx512:ident, $avx2:ident ($($arg:ident : $ty:ty),* $(,)?)) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        #[allow(clippy::too_many_arguments, unused_unsafe)]
+        unsafe fn $avx512($($arg: $ty),*) {
+            // SAFETY: the body's own contract, passed on; the caller checked the CPU.
+            unsafe { $body($($arg),*) }
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        #[allow(clippy::too_many_arguments, unused_unsafe)]
+        unsafe fn $avx2($($arg: $ty),*) {
+            // SAFETY: the body's own contract, passed on; the caller checked the CPU.
+            unsafe { $body($($arg),*) }
+        }
+    };
+}
+
 pub mod conv;
 pub mod conv_grad;
 pub mod direct;

@@ -9,7 +9,7 @@
 //! sums in float64 — finer than the GEMM's long float32 runs — and the one body is compiled
 //! for AVX-512, AVX2 and the baseline, so every machine gets the same bits.
 
-use crate::kernels::geom::{pad_source, ConvGeom, ConvWeights};
+use crate::kernels::geom::{pad_plane, pad_source, ConvGeom, ConvWeights};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -38,19 +38,7 @@ pub(super) fn pad_planes(g: &ConvGeom, x: &Tensor) -> (Vec<f32>, usize, usize) {
     let mut xp = crate::tensor::take_buffer(x.n * x.c * hp * wp);
     xp.par_chunks_mut(hp * wp)
         .zip(x.data.par_chunks(h * w))
-        .for_each(|(dst, plane)| {
-            for (r, &sy) in rows.iter().enumerate() {
-                let row = &mut dst[r * wp..(r + 1) * wp];
-                if sy < 0 {
-                    row.fill(0.0);
-                    continue;
-                }
-                let src = &plane[sy as usize * w..(sy as usize + 1) * w];
-                for (d, &sx) in row.iter_mut().zip(&cols) {
-                    *d = if sx < 0 { 0.0 } else { src[sx as usize] };
-                }
-            }
-        });
+        .for_each(|(dst, plane)| pad_plane(plane, w, &rows, &cols, dst));
     (xp, hp, wp)
 }
 
@@ -121,45 +109,10 @@ fn row<const CO: usize>(
     }
 }
 
-macro_rules! widths {
-    ($co:literal, $avx512:ident, $avx2:ident) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx512f")]
-        #[allow(clippy::too_many_arguments)]
-        fn $avx512(
-            conv: &ConvWeights,
-            k: usize,
-            xs: &[f32],
-            hp: usize,
-            wp: usize,
-            y: usize,
-            wo: usize,
-            acc64: &mut [f64],
-        ) {
-            row::<$co>(conv, k, xs, hp, wp, y, wo, acc64)
-        }
-
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        #[allow(clippy::too_many_arguments)]
-        fn $avx2(
-            conv: &ConvWeights,
-            k: usize,
-            xs: &[f32],
-            hp: usize,
-            wp: usize,
-            y: usize,
-            wo: usize,
-            acc64: &mut [f64],
-        ) {
-            row::<$co>(conv, k, xs, hp, wp, y, wo, acc64)
-        }
-    };
-}
-widths!(1, row1_avx512, row1_avx2);
-widths!(2, row2_avx512, row2_avx2);
-widths!(3, row3_avx512, row3_avx2);
-widths!(4, row4_avx512, row4_avx2);
+widths!(row::<1> => row1_avx512, row1_avx2(c: &ConvWeights, k: usize, xs: &[f32], hp: usize, wp: usize, y: usize, wo: usize, acc: &mut [f64]));
+widths!(row::<2> => row2_avx512, row2_avx2(c: &ConvWeights, k: usize, xs: &[f32], hp: usize, wp: usize, y: usize, wo: usize, acc: &mut [f64]));
+widths!(row::<3> => row3_avx512, row3_avx2(c: &ConvWeights, k: usize, xs: &[f32], hp: usize, wp: usize, y: usize, wo: usize, acc: &mut [f64]));
+widths!(row::<4> => row4_avx512, row4_avx2(c: &ConvWeights, k: usize, xs: &[f32], hp: usize, wp: usize, y: usize, wo: usize, acc: &mut [f64]));
 
 type RowFn = fn(&ConvWeights, usize, &[f32], usize, usize, usize, usize, &mut [f64]);
 

@@ -9,7 +9,7 @@
 //! AVX-512, AVX2 and the baseline), four output rows at a time in float32, then into float64
 //! lanes summed in a fixed order; one task owns each input channel.
 
-use crate::kernels::geom::{pad_source, ConvGeom};
+use crate::kernels::geom::{pad_plane, pad_source, ConvGeom};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -115,9 +115,7 @@ fn plane(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn plane_avx512(
+widths!(plane => plane_avx512, plane_avx2(
     dyo: &[f32],
     xp: &[f32],
     wp: usize,
@@ -125,23 +123,7 @@ fn plane_avx512(
     wo: usize,
     k: usize,
     acc64: &mut [[f64; LANES]],
-) {
-    plane(dyo, xp, wp, ho, wo, k, acc64)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn plane_avx2(
-    dyo: &[f32],
-    xp: &[f32],
-    wp: usize,
-    ho: usize,
-    wo: usize,
-    k: usize,
-    acc64: &mut [[f64; LANES]],
-) {
-    plane(dyo, xp, wp, ho, wo, k, acc64)
-}
+));
 
 /// [`plane`] compiled for the widest vectors this CPU has (the same multiplies and adds in
 /// the same order on each: no fused multiply-add is enabled).
@@ -192,17 +174,7 @@ pub fn weight_grad(g: &ConvGeom, x: &Tensor, dy: &Tensor) -> (Vec<f32>, Vec<f32>
             let mut xp = vec![0.0f32; hp * wp];
             for s in 0..x.n {
                 let plane = &x.sample(s)[c * h * w..(c + 1) * h * w];
-                for (r, &sy) in rows.iter().enumerate() {
-                    let row = &mut xp[r * wp..(r + 1) * wp];
-                    if sy < 0 {
-                        row.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[sy as usize * w..(sy as usize + 1) * w];
-                    for (d, &sx) in row.iter_mut().zip(&cols) {
-                        *d = if sx < 0 { 0.0 } else { src[sx as usize] };
-                    }
-                }
+                pad_plane(plane, w, &rows, &cols, &mut xp);
                 let dys = dy.sample(s);
                 for o in 0..co {
                     let dyo = &dys[o * ho * wo..(o + 1) * ho * wo];

@@ -212,10 +212,7 @@ unsafe fn block(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn block_avx512(
+widths!(block_generic => block_avx512, block_avx2(
     wg: &Winograd,
     xp: &[f32],
     geo: &Tiles,
@@ -224,28 +221,7 @@ unsafe fn block_avx512(
     u: &mut [f32],
     m: &mut [f32],
     out: *mut f32,
-) {
-    // SAFETY: same contract as `block`; the caller checked that the CPU has AVX-512F.
-    unsafe { block_generic(wg, xp, geo, t0, nt, u, m, out) }
-}
-
-/// The same body for AVX2 machines (no FMA enabled: the sums are those of the other widths).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn block_avx2(
-    wg: &Winograd,
-    xp: &[f32],
-    geo: &Tiles,
-    t0: usize,
-    nt: usize,
-    u: &mut [f32],
-    m: &mut [f32],
-    out: *mut f32,
-) {
-    // SAFETY: same contract as `block`; the caller checked that the CPU has AVX2.
-    unsafe { block_generic(wg, xp, geo, t0, nt, u, m, out) }
-}
+));
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
