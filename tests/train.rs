@@ -728,6 +728,27 @@ fn each_style_trains_and_scores_with_its_own_style_weight() {
         assert!(out.contains(want), "{mix}: {out}");
         assert!(out.contains("as recorded in the model"), "{mix}: {out}");
     }
+    // A resumed run may change a weight (a loss setting, like --style-weight; checkpoints
+    // from before per-style weights record none): the same set of styles, continued.
+    let o = multi_cmd(
+        &s,
+        &a,
+        6,
+        &styles,
+        &["--style-weights", "wave=1", "--resume"],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = impasto::model::Transformer::load(&a).unwrap();
+    let weights: Vec<Option<f64>> = m.styles().iter().map(|e| e.style_weight).collect();
+    assert_eq!(
+        weights,
+        [
+            Some(1.0),
+            Some(impasto::loss::LossConfig::DEFAULT_STYLE_WEIGHT)
+        ]
+    );
     // Refused before any work, naming what is wrong.
     for (w, says) in [
         (

@@ -273,6 +273,15 @@ pub(super) fn refuse_output_inside(run: &RunSettings) -> Result<()> {
 /// and the loss weights may change on resume (lowering them is the advice after a
 /// divergence; the metrics file keeps the history).
 pub(super) fn run_identity_differs(ck: &TrainConfig, cfg: &TrainConfig) -> Option<&'static str> {
+    // The paintings, without their style weights: a loss weight is a setting a resumed run
+    // may change (as `--style-weight` is), and checkpoints from before per-style weights
+    // record none.
+    let paintings = |c: &TrainConfig| {
+        c.styles
+            .iter()
+            .map(|s| (s.name.clone(), s.painting.clone(), s.sha256.clone()))
+            .collect::<Vec<_>>()
+    };
     let teacher = |c: &TrainConfig| {
         c.distill
             .as_ref()
@@ -282,7 +291,7 @@ pub(super) fn run_identity_differs(ck: &TrainConfig, cfg: &TrainConfig) -> Optio
         // (a distillation's style_sha256 is its teacher's: name the teacher first)
         (teacher(ck) != teacher(cfg), "teacher or teacher's painting"),
         (ck.style_sha256 != cfg.style_sha256, "style"),
-        (ck.styles != cfg.styles, "set of styles"),
+        (paintings(ck) != paintings(cfg), "set of styles"),
         (ck.base != cfg.base, "base model"),
         (ck.arch != cfg.arch || ck.network != cfg.network, "network"),
         (ck.image_size != cfg.image_size, "image size"),
