@@ -116,7 +116,8 @@ widths!(row::<4> => row4_avx512, row4_avx2(c: &ConvWeights, k: usize, xs: &[f32]
 
 type RowFn = fn(&ConvWeights, usize, &[f32], usize, usize, usize, usize, &mut [f64]);
 
-/// [`row`] for `co` output channels, compiled for `isa` (`None`: the baseline).
+/// [`row`] for `co` output channels, compiled for `isa` (`None`: the baseline), which must
+/// be one this CPU has.
 fn row_fn(co: usize, isa: Option<super::direct::Isa>) -> RowFn {
     use super::direct::Isa;
     let base: [RowFn; MAX_OUT] = [row::<1>, row::<2>, row::<3>, row::<4>];
@@ -152,6 +153,8 @@ pub fn forward(conv: &ConvWeights, g: &ConvGeom, x: &Tensor) -> Tensor {
     forward_on(conv, g, x, super::direct::isa())
 }
 
+/// [`forward`] on the body built for `isa` (`None`: the baseline), which must be one this
+/// CPU has (the tests pass only what they checked).
 fn forward_on(
     conv: &ConvWeights,
     g: &ConvGeom,
