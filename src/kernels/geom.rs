@@ -46,6 +46,24 @@ pub struct ConvGeom {
 }
 
 impl ConvGeom {
+    /// For a padded `hp × wp` plane of an `h × w` input: the source row of each padded row
+    /// and the source column of each padded column (negative: a zero), by this layer's
+    /// padding before the first row and column and its mode.
+    pub fn padded_sources(
+        &self,
+        h: usize,
+        w: usize,
+        hp: usize,
+        wp: usize,
+    ) -> (Vec<isize>, Vec<isize>) {
+        let map = |n: usize, len: usize, before: usize| -> Vec<isize> {
+            (0..n)
+                .map(|p| pad_source(p as isize - before as isize, len, self.mode))
+                .collect()
+        };
+        (map(hp, h, self.pad[0]), map(wp, w, self.pad[2]))
+    }
+
     pub fn simple(k: usize, stride: usize, pad: usize, mode: PadMode) -> Self {
         ConvGeom {
             k,

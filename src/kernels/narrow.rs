@@ -9,7 +9,7 @@
 //! sums in float64 — finer than the GEMM's long float32 runs — and the one body is compiled
 //! for AVX-512, AVX2 and the baseline, so every machine gets the same bits.
 
-use crate::kernels::geom::{pad_plane, pad_source, ConvGeom, ConvWeights};
+use crate::kernels::geom::{pad_plane, ConvGeom, ConvWeights};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -29,12 +29,7 @@ pub(super) fn pad_planes(g: &ConvGeom, x: &Tensor) -> (Vec<f32>, usize, usize) {
     let (h, w) = (x.h, x.w);
     let (ho, wo) = g.out_size(h, w);
     let (hp, wp) = (ho + g.k - 1, wo + g.k - 1);
-    let rows: Vec<isize> = (0..hp)
-        .map(|p| pad_source(p as isize - g.pad[0] as isize, h, g.mode))
-        .collect();
-    let cols: Vec<isize> = (0..wp)
-        .map(|p| pad_source(p as isize - g.pad[2] as isize, w, g.mode))
-        .collect();
+    let (rows, cols) = g.padded_sources(h, w, hp, wp);
     let mut xp = crate::tensor::take_buffer(x.n * x.c * hp * wp);
     xp.par_chunks_mut(hp * wp)
         .zip(x.data.par_chunks(h * w))

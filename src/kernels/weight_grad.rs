@@ -9,7 +9,7 @@
 //! AVX-512, AVX2 and the baseline), four output rows at a time in float32, then into float64
 //! lanes summed in a fixed order; one task owns each input channel.
 
-use crate::kernels::geom::{pad_plane, pad_source, ConvGeom};
+use crate::kernels::geom::{pad_plane, ConvGeom};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -160,12 +160,7 @@ pub fn weight_grad(g: &ConvGeom, x: &Tensor, dy: &Tensor) -> (Vec<f32>, Vec<f32>
     // Padded input rows: the last tap's last full vector ends at column `wo - 1 + k - 1`,
     // inside the row (`taps` reads no further).
     let (hp, wp) = (ho + k - 1, wo + k - 1);
-    let rows: Vec<isize> = (0..hp)
-        .map(|p| pad_source(p as isize - g.pad[0] as isize, h, g.mode))
-        .collect();
-    let cols: Vec<isize> = (0..wp)
-        .map(|p| pad_source(p as isize - g.pad[2] as isize, w, g.mode))
-        .collect();
+    let (rows, cols) = g.padded_sources(h, w, hp, wp);
     // One task per input channel: its k·k taps for every output channel.
     let per_channel: Vec<Vec<f64>> = (0..ci)
         .into_par_iter()
