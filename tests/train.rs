@@ -629,8 +629,43 @@ fn several_styles_train_resume_exactly_and_a_base_stays_untouched() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    // Each style's painting is at hand: after the first quarter the twin is also scored
+    // against the painting of the style each batch trains.
+    assert!(
+        stderr(&o).contains("against that style's painting"),
+        "{}",
+        stderr(&o)
+    );
+    let log = std::fs::read_to_string(s.root.join("m4_live.metrics.jsonl")).unwrap();
+    let style_losses: Vec<f64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("step").is_some())
+        .filter_map(|v| v["style"].as_f64())
+        .collect();
+    assert_eq!(style_losses.len(), 4, "{log}");
+    assert_eq!(style_losses[0], 0.0, "the first quarter runs the pixel terms alone");
+    assert!(style_losses[1..].iter().all(|&v| v > 0.0), "{log}");
     let t = impasto::model::Transformer::load(&twin).unwrap();
     assert_eq!(t.style_names(), m4.style_names());
+    // One painting for a teacher of several styles is refused before any work.
+    let o = bin()
+        .args(["distill", "--teacher"])
+        .arg(&c)
+        .arg("--data")
+        .arg(s.root.join("data"))
+        .arg("--style")
+        .arg(&shipwreck)
+        .arg("-o")
+        .arg(s.root.join("m4_live2.safetensors"))
+        .arg("--vgg")
+        .arg(&s.vgg)
+        .args(["--steps", "4"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("holds 4 styles"), "{}", stderr(&o));
+    assert!(!s.root.join("m4_live2.safetensors").exists());
     assert_eq!(t.config.channels, [8, 16, 32]);
     // Stylize with each style, a blend, and bad mixes (exit 2, the styles named).
     let photo = s

@@ -14,7 +14,8 @@
 //! student's clean output: the pixel terms keep it where the teacher is, the style term gives
 //! the texture back. That part costs a VGG16 forward and backward like `train`; the first
 //! does not. (Turning it on only for the last quarter left it too few steps at too low a
-//! learning rate: style loss still 7× the teacher's.)
+//! learning rate: style loss still 7× the teacher's.) A teacher of several styles gives each
+//! of the student's styles the loss of its own painting and style weight.
 
 use crate::loss::LossConfig;
 use crate::model::transformer::Grads;
@@ -67,6 +68,18 @@ pub struct DistillConfig {
     pub painting: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub painting_sha256: Option<String>,
+    /// A teacher of several styles: each style's painting (the one its `impasto.styles`
+    /// entry records), in the teacher's order; empty when that loss is off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub style_paintings: Vec<StylePainting>,
+}
+
+/// The painting of one of a teacher's styles, as a distillation run used it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StylePainting {
+    pub style: String,
+    pub painting: String,
+    pub sha256: String,
 }
 
 impl DistillConfig {
@@ -95,8 +108,10 @@ pub struct Distiller {
     /// VGG16 for the perceptual term and the teacher's loss (None when neither is on).
     pub vgg: Option<Vgg16>,
     pub cfg: DistillConfig,
-    /// The teacher's loss: the painting's Gram matrices and the loss weights.
-    pub teacher_loss: Option<(StyleTarget<crate::backend::Cpu>, LossConfig)>,
+    /// The teacher's loss, one per style of the teacher (a teacher of several styles
+    /// scores the student's style `k` against painting `k` at its own weights): the
+    /// painting's Gram matrices and the loss weights. Empty: the loss is off.
+    pub teacher_loss: Vec<(StyleTarget<crate::backend::Cpu>, LossConfig)>,
 }
 
 /// The photo with Gaussian noise of `sigma` (0..255 scale), clamped to the valid range;
@@ -116,8 +131,12 @@ impl Distiller {
         teacher: Transformer,
         vgg: Option<Vgg16>,
         cfg: DistillConfig,
-        teacher_loss: Option<(StyleTarget<crate::backend::Cpu>, LossConfig)>,
+        teacher_loss: Vec<(StyleTarget<crate::backend::Cpu>, LossConfig)>,
     ) -> Self {
+        assert!(
+            teacher_loss.is_empty() || teacher_loss.len() == teacher.style_count(),
+            "one teacher loss per style"
+        );
         let styled = if teacher.style_count() > 1 {
             (0..teacher.style_count())
                 .map(|k| {
@@ -178,7 +197,7 @@ impl Distiller {
 
     /// Is the teacher's loss on at `step` of a run of `steps`?
     pub fn teacher_loss_at(&self, step: u64, steps: u64) -> bool {
-        self.teacher_loss.is_some()
+        !self.teacher_loss.is_empty()
             && self.cfg.loss_weight > 0.0
             && step as f64 >= self.cfg.loss_from * steps as f64
     }
@@ -247,9 +266,11 @@ impl Distiller {
             }
         }
         let mut johnson = Losses::default();
-        if let (Some(vgg), Some((target, lc)), true) =
-            (&self.vgg, &self.teacher_loss, with_teacher_loss)
-        {
+        if let (Some(vgg), Some((target, lc)), true) = (
+            &self.vgg,
+            self.teacher_loss.get(student.style()),
+            with_teacher_loss,
+        ) {
             let mut lc = lc.clone();
             lc.content_weight *= c.loss_weight;
             lc.style_weight *= c.loss_weight * c.style_scale;
@@ -361,12 +382,13 @@ mod tests {
             style_scale: 1.0,
             painting: None,
             painting_sha256: None,
+            style_paintings: Vec::new(),
         }
     }
 
     #[test]
     fn the_pixel_and_stability_gradient_matches_finite_differences() {
-        let d = Distiller::new(tiny_teacher(), None, cfg(0.0, 0.5), None);
+        let d = Distiller::new(tiny_teacher(), None, cfg(0.0, 0.5), Vec::new());
         let (l, _) = d.loss(
             &tiny_teacher(),
             &pseudo_image(1, 16, 16, 2),
@@ -394,7 +416,7 @@ mod tests {
             tiny_teacher(),
             Some(vgg),
             cfg(1.0, 0.0),
-            Some((target, LossConfig::default())),
+            vec![(target, LossConfig::default())],
         );
         let x = pseudo_image(2, 16, 16, 7);
         let (l, _) = d.loss(&tiny_teacher(), &x, 1, false, true);
@@ -402,10 +424,52 @@ mod tests {
         check_gradient(&d, "pixel + perceptual + the teacher's loss", true);
         // The weights too, with the pixel and perceptual terms alone.
         let d = Distiller {
-            teacher_loss: None,
+            teacher_loss: Vec::new(),
             ..d
         };
         check_gradient(&d, "pixel + perceptual", false);
+    }
+
+    /// A teacher of several styles: the student's style `k` is scored against painting `k`
+    /// at that style's weights, and only against it.
+    #[test]
+    fn each_style_of_a_teacher_is_scored_against_its_own_painting() {
+        let Some(p) = crate::testutil::shared(
+            "weights/vgg16_caffe_relu4_3.safetensors",
+            "each_style_of_a_teacher_is_scored_against_its_own_painting",
+        ) else {
+            return;
+        };
+        let mut tc = live_config();
+        tc.channels = [4, 6, 8];
+        tc.res_blocks = 1;
+        tc.styles = 2;
+        let teacher = Transformer::init(tc, 3);
+        let vgg = Vgg16::load(&p).unwrap();
+        let paintings = [pseudo_image(1, 24, 24, 9), pseudo_image(1, 32, 24, 10)];
+        let heavier = LossConfig {
+            style_weight: 7.0,
+            ..LossConfig::default()
+        };
+        let weights = [LossConfig::default(), heavier];
+        let distiller = |which: [usize; 2]| {
+            let targets = which
+                .iter()
+                .map(|&i| (StyleTarget::new(&vgg, &paintings[i]), weights[i].clone()))
+                .collect();
+            Distiller::new(teacher.clone(), Some(vgg.clone()), cfg(0.0, 0.0), targets)
+        };
+        let (both, first, second) = (distiller([0, 1]), distiller([0, 0]), distiller([1, 1]));
+        let x = pseudo_image(2, 16, 16, 7);
+        let mut student = teacher.clone();
+        let style_loss = |d: &Distiller, s: &Transformer| d.loss(s, &x, 1, false, true).0.style;
+        student.set_style(0);
+        assert_eq!(style_loss(&both, &student), style_loss(&first, &student));
+        student.set_style(1);
+        let l = style_loss(&both, &student);
+        assert_eq!(l, style_loss(&second, &student));
+        assert_ne!(l, style_loss(&first, &student));
+        assert!(l > 0.0);
     }
 
     #[test]

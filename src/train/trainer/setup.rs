@@ -1,6 +1,7 @@
 //! From a request to a running loop: the VGG16 weights, the photos, the style or the
 //! teacher, the checkpoint to resume; the checks that refuse a run before it writes.
 use super::*;
+use crate::train::distill::StylePainting;
 
 /// The style image as a 1×3×H×W RGB 0..255 tensor, scaled so its longest side is `size`.
 pub fn load_style(path: &Path, size: Option<u32>) -> Result<Tensor> {
@@ -283,9 +284,18 @@ pub(super) fn run_identity_differs(ck: &TrainConfig, cfg: &TrainConfig) -> Optio
             .collect::<Vec<_>>()
     };
     let teacher = |c: &TrainConfig| {
-        c.distill
-            .as_ref()
-            .map(|d| (d.teacher_sha256.clone(), d.painting_sha256.clone()))
+        c.distill.as_ref().map(|d| {
+            let each: Vec<&str> = d
+                .style_paintings
+                .iter()
+                .map(|p| p.sha256.as_str())
+                .collect();
+            (
+                d.teacher_sha256.clone(),
+                d.painting_sha256.clone(),
+                each.join(","),
+            )
+        })
     };
     [
         // (a distillation's style_sha256 is its teacher's: name the teacher first)
@@ -333,16 +343,17 @@ pub fn distill(
         crate::model::provenance::Provenance::from_metadata(&teacher.metadata).and_then(|p| p.ok());
     let record = provenance.as_ref().and_then(|p| p.train.as_ref());
     let recorded = |k: &str| record.and_then(|t| t.other.get(k)).and_then(|v| v.as_str());
-    // The painting of the teacher's loss: given, or the teacher's own when it is at hand.
+    // The painting of the teacher's loss: given, or the teacher's own when it is at hand
+    // (for a teacher of several styles, each style's own).
     let several = teacher.style_count() > 1;
-    let painting: Option<(PathBuf, String)> = if req.loss_weight == 0.0 {
-        None
-    } else if several {
-        obs.message(&format!(
-            "{} holds {} styles: the twin learns each from the teacher's own output (the pixel and perceptual terms; the teacher's loss against one painting is off)",
+    if several && req.painting.is_some() {
+        return Err(Error::Usage(format!(
+            "{} holds {} styles, each with the painting it records: `style` names one painting, so give none",
             req.teacher,
             teacher.style_count()
-        ));
+        )));
+    }
+    let painting: Option<(PathBuf, String)> = if req.loss_weight == 0.0 || several {
         None
     } else if let Some(p) = &req.painting {
         Some((p.clone(), sha256_file(p)?))
@@ -366,7 +377,12 @@ pub fn distill(
             }
         }
     };
-    let vgg = if req.perceptual_weight > 0.0 || painting.is_some() {
+    let style_paintings = if several && req.loss_weight > 0.0 {
+        style_paintings(&teacher, &req.teacher, obs)?
+    } else {
+        Vec::new()
+    };
+    let vgg = if req.perceptual_weight > 0.0 || painting.is_some() || !style_paintings.is_empty() {
         Some(Vgg16::load(&crate::model::vgg::locate(
             req.run.vgg.as_deref(),
         )?)?)
@@ -378,13 +394,22 @@ pub fn distill(
         .and_then(|t| t.other.get("style_size"))
         .and_then(|v| v.as_u64())
         .unwrap_or(256) as u32;
-    let johnson = match (&painting, &vgg) {
-        (Some((p, _)), Some(v)) => {
+    let mut johnson = Vec::new();
+    if let Some(v) = &vgg {
+        if let Some((p, _)) = &painting {
             let img = load_style(p, Some(style_size))?;
-            Some((StyleTarget::new(v, &img), teacher_loss(&teacher)))
+            johnson.push((StyleTarget::new(v, &img), teacher_loss(&teacher)));
         }
-        _ => None,
-    };
+        let entries = teacher.styles();
+        for (sp, entry) in style_paintings.iter().zip(&entries) {
+            let img = load_style(Path::new(&sp.painting), Some(style_size))?;
+            let mut loss = teacher_loss(&teacher);
+            if let Some(w) = entry.style_weight {
+                loss.style_weight = w;
+            }
+            johnson.push((StyleTarget::new(v, &img), loss));
+        }
+    }
     let dcfg = DistillConfig {
         teacher: req.teacher.clone(),
         teacher_sha256: teacher_sha256.clone(),
@@ -392,15 +417,16 @@ pub fn distill(
         perceptual_weight: req.perceptual_weight,
         stability_weight: req.stability_weight,
         noise_sigma: req.noise_sigma,
-        loss_weight: if painting.is_some() {
-            req.loss_weight
-        } else {
+        loss_weight: if johnson.is_empty() {
             0.0
+        } else {
+            req.loss_weight
         },
         loss_from: req.loss_from,
         style_scale: req.style_scale,
         painting: painting.as_ref().map(|(p, _)| p.display().to_string()),
         painting_sha256: painting.as_ref().map(|(_, s)| s.clone()),
+        style_paintings,
     };
     let painting_name = recorded("style").map(str::to_string);
     let cfg = TrainConfig {
@@ -446,6 +472,55 @@ pub fn distill(
     let opts = run_options(&req.run, &cfg, data.val, files, resume, interrupt);
     let d = Distiller::new(teacher, vgg, dcfg, johnson);
     train(&cfg, &Objective::Distill(&d), data.photos, opts, obs)
+}
+
+/// The paintings of a teacher of several styles, each as its `impasto.styles` entry records
+/// it, for the teacher's loss; none (with a warning naming the missing ones) unless every
+/// style's painting is at hand and is the file it was trained on.
+fn style_paintings(
+    teacher: &Transformer,
+    name: &str,
+    obs: &mut dyn Observer,
+) -> Result<Vec<StylePainting>> {
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for e in teacher.styles() {
+        let at_hand = match (&e.painting, &e.sha256) {
+            (Some(p), want) if Path::new(p).is_file() => {
+                let sha = sha256_file(Path::new(p))?;
+                if want.as_ref().is_some_and(|w| *w != sha) {
+                    None
+                } else {
+                    Some(StylePainting {
+                        style: e.name.clone(),
+                        painting: p.clone(),
+                        sha256: sha,
+                    })
+                }
+            }
+            _ => None,
+        };
+        match at_hand {
+            Some(p) => found.push(p),
+            None => missing.push(format!(
+                "{} ({})",
+                e.name,
+                e.painting.as_deref().unwrap_or("not recorded")
+            )),
+        }
+    }
+    if missing.is_empty() {
+        obs.message(&format!(
+            "{name} holds {} styles: the twin learns each from the teacher's output and, later in the run, against that style's painting",
+            found.len()
+        ));
+        return Ok(found);
+    }
+    obs.message(&format!(
+        "warning: the paintings of {name}'s styles {} are not at hand (or not the files they were trained on); distilling with the pixel terms only (softer texture)",
+        missing.join(", ")
+    ));
+    Ok(Vec::new())
 }
 
 /// The loss weights a model records (so a student is scored like its teacher).
