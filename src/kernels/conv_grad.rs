@@ -28,10 +28,16 @@ struct Acc {
 impl Conv2d {
     /// Backward of `self.forward(x, g)` given `dy`. Stride-1 layers get their input gradient
     /// as a (Winograd / direct) convolution, the others through col2im; wide layers with few
-    /// output channels their weight gradient directly ([`super::weight_grad`]).
+    /// output channels their weight gradient directly ([`super::weight_grad`]), 3×3 stride-1
+    /// layers by Winograd ([`super::winograd_grad`]).
     pub fn backward(&self, g: &ConvGeom, x: &Tensor, dy: &Tensor, want_dx: bool) -> ConvGrad {
         if super::weight_grad::applicable(self.c_out, g) {
             let (dw, db) = super::weight_grad::weight_grad(g, x, dy);
+            let dx = want_dx.then(|| stride1_input_grad(self, g, dy, x.h, x.w));
+            return ConvGrad { dx, dw, db };
+        }
+        if super::winograd_grad::applicable(self.c_in, self.c_out, g) {
+            let (dw, db) = super::winograd_grad::weight_grad(g, x, dy);
             let dx = want_dx.then(|| stride1_input_grad(self, g, dy, x.h, x.w));
             return ConvGrad { dx, dw, db };
         }

@@ -36,6 +36,7 @@ pub mod norm;
 pub mod pool;
 pub mod weight_grad;
 pub mod winograd;
+pub mod winograd_grad;
 
 pub use conv::{Conv2d, ConvGeom, PadMode};
 

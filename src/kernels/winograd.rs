@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 
 const TB: usize = 64;
-const L: usize = 16;
+pub(super) const L: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct Winograd {
@@ -103,53 +103,14 @@ impl Winograd {
         assert_eq!(x.c, self.c_in);
         let (n, h, w) = (x.n, x.h, x.w);
         let mut out = Tensor::for_overwrite(n, self.c_out, h, w);
-        let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
-        let (hp, wp) = (4 * th + 2, 4 * tw + 2);
         let (ci, co) = (self.c_in, self.c_out);
-        // Padded input: one pixel of border (reflect / zero / replicate), zeros past the end.
-        let src = |p: usize, n: usize| -> isize {
-            let l = p as isize - 1;
-            if l > n as isize {
-                return -1; // beyond the border pixel: only feeds discarded outputs
-            }
-            pad_source(l, n, mode)
-        };
-        let rows: Vec<isize> = (0..hp).map(|p| src(p, h)).collect();
-        let cols: Vec<isize> = (0..wp).map(|p| src(p, w)).collect();
-        // Every sample's planes, padded: the tiles of the whole batch are one pool of work.
-        let mut xp = crate::tensor::take_buffer(n * ci * hp * wp);
-        xp.par_chunks_mut(hp * wp)
-            .zip(x.data.par_chunks(h * w))
-            .for_each(|(plane, s)| {
-                for (r, &sy) in rows.iter().enumerate() {
-                    let drow = &mut plane[r * wp..(r + 1) * wp];
-                    if sy < 0 {
-                        drow.fill(0.0);
-                        continue;
-                    }
-                    let srow = &s[sy as usize * w..(sy as usize + 1) * w];
-                    // Interior: padded column p reads source column p - 1.
-                    drow[1..=w].copy_from_slice(srow);
-                    for p in (0..1).chain(w + 1..wp) {
-                        let sx = cols[p];
-                        drow[p] = if sx >= 0 { srow[sx as usize] } else { 0.0 };
-                    }
-                }
-            });
+        let (xp, geo) = padded_batch(x, mode);
         // Blocks of up to TB tiles across the batch, small enough that every thread gets
         // two (a 32×32 plane is 64 tiles: one block per sample would leave cores idle).
-        let tiles = n * th * tw;
+        let tiles = n * geo.per_sample;
         let per_thread = tiles.div_ceil(2 * rayon::current_num_threads());
         let tb = per_thread.next_multiple_of(L).clamp(L, TB);
         let blocks = tiles.div_ceil(tb);
-        let geo = Tiles {
-            wp,
-            hp_wp: hp * wp,
-            tw,
-            per_sample: th * tw,
-            h,
-            w,
-        };
         let optr = SendPtr::new(out.data.as_mut_ptr());
         (0..blocks).into_par_iter().for_each(|b| {
             BUFS.with(|bufs| {
@@ -173,13 +134,103 @@ impl Winograd {
 /// Where a block's tiles are: tile `t` of the batch is tile `t % per_sample` of sample
 /// `t / per_sample`, in rows of `tw` tiles; padded planes of `hp_wp` floats, `wp` wide.
 #[derive(Clone, Copy)]
-struct Tiles {
-    wp: usize,
-    hp_wp: usize,
-    tw: usize,
-    per_sample: usize,
-    h: usize,
-    w: usize,
+pub(super) struct Tiles {
+    pub(super) wp: usize,
+    pub(super) hp_wp: usize,
+    pub(super) tw: usize,
+    pub(super) per_sample: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+}
+
+impl Tiles {
+    /// Where tile `t` of the batch starts in the padded planes of channel 0 (of `c`).
+    #[inline(always)]
+    pub(super) fn origin(&self, t: usize, c: usize) -> usize {
+        let (s, r) = (t / self.per_sample, t % self.per_sample);
+        s * c * self.hp_wp + (r / self.tw) * 4 * self.wp + (r % self.tw) * 4
+    }
+}
+
+/// Every sample's planes, padded for 4×4 tiles: one pixel of border (reflect / zero /
+/// replicate), zeros past the end, so that the batch's tiles are one pool of work. The
+/// buffer comes from the tensor pool; hand it back with `recycle`.
+pub(super) fn padded_batch(x: &Tensor, mode: PadMode) -> (Vec<f32>, Tiles) {
+    let (h, w) = (x.h, x.w);
+    let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
+    let (hp, wp) = (4 * th + 2, 4 * tw + 2);
+    let src = |p: usize, n: usize| -> isize {
+        let l = p as isize - 1;
+        if l > n as isize {
+            return -1; // beyond the border pixel: only feeds discarded outputs
+        }
+        pad_source(l, n, mode)
+    };
+    let rows: Vec<isize> = (0..hp).map(|p| src(p, h)).collect();
+    let cols: Vec<isize> = (0..wp).map(|p| src(p, w)).collect();
+    let mut xp = crate::tensor::take_buffer(x.n * x.c * hp * wp);
+    xp.par_chunks_mut(hp * wp)
+        .zip(x.data.par_chunks(h * w))
+        .for_each(|(plane, s)| {
+            for (r, &sy) in rows.iter().enumerate() {
+                let drow = &mut plane[r * wp..(r + 1) * wp];
+                if sy < 0 {
+                    drow.fill(0.0);
+                    continue;
+                }
+                let srow = &s[sy as usize * w..(sy as usize + 1) * w];
+                // Interior: padded column p reads source column p - 1.
+                drow[1..=w].copy_from_slice(srow);
+                for p in (0..1).chain(w + 1..wp) {
+                    let sx = cols[p];
+                    drow[p] = if sx >= 0 { srow[sx as usize] } else { 0.0 };
+                }
+            }
+        });
+    let geo = Tiles {
+        wp,
+        hp_wp: hp * wp,
+        tw,
+        per_sample: th * tw,
+        h,
+        w,
+    };
+    (xp, geo)
+}
+
+/// The input transform Bᵀ d B of `L` tiles at once (`d[i][j][lane]`, a 6×6 tile each).
+#[inline(always)]
+pub(super) fn input_transform(d: &[[[f32; L]; 6]; 6]) -> [[[f32; L]; 6]; 6] {
+    // Bᵀ d (columns), then (Bᵀ d) B (rows).
+    let mut t = [[[0.0f32; L]; 6]; 6];
+    for j in 0..6 {
+        for l in 0..L {
+            let (d0, d1, d2, d3, d4, d5) = (
+                d[0][j][l], d[1][j][l], d[2][j][l], d[3][j][l], d[4][j][l], d[5][j][l],
+            );
+            t[0][j][l] = 4.0 * d0 - 5.0 * d2 + d4;
+            t[1][j][l] = -4.0 * d1 - 4.0 * d2 + d3 + d4;
+            t[2][j][l] = 4.0 * d1 - 4.0 * d2 - d3 + d4;
+            t[3][j][l] = -2.0 * d1 - d2 + 2.0 * d3 + d4;
+            t[4][j][l] = 2.0 * d1 - d2 - 2.0 * d3 + d4;
+            t[5][j][l] = 4.0 * d1 - 5.0 * d3 + d5;
+        }
+    }
+    let mut r = [[[0.0f32; L]; 6]; 6];
+    for i in 0..6 {
+        for l in 0..L {
+            let (d0, d1, d2, d3, d4, d5) = (
+                t[i][0][l], t[i][1][l], t[i][2][l], t[i][3][l], t[i][4][l], t[i][5][l],
+            );
+            r[i][0][l] = 4.0 * d0 - 5.0 * d2 + d4;
+            r[i][1][l] = -4.0 * d1 - 4.0 * d2 + d3 + d4;
+            r[i][2][l] = 4.0 * d1 - 4.0 * d2 - d3 + d4;
+            r[i][3][l] = -2.0 * d1 - d2 + 2.0 * d3 + d4;
+            r[i][4][l] = 2.0 * d1 - d2 - 2.0 * d3 + d4;
+            r[i][5][l] = 4.0 * d1 - 5.0 * d3 + d5;
+        }
+    }
+    r
 }
 
 thread_local! {
@@ -249,53 +300,19 @@ unsafe fn block_generic(
         // Input transform, L tiles at a time.
         for g0 in (0..nt).step_by(L) {
             let gl = L.min(nt - g0);
-            let mut off = [0usize; L];
-            for (l, o) in off.iter_mut().enumerate() {
-                let t = t0 + g0 + l.min(gl - 1);
-                let (s, r) = (t / per_sample, t % per_sample);
-                *o = s * ci * hp_wp + (r / tw) * 4 * wp + (r % tw) * 4;
-            }
+            let off: [usize; L] = std::array::from_fn(|l| geo.origin(t0 + g0 + l.min(gl - 1), ci));
             for c in 0..ci {
                 let plane = &xp[c * hp_wp..];
                 // d[i][j][lane]
-                let mut d = [[[0.0f32; L]; 6]; 6];
-                for (i, di) in d.iter_mut().enumerate() {
-                    for (j, dij) in di.iter_mut().enumerate() {
-                        for l in 0..L {
-                            dij[l] = *plane.get_unchecked(off[l] + i * wp + j);
-                        }
-                    }
-                }
-                // Bᵀ d (columns), then (Bᵀ d) B (rows).
-                let mut t = [[[0.0f32; L]; 6]; 6];
-                for j in 0..6 {
-                    for l in 0..L {
-                        let (d0, d1, d2, d3, d4, d5) = (
-                            d[0][j][l], d[1][j][l], d[2][j][l], d[3][j][l], d[4][j][l], d[5][j][l],
-                        );
-                        t[0][j][l] = 4.0 * d0 - 5.0 * d2 + d4;
-                        t[1][j][l] = -4.0 * d1 - 4.0 * d2 + d3 + d4;
-                        t[2][j][l] = 4.0 * d1 - 4.0 * d2 - d3 + d4;
-                        t[3][j][l] = -2.0 * d1 - d2 + 2.0 * d3 + d4;
-                        t[4][j][l] = 2.0 * d1 - d2 - 2.0 * d3 + d4;
-                        t[5][j][l] = 4.0 * d1 - 5.0 * d3 + d5;
-                    }
-                }
-                for i in 0..6 {
-                    let mut r = [[0.0f32; L]; 6];
-                    for l in 0..L {
-                        let (d0, d1, d2, d3, d4, d5) = (
-                            t[i][0][l], t[i][1][l], t[i][2][l], t[i][3][l], t[i][4][l], t[i][5][l],
-                        );
-                        r[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
-                        r[1][l] = -4.0 * d1 - 4.0 * d2 + d3 + d4;
-                        r[2][l] = 4.0 * d1 - 4.0 * d2 - d3 + d4;
-                        r[3][l] = -2.0 * d1 - d2 + 2.0 * d3 + d4;
-                        r[4][l] = 2.0 * d1 - d2 - 2.0 * d3 + d4;
-                        r[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
-                    }
-                    for (j, rj) in r.iter().enumerate() {
-                        store_lanes(&mut u[((i * 6 + j) * ci + c) * TB + g0..], rj, gl);
+                let d: [[[f32; L]; 6]; 6] = std::array::from_fn(|i| {
+                    std::array::from_fn(|j| {
+                        std::array::from_fn(|l| *plane.get_unchecked(off[l] + i * wp + j))
+                    })
+                });
+                let r = input_transform(&d);
+                for (i, ri) in r.iter().enumerate() {
+                    for (j, rij) in ri.iter().enumerate() {
+                        store_lanes(&mut u[((i * 6 + j) * ci + c) * TB + g0..], rij, gl);
                     }
                 }
             }
@@ -381,7 +398,7 @@ unsafe fn block_generic(
 /// The first `gl` of `L` lanes from `src` (the rest zero). A whole group (`gl == L`) is one
 /// fixed-size copy the compiler keeps in registers, not a call to `memcpy`.
 #[inline(always)]
-fn load_lanes(src: &[f32], gl: usize) -> [f32; L] {
+pub(super) fn load_lanes(src: &[f32], gl: usize) -> [f32; L] {
     let mut a = [0.0f32; L];
     if gl == L {
         a.copy_from_slice(&src[..L]);
@@ -393,7 +410,7 @@ fn load_lanes(src: &[f32], gl: usize) -> [f32; L] {
 
 /// The first `gl` lanes of `a` into `dst` (see [`load_lanes`]).
 #[inline(always)]
-fn store_lanes(dst: &mut [f32], a: &[f32; L], gl: usize) {
+pub(super) fn store_lanes(dst: &mut [f32], a: &[f32; L], gl: usize) {
     if gl == L {
         dst[..L].copy_from_slice(a);
     } else {
