@@ -644,7 +644,10 @@ fn several_styles_train_resume_exactly_and_a_base_stays_untouched() {
         .filter_map(|v| v["style"].as_f64())
         .collect();
     assert_eq!(style_losses.len(), 4, "{log}");
-    assert_eq!(style_losses[0], 0.0, "the first quarter runs the pixel terms alone");
+    assert_eq!(
+        style_losses[0], 0.0,
+        "the first quarter runs the pixel terms alone"
+    );
     assert!(style_losses[1..].iter().all(|&v| v > 0.0), "{log}");
     let t = impasto::model::Transformer::load(&twin).unwrap();
     assert_eq!(t.style_names(), m4.style_names());

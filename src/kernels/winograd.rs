@@ -198,6 +198,26 @@ pub(super) fn padded_batch(x: &Tensor, mode: PadMode) -> (Vec<f32>, Tiles) {
     (xp, geo)
 }
 
+/// `L` tiles of `N × N` pixels (`d[i][j][lane]`), lane `l`'s starting at `plane[off[l]]`, in
+/// rows `wp` apart.
+#[inline(always)]
+pub(super) unsafe fn load_tile<const N: usize>(
+    plane: &[f32],
+    off: &[usize; L],
+    wp: usize,
+) -> [[[f32; L]; N]; N] {
+    let mut d = [[[0.0f32; L]; N]; N];
+    for (i, di) in d.iter_mut().enumerate() {
+        for (j, dij) in di.iter_mut().enumerate() {
+            for l in 0..L {
+                // SAFETY: the caller's: every tile lies inside `plane`.
+                dij[l] = unsafe { *plane.get_unchecked(off[l] + i * wp + j) };
+            }
+        }
+    }
+    d
+}
+
 /// The input transform Bᵀ d B of `L` tiles at once (`d[i][j][lane]`, a 6×6 tile each).
 #[inline(always)]
 pub(super) fn input_transform(d: &[[[f32; L]; 6]; 6]) -> [[[f32; L]; 6]; 6] {
@@ -300,16 +320,13 @@ unsafe fn block_generic(
         // Input transform, L tiles at a time.
         for g0 in (0..nt).step_by(L) {
             let gl = L.min(nt - g0);
-            let off: [usize; L] = std::array::from_fn(|l| geo.origin(t0 + g0 + l.min(gl - 1), ci));
+            let mut off = [0usize; L];
+            for (l, o) in off.iter_mut().enumerate() {
+                *o = geo.origin(t0 + g0 + l.min(gl - 1), ci);
+            }
             for c in 0..ci {
                 let plane = &xp[c * hp_wp..];
-                // d[i][j][lane]
-                let d: [[[f32; L]; 6]; 6] = std::array::from_fn(|i| {
-                    std::array::from_fn(|j| {
-                        std::array::from_fn(|l| *plane.get_unchecked(off[l] + i * wp + j))
-                    })
-                });
-                let r = input_transform(&d);
+                let r = input_transform(&load_tile(plane, &off, wp));
                 for (i, ri) in r.iter().enumerate() {
                     for (j, rij) in ri.iter().enumerate() {
                         store_lanes(&mut u[((i * 6 + j) * ci + c) * TB + g0..], rij, gl);

@@ -14,7 +14,7 @@
 
 use crate::kernels::direct::Isa;
 use crate::kernels::geom::{ConvGeom, SendPtr};
-use crate::kernels::winograd::{input_transform, padded_batch, store_lanes, Tiles, L};
+use crate::kernels::winograd::{input_transform, load_tile, padded_batch, store_lanes, Tiles, L};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -49,9 +49,11 @@ fn weight_grad_on(g: &ConvGeom, x: &Tensor, dy: &Tensor, isa: Option<Isa>) -> (V
     let (xp, geo) = padded_batch(x, g.mode);
     let dyp = tiled_grad(dy, &geo);
     let tiles = n * geo.per_sample;
-    let mut u = vec![0.0f32; 36 * co * CHUNK.min(tiles)];
-    let mut v = vec![0.0f32; 36 * ci * CHUNK.min(tiles)];
-    let mut m = vec![0.0f32; 36 * co * ci];
+    // Pooled buffers: each chunk overwrites what it reads, and the first GEMM of each
+    // position does not read `m`.
+    let mut u = crate::tensor::take_buffer(36 * co * CHUNK.min(tiles));
+    let mut v = crate::tensor::take_buffer(36 * ci * CHUNK.min(tiles));
+    let mut m = crate::tensor::take_buffer(36 * co * ci);
     for (k, t0) in (0..tiles).step_by(CHUNK).enumerate() {
         let nt = CHUNK.min(tiles - t0);
         // Transforms, one channel per task: channel c owns rows (e, c) of every position e.
@@ -106,18 +108,29 @@ fn weight_grad_on(g: &ConvGeom, x: &Tensor, dy: &Tensor, isa: Option<Isa>) -> (V
         });
     }
     crate::tensor::recycle(xp);
+    crate::tensor::recycle(u);
+    crate::tensor::recycle(v);
     drop(dyp);
     let dw = output_transform(&m, co, ci);
+    crate::tensor::recycle(m);
+    // The bias gradient: each channel's sum over the batch, eight float64 lanes at a time.
     let db = (0..co)
+        .into_par_iter()
         .map(|o| {
-            (0..n)
-                .map(|s| {
-                    dy.sample(s)[o * dy.plane()..][..dy.plane()]
-                        .iter()
-                        .map(|&v| v as f64)
-                        .sum::<f64>()
-                })
-                .sum::<f64>() as f32
+            let mut acc = [0.0f64; 8];
+            for s in 0..n {
+                let plane = &dy.sample(s)[o * dy.plane()..][..dy.plane()];
+                let mut chunks = plane.chunks_exact(8);
+                for ch in &mut chunks {
+                    for (a, &v) in acc.iter_mut().zip(ch) {
+                        *a += v as f64;
+                    }
+                }
+                for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+                    *a += v as f64;
+                }
+            }
+            acc.iter().sum::<f64>() as f32
         })
         .collect();
     (dw, db)
@@ -210,22 +223,17 @@ unsafe fn channel_generic(
         let wp = geo.wp;
         for g0 in (0..nt).step_by(L) {
             let gl = L.min(nt - g0);
-            let off: [usize; L] = std::array::from_fn(|l| geo.origin(t0 + g0 + l.min(gl - 1), c));
+            let mut off = [0usize; L];
+            for (l, o) in off.iter_mut().enumerate() {
+                *o = geo.origin(t0 + g0 + l.min(gl - 1), c);
+            }
             let r = match side {
-                Side::Input => input_transform(&std::array::from_fn(|i| {
-                    std::array::from_fn(|j| {
-                        std::array::from_fn(|l| *plane.get_unchecked(off[l] + i * wp + j))
-                    })
-                })),
-                Side::Grad => grad_transform(&std::array::from_fn(|i| {
-                    std::array::from_fn(|j| {
-                        std::array::from_fn(|l| *plane.get_unchecked(off[l] + i * wp + j))
-                    })
-                })),
+                Side::Input => input_transform(&load_tile::<6>(plane, &off, wp)),
+                Side::Grad => grad_transform(&load_tile::<4>(plane, &off, wp)),
             };
-            for (e, rij) in r.iter().flatten().enumerate() {
+            for (e, re) in r.iter().flatten().enumerate() {
                 let row = std::slice::from_raw_parts_mut(dst.add(e * e_stride + g0), gl);
-                store_lanes(row, rij, gl);
+                store_lanes(row, re, gl);
             }
         }
     }
@@ -270,7 +278,8 @@ fn grad_transform(d: &[[[f32; L]; 4]; 4]) -> [[[f32; L]; 6]; 6] {
 }
 
 /// `dW[o][c] = Aᵀ M[·][o][c] A / 24²` in float64, `Aᵀ` F(3, 4)'s output transform (powers
-/// 0–2 of the points; ∞ in the last row).
+/// 0–2 of the points; ∞ in the last row): one output channel per task, separable (rows,
+/// then columns), each step over all input channels at once.
 fn output_transform(m: &[f32], co: usize, ci: usize) -> Vec<f32> {
     const AT: [[f64; 6]; 3] = [
         [1.0, 1.0, 1.0, 1.0, 1.0, 0.0],
@@ -279,19 +288,35 @@ fn output_transform(m: &[f32], co: usize, ci: usize) -> Vec<f32> {
     ];
     let mut dw = vec![0.0f32; co * ci * 9];
     dw.par_chunks_mut(ci * 9).enumerate().for_each(|(o, row)| {
-        for (c, k) in row.chunks_mut(9).enumerate() {
-            let mm: [[f64; 6]; 6] = std::array::from_fn(|i| {
-                std::array::from_fn(|j| m[((i * 6 + j) * co + o) * ci + c] as f64)
-            });
-            for ky in 0..3 {
-                for kx in 0..3 {
-                    let mut s = 0.0f64;
-                    for i in 0..6 {
-                        for j in 0..6 {
-                            s += AT[ky][i] * mm[i][j] * AT[kx][j];
+        let at = |e: usize| &m[(e * co + o) * ci..][..ci];
+        // t[ky][j][c] = Σᵢ Aᵀ[ky][i] M[i·6 + j][o][c]
+        let mut t = vec![0.0f64; 3 * 6 * ci];
+        for (ky, a) in AT.iter().enumerate() {
+            for j in 0..6 {
+                let tj = &mut t[(ky * 6 + j) * ci..][..ci];
+                for (i, &w) in a.iter().enumerate() {
+                    if w != 0.0 {
+                        for (d, &v) in tj.iter_mut().zip(at(i * 6 + j)) {
+                            *d += w * v as f64;
                         }
                     }
-                    k[ky * 3 + kx] = (s / 576.0) as f32;
+                }
+            }
+        }
+        // dW[o][c][ky][kx] = Σⱼ t[ky][j][c] Aᵀ[kx][j] / 576
+        let mut k = vec![0.0f64; ci];
+        for ky in 0..3 {
+            for (kx, a) in AT.iter().enumerate() {
+                k.fill(0.0);
+                for (j, &w) in a.iter().enumerate() {
+                    if w != 0.0 {
+                        for (d, &v) in k.iter_mut().zip(&t[(ky * 6 + j) * ci..][..ci]) {
+                            *d += w * v;
+                        }
+                    }
+                }
+                for (c, &v) in k.iter().enumerate() {
+                    row[c * 9 + ky * 3 + kx] = (v / 576.0) as f32;
                 }
             }
         }
