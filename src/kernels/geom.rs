@@ -154,12 +154,18 @@ pub fn flip_transpose(w: &[f32], a: usize, b: usize, k: usize) -> Vec<f32> {
     t
 }
 
-/// The source index that padded coordinate `l` (relative to the first real pixel) reads
-/// in a line of `n` pixels, or -1 for a zero.
 /// One plane (`w` wide) with its padding written out into `dst`: padded row `r`, column
-/// `c` is source pixel (`rows[r]`, `cols[c]`), or zero where either is negative.
+/// `c` is source pixel (`rows[r]`, `cols[c]`), or zero where either is negative. The
+/// interior (the columns that read the source in order) is one copy per row.
 pub fn pad_plane(src: &[f32], w: usize, rows: &[isize], cols: &[isize], dst: &mut [f32]) {
     let wp = cols.len();
+    // The padded column that reads source column 0, when columns 0..w follow it in order.
+    let interior = (0..(wp + 1).saturating_sub(w)).find(|&p| {
+        cols[p..p + w]
+            .iter()
+            .enumerate()
+            .all(|(i, &c)| c == i as isize)
+    });
     for (r, &sy) in rows.iter().enumerate() {
         let row = &mut dst[r * wp..(r + 1) * wp];
         if sy < 0 {
@@ -167,12 +173,23 @@ pub fn pad_plane(src: &[f32], w: usize, rows: &[isize], cols: &[isize], dst: &mu
             continue;
         }
         let s = &src[sy as usize * w..(sy as usize + 1) * w];
-        for (d, &sx) in row.iter_mut().zip(cols) {
-            *d = if sx < 0 { 0.0 } else { s[sx as usize] };
+        let (a, b) = match interior {
+            Some(p) => {
+                row[p..p + w].copy_from_slice(s);
+                (p, p + w)
+            }
+            None => (0, 0),
+        };
+        for (p, (d, &sx)) in row.iter_mut().zip(cols).enumerate() {
+            if p < a || p >= b {
+                *d = if sx < 0 { 0.0 } else { s[sx as usize] };
+            }
         }
     }
 }
 
+/// The source index that padded coordinate `l` (relative to the first real pixel) reads
+/// in a line of `n` pixels, or -1 for a zero.
 pub fn pad_source(l: isize, n: usize, mode: PadMode) -> isize {
     let n = n as isize;
     if l >= 0 && l < n {

@@ -9,7 +9,7 @@
 //! vectorises (AVX-512 where present).
 
 use crate::kernels::direct::Isa;
-use crate::kernels::geom::{pad_source, ConvGeom, ConvWeights, PadMode, SendPtr};
+use crate::kernels::geom::{pad_plane, pad_source, ConvGeom, ConvWeights, PadMode, SendPtr};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -171,22 +171,7 @@ pub(super) fn padded_batch(x: &Tensor, mode: PadMode) -> (Vec<f32>, Tiles) {
     let mut xp = crate::tensor::take_buffer(x.n * x.c * hp * wp);
     xp.par_chunks_mut(hp * wp)
         .zip(x.data.par_chunks(h * w))
-        .for_each(|(plane, s)| {
-            for (r, &sy) in rows.iter().enumerate() {
-                let drow = &mut plane[r * wp..(r + 1) * wp];
-                if sy < 0 {
-                    drow.fill(0.0);
-                    continue;
-                }
-                let srow = &s[sy as usize * w..(sy as usize + 1) * w];
-                // Interior: padded column p reads source column p - 1.
-                drow[1..=w].copy_from_slice(srow);
-                for p in (0..1).chain(w + 1..wp) {
-                    let sx = cols[p];
-                    drow[p] = if sx >= 0 { srow[sx as usize] } else { 0.0 };
-                }
-            }
-        });
+        .for_each(|(plane, s)| pad_plane(s, w, &rows, &cols, plane));
     let geo = Tiles {
         wp,
         hp_wp: hp * wp,
