@@ -1,5 +1,7 @@
 //! Backward passes of the convolution: weight and bias gradients by GEMM against the same
-//! patch matrix the forward pass gathers, and the input gradient either as
+//! patch matrix the forward pass gathers (3×3 stride-1 layers by Winograd,
+//! [`super::winograd_grad`]; wide layers with few outputs directly, [`super::weight_grad`]),
+//! and the input gradient either as
 //! GEMM + col2im through the same index maps (any geometry: reflection, stride,
 //! upsampling, zero insertion), or — for frozen stride-1 zero-padded 3×3 layers (VGG) — as a
 //! forward convolution with the flipped, transposed kernel, which runs on Winograd.
