@@ -669,6 +669,49 @@ fn several_styles_train_resume_exactly_and_a_base_stays_untouched() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("holds 4 styles"), "{}", stderr(&o));
     assert!(!s.root.join("m4_live2.safetensors").exists());
+    // A twin run without the teacher's loss (as runs of such teachers were before their
+    // paintings entered it): resuming it with the loss on is refused with what to do, and
+    // `--loss-weight 0` continues it.
+    let twin2 = s.root.join("m4_live3.safetensors");
+    let distill = |steps: &str, extra: &[&str]| {
+        bin()
+            .args(["distill", "--teacher"])
+            .arg(&c)
+            .arg("--data")
+            .arg(s.root.join("data"))
+            .arg("-o")
+            .arg(&twin2)
+            .arg("--vgg")
+            .arg(&s.vgg)
+            .args([
+                "--image-size",
+                "48",
+                "--batch-size",
+                "2",
+                "--checkpoint-every",
+                "2",
+            ])
+            .args(["--steps", steps])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = distill("2", &["--loss-weight", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = distill("4", &["--resume"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`--loss-weight 0` continues it"),
+        "{}",
+        stderr(&o)
+    );
+    let o = distill("4", &["--resume", "--loss-weight", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("resuming from step 2"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(t.config.channels, [8, 16, 32]);
     // Stylize with each style, a blend, and bad mixes (exit 2, the styles named).
     let photo = s

@@ -297,7 +297,21 @@ pub(super) fn run_identity_differs(ck: &TrainConfig, cfg: &TrainConfig) -> Optio
             )
         })
     };
+    // A twin of a teacher of several styles begun before their paintings entered its loss.
+    let without_paintings = |c: &TrainConfig| {
+        c.distill
+            .as_ref()
+            .map(|d| (d.teacher_sha256.clone(), d.style_paintings.is_empty()))
+    };
+    let began_without = matches!(
+        (without_paintings(ck), without_paintings(cfg)),
+        (Some((a, true)), Some((b, false))) if a == b
+    );
     [
+        (
+            began_without,
+            "teacher's loss: it ran without the paintings of the teacher's styles (`--loss-weight 0` continues it as it was)",
+        ),
         // (a distillation's style_sha256 is its teacher's: name the teacher first)
         (teacher(ck) != teacher(cfg), "teacher or teacher's painting"),
         (ck.style_sha256 != cfg.style_sha256, "style"),
