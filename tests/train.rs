@@ -615,19 +615,31 @@ fn several_styles_train_resume_exactly_and_a_base_stays_untouched() {
     );
 
     // Its live twin holds the same styles, each distilled from the teacher's own.
+    let distill = |out: &Path, steps: &str, extra: &[&str]| {
+        bin()
+            .args(["distill", "--teacher"])
+            .arg(&c)
+            .arg("--data")
+            .arg(s.root.join("data"))
+            .arg("-o")
+            .arg(out)
+            .arg("--vgg")
+            .arg(&s.vgg)
+            .args([
+                "--image-size",
+                "48",
+                "--batch-size",
+                "2",
+                "--checkpoint-every",
+                "2",
+            ])
+            .args(["--steps", steps])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
     let twin = s.root.join("m4_live.safetensors");
-    let o = bin()
-        .args(["distill", "--teacher"])
-        .arg(&c)
-        .arg("--data")
-        .arg(s.root.join("data"))
-        .arg("-o")
-        .arg(&twin)
-        .arg("--vgg")
-        .arg(&s.vgg)
-        .args(["--image-size", "48", "--batch-size", "2", "--steps", "4"])
-        .output()
-        .unwrap();
+    let o = distill(&twin, "4", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     // Each style's painting is at hand: after the first quarter the twin is also scored
     // against the painting of the style each batch trains.
@@ -651,21 +663,13 @@ fn several_styles_train_resume_exactly_and_a_base_stays_untouched() {
     assert!(style_losses[1..].iter().all(|&v| v > 0.0), "{log}");
     let t = impasto::model::Transformer::load(&twin).unwrap();
     assert_eq!(t.style_names(), m4.style_names());
+    assert_eq!(t.config.channels, [8, 16, 32]);
     // One painting for a teacher of several styles is refused before any work.
-    let o = bin()
-        .args(["distill", "--teacher"])
-        .arg(&c)
-        .arg("--data")
-        .arg(s.root.join("data"))
-        .arg("--style")
-        .arg(&shipwreck)
-        .arg("-o")
-        .arg(s.root.join("m4_live2.safetensors"))
-        .arg("--vgg")
-        .arg(&s.vgg)
-        .args(["--steps", "4"])
-        .output()
-        .unwrap();
+    let o = distill(
+        &s.root.join("m4_live2.safetensors"),
+        "4",
+        &["--style", &shipwreck],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("holds 4 styles"), "{}", stderr(&o));
     assert!(!s.root.join("m4_live2.safetensors").exists());
@@ -673,46 +677,22 @@ fn several_styles_train_resume_exactly_and_a_base_stays_untouched() {
     // paintings entered it): resuming it with the loss on is refused with what to do, and
     // `--loss-weight 0` continues it.
     let twin2 = s.root.join("m4_live3.safetensors");
-    let distill = |steps: &str, extra: &[&str]| {
-        bin()
-            .args(["distill", "--teacher"])
-            .arg(&c)
-            .arg("--data")
-            .arg(s.root.join("data"))
-            .arg("-o")
-            .arg(&twin2)
-            .arg("--vgg")
-            .arg(&s.vgg)
-            .args([
-                "--image-size",
-                "48",
-                "--batch-size",
-                "2",
-                "--checkpoint-every",
-                "2",
-            ])
-            .args(["--steps", steps])
-            .args(extra)
-            .output()
-            .unwrap()
-    };
-    let o = distill("2", &["--loss-weight", "0"]);
+    let o = distill(&twin2, "2", &["--loss-weight", "0"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = distill("4", &["--resume"]);
+    let o = distill(&twin2, "4", &["--resume"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("`--loss-weight 0` continues it"),
         "{}",
         stderr(&o)
     );
-    let o = distill("4", &["--resume", "--loss-weight", "0"]);
+    let o = distill(&twin2, "4", &["--resume", "--loss-weight", "0"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("resuming from step 2"),
         "{}",
         stderr(&o)
     );
-    assert_eq!(t.config.channels, [8, 16, 32]);
     // Stylize with each style, a blend, and bad mixes (exit 2, the styles named).
     let photo = s
         .root

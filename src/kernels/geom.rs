@@ -180,10 +180,9 @@ pub fn pad_plane(src: &[f32], w: usize, rows: &[isize], cols: &[isize], dst: &mu
             }
             None => (0, 0),
         };
-        for (p, (d, &sx)) in row.iter_mut().zip(cols).enumerate() {
-            if p < a || p >= b {
-                *d = if sx < 0 { 0.0 } else { s[sx as usize] };
-            }
+        for p in (0..a).chain(b..wp) {
+            let sx = cols[p];
+            row[p] = if sx < 0 { 0.0 } else { s[sx as usize] };
         }
     }
 }
