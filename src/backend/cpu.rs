@@ -268,10 +268,10 @@ impl Backend for Cpu {
             .par_chunks_mut(1 << 14)
             .zip(y.data.par_chunks(1 << 14))
             .for_each(|(d, y)| {
+                // A select, not a branch, so that the loop vectorises (a NaN in `y` keeps
+                // its gradient, as the comparison is false).
                 for (g, &v) in d.iter_mut().zip(y) {
-                    if v <= 0.0 {
-                        *g = 0.0;
-                    }
+                    *g = if v <= 0.0 { 0.0 } else { *g };
                 }
             });
     }
