@@ -2,10 +2,9 @@
 //! (the residual blocks; VGG16). Each 4×4 output tile costs 36 multiplies per channel pair
 //! instead of 144 (4× fewer), at the price of cheap linear transforms (Lavin & Gray 2016).
 //!
-//! Work is cut into blocks of `TB` tiles; per block the input transform fills
-//! `U[36][c_in][TB]`, 36 GEMMs (`gemm` crate) give `M[36][c_out][TB]`, and the output
-//! transform writes the 4×4 tiles. Blocks run in parallel with thread-local buffers sized to
-//! stay in cache. Transforms run 16 tiles at a time as plain lane loops that the compiler
+//! Work is cut into blocks of `tb` tiles; per block the input transform fills
+//! `U[36][c_in][tb]`, 36 GEMMs (`gemm` crate) give `M[36][c_out][tb]`, and the output
+//! transform writes the 4×4 tiles. Blocks run in parallel with thread-local buffers. Transforms run 16 tiles at a time as plain lane loops that the compiler
 //! vectorises (AVX-512 where present).
 
 use crate::kernels::direct::Isa;
@@ -14,7 +13,10 @@ use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
+/// Tiles per block, at most.
 const TB: usize = 64;
+/// `c_in · c_out` from which a layer counts as having large weights (see [`block_tiles`]).
+const WIDE: usize = 256 * 256;
 pub(super) const L: usize = 16;
 
 #[derive(Clone, Debug)]
@@ -105,30 +107,49 @@ impl Winograd {
         let mut out = Tensor::for_overwrite(n, self.c_out, h, w);
         let (ci, co) = (self.c_in, self.c_out);
         let (xp, geo) = padded_batch(x, mode);
-        // Blocks of up to TB tiles across the batch, small enough that every thread gets
-        // two (a 32×32 plane is 64 tiles: one block per sample would leave cores idle).
         let tiles = n * geo.per_sample;
-        let per_thread = tiles.div_ceil(2 * rayon::current_num_threads());
-        let tb = per_thread.next_multiple_of(L).clamp(L, TB);
+        let tb = block_tiles(tiles, ci * co, rayon::current_num_threads());
         let blocks = tiles.div_ceil(tb);
         let optr = SendPtr::new(out.data.as_mut_ptr());
         (0..blocks).into_par_iter().for_each(|b| {
             BUFS.with(|bufs| {
                 let mut bufs = bufs.borrow_mut();
                 let (u, m) = &mut *bufs;
-                u.resize(36 * ci * TB, 0.0);
-                m.resize(36 * co * TB, 0.0);
+                // Grown, never cut: layers of different sizes alternate.
+                if u.len() < 36 * ci * tb {
+                    u.resize(36 * ci * tb, 0.0);
+                }
+                if m.len() < 36 * co * tb {
+                    m.resize(36 * co * tb, 0.0);
+                }
                 let t0 = b * tb;
                 let nt = tb.min(tiles - t0);
                 // SAFETY: tiles of different blocks write disjoint output pixels.
                 unsafe {
-                    block(isa, self, &xp, &geo, t0, nt, u, m, optr.get());
+                    block(isa, self, &xp, &geo, t0, nt, tb, u, m, optr.get());
                 }
             });
         });
         crate::tensor::recycle(xp);
         out
     }
+}
+
+/// Tiles per block for `tiles` tiles of a layer with `c_in · c_out = weights`, up to [`TB`]:
+/// blocks small enough that every thread gets two (a 32×32 plane is 64 tiles: one block per
+/// sample would leave cores idle). Every block streams all 36 transformed weight matrices
+/// through its GEMMs, 38 MB for VGG's 512-channel layers, so a layer with large weights
+/// takes one block per thread instead: on 16×16 planes (128² crops, 64 tiles in a batch of
+/// 4) four blocks of 16 tiles spent more time packing weights than multiplying, on the
+/// GEMM's narrowest kernel (14 → 9.5 ms a layer). Larger blocks than [`TB`] measured no
+/// faster on larger planes.
+fn block_tiles(tiles: usize, weights: usize, threads: usize) -> usize {
+    let per = if weights >= WIDE {
+        threads
+    } else {
+        2 * threads
+    };
+    tiles.div_ceil(per).next_multiple_of(L).clamp(L, TB)
 }
 
 /// Where a block's tiles are: tile `t` of the batch is tile `t % per_sample` of sample
@@ -250,6 +271,7 @@ unsafe fn block(
     geo: &Tiles,
     t0: usize,
     nt: usize,
+    tb: usize,
     u: &mut [f32],
     m: &mut [f32],
     out: *mut f32,
@@ -259,12 +281,12 @@ unsafe fn block(
         #[cfg(target_arch = "x86_64")]
         {
             match isa {
-                Some(Isa::Avx512) => return block_avx512(wg, xp, geo, t0, nt, u, m, out),
-                Some(Isa::Avx2) => return block_avx2(wg, xp, geo, t0, nt, u, m, out),
+                Some(Isa::Avx512) => return block_avx512(wg, xp, geo, t0, nt, tb, u, m, out),
+                Some(Isa::Avx2) => return block_avx2(wg, xp, geo, t0, nt, tb, u, m, out),
                 None => {}
             }
         }
-        block_generic(wg, xp, geo, t0, nt, u, m, out)
+        block_generic(wg, xp, geo, t0, nt, tb, u, m, out)
     }
 }
 
@@ -274,6 +296,7 @@ widths!(block_generic => block_avx512, block_avx2(
     geo: &Tiles,
     t0: usize,
     nt: usize,
+    tb: usize,
     u: &mut [f32],
     m: &mut [f32],
     out: *mut f32,
@@ -287,11 +310,12 @@ unsafe fn block_generic(
     geo: &Tiles,
     t0: usize,
     nt: usize,
+    tb: usize,
     u: &mut [f32],
     m: &mut [f32],
     out: *mut f32,
 ) {
-    // SAFETY: `xp` holds every sample's `c_in` padded planes of `wp` columns covering every tile read (`get_unchecked`); `u`/`m` hold 36·c·TB floats for the GEMMs (nt ≤ TB); `out` is valid for the batch's `c_out·h·w` floats per sample and only this block's tiles are written.
+    // SAFETY: `xp` holds every sample's `c_in` padded planes of `wp` columns covering every tile read (`get_unchecked`); `u`/`m` hold 36·c·tb floats for the GEMMs (nt ≤ tb); `out` is valid for the batch's `c_out·h·w` floats per sample and only this block's tiles are written.
     unsafe {
         let (ci, co) = (wg.c_in, wg.c_out);
         let Tiles {
@@ -314,7 +338,7 @@ unsafe fn block_generic(
                 let r = input_transform(&load_tile(plane, &off, wp));
                 for (i, ri) in r.iter().enumerate() {
                     for (j, rij) in ri.iter().enumerate() {
-                        store_lanes(&mut u[((i * 6 + j) * ci + c) * TB + g0..], rij, gl);
+                        store_lanes(&mut u[((i * 6 + j) * ci + c) * tb + g0..], rij, gl);
                     }
                 }
             }
@@ -325,8 +349,8 @@ unsafe fn block_generic(
                 co,
                 nt,
                 ci,
-                &mut m[e * co * TB..],
-                TB,
+                &mut m[e * co * tb..],
+                tb,
                 false,
                 super::Strided {
                     data: &wg.v[e * co * ci..],
@@ -334,8 +358,8 @@ unsafe fn block_generic(
                     cs: 1,
                 },
                 super::Strided {
-                    data: &u[e * ci * TB..],
-                    rs: TB,
+                    data: &u[e * ci * tb..],
+                    rs: tb,
                     cs: 1,
                 },
                 gemm::Parallelism::None,
@@ -347,7 +371,7 @@ unsafe fn block_generic(
             let gl = L.min(nt - g0);
             for o in 0..co {
                 let mm: [[[f32; L]; 6]; 6] = std::array::from_fn(|i| {
-                    std::array::from_fn(|j| load_lanes(&m[((i * 6 + j) * co + o) * TB + g0..], gl))
+                    std::array::from_fn(|j| load_lanes(&m[((i * 6 + j) * co + o) * tb + g0..], gl))
                 });
                 let mut t = [[[0.0f32; L]; 6]; 4];
                 for j in 0..6 {
