@@ -24,7 +24,6 @@ const PARTS: usize = 4;
 struct Acc {
     dw: Vec<f32>,
     db: Vec<f64>,
-    dx: Vec<f32>,
 }
 
 impl Conv2d {
@@ -76,48 +75,63 @@ impl Conv2d {
         let mut dw = vec![0.0f32; co * kk];
         let mut db = vec![0.0f64; co];
         let mut dx = want_dx.then(|| Tensor::zeros(x.n, ci, x.h, x.w));
-        // A fixed partition of the pixel blocks, summed in order: the result does not depend
+        // The gradients of one sample's pixel blocks `blocks`, its input gradient added into
+        // `dxs` (empty when not wanted).
+        let run = |s: usize, blocks: std::ops::Range<usize>, dxs: &mut [f32]| {
+            let mut acc = Acc {
+                dw: vec![0.0; co * kk],
+                db: vec![0.0; co],
+            };
+            let (xs, dys) = (x.sample(s), dy.sample(s));
+            for bi in blocks {
+                let p0 = bi * block;
+                let p1 = (p0 + block).min(np);
+                block_grad(
+                    self, g, xs, x.h, x.w, dys, &ymap, &xmap, wo, np, p0, p1, &mut acc, dxs,
+                );
+            }
+            acc
+        };
+        // Partial weight gradients, summed in a fixed order below: the result does not depend
         // on the thread count or on scheduling, so training is bit-for-bit reproducible.
-        let parts = n_blocks.min(PARTS);
-        for s in 0..x.n {
-            let xs = x.sample(s);
-            let dys = dy.sample(s);
-            let partials: Vec<Acc> = (0..parts)
+        let partials: Vec<Acc> = if x.n != 1 {
+            // One task per sample, its input gradient scattered straight into its own plane
+            // (partitions of a sample's pixels each need a zeroed copy of its whole input
+            // gradient, summed afterwards: at 256² that traffic was a third of the stride-2
+            // layers' backward pass).
+            let mut dxs: Vec<&mut [f32]> = match &mut dx {
+                Some(t) => t.data.chunks_mut(ci * x.h * x.w).collect(),
+                None => (0..x.n).map(|_| Default::default()).collect(),
+            };
+            dxs.par_iter_mut()
+                .enumerate()
+                .map(|(s, d)| run(s, 0..n_blocks, d))
+                .collect()
+        } else {
+            // One sample: a fixed partition of its pixel blocks.
+            let parts = n_blocks.min(PARTS);
+            let per_part: Vec<(Acc, Vec<f32>)> = (0..parts)
                 .into_par_iter()
                 .map(|part| {
-                    let mut acc = Acc {
-                        dw: vec![0.0; co * kk],
-                        db: vec![0.0; co],
-                        dx: if want_dx {
-                            vec![0.0; ci * x.h * x.w]
-                        } else {
-                            Vec::new()
-                        },
-                    };
-                    for bi in part * n_blocks / parts..(part + 1) * n_blocks / parts {
-                        let p0 = bi * block;
-                        let p1 = (p0 + block).min(np);
-                        block_grad(
-                            self, g, xs, x.h, x.w, dys, &ymap, &xmap, wo, np, p0, p1, want_dx,
-                            &mut acc,
-                        );
-                    }
-                    acc
+                    let mut d = vec![0.0; if want_dx { ci * x.h * x.w } else { 0 }];
+                    let acc = run(
+                        0,
+                        part * n_blocks / parts..(part + 1) * n_blocks / parts,
+                        &mut d,
+                    );
+                    (acc, d)
                 })
                 .collect();
-            let acc = partials.into_iter().reduce(|mut a, b| {
-                a.dw.iter_mut().zip(&b.dw).for_each(|(x, y)| *x += y);
-                a.db.iter_mut().zip(&b.db).for_each(|(x, y)| *x += y);
-                a.dx.iter_mut().zip(&b.dx).for_each(|(x, y)| *x += y);
-                a
-            });
-            if let Some(acc) = acc {
-                dw.iter_mut().zip(&acc.dw).for_each(|(x, y)| *x += y);
-                db.iter_mut().zip(&acc.db).for_each(|(x, y)| *x += y);
-                if let Some(dx) = &mut dx {
-                    dx.sample_mut(s).copy_from_slice(&acc.dx);
+            if let Some(dx) = &mut dx {
+                for (_, d) in &per_part {
+                    dx.data.iter_mut().zip(d).for_each(|(a, b)| *a += b);
                 }
             }
+            per_part.into_iter().map(|(acc, _)| acc).collect()
+        };
+        for acc in &partials {
+            dw.iter_mut().zip(&acc.dw).for_each(|(x, y)| *x += y);
+            db.iter_mut().zip(&acc.db).for_each(|(x, y)| *x += y);
         }
         ConvGrad {
             dx,
@@ -154,8 +168,8 @@ fn block_grad(
     np: usize,
     p0: usize,
     p1: usize,
-    want_dx: bool,
     acc: &mut Acc,
+    dx: &mut [f32],
 ) {
     let (ci, co, k) = (conv.c_in, conv.c_out, g.k);
     let kk = ci * k * k;
@@ -194,7 +208,7 @@ fn block_grad(
             .map(|&v| v as f64)
             .sum::<f64>();
     }
-    if want_dx {
+    if !dx.is_empty() {
         DCOL.with(|d| {
             let mut dcol = d.borrow_mut();
             if dcol.len() < kk * n {
@@ -221,7 +235,7 @@ fn block_grad(
                 },
                 gemm::Parallelism::None,
             );
-            scatter(dcol, &mut acc.dx, ci, k, h, w, ymap, xmap, wo, p0, p1);
+            scatter(dcol, dx, ci, k, h, w, ymap, xmap, wo, p0, p1);
         });
     }
 }
@@ -269,6 +283,41 @@ mod tests {
     fn pseudo(n: usize, seed: u32) -> Vec<f32> {
         let mut r = crate::rng::Rng::new(seed as u64);
         (0..n).map(|_| r.f32() * 2.0 - 1.0).collect()
+    }
+
+    /// A batch (one task per sample, input gradients scattered in place) gives what its
+    /// samples give one at a time (one sample: partitions of its pixels, summed).
+    #[test]
+    fn a_batch_backward_equals_its_samples_one_by_one() {
+        for (gi, g) in [ConvGeom::simple(3, 2, 1, PadMode::Reflect), upsample2()]
+            .iter()
+            .enumerate()
+        {
+            let (n, ci, co, h, w) = (3, 5, 6, 33, 29);
+            let x = Tensor::from_vec(n, ci, h, w, pseudo(n * ci * h * w, 40 + gi as u32));
+            let (ho, wo) = g.out_size(h, w);
+            let dy = Tensor::from_vec(n, co, ho, wo, pseudo(n * co * ho * wo, 50 + gi as u32));
+            let conv = Conv2d::new(co, ci, 3, pseudo(co * ci * 9, 60), None);
+            let all = conv.backward_col2im(g, &x, &dy, true);
+            let mut dw = vec![0.0f32; all.dw.len()];
+            for s in 0..n {
+                let xs = Tensor::from_vec(1, ci, h, w, x.sample(s).to_vec());
+                let dys = Tensor::from_vec(1, co, ho, wo, dy.sample(s).to_vec());
+                let one = conv.backward_col2im(g, &xs, &dys, true);
+                let dx = one.dx.expect("dx");
+                assert!(
+                    crate::tensor::rel_error(&dx.data, all.dx.as_ref().expect("dx").sample(s))
+                        < 1e-6,
+                    "geometry {gi}, sample {s}: dx"
+                );
+                dw.iter_mut().zip(&one.dw).for_each(|(a, b)| *a += b);
+            }
+            assert!(
+                crate::tensor::rel_error(&dw, &all.dw) < 1e-6,
+                "geometry {gi}: dw"
+            );
+            assert!(conv.backward_col2im(g, &x, &dy, false).dx.is_none());
+        }
     }
 
     /// Check the analytic gradients of L = Σ dy ⊙ conv(x) against central differences.
