@@ -53,10 +53,13 @@ fn taps<const T: usize>(
         for y in y0..(y0 + ROWS).min(ho) {
             let dr = &dyo[y * wo..(y + 1) * wo];
             let xr = &xp[(y + ky) * wp + kx0..(y + ky + 1) * wp];
+            // Cut to what the full vectors read, so that the compiler can drop the bounds
+            // checks of the loop below (with them it kept the accumulators on the stack).
+            let (dv, xv) = (&dr[..full], &xr[..(full + T - 1).min(xr.len())]);
             for j in (0..full).step_by(LANES) {
-                let d: &[f32; LANES] = dr[j..j + LANES].try_into().expect("lanes");
+                let d: &[f32; LANES] = dv[j..j + LANES].try_into().expect("lanes");
                 for (t, a) in acc.iter_mut().enumerate() {
-                    let x: &[f32; LANES] = xr[j + t..j + t + LANES].try_into().expect("lanes");
+                    let x: &[f32; LANES] = xv[j + t..j + t + LANES].try_into().expect("lanes");
                     for l in 0..LANES {
                         a[l] += d[l] * x[l];
                     }
