@@ -370,19 +370,15 @@ unsafe fn block_generic(
         for g0 in (0..nt).step_by(L) {
             let gl = L.min(nt - g0);
             for o in 0..co {
-                let mm: [[[f32; L]; 6]; 6] = std::array::from_fn(|i| {
-                    std::array::from_fn(|j| load_lanes(&m[((i * 6 + j) * co + o) * tb + g0..], gl))
-                });
                 let mut t = [[[0.0f32; L]; 6]; 4];
                 for j in 0..6 {
+                    // Column j of the 6×6 tiles, loaded as it is used (a whole 6×6 array
+                    // built by `array::from_fn` compiled to a call and 2 KB copies).
+                    let at = |i: usize| load_lanes(&m[((i * 6 + j) * co + o) * tb + g0..], gl);
+                    let col = [at(0), at(1), at(2), at(3), at(4), at(5)];
                     for l in 0..L {
                         let (m0, m1, m2, m3, m4, m5) = (
-                            mm[0][j][l],
-                            mm[1][j][l],
-                            mm[2][j][l],
-                            mm[3][j][l],
-                            mm[4][j][l],
-                            mm[5][j][l],
+                            col[0][l], col[1][l], col[2][l], col[3][l], col[4][l], col[5][l],
                         );
                         t[0][j][l] = m0 + m1 + m2 + m3 + m4;
                         t[1][j][l] = m1 - m2 + 2.0 * m3 - 2.0 * m4;
