@@ -55,6 +55,11 @@ pub struct NormStats {
     pub inv_std: Vec<f32>,
 }
 
+/// Lanes of the float32 partial sums in [`moments_region`].
+const LANES: usize = 16;
+/// Lanes of the float64 sums in [`backward`].
+const LANES64: usize = 8;
+
 /// Moments of the rectangle `[y0,y1)×[x0,x1)` of each of the `c` planes of `h×w` in `x`.
 pub fn moments_region(
     x: &[f32],
@@ -71,15 +76,23 @@ pub fn moments_region(
             let (mut s, mut q) = (0.0f64, 0.0f64);
             for y in rows.0..rows.1 {
                 let row = &plane[y * w + cols.0..y * w + cols.1];
-                // f32 partial sums over short runs, f64 across them.
+                // f32 partial sums over short runs in fixed lanes (independent chains that
+                // vectorise, the same on every ISA), f64 across them.
                 for chunk in row.chunks(64) {
-                    let (mut ps, mut pq) = (0.0f32, 0.0f32);
-                    for &v in chunk {
-                        ps += v;
-                        pq += v * v;
+                    let (mut ps, mut pq) = ([0.0f32; LANES], [0.0f32; LANES]);
+                    let mut vs = chunk.chunks_exact(LANES);
+                    for v in &mut vs {
+                        for l in 0..LANES {
+                            ps[l] += v[l];
+                            pq[l] += v[l] * v[l];
+                        }
                     }
-                    s += ps as f64;
-                    q += pq as f64;
+                    for (l, &v) in vs.remainder().iter().enumerate() {
+                        ps[l] += v;
+                        pq[l] += v * v;
+                    }
+                    s += ps.iter().sum::<f32>() as f64;
+                    q += pq.iter().sum::<f32>() as f64;
                 }
             }
             (s, q)
@@ -191,11 +204,21 @@ pub fn backward(
         .enumerate()
         .map(|(ch, dxp)| {
             let (xh, g) = (&xhat[ch * hw..(ch + 1) * hw], &dy[ch * hw..(ch + 1) * hw]);
-            let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-            for (&a, &b) in xh.iter().zip(g) {
-                sg += b as f64;
-                sgx += (a * b) as f64;
+            // Float64 sums in fixed lanes: independent chains that vectorise (one chain was
+            // bound by the add's latency), the same on every ISA.
+            let (mut lg, mut lgx) = ([0.0f64; LANES64], [0.0f64; LANES64]);
+            let (mut xs, mut gs) = (xh.chunks_exact(LANES64), g.chunks_exact(LANES64));
+            for (a, b) in (&mut xs).zip(&mut gs) {
+                for l in 0..LANES64 {
+                    lg[l] += b[l] as f64;
+                    lgx[l] += (a[l] * b[l]) as f64;
+                }
             }
+            for (l, (&a, &b)) in xs.remainder().iter().zip(gs.remainder()).enumerate() {
+                lg[l] += b as f64;
+                lgx[l] += (a * b) as f64;
+            }
+            let (sg, sgx) = (lg.iter().sum::<f64>(), lgx.iter().sum::<f64>());
             // dx̂ = γ·dy; dx = inv_std·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))
             let n = hw as f64;
             let m1 = (gamma[ch] as f64 * sg / n) as f32;
