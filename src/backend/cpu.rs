@@ -235,7 +235,7 @@ impl Backend for Cpu {
         let (mut dg, mut db) = (vec![0.0f64; c], vec![0.0f64; c]);
         let mut dz = Tensor::for_overwrite(xhat.n, c, xhat.h, xhat.w);
         for s in 0..xhat.n {
-            let d = norm::backward(
+            norm::backward(
                 xhat.sample(s),
                 dy.sample(s),
                 c,
@@ -244,8 +244,8 @@ impl Backend for Cpu {
                 &gamma.data,
                 &mut dg,
                 &mut db,
+                dz.sample_mut(s),
             );
-            dz.sample_mut(s).copy_from_slice(&d);
         }
         let f = |v: Vec<f64>| vector(v.into_iter().map(|v| v as f32).collect());
         (dz, f(dg), f(db))

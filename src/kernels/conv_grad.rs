@@ -427,23 +427,29 @@ pub fn stride1_input_grad(conv: &Conv2d, g: &ConvGeom, dy: &Tensor, h: usize, w:
         |p: usize, n: usize, before: usize| pad_source(p as isize - before as isize, n, g.mode);
     let rows: Vec<isize> = (0..hp).map(|p| src(p, h, g.pad[0])).collect();
     let cols: Vec<isize> = (0..wp).map(|p| src(p, w, g.pad[2])).collect();
-    let mut dx = Tensor::zeros(dy.n, conv.c_in, h, w);
+    // The interior maps one to one (copied, so the buffer needs no clearing first); the
+    // padding rows and columns are added onto the pixels they were read from.
+    let (r0, c0) = (g.pad[0], g.pad[2]);
+    let mut dx = Tensor::for_overwrite(dy.n, conv.c_in, h, w);
     dx.data
         .par_chunks_mut(h * w)
         .zip(dxpad.data.par_chunks(hp * wp))
         .for_each(|(d, s)| {
+            for y in 0..h {
+                d[y * w..(y + 1) * w].copy_from_slice(&s[(r0 + y) * wp + c0..][..w]);
+            }
             for (py, &sy) in rows.iter().enumerate() {
                 if sy < 0 {
                     continue;
                 }
                 let drow = &mut d[sy as usize * w..(sy as usize + 1) * w];
                 let srow = &s[py * wp..(py + 1) * wp];
-                // interior columns map one to one
-                let (p0, p1) = (g.pad[2], g.pad[2] + w);
-                drow.iter_mut()
-                    .zip(&srow[p0..p1])
-                    .for_each(|(a, b)| *a += b);
-                for px in (0..p0).chain(p1..wp) {
+                if !(r0..r0 + h).contains(&py) {
+                    drow.iter_mut()
+                        .zip(&srow[c0..c0 + w])
+                        .for_each(|(a, b)| *a += b);
+                }
+                for px in (0..c0).chain(c0 + w..wp) {
                     let sx = cols[px];
                     if sx >= 0 {
                         drow[sx as usize] += srow[px];

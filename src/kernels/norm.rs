@@ -186,7 +186,8 @@ mod tests {
 }
 
 /// Backward of `y = γ·x̂ + β` with `x̂ = (x − μ)·inv_std` over one sample's `c` planes of
-/// `hw`: returns dx, and adds to dγ, dβ. `dy` is the gradient at `y` (after any ReLU mask).
+/// `hw`: writes dx (every element), and adds to dγ, dβ. `dy` is the gradient at `y` (after
+/// any ReLU mask).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     xhat: &[f32],
@@ -197,8 +198,9 @@ pub fn backward(
     gamma: &[f32],
     dgamma: &mut [f64],
     dbeta: &mut [f64],
-) -> Vec<f32> {
-    let mut dx = vec![0.0f32; c * hw];
+    dx: &mut [f32],
+) {
+    assert_eq!(dx.len(), c * hw, "norm backward: dx size");
     let sums: Vec<(f64, f64)> = dx
         .par_chunks_mut(hw)
         .enumerate()
@@ -234,7 +236,6 @@ pub fn backward(
         dgamma[ch] += sgx;
         dbeta[ch] += sg;
     }
-    dx
 }
 
 #[cfg(test)]
@@ -260,7 +261,18 @@ mod grad_tests {
             .map(|i| (x[i] - st.mean[i / hw]) * st.inv_std[i / hw])
             .collect();
         let (mut dg, mut db) = (vec![0.0; c], vec![0.0; c]);
-        let dx = backward(&xhat, &dy, c, hw, &st.inv_std, &gamma, &mut dg, &mut db);
+        let mut dx = vec![f32::NAN; c * hw];
+        backward(
+            &xhat,
+            &dy,
+            c,
+            hw,
+            &st.inv_std,
+            &gamma,
+            &mut dg,
+            &mut db,
+            &mut dx,
+        );
         for i in 0..c * hw {
             let (mut p, mut m) = (x.clone(), x.clone());
             p[i] += 1e-2;
