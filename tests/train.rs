@@ -49,6 +49,20 @@ fn setup(test: &str) -> Option<Setup> {
     })
 }
 
+impl Setup {
+    /// `c` (a subcommand and its own arguments) with what every run here shares: the
+    /// photos `data`, the output `out` and the VGG weights.
+    fn on_data(&self, mut c: Command, data: &Path, out: &Path) -> Command {
+        c.arg("--data")
+            .arg(data)
+            .arg("-o")
+            .arg(out)
+            .arg("--vgg")
+            .arg(&self.vgg);
+        c
+    }
+}
+
 fn train_cmd(s: &Setup, out: &Path, steps: u64, extra: &[&str]) -> Command {
     train_cmd_every(s, out, steps, 2, extra)
 }
@@ -91,25 +105,20 @@ fn train_styles(
     for st in styles {
         c.arg("--style").arg(st);
     }
-    c.arg("--data")
-        .arg(data)
-        .arg("-o")
-        .arg(out)
-        .arg("--vgg")
-        .arg(&s.vgg)
-        .args([
-            "--image-size",
-            "48",
-            "--style-size",
-            "96",
-            "--batch-size",
-            "2",
-            "--checkpoint-every",
-        ])
-        .arg(every.to_string())
-        .arg("--steps")
-        .arg(steps.to_string())
-        .args(extra);
+    let mut c = s.on_data(c, data, out);
+    c.args([
+        "--image-size",
+        "48",
+        "--style-size",
+        "96",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+    ])
+    .arg(every.to_string())
+    .arg("--steps")
+    .arg(steps.to_string())
+    .args(extra);
     c
 }
 
@@ -435,25 +444,19 @@ fn training_on_the_gpu_follows_the_cpu_and_resumes_exactly() {
     // The shared recipe at 32² crops (lavapipe is a CPU running a GPU driver: slow).
     let cmd = |out: &Path, device: &str, extra: &[&str]| {
         let mut c = bin();
-        c.args(["train", "--style"])
-            .arg(&s.style)
-            .arg("--data")
-            .arg(s.root.join("data"))
-            .arg("-o")
-            .arg(out)
-            .arg("--vgg")
-            .arg(&s.vgg)
-            .args([
-                "--image-size",
-                "32",
-                "--style-size",
-                "64",
-                "--batch-size",
-                "2",
-            ])
-            .args(["--checkpoint-every", "5", "--steps", &steps.to_string()])
-            .args(["--device", device])
-            .args(extra);
+        c.args(["train", "--style"]).arg(&s.style);
+        let mut c = s.on_data(c, &s.root.join("data"), out);
+        c.args([
+            "--image-size",
+            "32",
+            "--style-size",
+            "64",
+            "--batch-size",
+            "2",
+        ])
+        .args(["--checkpoint-every", "5", "--steps", &steps.to_string()])
+        .args(["--device", device])
+        .args(extra);
         c
     };
     let losses = |out: &Path| -> Vec<f64> {
@@ -616,15 +619,9 @@ fn several_styles_train_resume_exactly_and_a_base_stays_untouched() {
 
     // Its live twin holds the same styles, each distilled from the teacher's own.
     let distill = |out: &Path, steps: &str, extra: &[&str]| {
-        bin()
-            .args(["distill", "--teacher"])
-            .arg(&c)
-            .arg("--data")
-            .arg(s.root.join("data"))
-            .arg("-o")
-            .arg(out)
-            .arg("--vgg")
-            .arg(&s.vgg)
+        let mut d = bin();
+        d.args(["distill", "--teacher"]).arg(&c);
+        s.on_data(d, &s.root.join("data"), out)
             .args([
                 "--image-size",
                 "48",
