@@ -551,6 +551,27 @@ fn several_styles_train_resume_exactly_and_a_base_stays_untouched() {
     for n in ["wave", "scream", "udnie"] {
         assert!(v["val_styles"][n]["style"].as_f64().unwrap() > 0.0, "{n}");
     }
+    // Balanced: the first round of batches is unscaled, then each style's loss is scaled
+    // by the styles' mean gradient norm over its own (so the resume below restores the
+    // norms from the checkpoint, or its scales and weights differ).
+    let scales: Vec<f64> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["scale"].as_f64())
+        .collect();
+    assert_eq!(scales.len(), steps as usize, "{log}");
+    assert!(scales[..3].iter().all(|k| *k == 1.0), "{scales:?}");
+    assert!(scales[3..].iter().all(|k| *k != 1.0), "{scales:?}");
+    // `--no-balance`: no scale, and the scaled batches' weights come out otherwise.
+    let u = s.root.join("u3.safetensors");
+    let o = multi_cmd(&s, &u, steps, &styles, &["--no-balance"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ulog = std::fs::read_to_string(s.root.join("u3.metrics.jsonl")).unwrap();
+    assert!(!ulog.contains("\"scale\""), "{ulog}");
+    assert!(ulog.contains("\"grad_norm\""), "{ulog}");
+    assert_ne!(keyed_weights(&u), want);
     // The preview has the photos and a row per style.
     let p = image::open(s.root.join("m3.preview.png")).unwrap();
     assert_eq!(p.height(), 4 * 48);

@@ -579,7 +579,7 @@ impl impasto::train::trainer::Observer for Progress {
 #[pyo3(signature = (style, data, output, steps = None, epochs = None, batch_size = None, image_size = None,
     style_size = None, lr = None, content_weight = None, style_weight = None, tv_weight = None,
     arch = "johnson", seed = None, checkpoint_every = None, val = None, resume = false, vgg = None,
-    half = false, on_progress = None, device = None, base = None, fast = false, style_weights = None))]
+    half = false, on_progress = None, device = None, base = None, fast = false, style_weights = None, balance = true))]
 #[allow(clippy::too_many_arguments)]
 fn train(
     py: Python<'_>,
@@ -607,6 +607,7 @@ fn train(
     base: Option<String>,
     fast: bool,
     style_weights: Option<Vec<(String, f64)>>,
+    balance: bool,
 ) -> PyResult<(String, u64, Vec<String>, String, String)> {
     use impasto::train::trainer::{self, Outcome, RunFiles, TrainRequest};
     // Checked before anything runs: a bad callback found after the first step would leave
@@ -669,6 +670,7 @@ fn train(
     req.run.vgg = vgg;
     req.run.half = half;
     req.precise = !fast;
+    req.balance = balance;
     if let Some(w) = &style_weights {
         req.set_style_weights(w).map_err(to_py)?;
     }

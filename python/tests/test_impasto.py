@@ -240,6 +240,12 @@ def test_a_model_of_several_styles_trains_lists_and_mixes(tmp_path):
                       photos, out, steps=4, batch_size=1, image_size=32, style_size=64, vgg=vgg,
                       style_weights={"wave": 5})
     assert r["outcome"] == "finished"
+    # The styles' gradients are balanced unless asked otherwise (each step logs its scale).
+    assert '"scale"' in open(r["metrics"]).read()
+    u = impasto.train({"wave": styles / "great_wave.jpg", "night": styles / "starry_night.jpg"},
+                      photos, tmp_path / "plain.safetensors", steps=4, batch_size=1, image_size=32,
+                      style_size=64, vgg=vgg, style_weights={"wave": 5}, balance=False)
+    assert '"scale"' not in open(u["metrics"]).read()
     # Each style is scored with its own weight (wave 5; night the run's default).
     few = tmp_path / "few"
     few.mkdir()

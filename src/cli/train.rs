@@ -54,6 +54,11 @@ pub struct TrainArgs {
     /// higher.
     #[arg(long)]
     fast: bool,
+    /// With several styles, let each painting's gradients reach the shared weights at the
+    /// size its loss gives them, instead of scaling every style's to the same size (the
+    /// default, so a painting trained at a low style weight is not drowned out).
+    #[arg(long)]
+    no_balance: bool,
 }
 
 /// `--style-weights`: one value, several pairs.
@@ -178,6 +183,7 @@ pub fn train(a: TrainArgs) -> Result<i32> {
         loss: a.loss.config(),
         arch: a.arch,
         precise: !a.fast,
+        balance: !a.no_balance,
         run: a.run.settings()?,
     };
     if let Some(w) = &a.style_weights {

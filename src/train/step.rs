@@ -99,6 +99,19 @@ fn is_zero(v: &f64) -> bool {
 }
 
 impl Losses {
+    /// Every term multiplied by `k`.
+    pub fn scaled(self, k: f64) -> Losses {
+        Losses {
+            content: self.content * k,
+            style: self.style * k,
+            tv: self.tv * k,
+            pixel: self.pixel * k,
+            perceptual: self.perceptual * k,
+            stability: self.stability * k,
+            total: self.total * k,
+        }
+    }
+
     /// One line for progress displays: the terms the run has.
     pub fn describe(&self) -> String {
         if self.pixel > 0.0 || self.stability > 0.0 {

@@ -174,6 +174,7 @@ def train(
     base=None,
     fast=False,
     style_weights=None,
+    balance=True,
 ):
     """Train a style from a painting on a folder of photos (``impasto train``).
 
@@ -184,6 +185,8 @@ def train(
     ``fast=True`` runs the network's forward pass on the fast kernels (``--fast``).
     ``style_weights`` (a dict ``{name: weight}``, ``--style-weights``) gives paintings of a
     run of several styles their own style weight; the others take ``style_weight``.
+    ``balance=False`` (``--no-balance``) lets each style's gradients reach the shared weights
+    at the size its loss gives them instead of scaling every style's to the same size.
 
     Arguments left at ``None`` take impasto's defaults, the same as the command line's
     (batch 4 of 256² crops, style size 256, Adam lr 1e-3, seed 42, a checkpoint every 500
@@ -215,7 +218,7 @@ def train(
             styles, str(data), str(output), steps, epochs, batch_size, image_size,
             style_size, lr, content_weight, style_weight, tv_weight, arch, seed,
             checkpoint_every, p(val), resume, p(vgg), half, on_progress, device, p(base), fast,
-            sw,
+            sw, bool(balance),
         )
     except OverflowError as e:
         raise ValueError(f"a size or count is out of range: {e}") from None

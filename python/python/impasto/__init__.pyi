@@ -57,6 +57,7 @@ def train(
     base: Optional[StrPath] = ...,
     fast: bool = ...,
     style_weights: Optional[Dict[str, float]] = ...,
+    balance: bool = ...,
 ) -> Dict[str, Any]: ...
 
 def devices() -> Dict[str, Any]: ...

@@ -101,6 +101,8 @@ pub struct Checkpoint {
     pub config: TrainConfig,
     pub model: Transformer,
     pub adam: Adam,
+    /// The styles' recent gradient norms of a balanced run of several.
+    pub balance: Balance,
     pub step: u64,
     pub data: DataPos,
 }
@@ -113,6 +115,8 @@ pub(super) struct CkptMeta {
     data: DataPos,
     train: TrainConfig,
     model: TransformerConfig,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    balance: Vec<Option<f64>>,
 }
 
 impl Checkpoint {
@@ -138,6 +142,7 @@ impl Checkpoint {
             data: self.data,
             train: self.config.clone(),
             model: self.model.config.clone(),
+            balance: self.balance.norms.clone(),
         };
         f.metadata.insert(
             "impasto.checkpoint".into(),
@@ -184,6 +189,9 @@ impl Checkpoint {
             config: meta.train,
             model,
             adam,
+            balance: Balance {
+                norms: meta.balance,
+            },
             step: meta.step,
             data: meta.data,
         })

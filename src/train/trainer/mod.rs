@@ -23,11 +23,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+mod balance;
 mod files;
 mod metrics;
 mod request;
 mod setup;
 
+pub use balance::Balance;
 use files::{append_jsonl, checkpoint_to_resume, lock_output, truncate_metrics};
 pub use files::{model_sha256, sha256_file, Checkpoint, RunFiles, RunLock};
 use metrics::mean;
@@ -77,6 +79,11 @@ pub struct TrainConfig {
     /// (`--fast`). Runs from before the setting existed were all precise.
     #[serde(default = "precise_before_the_setting")]
     pub precise: bool,
+    /// A run of several styles scales each batch's loss so that every style's gradients
+    /// reach the shared weights at the same size ([`Balance`]). Runs from before the
+    /// setting existed did not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub balance: bool,
 }
 
 fn precise_before_the_setting() -> bool {
@@ -226,23 +233,42 @@ pub enum Objective<'a> {
 }
 
 impl Objective<'_> {
-    /// The losses of batch `step` (0-based) of `steps`, their gradient (on the device) and
-    /// whether every gradient is finite: one readback.
+    /// The losses of batch `step` (0-based) of `steps`, their gradient (on the device) with
+    /// the loss scaled by `k` ([`Balance`]; the losses returned are unscaled), the norm of
+    /// the shared weights' gradient and whether every gradient is finite: one readback.
     fn loss_and_grads(
         &self,
         model: &Transformer<Device>,
         cfg: &TrainConfig,
         x: &Tensor,
         step: u64,
-    ) -> std::result::Result<(Losses, Grads<Device>, bool), crate::backend::DeviceError> {
+        k: f64,
+    ) -> std::result::Result<(Losses, Grads<Device>, f64, bool), crate::backend::DeviceError> {
         let b = model.backend();
         let (losses, grads, sums) = match self {
             Objective::Perceptual { vgg, targets } => {
-                let p = &targets[(step % targets.len() as u64) as usize];
+                let p = &targets[self.painting_at(step)];
                 let x = b.upload(x);
+                let scaled;
+                let loss = if k == 1.0 {
+                    &p.loss
+                } else {
+                    scaled = LossConfig {
+                        content_weight: p.loss.content_weight * k,
+                        style_weight: p.loss.style_weight * k,
+                        tv_weight: p.loss.tv_weight * k,
+                        ..p.loss.clone()
+                    };
+                    &scaled
+                };
                 let (pending, grads) =
-                    step::loss_and_grads(model, vgg, &p.target, &p.loss, &x, cfg.precise);
+                    step::loss_and_grads(model, vgg, &p.target, loss, &x, cfg.precise);
                 let (losses, sums) = pending.read(b, &grads.sum_squares(b))?;
+                let losses = if k == 1.0 {
+                    losses
+                } else {
+                    losses.scaled(1.0 / k)
+                };
                 (losses, grads, sums)
             }
             Objective::Distill(d) => {
@@ -254,15 +280,36 @@ impl Objective<'_> {
             }
         };
         let finite = sums.iter().all(|v| v.is_finite());
-        Ok((losses, grads, finite))
+        // `sums` holds one entry per gradient present, in parameter order.
+        let present = grads.0.iter().enumerate().filter(|(_, g)| g.is_some());
+        let shared: f64 = present
+            .zip(&sums)
+            .filter(|((id, _), _)| model.plan().params[*id].style.is_none())
+            .map(|(_, s)| s)
+            .sum();
+        Ok((losses, grads, shared.sqrt(), finite))
+    }
+
+    /// The painting batch `step` trains (its index among the run's).
+    fn painting_at(&self, step: u64) -> usize {
+        match self {
+            Objective::Perceptual { targets, .. } => (step % targets.len() as u64) as usize,
+            Objective::Distill(_) => 0,
+        }
+    }
+
+    /// The number of paintings the batches take in turn.
+    fn paintings(&self) -> usize {
+        match self {
+            Objective::Perceptual { targets, .. } => targets.len(),
+            Objective::Distill(_) => 1,
+        }
     }
 
     /// The style row batch `step` trains.
     fn style_at(&self, step: u64) -> usize {
         match self {
-            Objective::Perceptual { targets, .. } => {
-                targets[(step % targets.len() as u64) as usize].row
-            }
+            Objective::Perceptual { targets, .. } => targets[self.painting_at(step)].row,
             Objective::Distill(_) => 0,
         }
     }
@@ -379,17 +426,30 @@ pub fn train(
     // A resumed run keeps the kernels its checkpoint was made with: exact resume.
     let kept;
     let cfg = match &opts.resume {
-        Some(ck) if ck.config.precise != cfg.precise => {
-            obs.message(&format!(
-                "the checkpoint was made with {} kernels: continuing with them",
-                if ck.config.precise {
-                    "the exact"
-                } else {
-                    "the fast (--fast)"
-                }
-            ));
+        Some(ck) if ck.config.precise != cfg.precise || ck.config.balance != cfg.balance => {
+            if ck.config.precise != cfg.precise {
+                obs.message(&format!(
+                    "the checkpoint was made with {} kernels: continuing with them",
+                    if ck.config.precise {
+                        "the exact"
+                    } else {
+                        "the fast (--fast)"
+                    }
+                ));
+            }
+            if ck.config.balance != cfg.balance {
+                obs.message(&format!(
+                    "the checkpoint's run {} the styles' gradients: continuing so",
+                    if ck.config.balance {
+                        "balanced"
+                    } else {
+                        "did not balance"
+                    }
+                ));
+            }
             kept = TrainConfig {
                 precise: ck.config.precise,
+                balance: ck.config.balance,
                 ..cfg.clone()
             };
             &kept
@@ -397,7 +457,7 @@ pub fn train(
         _ => cfg,
     };
     let device = opts.device.clone();
-    let (mut model, mut adam, mut step, pos) = match opts.resume {
+    let (mut model, mut adam, mut step, pos, mut balance) = match opts.resume {
         Some(ck) => {
             if let Some(what) = run_identity_differs(&ck.config, cfg) {
                 return Err(Error::Usage(format!(
@@ -430,11 +490,16 @@ pub fn train(
                 opts.files.checkpoint.display()
             ));
             truncate_metrics(&opts.files.metrics, ck.step)?;
+            let balance = match ck.balance.norms.len() {
+                0 => Balance::new(objective.paintings()),
+                _ => ck.balance,
+            };
             (
                 ck.model.to_backend(device.clone()),
                 Optimizer::from_host(&ck.adam, &device),
                 ck.step,
                 ck.data,
+                balance,
             )
         }
         None => {
@@ -450,6 +515,7 @@ pub fn train(
                 Optimizer::new(cfg.lr),
                 0,
                 DataPos::default(),
+                Balance::new(objective.paintings()),
             )
         }
     };
@@ -469,6 +535,7 @@ pub fn train(
     // The device's parameters and Adam moments come to the host here only.
     let save = |model: &Transformer<Device>,
                 adam: &Optimizer<Device>,
+                balance: &Balance,
                 step: u64,
                 data: DataPos|
      -> Result<()> {
@@ -476,6 +543,7 @@ pub fn train(
             config: cfg.clone(),
             model: model.to_backend(crate::backend::Cpu),
             adam: adam.to_host(&device),
+            balance: balance.clone(),
             step,
             data,
         }
@@ -497,7 +565,7 @@ pub fn train(
     let mut skipped_total = 0usize;
     while step < cfg.steps {
         if opts.interrupt.load(Ordering::SeqCst) {
-            save(&model, &adam, step, last_pos)?;
+            save(&model, &adam, &balance, step, last_pos)?;
             return Ok(Outcome::Interrupted { step });
         }
         let batch = loader.next().ok_or_else(|| {
@@ -518,8 +586,14 @@ pub fn train(
                 .then(|| opts.files.checkpoint.display().to_string())
         };
         model.set_style(objective.style_at(step));
-        let (losses, grads, finite) = objective
-            .loss_and_grads(&model, cfg, &batch.images, step)
+        let painting = objective.painting_at(step);
+        let k = if cfg.balance {
+            balance.scale(painting)
+        } else {
+            1.0
+        };
+        let (losses, grads, shared_norm, finite) = objective
+            .loss_and_grads(&model, cfg, &batch.images, step, k)
             .map_err(|e| {
                 let kept = match last_good() {
                     Some(c) => {
@@ -545,6 +619,9 @@ pub fn train(
                 losses.tv
             )));
         }
+        if cfg.balance {
+            balance.observe(painting, shared_norm, k);
+        }
         adam.lr = cfg.lr_at(step);
         let mut grads = grads;
         if cfg.base.is_some() {
@@ -564,13 +641,18 @@ pub fn train(
         append_jsonl(&opts.files.metrics, &{
             let mut v = serde_json::to_value(losses).expect("serialises");
             v["step"] = step.into();
+            // The shared weights' gradient, as the loss (unscaled) gives it.
+            v["grad_norm"] = (shared_norm / k).into();
+            if cfg.balance {
+                v["scale"] = k.into();
+            }
             v["img_per_s"] = ips.into();
             v["seconds"] = t0.elapsed().as_secs_f64().into();
             v
         })?;
         let ck = step % cfg.checkpoint_every == 0;
         if ck || step == cfg.steps {
-            save(&model, &adam, step, last_pos)?;
+            save(&model, &adam, &balance, step, last_pos)?;
         }
         if !val_imgs.is_empty() && (step % opts.val_every == 0 || step == cfg.steps) {
             let (v, per) = objective.validate(&model, &val_imgs);

@@ -270,6 +270,10 @@ pub struct TrainRequest {
     /// fast ones inference uses (measured in docs/performance.md: a few percent faster per
     /// step, a 4% higher hold-out loss). A resumed run keeps its checkpoint's choice.
     pub precise: bool,
+    /// A run of several styles scales each batch's loss so that every style's gradients
+    /// reach the shared weights at the same size ([`super::Balance`]; the default). A
+    /// resumed run keeps its checkpoint's choice.
+    pub balance: bool,
     pub run: RunSettings,
 }
 
@@ -288,6 +292,7 @@ impl TrainRequest {
             loss: LossConfig::default(),
             arch: Arch::Johnson,
             precise: true,
+            balance: true,
             run: RunSettings::new(data, output),
         }
     }

@@ -121,6 +121,8 @@ pub fn run(req: &TrainRequest, obs: &mut dyn Observer, interrupt: &AtomicBool) -
         distill: None,
         lr_final: None,
         precise: req.precise,
+        // Only shared weights that train have anything to balance.
+        balance: req.balance && req.styles.len() > 1 && base.is_none(),
         styles: records,
         base: base.as_ref().map(|(m, sha)| BaseRecord {
             model: req.base.clone().unwrap_or_default(),
@@ -468,6 +470,7 @@ pub fn distill(
         base: None,
         // A distilled student is small (Winograd needs 16 channels): the exact kernels.
         precise: true,
+        balance: false,
     };
     let resume = checkpoint_to_resume(&files, req.run.resume)?;
     obs.message(&format!(
