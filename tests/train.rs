@@ -579,10 +579,22 @@ fn several_styles_train_resume_exactly_and_a_base_stays_untouched() {
     let b = s.root.join("k3.safetensors");
     let ckpt = s.root.join("k3.ckpt.safetensors");
     interrupt_after_checkpoint(multi_cmd(&s, &b, steps, &styles, &val), &ckpt, "-KILL");
-    let o = multi_cmd(&s, &b, steps, &styles, &[&val[..], &["--resume"]].concat())
-        .output()
-        .unwrap();
+    // Asked not to balance, the resumed run keeps its checkpoint's balancing (and says so).
+    let o = multi_cmd(
+        &s,
+        &b,
+        steps,
+        &styles,
+        &[&val[..], &["--resume", "--no-balance"]].concat(),
+    )
+    .output()
+    .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the checkpoint's run balanced"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(keyed_weights(&b), want, "the resumed run differs");
     // Another set of styles is another run: the checkpoint is refused.
     let o = multi_cmd(&s, &b, steps + 2, &styles[..2], &["--resume"])

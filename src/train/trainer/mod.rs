@@ -423,28 +423,26 @@ pub fn train(
             cfg.lr
         )));
     }
-    // A resumed run keeps the kernels its checkpoint was made with: exact resume.
+    // A resumed run keeps the kernels and the balancing its checkpoint was made with:
+    // exact resume.
     let kept;
     let cfg = match &opts.resume {
         Some(ck) if ck.config.precise != cfg.precise || ck.config.balance != cfg.balance => {
-            if ck.config.precise != cfg.precise {
+            let (c, kernels, balanced) = (
+                &ck.config,
+                ["the fast (--fast)", "the exact"],
+                ["did not balance", "balanced"],
+            );
+            if c.precise != cfg.precise {
                 obs.message(&format!(
                     "the checkpoint was made with {} kernels: continuing with them",
-                    if ck.config.precise {
-                        "the exact"
-                    } else {
-                        "the fast (--fast)"
-                    }
+                    kernels[usize::from(c.precise)]
                 ));
             }
-            if ck.config.balance != cfg.balance {
+            if c.balance != cfg.balance {
                 obs.message(&format!(
                     "the checkpoint's run {} the styles' gradients: continuing so",
-                    if ck.config.balance {
-                        "balanced"
-                    } else {
-                        "did not balance"
-                    }
+                    balanced[usize::from(c.balance)]
                 ));
             }
             kept = TrainConfig {
