@@ -694,6 +694,22 @@ fn several_styles_train_resume_exactly_and_a_base_stays_untouched() {
     let t = impasto::model::Transformer::load(&twin).unwrap();
     assert_eq!(t.style_names(), m4.style_names());
     assert_eq!(t.config.channels, [8, 16, 32]);
+    // The batches took the styles in turn (one step each here): every style's norm rows
+    // trained, so no two are alike (a run that trained only the first left the others at
+    // their common start).
+    let rows: Vec<Vec<f32>> = (0..t.style_count())
+        .map(|k| {
+            t.params()
+                .filter(|(spec, _)| spec.style == Some(k))
+                .flat_map(|(_, v)| v.to_vec())
+                .collect()
+        })
+        .collect();
+    for a in 0..rows.len() {
+        for b in a + 1..rows.len() {
+            assert_ne!(rows[a], rows[b], "styles {a} and {b} of the twin");
+        }
+    }
     // One painting for a teacher of several styles is refused before any work.
     let o = distill(
         &s.root.join("m4_live2.safetensors"),

@@ -290,19 +290,18 @@ impl Objective<'_> {
         Ok((losses, grads, shared.sqrt(), finite))
     }
 
-    /// The painting batch `step` trains (its index among the run's).
+    /// The painting batch `step` trains (its index among the run's): the batches take them
+    /// in turn, a distillation run the teacher's styles.
     fn painting_at(&self, step: u64) -> usize {
-        match self {
-            Objective::Perceptual { targets, .. } => (step % targets.len() as u64) as usize,
-            Objective::Distill(_) => 0,
-        }
+        (step % self.paintings() as u64) as usize
     }
 
-    /// The number of paintings the batches take in turn.
+    /// The number of paintings the batches take in turn (a distillation run: the teacher's
+    /// styles, which the student holds too).
     fn paintings(&self) -> usize {
         match self {
             Objective::Perceptual { targets, .. } => targets.len(),
-            Objective::Distill(_) => 1,
+            Objective::Distill(d) => d.teacher.style_count(),
         }
     }
 
@@ -310,7 +309,7 @@ impl Objective<'_> {
     fn style_at(&self, step: u64) -> usize {
         match self {
             Objective::Perceptual { targets, .. } => targets[self.painting_at(step)].row,
-            Objective::Distill(_) => 0,
+            Objective::Distill(_) => self.painting_at(step),
         }
     }
 
