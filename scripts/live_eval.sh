@@ -12,8 +12,10 @@ cargo build --release -q --bin impasto
 bin=target/release/impasto
 styles=("$@")
 if [ ${#styles[@]} -eq 0 ]; then
-  mapfile -t styles < <("$bin" styles | awk '{print $1}' | grep -v '_live$' | while read -r s; do
-    "$bin" styles | awk '{print $1}' | grep -qx "${s}_live" && echo "$s"; done)
+  # The styles, not the networks that hold several of them (`builtins`).
+  names=$("$bin" styles | grep -v ' in one network' | awk '{print $1}')
+  mapfile -t styles < <(grep -v '_live$' <<<"$names" | while read -r s; do
+    grep -qx "${s}_live" <<<"$names" && echo "$s"; done)
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

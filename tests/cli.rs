@@ -559,8 +559,58 @@ fn built_in_styles_work_by_name_and_make_a_sheet() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(image::open(&out).unwrap().dimensions(), (120, 90));
+    // `export` and `convert` take a built-in by name too.
+    let onnx = d.path().join("gw.onnx");
+    let o = run(&["export", "great_wave", "-o", onnx.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::metadata(&onnx).unwrap().len() > 1_000_000);
+    let copy = d.path().join("gw.safetensors");
+    let o = run(&["convert", "great_wave", "-o", copy.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let back = impasto::model::Transformer::load(&copy).unwrap();
+    assert_eq!(back.style_names(), vec!["great_wave".to_string()]);
+    // When the built-ins are one network (`builtins`): `builtins --mix great_wave` is the
+    // same picture, and a blend of two paintings is neither.
+    if impasto::styles::blends().contains(&"builtins") {
+        let stylize = |style: &str, mix: &str, name: &str| {
+            let out = d.path().join(name);
+            let mut args = vec!["stylize", p.to_str().unwrap(), "--style", style];
+            if !mix.is_empty() {
+                args.extend(["--mix", mix]);
+            }
+            args.extend(["-o", out.to_str().unwrap()]);
+            let o = run(&args);
+            assert!(o.status.success(), "{}", stderr(&o));
+            std::fs::read(out).unwrap()
+        };
+        let whole = stylize("builtins", "great_wave", "whole.png");
+        assert_eq!(whole, std::fs::read(&out).unwrap(), "a row of builtins");
+        let blend = stylize("builtins", "great_wave=0.5,udnie=0.5", "blend.png");
+        assert_ne!(blend, whole);
+        assert_ne!(blend, stylize("udnie", "", "udnie.png"));
+        // A built-in style holds one style: a blend asked of it says where the blends are.
+        let o = run(&[
+            "stylize",
+            p.to_str().unwrap(),
+            "--style",
+            "great_wave",
+            "--mix",
+            "great_wave=0.5,udnie=0.5",
+            "-o",
+            d.path().join("no.png").to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(stderr(&o).contains("--style builtins"), "{}", stderr(&o));
+        assert!(!d.path().join("no.png").exists());
+    }
     let o = run(&["styles"]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("great_wave"));
+    let listed = String::from_utf8_lossy(&o.stdout).to_string();
+    for n in impasto::styles::names()
+        .into_iter()
+        .chain(impasto::styles::blends())
+    {
+        assert!(listed.contains(&format!("{n} ")), "{n}: {listed}");
+    }
     let sheet = d.path().join("sheet.png");
     let o = run(&[
         "sheet",

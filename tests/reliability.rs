@@ -662,18 +662,15 @@ fn two_training_runs_on_one_output_cannot_interleave() {
     assert!(!d.path().join("t.lock").exists(), "lock released");
 }
 
-/// `info` summarises an embedded painting thumbnail instead of printing kilobytes of base64.
+/// `info` summarises the embedded painting thumbnails instead of printing kilobytes of
+/// base64: a built-in style's, and every built-in network's (a thumbnail per style).
 #[test]
 fn info_does_not_print_the_whole_thumbnail() {
-    let o = run(&[
-        "info",
-        &format!(
-            "{}/styles/great_wave.safetensors",
-            env!("CARGO_MANIFEST_DIR")
-        ),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(o.stdout.len() < 8000, "{} bytes", o.stdout.len());
-    assert!(v.to_string().contains("JPEG thumbnail"), "{v}");
+    for model in std::iter::once("great_wave").chain(impasto::styles::blends()) {
+        let o = run(&["info", model]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert!(o.stdout.len() < 8000, "{model}: {} bytes", o.stdout.len());
+        assert!(v.to_string().contains("JPEG thumbnail"), "{v}");
+    }
 }

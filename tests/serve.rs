@@ -963,6 +963,47 @@ fn a_model_of_several_styles_mixes_over_the_api_and_on_the_page() {
         );
     }
 
+    // When the built-ins are one such network (`builtins`): it blends them, each built-in
+    // style is its row (the same picture either way), and the live twin holds the same
+    // styles.
+    let builtin_net = impasto::styles::blends()
+        .into_iter()
+        .find(|n| !n.ends_with(impasto::styles::LIVE_SUFFIX));
+    if let Some(whole) = builtin_net {
+        let entry = |name: &str| {
+            styles["styles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == name)
+                .unwrap_or_else(|| panic!("{name} listed"))
+                .clone()
+        };
+        let builtins = entry(whole);
+        let rows = impasto::styles::builtin(whole)
+            .unwrap()
+            .unwrap()
+            .style_names();
+        assert_eq!(builtins["styles"], serde_json::json!(rows));
+        let twin = impasto::styles::live_twin(whole).expect("the built-ins' twin");
+        assert_eq!(builtins["live"], twin);
+        assert_eq!(entry(twin)["styles"], serde_json::json!(rows));
+        let row = &rows[1];
+        assert_eq!(entry(row)["live"], format!("{row}_live"));
+        // Each style reports its own weight, the network all of them.
+        let weight = &builtins["trained"]["style_weights"][row];
+        assert!(weight.is_number(), "{builtins}");
+        assert_eq!(&entry(row)["trained"]["style_weight"], weight);
+        let one = s.post(&format!("/v1/stylize?style={row}"), "image/png", &png);
+        let via = s.post(
+            &format!("/v1/stylize?style={whole}&mix={row}"),
+            "image/png",
+            &png,
+        );
+        assert_eq!((one.status, via.status), (200, 200));
+        assert_eq!(one.body, via.body, "{row} is its row of {whole}");
+    }
+
     let Some(d) = start_driver() else { return };
     let file = dir.path().join("photo.png");
     photo(120, 90).save(&file).unwrap();
@@ -1022,4 +1063,19 @@ fn a_model_of_several_styles_mixes_over_the_api_and_on_the_page() {
         &format!("/element/{live}/click"),
         serde_json::json!({}),
     );
+    // The page offers blends of the built-ins: a slider per painting.
+    if let Some(whole) = builtin_net {
+        let card = d.find(&format!(".style-card[data-style='{whole}']"));
+        d.cmd(
+            "POST",
+            &format!("/element/{card}/click"),
+            serde_json::json!({}),
+        );
+        let sliders = d.js("return document.getElementById('mix-panel').hidden ? 0 : document.querySelectorAll('#mix input').length");
+        let n = impasto::styles::builtin(whole)
+            .unwrap()
+            .unwrap()
+            .style_count();
+        assert_eq!(sliders, n, "a slider per built-in style");
+    }
 }

@@ -354,10 +354,13 @@ impl Model {
     }
 }
 
-/// The built-in styles' names.
+/// The built-in styles' names, then the networks that hold several of them (`builtins`:
+/// blend its styles with `mix=`).
 #[pyfunction]
 fn styles() -> Vec<&'static str> {
-    impasto::styles::names()
+    let mut v = impasto::styles::names();
+    v.extend(impasto::styles::blends());
+    v
 }
 
 /// Read an image file with impasto's own (strict) decoders: the pixels the CLI sees.

@@ -17,10 +17,9 @@ EXE = pathlib.Path(os.environ.get("IMPASTO_BIN", ROOT / "target" / "release" / "
 def three_styles(tmp_path):
     """The built-in udnie with its norms as row 0 and two other rows (scaled, shifted)."""
     st = need("safetensors.numpy", "needs the safetensors package (scripts/python_tests.sh installs it)")
-    # The built-in's file stores int8 convolutions: as float32 first.
+    # The built-in (a row of the built-ins' network, stored as int8): as a float32 file first.
     src = tmp_path / "udnie32.safetensors"
-    subprocess.run([str(EXE), "convert", str(ROOT / "styles" / "udnie.safetensors"), "-o", str(src), "--f32"],
-                   check=True)
+    subprocess.run([str(EXE), "convert", "udnie", "-o", str(src), "--f32"], check=True)
     tensors = st.load_file(str(src))
     import json
     from safetensors import safe_open

@@ -37,6 +37,7 @@ def test_styles_lists_the_built_ins():
     assert "great_wave" in impasto.styles()
     m = impasto.Model("great_wave")
     assert m.arch == "johnson" and m.parameters > 1_000_000
+    assert m.styles == ["great_wave"]
 
 
 def test_numpy_output_equals_the_cli_output_bit_for_bit(model, tmp_path):

@@ -69,14 +69,15 @@ pub enum Cmd {
     Sheet(sheet::Args),
     /// Stylize a video (decoded and encoded by the system ffmpeg; audio copied).
     Video(video::Args),
-    /// Write a model as ONNX (opset 13) for onnxruntime and other engines.
+    /// Write a model as ONNX (opset 13) for onnxruntime and other engines: a model file or a
+    /// built-in name (`builtins`: the five built-in styles, the style weights a second input).
     Export {
         model: PathBuf,
         #[arg(short, long)]
         output: PathBuf,
     },
-    /// Rewrite a model file, e.g. as float16 (half the size) or from a plain TransformerNet
-    /// state dict into an impasto model with its config recorded.
+    /// Rewrite a model file (or a built-in, by name), e.g. as float16 (half the size) or from
+    /// a plain TransformerNet state dict into an impasto model with its config recorded.
     Convert {
         input: PathBuf,
         #[arg(short, long)]
@@ -187,7 +188,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Cmd::Sheet(a) => sheet::sheet(a),
         Cmd::Export { model, output } => {
             impasto::batch::guard_output(&output, &[&model])?;
-            let m = Transformer::load(&model)?;
+            let m = impasto::styles::resolve(&model.to_string_lossy())?;
             impasto::onnx_export::export(&m, &output)?;
             eprintln!("wrote {} ({:?})", output.display(), m.config.arch);
             Ok(0)
@@ -204,11 +205,14 @@ pub fn run(cli: Cli) -> Result<i32> {
         } => {
             use impasto::model::format::Precision;
             impasto::batch::guard_output(&output, &[&input])?;
-            let mut m = Transformer::load(&input)?;
+            let spec = input.to_string_lossy();
+            let mut m = impasto::styles::resolve(&spec)?;
             let precision = match (half, int8, f32) {
                 (_, true, _) => Precision::Int8,
                 (true, ..) => Precision::F16,
                 (.., true) => Precision::F32,
+                // The built-ins are stored as int8.
+                _ if impasto::styles::builtin_bytes(&spec).is_some() => Precision::Int8,
                 _ => Precision::of_file(&input)?,
             };
             if let Some(p) = style_image {
@@ -305,19 +309,31 @@ fn devices(json: bool) -> Result<i32> {
     Ok(0)
 }
 
-/// Load `--model`, or a freshly initialised network of `arch` when none is given.
+/// Load `--model` (a file or a built-in name), or a freshly initialised network of `arch`
+/// when none is given.
 pub fn model_or_init(model: &Option<PathBuf>, arch: Arch) -> Result<Transformer> {
     Ok(match model {
-        Some(p) => Transformer::load(p)?,
+        Some(p) => impasto::styles::resolve(&p.to_string_lossy())?,
         None => Transformer::init(impasto::model::TransformerConfig::new(arch), 1),
     })
+}
+
+/// A mix the model `spec` cannot take, as a usage error; for a built-in style, where its
+/// style blends with the others.
+pub fn mix_error(spec: &str, msg: String) -> impasto::Error {
+    let hint = impasto::styles::blend_hint(spec)
+        .filter(|_| msg.contains("has no style"))
+        .map(|h| format!(" ({h})"))
+        .unwrap_or_default();
+    impasto::Error::Usage(format!("{spec}: {msg}{hint}"))
 }
 
 /// The library names a setting as its parameter in backticks (`max_pixels`); on the command
 /// line that is a flag (`--max-pixels`).
 pub fn flags(msg: &str) -> String {
-    const PARAMS: [&str; 12] = [
+    const PARAMS: [&str; 13] = [
         "max_pixels",
+        "mix",
         "resume",
         "vgg",
         "workers",

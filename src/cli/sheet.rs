@@ -20,25 +20,64 @@ pub fn list() -> Result<i32> {
             .margin()
             .map(|px| format!("; runs with a {px}-pixel margin"))
             .unwrap_or_default();
+        let row = impasto::styles::row_of(n);
+        let of = row
+            .map(|(whole, _)| format!(", a style of {whole}"))
+            .unwrap_or_default();
         if let Some(d) = t.other.get("distill") {
+            // A row of a twin of several styles: the batches took the styles in turn.
+            let (teacher, steps) = match row {
+                Some((whole, style)) => {
+                    let n = impasto::styles::builtin(whole)
+                        .expect("listed")?
+                        .style_count();
+                    let steps = prov
+                        .steps_done
+                        .map(|v| format!("{} of the run's {v}", v / n as u64));
+                    (style.to_string(), steps)
+                }
+                None => (
+                    d["teacher"].as_str().unwrap_or("?").to_string(),
+                    prov.steps_done.map(|v| v.to_string()),
+                ),
+            };
             outln!(
-                "{n:<20} live: {:?} channels, {} residual blocks ({} parameters), distilled from {} in {} steps at {}²{margin}",
+                "{n:<20} live: {:?} channels, {} residual blocks ({} parameters), distilled from {teacher} in {} steps at {}²{of}{margin}",
                 m.config.channels,
                 m.config.res_blocks,
                 m.plan().param_count(),
-                d["teacher"].as_str().unwrap_or("?"),
-                show(prov.steps_done.map(|v| v.to_string())),
+                show(steps),
                 show(t.image_size.map(|v| v.to_string())),
             );
             continue;
         }
+        // A row of a network of several styles: its own steps and style weight.
+        let style = m.styles().into_iter().next().unwrap_or_default();
+        let steps = match row {
+            Some(_) => style.steps,
+            None => prov.steps_done,
+        };
+        let weight = match row {
+            Some(_) => style.style_weight,
+            None => t.loss.map(|l| l.style_weight),
+        };
         outln!(
-            "{n:<20} {:?}, trained {} steps at {}² on {} photos (style weight {}){margin}",
+            "{n:<20} {:?}, trained {} steps at {}² on {} photos (style weight {}){of}{margin}",
             m.config.arch,
-            show(prov.steps_done.map(|v| v.to_string())),
+            show(steps.map(|v| v.to_string())),
             show(t.image_size.map(|v| v.to_string())),
             show(t.dataset_size.map(|v| v.to_string())),
-            show(t.loss.map(|l| l.style_weight.to_string()))
+            show(weight.map(|v| v.to_string()))
+        );
+    }
+    for n in impasto::styles::blends() {
+        let m = impasto::styles::builtin(n).expect("listed")?;
+        outln!(
+            "{n:<20} the {} styles {} in one network: blend them with --style {n} --mix {}=0.5,{}=0.5",
+            m.style_count(),
+            m.style_names().join(", "),
+            m.style_names()[0],
+            m.style_names()[1],
         );
     }
     Ok(0)

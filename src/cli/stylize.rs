@@ -59,7 +59,7 @@ impl Look {
     fn model_on_host(&self) -> impasto::Result<Transformer> {
         self.network()?
             .select(self.mix.as_ref())
-            .map_err(|m| impasto::Error::Usage(format!("{}: {m}", self.style)))
+            .map_err(|m| super::mix_error(&self.style, m))
     }
 
     fn network(&self) -> impasto::Result<Transformer> {

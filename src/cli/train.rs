@@ -346,7 +346,7 @@ pub fn evaluate(a: EvalArgs) -> Result<i32> {
     let spec = a.model.to_string_lossy();
     let model = impasto::styles::resolve(&spec)?
         .select(a.mix.as_ref())
-        .map_err(|m| Error::Usage(format!("{spec}: {m}")))?
+        .map_err(|m| super::mix_error(&spec, m))?
         .to_backend(device.clone());
     let vgg_net = Vgg16::load_on(device, &vgg::locate(a.vgg.as_deref())?)?;
     let opts = EvalOptions {

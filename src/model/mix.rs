@@ -298,8 +298,13 @@ impl<B: Backend> Transformer<B> {
         let mut metadata = self.metadata.clone();
         metadata.remove(STYLES_KEY);
         metadata.insert(MIX_KEY.into(), Mix::describe(&self.style_names(), w));
-        // One style: its painting's hash and thumbnail, as a single-style file has them.
+        // One style: its name and painting, hash and thumbnail, as a single-style file has
+        // them.
         if let Some(k) = w.iter().position(|&v| v == 1.0) {
+            metadata.insert(
+                STYLES_KEY.into(),
+                serde_json::to_string(&styles[k..=k]).expect("serialises"),
+            );
             for (key, v) in [
                 ("impasto.style_sha256", &styles[k].sha256),
                 (crate::styles::THUMBNAIL_KEY, &styles[k].thumbnail),
@@ -620,11 +625,27 @@ mod single_style_files {
 
     /// A single-style file reads and writes exactly as before networks of several styles
     /// existed: the config has no `styles` field, every tensor keeps its name and shape, and
-    /// the built-ins come back from a round trip value for value.
+    /// the model comes back from a round trip value for value. The built-ins: their files
+    /// as embedded, and a style of an embedded network of several as it is written.
     #[test]
     fn single_style_files_are_unchanged() {
-        for name in crate::styles::names() {
-            let bytes = crate::styles::builtin_bytes(name).expect("listed");
+        let files: Vec<(String, Vec<u8>)> = crate::styles::names()
+            .into_iter()
+            .map(|n| {
+                let bytes = match crate::styles::row_of(n) {
+                    None => crate::styles::builtin_bytes(n).expect("listed").to_vec(),
+                    Some(_) => crate::styles::builtin(n)
+                        .unwrap()
+                        .unwrap()
+                        .to_file()
+                        .to_bytes(crate::model::format::Precision::F32)
+                        .unwrap(),
+                };
+                (n.to_string(), bytes)
+            })
+            .collect();
+        for (name, bytes) in files {
+            let bytes = &bytes[..];
             let original = crate::model::format::TensorFile::from_bytes(bytes).unwrap();
             let m = Transformer::from_bytes(bytes).unwrap();
             assert_eq!(m.style_count(), 1);

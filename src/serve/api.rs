@@ -137,13 +137,36 @@ pub async fn styles(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value
         .map(|s| {
             let prov = crate::model::provenance::Provenance::from_metadata(&s.model.metadata)
                 .and_then(|p| p.ok());
+            // A style of a network of several (a built-in, or a mix of one style) records
+            // its own steps and weight.
+            let own = match &s.styles[..] {
+                [_] => s.model.styles().into_iter().next(),
+                _ => None,
+            };
+            let several = own.is_none();
+            let own = own.unwrap_or_default();
+            // Several styles: each its own weight (null where the file does not say).
+            let weights: serde_json::Map<String, serde_json::Value> = match several {
+                true => s
+                    .model
+                    .styles()
+                    .into_iter()
+                    .map(|e| (e.name, e.style_weight.into()))
+                    .collect(),
+                false => Default::default(),
+            };
             let trained = match prov {
                 Some(p) => {
                     let t = p.train.unwrap_or_default();
+                    let weight = match several {
+                        true => None,
+                        false => own.style_weight.or(t.loss.map(|l| l.style_weight)),
+                    };
                     serde_json::json!({
-                        "steps": p.steps_done,
+                        "steps": own.steps.or(p.steps_done),
                         "image_size": t.image_size,
-                        "style_weight": t.loss.map(|l| l.style_weight),
+                        "style_weight": weight,
+                        "style_weights": several.then_some(weights),
                         "photos": t.dataset_size,
                     })
                 }

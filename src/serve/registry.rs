@@ -60,7 +60,10 @@ impl Registry {
             ..Registry::default()
         };
         let mut warnings = Vec::new();
-        for n in crate::styles::names() {
+        for n in crate::styles::names()
+            .into_iter()
+            .chain(crate::styles::blends())
+        {
             let m = crate::styles::builtin(n).expect("listed")?;
             let bytes = crate::styles::builtin_bytes(n).expect("listed");
             reg.insert(n.to_string(), "built-in".into(), m, sha256(bytes));
@@ -125,12 +128,15 @@ impl Registry {
     }
 
     /// The live twin of style `name`: the style `NAME_live`, if it was distilled from this
-    /// very model (its provenance names the teacher's SHA-256). A user's model that takes a
-    /// built-in's name does not get the built-in's twin.
+    /// very model (its provenance names the teacher's SHA-256) and holds the same styles (a
+    /// built-in style is a row of the network its twin's row was distilled from). A user's
+    /// model that takes a built-in's name does not get the built-in's twin.
     pub fn twin_of(&self, name: &str) -> Option<&Style> {
         let teacher = self.get(name)?;
         let twin = self.get(&format!("{name}{}", crate::styles::LIVE_SUFFIX))?;
-        (teacher_sha256(&twin.model).as_deref() == Some(teacher.sha256.as_str())).then_some(twin)
+        (teacher_sha256(&twin.model).as_deref() == Some(teacher.sha256.as_str())
+            && twin.styles == teacher.styles)
+            .then_some(twin)
     }
 
     /// The style a live twin was distilled from, if it is served (see [`Registry::twin_of`]).
@@ -243,7 +249,8 @@ mod tests {
         let (reg, warnings) = Registry::load(Some(dir.path()), &Device::default()).unwrap();
         assert!(reg.get("mine").is_some());
         assert!(reg.get("broken").is_none() && reg.get("bad name").is_none());
-        assert_eq!(reg.len(), crate::styles::names().len() + 1);
+        let builtins = crate::styles::names().len() + crate::styles::blends().len();
+        assert_eq!(reg.len(), builtins + 1);
         assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(warnings.iter().any(|w| w.contains("broken.safetensors")));
         let t = &reg.get("mine").unwrap().thumbnail;
@@ -258,7 +265,10 @@ mod tests {
     fn a_twin_belongs_to_the_model_it_was_distilled_from() {
         let dir = tempfile::tempdir().unwrap();
         let (reg, _) = Registry::load(None, &Device::default()).unwrap();
-        for n in crate::styles::names() {
+        for n in crate::styles::names()
+            .into_iter()
+            .chain(crate::styles::blends())
+        {
             if let Some(t) = crate::styles::live_twin(n) {
                 assert_eq!(reg.twin_of(n).map(|s| s.name.as_str()), Some(t), "{n}");
                 assert_eq!(reg.teacher_of(t).map(|s| s.name.as_str()), Some(n));
