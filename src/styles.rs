@@ -343,6 +343,23 @@ mod tests {
         assert_eq!(ix.load("solo").unwrap().unwrap().style_count(), 1);
     }
 
+    /// A network of several styles shows a strip of each style's painting.
+    #[test]
+    fn a_network_of_several_styles_shows_each_painting() {
+        let coffee =
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/coffee.jpg"));
+        let mut m = crate::testutil::styled_model(crate::train::distill::live_config(), 2, 3);
+        let mut styles = m.styles();
+        assert!(super::thumbnail_of(&m).is_none(), "no paintings, no strips");
+        for s in &mut styles {
+            s.thumbnail = Some(super::painting_thumbnail(coffee).unwrap());
+        }
+        m.set_styles(&styles).unwrap();
+        let jpg = super::thumbnail_of(&m).unwrap();
+        let img = image::load_from_memory_with_format(&jpg, image::ImageFormat::Jpeg).unwrap();
+        assert_eq!((img.width(), img.height()), (160, 160));
+    }
+
     /// No frame along the edges: on real photos, the mean step in brightness between the
     /// outer ring and the next one stays near the photos' own.
     #[test]

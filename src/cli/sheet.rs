@@ -28,9 +28,10 @@ pub fn list() -> Result<i32> {
             // A row of a twin of several styles: the batches took the styles in turn.
             let (teacher, steps) = match row {
                 Some((whole, style)) => {
-                    let n = impasto::styles::builtin(whole)
-                        .expect("listed")?
-                        .style_count();
+                    let n = impasto::styles::names()
+                        .into_iter()
+                        .filter(|m| impasto::styles::row_of(m).map(|r| r.0) == Some(whole))
+                        .count();
                     let steps = prov
                         .steps_done
                         .map(|v| format!("{} of the run's {v}", v / n as u64));

@@ -138,23 +138,19 @@ pub async fn styles(State(app): State<Arc<App>>) -> axum::Json<serde_json::Value
             let prov = crate::model::provenance::Provenance::from_metadata(&s.model.metadata)
                 .and_then(|p| p.ok());
             // A style of a network of several (a built-in, or a mix of one style) records
-            // its own steps and weight.
-            let own = match &s.styles[..] {
-                [_] => s.model.styles().into_iter().next(),
-                _ => None,
-            };
-            let several = own.is_none();
-            let own = own.unwrap_or_default();
-            // Several styles: each its own weight (null where the file does not say).
-            let weights: serde_json::Map<String, serde_json::Value> = match several {
-                true => s
-                    .model
-                    .styles()
-                    .into_iter()
-                    .map(|e| (e.name, e.style_weight.into()))
-                    .collect(),
-                false => Default::default(),
-            };
+            // its own steps and weight; a network of several, each style's weight.
+            let entries = s.model.styles();
+            let several = entries.len() > 1;
+            let own = entries
+                .first()
+                .cloned()
+                .filter(|_| !several)
+                .unwrap_or_default();
+            let weights: serde_json::Map<String, serde_json::Value> = entries
+                .into_iter()
+                .filter(|_| several)
+                .map(|e| (e.name, e.style_weight.into()))
+                .collect();
             let trained = match prov {
                 Some(p) => {
                     let t = p.train.unwrap_or_default();
