@@ -252,6 +252,41 @@ fn the_teachers_loss_joins_in_the_last_part_of_a_run() {
     assert_eq!(d3["style_scale"], 3.0);
     let ratio = style3[2] / style[2];
     assert!((ratio - 3.0).abs() < 1e-3, "{style:?} {style3:?}");
+
+    // Without `--style`: the teacher's own painting, as the built-in records it. For a
+    // style that is a row of a network of several, that row's painting, not the one the
+    // network's run names first (udnie is the last of the built-ins).
+    let udnie = impasto::styles::builtin("udnie").unwrap().unwrap();
+    let own = udnie.styles()[0].painting.clone().unwrap();
+    if !Path::new(env!("CARGO_MANIFEST_DIR")).join(&own).is_file() {
+        return impasto::testutil::skip(test, &format!("udnie's recorded painting {own}"));
+    }
+    let out = dir.path().join("u.safetensors");
+    let o = bin()
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["distill", "--teacher", "udnie", "--data"])
+        .arg(&data)
+        .arg("-o")
+        .arg(&out)
+        .arg("--vgg")
+        .arg(&vgg)
+        .args(["--image-size", "32", "--batch-size", "2", "--steps", "2"])
+        .args(["--loss-from", "0.5"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = impasto::model::Transformer::load(&out).unwrap();
+    let prov: serde_json::Value = serde_json::from_str(&m.metadata["impasto.provenance"]).unwrap();
+    let d = &prov["train"]["distill"];
+    assert_eq!(d["painting"], own.as_str(), "{}", stderr(&o));
+    assert_eq!(
+        d["painting_sha256"].as_str(),
+        udnie
+            .metadata
+            .get("impasto.style_sha256")
+            .map(String::as_str)
+    );
+    assert_eq!(m.metadata["impasto.loss"], udnie.metadata["impasto.loss"]);
 }
 
 #[test]
@@ -267,7 +302,7 @@ fn live_twins_are_listed_and_used_by_stylize_live() {
     if twins.is_empty() {
         impasto::testutil::skip(
             "live_twins_are_listed_and_used_by_stylize_live",
-            "this build embeds no live twins (styles/*_live.safetensors)",
+            "this build embeds no live twins (styles/builtins_live.safetensors)",
         );
         return;
     }

@@ -42,6 +42,10 @@ pub struct DistillConfig {
     pub teacher: String,
     /// SHA-256 of the teacher's model file (the embedded bytes for a built-in style).
     pub teacher_sha256: String,
+    /// A built-in style that is one row of an embedded network of several: that row's name
+    /// (the file, and so its SHA-256, is the same for each of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_row: Option<String>,
     /// Weight of mean((student − teacher)²) on the 0..255 scale.
     pub pixel_weight: f64,
     /// Weight of mean((VGG relu1_2(student) − VGG relu1_2(teacher))²); 0 runs without VGG.
@@ -373,6 +377,7 @@ mod tests {
         DistillConfig {
             teacher: "t".into(),
             teacher_sha256: String::new(),
+            teacher_row: None,
             pixel_weight: 1.0,
             perceptual_weight: perceptual,
             stability_weight: stability,

@@ -294,6 +294,7 @@ pub(super) fn run_identity_differs(ck: &TrainConfig, cfg: &TrainConfig) -> Optio
                 .collect();
             (
                 d.teacher_sha256.clone(),
+                d.teacher_row.clone(),
                 d.painting_sha256.clone(),
                 each.join(","),
             )
@@ -358,10 +359,13 @@ pub fn distill(
     let provenance =
         crate::model::provenance::Provenance::from_metadata(&teacher.metadata).and_then(|p| p.ok());
     let record = provenance.as_ref().and_then(|p| p.train.as_ref());
-    let recorded = |k: &str| record.and_then(|t| t.other.get(k)).and_then(|v| v.as_str());
-    // The painting of the teacher's loss: given, or the teacher's own when it is at hand
-    // (for a teacher of several styles, each style's own).
+    // The teacher's own painting and its SHA-256: for a style of a network of several (a
+    // built-in row), that style's, not the painting the network's run names first.
     let several = teacher.style_count() > 1;
+    let (own_painting, own_sha256) = match teacher.styles().as_slice() {
+        [own] if !several => (own.painting.clone(), own.sha256.clone()),
+        _ => (None, None),
+    };
     if several && req.painting.is_some() {
         return Err(Error::Usage(format!(
             "{} holds {} styles, each with the painting it records: `style` names one painting, so give none",
@@ -374,10 +378,10 @@ pub fn distill(
     } else if let Some(p) = &req.painting {
         Some((p.clone(), sha256_file(p)?))
     } else {
-        match recorded("style").map(PathBuf::from) {
+        match own_painting.as_deref().map(PathBuf::from) {
             Some(p) if p.is_file() => {
                 let sha = sha256_file(&p)?;
-                if recorded("style_sha256").is_some_and(|want| want != sha) {
+                if own_sha256.as_deref().is_some_and(|want| want != sha) {
                     obs.message(&format!("warning: {} is not the painting {} was trained on (its SHA-256 differs); distilling without the teacher's loss: give `style` the painting", p.display(), req.teacher));
                     None
                 } else {
@@ -429,6 +433,7 @@ pub fn distill(
     let dcfg = DistillConfig {
         teacher: req.teacher.clone(),
         teacher_sha256: teacher_sha256.clone(),
+        teacher_row: crate::styles::row_of(&req.teacher).map(|(_, row)| row.to_string()),
         pixel_weight: req.pixel_weight,
         perceptual_weight: req.perceptual_weight,
         stability_weight: req.stability_weight,
@@ -444,7 +449,12 @@ pub fn distill(
         painting_sha256: painting.as_ref().map(|(_, s)| s.clone()),
         style_paintings,
     };
-    let painting_name = recorded("style").map(str::to_string);
+    let painting_name = own_painting.or_else(|| {
+        record
+            .and_then(|t| t.other.get("style"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    });
     let cfg = TrainConfig {
         arch: network.arch,
         style: painting_name.unwrap_or_else(|| req.teacher.clone()),
