@@ -620,8 +620,12 @@ fn browser_end_to_end() {
         let info = d.js("return document.getElementById('live-info').textContent");
         let want = twin.replace('_', " ");
         assert!(info.as_str().unwrap().starts_with(&want), "{info}");
+        // Every style and every network that blends several is a card, but no twin.
         let cards = d.js("return document.querySelectorAll('.style-card').length");
-        let names = impasto::styles::names();
+        let names: Vec<&str> = impasto::styles::names()
+            .into_iter()
+            .chain(impasto::styles::blends())
+            .collect();
         let twins = names
             .iter()
             .filter(|n| impasto::styles::live_twin(n).is_some())

@@ -32,18 +32,21 @@ pub fn list() -> Result<i32> {
                         .into_iter()
                         .filter(|m| impasto::styles::row_of(m).map(|r| r.0) == Some(whole))
                         .count();
+                    // The file records the run's steps, not each row's share of them (a
+                    // run resumed from another build's checkpoint may have split them
+                    // otherwise), so the line says the run.
                     let steps = prov
                         .steps_done
-                        .map(|v| format!("{} of the run's {v}", v / n as u64));
+                        .map(|v| format!("a run of {v} steps over {n} styles"));
                     (style.to_string(), steps)
                 }
                 None => (
                     d["teacher"].as_str().unwrap_or("?").to_string(),
-                    prov.steps_done.map(|v| v.to_string()),
+                    prov.steps_done.map(|v| format!("{v} steps")),
                 ),
             };
             outln!(
-                "{n:<20} live: {:?} channels, {} residual blocks ({} parameters), distilled from {teacher} in {} steps at {}²{of}{margin}",
+                "{n:<20} live: {:?} channels, {} residual blocks ({} parameters), distilled from {teacher} in {} at {}²{of}{margin}",
                 m.config.channels,
                 m.config.res_blocks,
                 m.plan().param_count(),
