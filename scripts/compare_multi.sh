@@ -4,7 +4,8 @@
 # its own recorded loss weights (a style of the multi-style model with the weight it was
 # trained at, `--mix NAME`). Prints a Markdown table with the multi / single ratio of the
 # total, the decision rule for shipping the built-ins as one network (every style within 5%).
-#   scripts/compare_multi.sh MULTI.safetensors [STYLE=SINGLE ...]   (default: the built-ins)
+#   scripts/compare_multi.sh MULTI.safetensors [STYLE=SINGLE ...]
+#   (default: the built-in styles, i.e. the rows of the shipped network `builtins`)
 #   SHARED=../shared (the photos, the paintings and VGG16)
 set -euo pipefail
 cd "$(dirname "$0")/.."

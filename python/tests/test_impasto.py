@@ -40,6 +40,17 @@ def test_styles_lists_the_built_ins():
     assert m.styles == ["great_wave"]
 
 
+def test_the_built_ins_blend_as_one_network():
+    assert "builtins" in impasto.styles()
+    b = impasto.Model("builtins")
+    assert "great_wave" in b.styles and "udnie" in b.styles and len(b.styles) >= 5
+    img = smooth(40, 48)
+    wave = b.stylize(img, mix="great_wave")
+    assert np.array_equal(wave, impasto.Model("great_wave").stylize(img))
+    blend = b.stylize(img, mix={"great_wave": 0.5, "udnie": 0.5})
+    assert not np.array_equal(blend, wave)
+
+
 def test_numpy_output_equals_the_cli_output_bit_for_bit(model, tmp_path):
     exe = pathlib.Path(os.environ.get("IMPASTO_BIN", ROOT / "target" / "release" / "impasto"))
     if not exe.exists():
