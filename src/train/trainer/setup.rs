@@ -362,8 +362,14 @@ pub fn distill(
     // The teacher's own painting and its SHA-256: for a style of a network of several (a
     // built-in row), that style's, not the painting the network's run names first.
     let several = teacher.style_count() > 1;
+    let recorded = |k: &str| record.and_then(|t| t.other.get(k)).and_then(|v| v.as_str());
     let (own_painting, own_sha256) = match teacher.styles().as_slice() {
-        [own] if !several => (own.painting.clone(), own.sha256.clone()),
+        [own] if !several => (
+            own.painting.clone(),
+            own.sha256
+                .clone()
+                .or_else(|| recorded("style_sha256").map(str::to_string)),
+        ),
         _ => (None, None),
     };
     if several && req.painting.is_some() {
@@ -449,12 +455,7 @@ pub fn distill(
         painting_sha256: painting.as_ref().map(|(_, s)| s.clone()),
         style_paintings,
     };
-    let painting_name = own_painting.or_else(|| {
-        record
-            .and_then(|t| t.other.get("style"))
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-    });
+    let painting_name = own_painting.or_else(|| recorded("style").map(str::to_string));
     let cfg = TrainConfig {
         arch: network.arch,
         style: painting_name.unwrap_or_else(|| req.teacher.clone()),
