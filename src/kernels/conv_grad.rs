@@ -235,7 +235,7 @@ fn block_grad(
                 },
                 gemm::Parallelism::None,
             );
-            scatter(dcol, dx, ci, k, h, w, ymap, xmap, wo, p0, p1);
+            scatter(g, dcol, dx, ci, k, h, w, ymap, xmap, wo, p0, p1);
         });
     }
 }
@@ -243,6 +243,7 @@ fn block_grad(
 /// col2im: add each patch-matrix entry back onto the input pixel it was gathered from.
 #[allow(clippy::too_many_arguments)]
 fn scatter(
+    g: &ConvGeom,
     dcol: &[f32],
     dx: &mut [f32],
     ci: usize,
@@ -256,19 +257,44 @@ fn scatter(
     p1: usize,
 ) {
     let n = p1 - p0;
+    let plain = g.dilate == 1 && g.upsample == 1;
     for c in 0..ci {
         let plane = &mut dx[c * h * w..(c + 1) * h * w];
         for ky in 0..k {
             for kx in 0..k {
                 let row = &dcol[((c * k + ky) * k + kx) * n..][..n];
-                for (i, &v) in row.iter().enumerate() {
-                    let p = p0 + i;
-                    let (oy, ox) = (p / wo, p % wo);
+                // Run by run along output rows, in the order of the pixels (the sums onto
+                // each input pixel are added in the same order as one pixel at a time).
+                let mut p = p0;
+                while p < p1 {
+                    let (oy, ox0) = (p / wo, p % wo);
+                    let ox1 = wo.min(ox0 + (p1 - p));
+                    let src = &row[p - p0..p - p0 + (ox1 - ox0)];
+                    p += ox1 - ox0;
                     let sy = ymap[oy * k + ky];
-                    let sx = xmap[ox * k + kx];
-                    if sy >= 0 && sx >= 0 {
-                        plane[sy as usize * w + sx as usize] += v;
+                    if sy < 0 {
+                        continue;
                     }
+                    let drow = &mut plane[sy as usize * w..(sy as usize + 1) * w];
+                    let edge = |drow: &mut [f32], vals: &[f32], from: usize| {
+                        for (&v, ox) in vals.iter().zip(from..) {
+                            let sx = xmap[ox * k + kx];
+                            if sx >= 0 {
+                                drow[sx as usize] += v;
+                            }
+                        }
+                    };
+                    if !plain {
+                        edge(drow, src, ox0);
+                        continue;
+                    }
+                    let (lo, hi, s0) = super::geom::interior(g, kx, w, ox0, ox1);
+                    edge(drow, &src[..lo - ox0], ox0);
+                    let mid = &src[lo - ox0..hi - ox0];
+                    for (d, &v) in drow[s0..].iter_mut().step_by(g.stride).zip(mid) {
+                        *d += v;
+                    }
+                    edge(drow, &src[hi - ox0..], hi);
                 }
             }
         }

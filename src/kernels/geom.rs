@@ -230,6 +230,35 @@ impl SendPtr {
     }
 }
 
+/// The output columns `lo..hi` of `ox0..ox1` whose tap `kx` reads a source column inside a
+/// `w`-wide row (no upsampling or dilation): column `ox` reads `stride·ox + kx − pad`, and
+/// `lo` reads `s0`. The columns outside the run read the padding. (An empty run, `lo == hi`,
+/// may lie wholly in the padding; `s0` is then unused.)
+pub(crate) fn interior(
+    g: &ConvGeom,
+    kx: usize,
+    w: usize,
+    ox0: usize,
+    ox1: usize,
+) -> (usize, usize, usize) {
+    let (s, off) = (g.stride as isize, kx as isize - g.pad[2] as isize);
+    // The first column with stride·ox + off ≥ 0 and the first past stride·ox + off ≤ w − 1.
+    let first = (-off).max(0).div_euclid(s) + isize::from((-off).max(0) % s != 0);
+    let end = if w as isize - off <= 0 {
+        0
+    } else {
+        (w as isize - 1 - off).div_euclid(s) + 1
+    };
+    let lo = first.clamp(ox0 as isize, ox1 as isize) as usize;
+    let hi = end.clamp(lo as isize, ox1 as isize) as usize;
+    let s0 = if hi > lo {
+        (s * lo as isize + off) as usize
+    } else {
+        0
+    };
+    (lo, hi, s0)
+}
+
 /// Gather the patch matrix of output pixels `p0..p1`: row `(c, ky, kx)`, one column per
 /// pixel, padding and resampling resolved through the index maps.
 #[allow(clippy::too_many_arguments)]
@@ -248,7 +277,7 @@ pub(crate) fn gather(
 ) {
     let k = g.k;
     let n = p1 - p0;
-    let direct = g.dilate == 1 && g.upsample == 1 && g.stride == 1;
+    let plain = g.dilate == 1 && g.upsample == 1;
     for c in 0..c_in {
         let plane = &x[c * h * w..(c + 1) * h * w];
         for ky in 0..k {
@@ -272,20 +301,21 @@ pub(crate) fn gather(
                                 *d = if sx < 0 { 0.0 } else { src[sx as usize] };
                             }
                         };
-                        if direct {
-                            // Stride 1: output column ox reads source column ox + off inside
-                            // the picture; only the k/2 columns at either edge are padding.
-                            // Copy the interior run, resolve the edges through the map.
-                            let off = kx as isize - g.pad[2] as isize;
-                            let lo = (ox0 as isize).max(-off).min(ox1 as isize) as usize;
-                            let hi = (ox1 as isize).min(w as isize - off).max(lo as isize) as usize;
+                        if plain {
+                            // Output column ox reads source column stride·ox + off inside the
+                            // picture; only the columns at either edge are padding. Copy the
+                            // interior run, resolve the edges through the map.
+                            let (lo, hi, s0) = interior(g, kx, w, ox0, ox1);
                             let (left, rest) = dst.split_at_mut(lo - ox0);
                             let (mid, right) = rest.split_at_mut(hi - lo);
                             scalar(left, ox0);
-                            if hi > lo {
-                                // (An empty run may lie wholly in the padding: no source.)
-                                let s0 = (lo as isize + off) as usize;
-                                mid.copy_from_slice(&src[s0..s0 + (hi - lo)]);
+                            if g.stride == 1 {
+                                mid.copy_from_slice(&src[s0..s0 + mid.len()]);
+                            } else {
+                                for (d, v) in mid.iter_mut().zip(src[s0..].iter().step_by(g.stride))
+                                {
+                                    *d = *v;
+                                }
                             }
                             scalar(right, hi);
                         } else {
@@ -293,6 +323,49 @@ pub(crate) fn gather(
                         }
                     }
                     p += ox1 - ox0;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The interior run is exactly the columns whose source lies inside the row, for every
+    /// stride, pad, tap, width and run of output columns.
+    #[test]
+    fn interior_runs_are_the_columns_that_read_inside_the_row() {
+        for stride in 1..=3 {
+            for pad in 0..=4 {
+                for k in [1usize, 3, 9] {
+                    let g = ConvGeom::simple(k, stride, pad, PadMode::Zero);
+                    for w in 1..=12 {
+                        let wo = (w + 2 * pad).saturating_sub(k) / stride + 1;
+                        for kx in 0..k {
+                            for ox0 in 0..wo {
+                                for ox1 in ox0..=wo {
+                                    let (lo, hi, s0) = interior(&g, kx, w, ox0, ox1);
+                                    let inside = |ox: usize| {
+                                        let sx = (stride * ox + kx) as isize - pad as isize;
+                                        (0..w as isize).contains(&sx)
+                                    };
+                                    assert!(ox0 <= lo && lo <= hi && hi <= ox1);
+                                    for ox in ox0..ox1 {
+                                        assert_eq!(
+                                            (lo..hi).contains(&ox),
+                                            inside(ox),
+                                            "s{stride} p{pad} k{k} w{w} kx{kx} {ox0}..{ox1}: {ox}"
+                                        );
+                                    }
+                                    if hi > lo {
+                                        assert_eq!(s0, stride * lo + kx - pad);
+                                    }
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
