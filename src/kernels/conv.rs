@@ -222,19 +222,39 @@ impl UpsampleConv {
         };
         let mut dw = vec![0.0f32; co * ci * 9];
         let mut db = vec![0.0f32; co];
-        let mut dx: Option<Tensor> = None;
+        // Each parity's pixels of dy as planes of their own, all four in one parallel pass
+        // over dy.
+        let mut dyp: [Tensor; 4] = std::array::from_fn(|_| Tensor::for_overwrite(dy.n, co, h, w));
+        {
+            let [d0, d1, d2, d3] = &mut dyp;
+            dy.data
+                .par_chunks(4 * h * w)
+                .zip(d0.data.par_chunks_mut(h * w))
+                .zip(d1.data.par_chunks_mut(h * w))
+                .zip(d2.data.par_chunks_mut(h * w))
+                .zip(d3.data.par_chunks_mut(h * w))
+                .for_each(|((((src, p0), p1), p2), p3)| {
+                    for i in 0..h {
+                        let (r0, r1) = (
+                            &src[2 * i * 2 * w..][..2 * w],
+                            &src[(2 * i + 1) * 2 * w..][..2 * w],
+                        );
+                        for (rows, (even, odd)) in
+                            [(r0, (&mut *p0, &mut *p1)), (r1, (&mut *p2, &mut *p3))]
+                        {
+                            let (e, o) =
+                                (&mut even[i * w..(i + 1) * w], &mut odd[i * w..(i + 1) * w]);
+                            for (j, pair) in rows.chunks_exact(2).enumerate() {
+                                e[j] = pair[0];
+                                o[j] = pair[1];
+                            }
+                        }
+                    }
+                });
+        }
+        let mut dxs = Vec::with_capacity(4);
         for (p, conv) in self.parity.iter().enumerate() {
             let (a, b) = (p / 2, p % 2);
-            let mut dyp = Tensor::zeros(dy.n, co, h, w);
-            for plane in 0..dy.n * co {
-                let src = &dy.data[plane * 4 * h * w..(plane + 1) * 4 * h * w];
-                let dst = &mut dyp.data[plane * h * w..(plane + 1) * h * w];
-                for i in 0..h {
-                    for j in 0..w {
-                        dst[i * w + j] = src[(2 * i + a) * 2 * w + 2 * j + b];
-                    }
-                }
-            }
             let g = ConvGeom {
                 k: 2,
                 stride: 1,
@@ -243,7 +263,7 @@ impl UpsampleConv {
                 upsample: 1,
                 dilate: 1,
             };
-            let r = conv.backward(&g, x, &dyp, want_dx);
+            let r = conv.backward(&g, x, &dyp[p], want_dx);
             for o in 0..co {
                 for c in 0..ci {
                     for rr in 0..2 {
@@ -259,13 +279,26 @@ impl UpsampleConv {
                 }
             }
             db.iter_mut().zip(&r.db).for_each(|(s, v)| *s += v);
-            if let Some(d) = r.dx {
-                match &mut dx {
-                    None => dx = Some(d),
-                    Some(acc) => acc.data.iter_mut().zip(&d.data).for_each(|(s, v)| *s += v),
-                }
-            }
+            dxs.extend(r.dx);
         }
+        // The parities' input gradients summed in parity order.
+        let dx = (!dxs.is_empty()).then(|| {
+            let mut it = dxs.into_iter();
+            let mut acc = it.next().expect("one parity");
+            let rest: Vec<Tensor> = it.collect();
+            acc.data
+                .par_chunks_mut(1 << 14)
+                .enumerate()
+                .for_each(|(i, chunk)| {
+                    for d in &rest {
+                        chunk
+                            .iter_mut()
+                            .zip(&d.data[i << 14..])
+                            .for_each(|(s, v)| *s += v);
+                    }
+                });
+            acc
+        });
         ConvGrad { dx, dw, db }
     }
 

@@ -609,7 +609,7 @@ impl<B: Backend> Transformer<B> {
 
     /// Forward pass of a batch already on the backend (ordinary instance norm).
     pub fn forward_batch(&self, x: &B::Tensor) -> B::Tensor {
-        self.pass(x, &mut OwnStats, None, false)
+        self.pass(x, &mut OwnStats)
             .expect("own statistics never stop")
     }
 
@@ -623,7 +623,7 @@ impl<B: Backend> Transformer<B> {
         src: &mut dyn StatsSource,
     ) -> Result<Option<Tensor>, DeviceError> {
         assert_eq!(x.n, 1, "forward_with takes one sample");
-        match self.pass(&self.backend.upload_owned(x), src, None, false) {
+        match self.pass(&self.backend.upload_owned(x), src) {
             Some(y) => self.backend.try_download_owned(y).map(Some),
             None => Ok(None),
         }
@@ -644,28 +644,25 @@ impl<B: Backend> Transformer<B> {
         // every gradient by 2.5e-3 against PyTorch's float64 golden, the exact kernels by
         // 6e-6. Training defaults to `precise` (measured: a run on the fast kernels ended
         // 4% higher on held-out photos, docs/performance.md).
-        let y = self
-            .pass(x, &mut OwnStats, Some(&mut tape), precise)
-            .expect("own statistics never stop");
+        let y = self.pass_train(x, &mut tape, precise);
         (y, tape)
     }
 
-    /// The plan's blocks in order, on the backend.
-    fn pass(
-        &self,
-        x: &B::Tensor,
-        src: &mut dyn StatsSource,
-        mut tape: Option<&mut Tape<B>>,
-        precise: bool,
-    ) -> Option<B::Tensor> {
-        assert_eq!(self.backend.dims(x)[1], 3, "the network takes RGB input");
-        let mut h: Option<B::Tensor> = None;
+    /// The training pass: the plan's blocks in order, each conv's input and each norm's x̂
+    /// and 1/σ recorded. Every block's output is moved onto the tape as the next block's
+    /// input and read from there (copying them cost a tenth of this pass at 128² crops).
+    fn pass_train(&self, x: &B::Tensor, t: &mut Tape<B>, precise: bool) -> B::Tensor {
+        let b = &self.backend;
+        assert_eq!(b.dims(x)[1], 3, "the network takes RGB input");
+        let conv = |i: usize, x: &B::Tensor| b.conv_forward(&self.convs[i], x, precise);
+        t.inputs.push(x.clone());
         for block in &self.plan.blocks {
-            let input = h.as_ref().unwrap_or(x);
+            // This block's input: the last tensor on the tape.
+            let input = t.inputs.len() - 1;
             let out = match *block {
-                Block::ConvNormRelu { conv, norm } => {
-                    let mut z = self.conv(conv, input, &mut tape, precise);
-                    self.norm(norm, &mut z, true, None, src, &mut tape)?;
+                Block::ConvNormRelu { conv: c, norm } => {
+                    let mut z = conv(c, &t.inputs[input]);
+                    self.norm_train(norm, &mut z, true, None, t);
                     z
                 }
                 Block::Residual {
@@ -674,20 +671,82 @@ impl<B: Backend> Transformer<B> {
                     conv2,
                     norm2,
                 } => {
-                    let mut a = self.conv(conv1, input, &mut tape, precise);
-                    self.norm(norm1, &mut a, true, None, src, &mut tape)?;
-                    let mut z = self.conv(conv2, &a, &mut tape, precise);
-                    drop(a);
-                    self.norm(norm2, &mut z, false, Some(input), src, &mut tape)?;
+                    let mut a = conv(conv1, &t.inputs[input]);
+                    self.norm_train(norm1, &mut a, true, None, t);
+                    t.inputs.push(a);
+                    let mut z = conv(conv2, &t.inputs[input + 1]);
+                    self.norm_train(norm2, &mut z, false, Some(input), t);
                     z
                 }
-                Block::Output { conv, norm } => {
-                    let mut y = self.conv(conv, input, &mut tape, precise);
+                Block::Output { conv: c, norm } => {
+                    let mut y = conv(c, &t.inputs[input]);
                     if let Some(n) = norm {
-                        self.norm(n, &mut y, false, None, src, &mut tape)?;
+                        self.norm_train(n, &mut y, false, None, t);
                     }
-                    if let Some(t) = tape.as_deref_mut() {
-                        t.pre_output = Some(y.clone());
+                    t.pre_output = Some(y.clone());
+                    b.output(&mut y, self.plan.output);
+                    return y;
+                }
+            };
+            t.inputs.push(out);
+        }
+        unreachable!("a plan ends with its output block")
+    }
+
+    /// Instance norm `i` in training: each sample's own statistics over its whole plane,
+    /// fused ReLU and the residual add (tape input `residual`); x̂ and 1/σ onto the tape.
+    fn norm_train(
+        &self,
+        i: usize,
+        z: &mut B::Tensor,
+        relu: bool,
+        residual: Option<usize>,
+        t: &mut Tape<B>,
+    ) {
+        let layer = &self.plan.norms[i];
+        let (gamma, beta) = (
+            &self.dev[layer.scale[self.style]],
+            &self.dev[layer.shift[self.style]],
+        );
+        let residual = residual.map(|r| &t.inputs[r]);
+        let (xhat, inv) =
+            self.backend
+                .norm_train(z, self.plan.norm_eps, gamma, beta, relu, residual);
+        t.xhat.push(xhat);
+        t.inv_std.push(inv);
+    }
+
+    /// The plan's blocks in order, on the backend, on the fast kernels (inference).
+    fn pass(&self, x: &B::Tensor, src: &mut dyn StatsSource) -> Option<B::Tensor> {
+        assert_eq!(self.backend.dims(x)[1], 3, "the network takes RGB input");
+        let mut h: Option<B::Tensor> = None;
+        for block in &self.plan.blocks {
+            let input = h.as_ref().unwrap_or(x);
+            let conv =
+                |i: usize, x: &B::Tensor| self.backend.conv_forward(&self.convs[i], x, false);
+            let out = match *block {
+                Block::ConvNormRelu { conv: c, norm } => {
+                    let mut z = conv(c, input);
+                    self.norm(norm, &mut z, true, None, src)?;
+                    z
+                }
+                Block::Residual {
+                    conv1,
+                    norm1,
+                    conv2,
+                    norm2,
+                } => {
+                    let mut a = conv(conv1, input);
+                    self.norm(norm1, &mut a, true, None, src)?;
+                    let mut z = conv(conv2, &a);
+                    drop(a);
+                    self.norm(norm2, &mut z, false, Some(input), src)?;
+                    z
+                }
+                Block::Output { conv: c, norm } => {
+                    let mut y = conv(c, input);
+                    if let Some(n) = norm {
+                        self.norm(n, &mut y, false, None, src)?;
                     }
                     self.backend.output(&mut y, self.plan.output);
                     y
@@ -698,21 +757,8 @@ impl<B: Backend> Transformer<B> {
         h
     }
 
-    fn conv(
-        &self,
-        i: usize,
-        x: &B::Tensor,
-        tape: &mut Option<&mut Tape<B>>,
-        precise: bool,
-    ) -> B::Tensor {
-        if let Some(t) = tape.as_deref_mut() {
-            t.inputs.push(x.clone());
-        }
-        self.backend.conv_forward(&self.convs[i], x, precise)
-    }
-
     /// Instance norm `i` of every sample, with statistics from `src`; fused ReLU and
-    /// residual add. Records x̂ and 1/σ when taping.
+    /// residual add.
     fn norm(
         &self,
         i: usize,
@@ -720,7 +766,6 @@ impl<B: Backend> Transformer<B> {
         relu: bool,
         residual: Option<&B::Tensor>,
         src: &mut dyn StatsSource,
-        tape: &mut Option<&mut Tape<B>>,
     ) -> Option<()> {
         let b = &self.backend;
         let [n, c, h, w] = b.dims(z);
@@ -729,19 +774,6 @@ impl<B: Backend> Transformer<B> {
             &self.dev[layer.scale[self.style]],
             &self.dev[layer.shift[self.style]],
         );
-        // Training: each sample's own statistics over its whole plane; x̂ and 1/σ are kept
-        // for the backward pass, on the backend.
-        if let Some(t) = tape.as_deref_mut() {
-            assert_eq!(
-                src.own_region(i, h, w),
-                Some(((0, h), (0, w))),
-                "a taped pass normalises with each plane's own statistics"
-            );
-            let (xhat, inv) = b.norm_train(z, self.plan.norm_eps, gamma, beta, relu, residual);
-            t.xhat.push(xhat);
-            t.inv_std.push(inv);
-            return Some(());
-        }
         // Statistics that are the activation's own moments over a rectangle are computed
         // and applied where the activation lives (no readback on a GPU).
         if let Some(region) = src.own_region(i, h, w) {
