@@ -36,17 +36,22 @@ impl Moments {
 
     /// Mean and 1/sqrt(biased variance + eps) per channel.
     pub fn stats(&self, eps: f64) -> NormStats {
-        let n = self.count.max(1) as f64;
-        let mut mean = Vec::with_capacity(self.sum.len());
-        let mut inv_std = Vec::with_capacity(self.sum.len());
-        for (s, q) in self.sum.iter().zip(&self.sumsq) {
-            let m = s / n;
-            let var = (q / n - m * m).max(0.0);
-            mean.push(m as f32);
-            inv_std.push((1.0 / (var + eps).sqrt()) as f32);
-        }
+        let (mean, inv_std) = self
+            .sum
+            .iter()
+            .zip(&self.sumsq)
+            .map(|(&s, &q)| channel_stats(s, q, self.count, eps))
+            .unzip();
         NormStats { mean, inv_std }
     }
+}
+
+/// Mean and 1/sqrt(biased variance + eps) of one channel from its Σx, Σx² and count.
+pub fn channel_stats(sum: f64, sumsq: f64, count: u64, eps: f64) -> (f32, f32) {
+    let n = count.max(1) as f64;
+    let m = sum / n;
+    let var = (sumsq / n - m * m).max(0.0);
+    (m as f32, (1.0 / (var + eps).sqrt()) as f32)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -60,6 +65,38 @@ const LANES: usize = 16;
 /// Lanes of the float64 sums in [`backward`].
 const LANES64: usize = 8;
 
+/// Σx and Σx² (f64) of the rectangle `rows × cols` of one plane `w` wide.
+pub fn plane_sums(
+    plane: &[f32],
+    w: usize,
+    rows: (usize, usize),
+    cols: (usize, usize),
+) -> (f64, f64) {
+    let (mut s, mut q) = (0.0f64, 0.0f64);
+    for y in rows.0..rows.1 {
+        let row = &plane[y * w + cols.0..y * w + cols.1];
+        // f32 partial sums over short runs in fixed lanes (independent chains that
+        // vectorise, the same on every ISA), f64 across them.
+        for chunk in row.chunks(64) {
+            let (mut ps, mut pq) = ([0.0f32; LANES], [0.0f32; LANES]);
+            let mut vs = chunk.chunks_exact(LANES);
+            for v in &mut vs {
+                for l in 0..LANES {
+                    ps[l] += v[l];
+                    pq[l] += v[l] * v[l];
+                }
+            }
+            for (l, &v) in vs.remainder().iter().enumerate() {
+                ps[l] += v;
+                pq[l] += v * v;
+            }
+            s += ps.iter().sum::<f32>() as f64;
+            q += pq.iter().sum::<f32>() as f64;
+        }
+    }
+    (s, q)
+}
+
 /// Moments of the rectangle `[y0,y1)×[x0,x1)` of each of the `c` planes of `h×w` in `x`.
 pub fn moments_region(
     x: &[f32],
@@ -71,32 +108,7 @@ pub fn moments_region(
 ) -> Moments {
     let per: Vec<(f64, f64)> = (0..c)
         .into_par_iter()
-        .map(|ch| {
-            let plane = &x[ch * h * w..(ch + 1) * h * w];
-            let (mut s, mut q) = (0.0f64, 0.0f64);
-            for y in rows.0..rows.1 {
-                let row = &plane[y * w + cols.0..y * w + cols.1];
-                // f32 partial sums over short runs in fixed lanes (independent chains that
-                // vectorise, the same on every ISA), f64 across them.
-                for chunk in row.chunks(64) {
-                    let (mut ps, mut pq) = ([0.0f32; LANES], [0.0f32; LANES]);
-                    let mut vs = chunk.chunks_exact(LANES);
-                    for v in &mut vs {
-                        for l in 0..LANES {
-                            ps[l] += v[l];
-                            pq[l] += v[l] * v[l];
-                        }
-                    }
-                    for (l, &v) in vs.remainder().iter().enumerate() {
-                        ps[l] += v;
-                        pq[l] += v * v;
-                    }
-                    s += ps.iter().sum::<f32>() as f64;
-                    q += pq.iter().sum::<f32>() as f64;
-                }
-            }
-            (s, q)
-        })
+        .map(|ch| plane_sums(&x[ch * h * w..(ch + 1) * h * w], w, rows, cols))
         .collect();
     Moments {
         sum: per.iter().map(|p| p.0).collect(),
@@ -126,27 +138,124 @@ pub fn apply(
         .take(c)
         .enumerate()
         .for_each(|(ch, plane)| {
-            let scale = gamma[ch] * st.inv_std[ch];
-            let shift = beta[ch] - st.mean[ch] * scale;
-            match (relu, residual) {
-                (false, None) => plane.iter_mut().for_each(|v| *v = *v * scale + shift),
-                (true, None) => plane
-                    .iter_mut()
-                    .for_each(|v| *v = (*v * scale + shift).max(0.0)),
-                (r, Some(res)) => {
-                    let res = &res[ch * hw..(ch + 1) * hw];
-                    for (v, &a) in plane.iter_mut().zip(res) {
-                        let y = *v * scale + shift;
-                        *v = a + if r { y.max(0.0) } else { y };
-                    }
-                }
+            let res = residual.map(|r| &r[ch * hw..(ch + 1) * hw]);
+            apply_plane(
+                plane,
+                st.mean[ch],
+                st.inv_std[ch],
+                gamma[ch],
+                beta[ch],
+                relu,
+                res,
+            );
+        });
+}
+
+/// [`apply`] on one channel's plane.
+#[inline]
+fn apply_plane(
+    plane: &mut [f32],
+    mean: f32,
+    inv_std: f32,
+    gamma: f32,
+    beta: f32,
+    relu: bool,
+    residual: Option<&[f32]>,
+) {
+    let scale = gamma * inv_std;
+    let shift = beta - mean * scale;
+    match (relu, residual) {
+        (false, None) => plane.iter_mut().for_each(|v| *v = *v * scale + shift),
+        (true, None) => plane
+            .iter_mut()
+            .for_each(|v| *v = (*v * scale + shift).max(0.0)),
+        (r, Some(res)) => {
+            for (v, &a) in plane.iter_mut().zip(res) {
+                let y = *v * scale + shift;
+                *v = a + if r { y.max(0.0) } else { y };
             }
+        }
+    }
+}
+
+/// Training's instance norm of every plane of a batch (`n·c` planes of `h × w`) in one
+/// parallel pass: each plane's own statistics, x̂ into `xhat`, `γ·x̂ + β` (ReLU, `+ residual`)
+/// in place, each plane's 1/σ into `inv_std`. The same sums and arithmetic as [`moments_region`]
+/// and [`apply`] (x̂ is `apply` with γ = 1, β = 0), bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    x: &mut [f32],
+    xhat: &mut [f32],
+    inv_std: &mut [f32],
+    c: usize,
+    (h, w): (usize, usize),
+    eps: f64,
+    gamma: &[f32],
+    beta: &[f32],
+    relu: bool,
+    residual: Option<&[f32]>,
+) {
+    let hw = h * w;
+    x.par_chunks_mut(hw)
+        .zip(xhat.par_chunks_mut(hw))
+        .zip(inv_std.par_iter_mut())
+        .enumerate()
+        .for_each(|(i, ((plane, xh), inv))| {
+            let (s, q) = plane_sums(plane, w, (0, h), (0, w));
+            let (mean, is) = channel_stats(s, q, hw as u64, eps);
+            *inv = is;
+            xh.copy_from_slice(plane);
+            apply_plane(xh, mean, is, 1.0, 0.0, false, None);
+            let ch = i % c;
+            let res = residual.map(|r| &r[i * hw..(i + 1) * hw]);
+            apply_plane(plane, mean, is, gamma[ch], beta[ch], relu, res);
         });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Training's one-pass norm gives the bits of the statistics-then-apply path (x̂ as
+    /// `apply` with γ = 1, β = 0), with and without ReLU and the residual add.
+    #[test]
+    fn the_training_pass_equals_moments_then_apply_bit_for_bit() {
+        let mut r = crate::rng::Rng::new(3);
+        let (n, c, h, w) = (3usize, 5usize, 7usize, 37usize);
+        let hw = h * w;
+        let mut v = |len: usize| (0..len).map(|_| r.f32() * 4.0 - 1.0).collect::<Vec<f32>>();
+        let (x, res, gamma, beta) = (v(n * c * hw), v(n * c * hw), v(c), v(c));
+        let bits = |a: &[f32]| a.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        for relu in [false, true] {
+            for residual in [None, Some(res.as_slice())] {
+                let (mut y, mut xhat, mut inv) = (x.clone(), vec![0.0; x.len()], vec![0.0; n * c]);
+                train(
+                    &mut y,
+                    &mut xhat,
+                    &mut inv,
+                    c,
+                    (h, w),
+                    1e-5,
+                    &gamma,
+                    &beta,
+                    relu,
+                    residual,
+                );
+                for s in 0..n {
+                    let plane = |a: &[f32]| a[s * c * hw..(s + 1) * c * hw].to_vec();
+                    let st = moments_region(&plane(&x), c, h, w, (0, h), (0, w)).stats(1e-5);
+                    let (mut want, mut want_hat) = (plane(&x), plane(&x));
+                    let ones = vec![1.0; c];
+                    apply(&mut want_hat, c, hw, &st, &ones, &vec![0.0; c], false, None);
+                    let rs = residual.map(plane);
+                    apply(&mut want, c, hw, &st, &gamma, &beta, relu, rs.as_deref());
+                    assert_eq!(bits(&plane(&y)), bits(&want), "relu {relu}");
+                    assert_eq!(bits(&plane(&xhat)), bits(&want_hat));
+                    assert_eq!(bits(&inv[s * c..(s + 1) * c]), bits(&st.inv_std));
+                }
+            }
+        }
+    }
 
     #[test]
     fn moments_are_accurate_on_large_planes() {
