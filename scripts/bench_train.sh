@@ -30,19 +30,19 @@ VENV="$(scripts/bench-venv.sh >/dev/null; echo target/bench-venv)"
 "$VENV/bin/python" -c 'import torch' 2>/dev/null || "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch
 rss() { grep "Maximum resident" "$1" | awk '{printf "%.2f GB", $6/1e6}'; }
 /usr/bin/time -v "$BIN" bench --train --threads "$THREADS" --vgg "$VGG" --sizes "$SIZE" --batch 4 --runs "$RUNS" --json > /tmp/impasto_train.json 2> /tmp/impasto_train.time
-/usr/bin/time -v "$BIN" bench --train --fast --threads "$THREADS" --vgg "$VGG" --sizes "$SIZE" --batch 4 --runs "$RUNS" --json > /tmp/impasto_fast.json 2> /tmp/impasto_fast.time
+/usr/bin/time -v "$BIN" bench --train --exact --threads "$THREADS" --vgg "$VGG" --sizes "$SIZE" --batch 4 --runs "$RUNS" --json > /tmp/impasto_exact.json 2> /tmp/impasto_exact.time
 /usr/bin/time -v "$VENV/bin/python" scripts/bench_train.py --vgg "$VGG" --size "$SIZE" --runs "$RUNS" --threads "$THREADS" > /tmp/torch_train.json 2> /tmp/torch_train.time
 grep -m1 'model name' /proc/cpuinfo || true
 echo "flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx|fma|amx)' | tr '\n' ' ')"
 echo "training step, batch 4 at ${SIZE}², $THREADS threads, median of $RUNS, code paths: $ISA"
-python3 - "$(rss /tmp/impasto_train.time)" "$(rss /tmp/impasto_fast.time)" "$(rss /tmp/torch_train.time)" <<'PY'
+python3 - "$(rss /tmp/impasto_train.time)" "$(rss /tmp/impasto_exact.time)" "$(rss /tmp/torch_train.time)" <<'PY'
 import json, sys
-a = json.load(open("/tmp/impasto_train.json")); p = json.load(open("/tmp/impasto_fast.json"))
+a = json.load(open("/tmp/impasto_train.json")); p = json.load(open("/tmp/impasto_exact.json"))
 b = json.load(open("/tmp/torch_train.json"))
 print("| engine | ms/step (median) | img/s | peak RSS |")
 print("|---|---|---|---|")
 print(f"| impasto | {a['median_ms']:.0f} | {a['img_per_s']:.2f} | {sys.argv[1]} |")
-print(f"| impasto --fast | {p['median_ms']:.0f} | {p['img_per_s']:.2f} | {sys.argv[2]} |")
+print(f"| impasto --exact | {p['median_ms']:.0f} | {p['img_per_s']:.2f} | {sys.argv[2]} |")
 print(f"| {b['engine']} | {b['median_ms']:.0f} | {b['img_per_s']:.2f} | {sys.argv[3]} |")
-print(f"\nimpasto / pytorch time: {a['median_ms']/b['median_ms']:.2f}× (--fast: {p['median_ms']/b['median_ms']:.2f}×)")
+print(f"\nimpasto / pytorch time: {a['median_ms']/b['median_ms']:.2f}× (--exact: {p['median_ms']/b['median_ms']:.2f}×)")
 PY

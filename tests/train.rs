@@ -354,23 +354,41 @@ fn optimize_writes_a_stylized_image_and_lowers_the_loss() {
 
 /// `--resume` with another `--data` folder is refused (the position in
 /// the data would mean nothing), and `--steps 0` is refused before any work.
-/// `--fast` trains on the fast kernels (Winograd, direct), the default on the exact ones:
-/// the two runs differ, each records its choice, and a resumed run keeps its checkpoint's
-/// kernels whatever the new command says, so it still ends bit for bit where the
-/// uninterrupted run did.
+/// The default trains on the fast kernels (Winograd, direct), `--exact` on the exact ones
+/// (`--fast`, kept from when the fast ones were a choice, is the default): the runs differ,
+/// each records its choice, and a resumed run keeps its checkpoint's kernels whatever the
+/// new command says, so it still ends bit for bit where the uninterrupted run did.
 #[test]
 fn a_resumed_run_keeps_the_kernels_of_its_checkpoint() {
     let Some(s) = setup("a_resumed_run_keeps_the_kernels_of_its_checkpoint") else {
         return;
     };
     let steps = 6;
-    let (fast, exact) = (s.root.join("f.safetensors"), s.root.join("e.safetensors"));
-    for (out, extra) in [(&fast, &["--fast"][..]), (&exact, &[][..])] {
+    let (fast, exact, flag) = (
+        s.root.join("f.safetensors"),
+        s.root.join("e.safetensors"),
+        s.root.join("ff.safetensors"),
+    );
+    for (out, extra) in [
+        (&fast, &[][..]),
+        (&exact, &["--exact"][..]),
+        (&flag, &["--fast"][..]),
+    ] {
         let o = train_cmd(&s, out, steps, extra).output().unwrap();
         assert!(o.status.success(), "{}", stderr(&o));
     }
-    let want = weights(&fast);
-    assert_ne!(weights(&exact), want, "--fast changed nothing");
+    let want = weights(&exact);
+    assert_ne!(weights(&fast), want, "--exact changed nothing");
+    assert_eq!(weights(&flag), weights(&fast), "--fast is not the default");
+    let o = train_cmd(
+        &s,
+        &s.root.join("x.safetensors"),
+        steps,
+        &["--fast", "--exact"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     for (out, precise) in [(&fast, false), (&exact, true)] {
         let m = impasto::model::Transformer::load(out).unwrap();
         let prov: serde_json::Value =
@@ -379,12 +397,12 @@ fn a_resumed_run_keeps_the_kernels_of_its_checkpoint() {
     }
     let b = s.root.join("b.safetensors");
     let ckpt = s.root.join("b.ckpt.safetensors");
-    let status = interrupt_after_checkpoint(train_cmd(&s, &b, steps, &["--fast"]), &ckpt, "-INT");
+    let status = interrupt_after_checkpoint(train_cmd(&s, &b, steps, &["--exact"]), &ckpt, "-INT");
     assert_eq!(status.code(), Some(130));
     let o = train_cmd(&s, &b, steps, &["--resume"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("the checkpoint was made with the fast (--fast) kernels"),
+        stderr(&o).contains("the checkpoint was made with the exact (--exact) kernels"),
         "{}",
         stderr(&o)
     );

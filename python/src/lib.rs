@@ -582,7 +582,7 @@ impl impasto::train::trainer::Observer for Progress {
 #[pyo3(signature = (style, data, output, steps = None, epochs = None, batch_size = None, image_size = None,
     style_size = None, lr = None, content_weight = None, style_weight = None, tv_weight = None,
     arch = "johnson", seed = None, checkpoint_every = None, val = None, resume = false, vgg = None,
-    half = false, on_progress = None, device = None, base = None, fast = false, style_weights = None, balance = true))]
+    half = false, on_progress = None, device = None, base = None, fast = true, style_weights = None, balance = true))]
 #[allow(clippy::too_many_arguments)]
 fn train(
     py: Python<'_>,

@@ -33,9 +33,9 @@ pub struct Args {
     /// VGG16 weights for --train.
     #[arg(long)]
     vgg: Option<PathBuf>,
-    /// With --train: the fast kernels in the network's forward pass (`train --fast`).
+    /// With --train: the exact kernels in the network's forward pass (`train --exact`).
     #[arg(long, requires = "train")]
-    fast: bool,
+    exact: bool,
     /// Time the server's live pipeline instead (JPEG decode, stylize with blended
     /// statistics, JPEG encode, as one WebSocket frame) on the shipped photo scaled to each
     /// WxH, e.g. `--frames 320x240,640x480`; `--model` may be a built-in style name.
@@ -246,7 +246,7 @@ fn train(a: Args) -> Result<i32> {
         let x = device.upload(&x);
         // A step as `train` runs it: the losses and the gradients' finiteness read back once.
         let mut run = || -> Result<()> {
-            let (l, g) = loss_and_grads(&model, &vgg, &target, &cfg, &x, !a.fast);
+            let (l, g) = loss_and_grads(&model, &vgg, &target, &cfg, &x, a.exact);
             l.read(&device, &g.sum_squares(&device))?;
             apply(&mut model, &mut opt, &g);
             Ok(())

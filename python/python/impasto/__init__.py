@@ -172,9 +172,10 @@ def train(
     on_progress=None,
     device=None,
     base=None,
-    fast=False,
+    exact=False,
     style_weights=None,
     balance=True,
+    fast=None,
 ):
     """Train a style from a painting on a folder of photos (``impasto train``).
 
@@ -182,7 +183,10 @@ def train(
     train one network of several styles (names default to the files' stems). ``base``
     (a model file or built-in name) adds the styles to that model: only their norm rows
     train (at ``lr`` 1e-2 unless given) and the output holds its styles and the new ones.
-    ``fast=True`` runs the network's forward pass on the fast kernels (``--fast``).
+    ``exact=True`` (``--exact``) runs the network's forward pass on the exact kernels (the
+    ones the PyTorch golden checks) instead of the fast ones inference uses, the default;
+    ``fast`` is the opposite switch kept for scripts written when the fast ones were a
+    choice (``fast=False`` means ``exact=True``).
     ``style_weights`` (a dict ``{name: weight}``, ``--style-weights``) gives paintings of a
     run of several styles their own style weight; the others take ``style_weight``.
     ``balance=False`` (``--no-balance``) lets each style's gradients reach the shared weights
@@ -212,12 +216,14 @@ def train(
         styles = [str(style)]
     if style_weights is not None and not isinstance(style_weights, dict):
         raise TypeError(f"style_weights must be a dict {{name: weight}}, got {style_weights!r}")
+    if fast is not None:
+        exact = not fast
     sw = None if style_weights is None else [(str(k), float(v)) for k, v in style_weights.items()]
     try:
         outcome, step, messages, checkpoint, metrics = _impasto.train(
             styles, str(data), str(output), steps, epochs, batch_size, image_size,
             style_size, lr, content_weight, style_weight, tv_weight, arch, seed,
-            checkpoint_every, p(val), resume, p(vgg), half, on_progress, device, p(base), fast,
+            checkpoint_every, p(val), resume, p(vgg), half, on_progress, device, p(base), not exact,
             sw, bool(balance),
         )
     except OverflowError as e:

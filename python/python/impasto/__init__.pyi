@@ -55,9 +55,10 @@ def train(
     on_progress: Optional[Callable[[Dict[str, float]], Any]] = ...,
     device: Optional[str] = ...,
     base: Optional[StrPath] = ...,
-    fast: bool = ...,
+    exact: bool = ...,
     style_weights: Optional[Dict[str, float]] = ...,
     balance: bool = ...,
+    fast: Optional[bool] = ...,
 ) -> Dict[str, Any]: ...
 
 def devices() -> Dict[str, Any]: ...

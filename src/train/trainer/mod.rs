@@ -76,7 +76,7 @@ pub struct TrainConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseRecord>,
     /// The transformer's forward pass ran on the exact kernels rather than the fast ones
-    /// (`--fast`). Runs from before the setting existed were all precise.
+    /// (`--exact`). Runs from before the setting existed were all precise.
     #[serde(default = "precise_before_the_setting")]
     pub precise: bool,
     /// A run of several styles scales each batch's loss so that every style's gradients
@@ -429,7 +429,7 @@ pub fn train(
         Some(ck) if ck.config.precise != cfg.precise || ck.config.balance != cfg.balance => {
             let (c, kernels, balanced) = (
                 &ck.config,
-                ["the fast (--fast)", "the exact"],
+                ["the fast", "the exact (--exact)"],
                 ["did not balance", "balanced"],
             );
             if c.precise != cfg.precise {
