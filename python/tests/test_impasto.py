@@ -1,5 +1,6 @@
 """The Python package end to end: numpy in/out, PIL, errors, threads, the CLI's pixels."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -239,6 +240,29 @@ def test_a_short_train_run_reports_progress_and_resumes(tmp_path):
     assert steps[0] >= 2 and steps[-1] == 4, steps
     with pytest.raises(ValueError, match="image_size"):
         impasto.train(style, photos, tmp_path / "x.safetensors", image_size=30, vgg=vgg)
+
+
+def test_training_runs_on_the_fast_kernels_unless_asked_for_the_exact_ones(tmp_path):
+    vgg = SHARED / "weights" / "vgg16_caffe_relu4_3.safetensors"
+    photos = SHARED / "data" / "photos" / "val"
+    style = SHARED / "data" / "styles" / "great_wave.jpg"
+    if not (vgg.exists() and photos.exists() and style.exists()):
+        skip(f"needs {SHARED} (VGG16 weights, photos, styles)")
+
+    def precise(path):
+        # The run's provenance, from the safetensors header: `train.precise`.
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            meta = json.loads(f.read(n))["__metadata__"]
+        return json.loads(meta["impasto.provenance"])["train"]["precise"]
+
+    runs = {"default": {}, "exact": {"exact": True}, "fast_false": {"fast": False}, "fast": {"fast": True}}
+    for name, kw in runs.items():
+        out = tmp_path / f"{name}.safetensors"
+        r = impasto.train(style, photos, out, steps=2, batch_size=1, image_size=32, style_size=64,
+                          vgg=vgg, **kw)
+        assert r["outcome"] == "finished"
+        assert precise(out) is (name in ("exact", "fast_false")), name
 
 
 def test_a_model_of_several_styles_trains_lists_and_mixes(tmp_path):

@@ -238,8 +238,8 @@ impl Backend for Cpu {
         relu: bool,
         residual: Option<&Tensor>,
     ) -> (Tensor, Tensor) {
-        // One parallel pass over the batch's planes (the default's copy and per-sample
-        // passes cost a fifth of the transformer's training forward pass at 128²).
+        // One parallel pass over the batch's planes, not the default's copy of x and three
+        // passes per sample, each its own fork-join.
         let (n, c, h, w) = (x.n, x.c, x.h, x.w);
         let mut xhat = Tensor::for_overwrite(n, c, h, w);
         let mut inv = Tensor::for_overwrite(n, c, 1, 1);
