@@ -58,35 +58,53 @@ impl Winograd {
         ];
         let (ci, co) = (conv.c_in, conv.c_out);
         // G g Gᵀ for each output channel in parallel (the training pass transforms the
-        // residual blocks' flipped kernels anew every step), then laid out as [36][co][ci].
-        let per_out: Vec<Vec<f32>> = (0..co)
-            .into_par_iter()
-            .map(|o| {
-                let mut u = vec![0.0f32; 36 * ci];
+        // residual blocks' kernels anew every step), written straight into the
+        // [36][co][ci] layout. The input channels run in lanes (f64, which vectorises),
+        // each element's products summed in the order `k = 0, 1, 2`.
+        let mut v = vec![0.0f32; 36 * co * ci];
+        let vp = SendPtr::new(v.as_mut_ptr());
+        (0..co).into_par_iter().for_each_init(
+            || vec![0.0f64; 27 * ci],
+            |buf, o| {
+                // g[k][j] and t[i][j] = Σ_k G[i][k]·g[k][j], each a row of ci lanes.
+                let (g, t) = buf.split_at_mut(9 * ci);
                 for c in 0..ci {
-                    let g = &conv.weight[(o * ci + c) * 9..][..9];
-                    let mut t = [[0.0f64; 3]; 6];
-                    for i in 0..6 {
-                        for j in 0..3 {
-                            t[i][j] = (0..3).map(|k| G[i][k] * g[k * 3 + j] as f64).sum();
-                        }
+                    for (k, &wk) in conv.weight[(o * ci + c) * 9..][..9].iter().enumerate() {
+                        g[k * ci + c] = wk as f64;
                     }
-                    for i in 0..6 {
-                        for j in 0..6 {
-                            let e: f64 = (0..3).map(|k| t[i][k] * G[j][k]).sum();
-                            u[(i * 6 + j) * ci + c] = e as f32;
+                }
+                for i in 0..6 {
+                    for j in 0..3 {
+                        let (g0, g1, g2) =
+                            (lanes(g, ci, j), lanes(g, ci, 3 + j), lanes(g, ci, 6 + j));
+                        let ti = &mut t[(i * 3 + j) * ci..][..ci];
+                        for c in 0..ci {
+                            ti[c] = G[i][0] * g0[c] + G[i][1] * g1[c] + G[i][2] * g2[c];
                         }
                     }
                 }
-                u
-            })
-            .collect();
-        let mut v = vec![0.0f32; 36 * co * ci];
-        for (o, u) in per_out.iter().enumerate() {
-            for ij in 0..36 {
-                v[(ij * co + o) * ci..][..ci].copy_from_slice(&u[ij * ci..][..ci]);
-            }
-        }
+                for i in 0..6 {
+                    let (t0, t1, t2) = (
+                        lanes(t, ci, i * 3),
+                        lanes(t, ci, i * 3 + 1),
+                        lanes(t, ci, i * 3 + 2),
+                    );
+                    for (j, gj) in G.iter().enumerate() {
+                        // SAFETY: row (i·6 + j, o) of `v` lies inside it and only this task
+                        // (output channel o) writes it.
+                        let out = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                vp.get().add(((i * 6 + j) * co + o) * ci),
+                                ci,
+                            )
+                        };
+                        for c in 0..ci {
+                            out[c] = (t0[c] * gj[0] + t1[c] * gj[1] + t2[c] * gj[2]) as f32;
+                        }
+                    }
+                }
+            },
+        );
         Winograd {
             c_in: ci,
             c_out: co,
@@ -133,6 +151,11 @@ impl Winograd {
         crate::tensor::recycle(xp);
         out
     }
+}
+
+/// Row `r` of `n` lanes.
+fn lanes(a: &[f64], n: usize, r: usize) -> &[f64] {
+    &a[r * n..(r + 1) * n]
 }
 
 /// Tiles per block for `tiles` tiles of a layer with `c_in · c_out = weights`, up to [`TB`]:
