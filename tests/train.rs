@@ -352,9 +352,8 @@ fn optimize_writes_a_stylized_image_and_lowers_the_loss() {
     assert_eq!(img.width().max(img.height()), 48);
 }
 
-/// `--resume` with another `--data` folder is refused (the position in
-/// the data would mean nothing), and `--steps 0` is refused before any work.
-/// The default trains on the fast kernels (Winograd, direct), `--exact` on the exact ones
+/// The default trains on the fast kernels (Winograd, direct, a bf16 loss network on AMX),
+/// `--exact` on the exact ones
 /// (`--fast`, kept from when the fast ones were a choice, is the default): the runs differ,
 /// each records its choice, and a resumed run keeps its checkpoint's kernels whatever the
 /// new command says, so it still ends bit for bit where the uninterrupted run did.
@@ -394,6 +393,11 @@ fn a_resumed_run_keeps_the_kernels_of_its_checkpoint() {
         let prov: serde_json::Value =
             serde_json::from_str(&m.metadata["impasto.provenance"]).unwrap();
         assert_eq!(prov["train"]["precise"], precise, "{}", out.display());
+        // The fast kernels' loss network multiplies in bf16 where the CPU has AMX.
+        use impasto::backend::Backend;
+        let bf16 = !precise && impasto::backend::Cpu.bf16_products();
+        let products = prov["train"]["loss_network_products"].as_str();
+        assert_eq!(products, bf16.then_some("bf16"), "{}", out.display());
     }
     let b = s.root.join("b.safetensors");
     let ckpt = s.root.join("b.ckpt.safetensors");
@@ -413,6 +417,8 @@ fn a_resumed_run_keeps_the_kernels_of_its_checkpoint() {
     );
 }
 
+/// `--resume` with another `--data` folder is refused (the position in
+/// the data would mean nothing), and `--steps 0` is refused before any work.
 #[test]
 fn resume_refuses_another_data_folder() {
     let Some(s) = setup("resume_refuses_another_data_folder") else {
@@ -487,7 +493,11 @@ fn training_on_the_gpu_follows_the_cpu_and_resumes_exactly() {
     let mut runs = Vec::new();
     for device in ["cpu", "gpu"] {
         let out = s.root.join(format!("{device}.safetensors"));
-        let o = cmd(&out, device, &[]).output().unwrap();
+        let mut c = cmd(&out, device, &[]);
+        // The GPU's loss network multiplies in f32: so does the CPU's here (on a CPU with
+        // AMX its default would be bf16 products).
+        c.env("IMPASTO_NO_AMX", "1");
+        let o = c.output().unwrap();
         assert!(o.status.success(), "{device}: {}", stderr(&o));
         if device == "gpu" {
             assert!(stderr(&o).contains("running on gpu"), "{}", stderr(&o));

@@ -5,6 +5,7 @@
 use super::{
     host, vector, AdamStep, Backend, ConvGrads, ConvSpec, DeviceError, OutputFn, Resample,
 };
+use crate::kernels::amx::{self, Bf16Conv};
 use crate::kernels::conv::{flip_transpose, SubPixel, UpsampleConv};
 use crate::kernels::norm::{self, Moments, NormStats};
 use crate::kernels::{pool, Conv2d, ConvGeom, Strided};
@@ -25,6 +26,10 @@ pub struct CpuConv {
     up: Option<UpsampleConv>,
     /// The transposed convolution that computes the input gradient (frozen layers).
     grad: OnceLock<Conv2d>,
+    /// The layer, and its input gradient's layer, on AMX tiles (frozen layers in fast
+    /// training, on CPUs that have AMX); `None` where the channels are not whole tiles.
+    bf16: OnceLock<Option<Bf16Conv>>,
+    bf16_grad: OnceLock<Option<Bf16Conv>>,
 }
 
 fn prepare(spec: &ConvSpec, w: &[f32], b: Option<&[f32]>) -> (Conv2d, Option<UpsampleConv>) {
@@ -68,6 +73,23 @@ fn timed<R>(f: impl FnOnce() -> R, what: impl FnOnce(&R) -> String) -> R {
 impl CpuConv {
     fn geom(&self, x: &Tensor) -> ConvGeom {
         self.spec.geom(x.h, x.w)
+    }
+
+    /// A stride-1 zero-padded "same" layer (on an `h × w` input): its input gradient is the
+    /// forward pass of the flipped, transposed kernel.
+    fn same(&self, h: usize, w: usize) -> bool {
+        let g = self.spec.geom(h, w);
+        self.spec.resample == Resample::None
+            && g.stride == 1
+            && g.upsample == 1
+            && g.dilate == 1
+            && g.mode == crate::kernels::PadMode::Zero
+            && g.pad == [self.spec.k / 2; 4]
+    }
+
+    fn transposed(&self) -> &Conv2d {
+        self.grad
+            .get_or_init(|| self.conv.transposed_for_grad(self.spec.k))
     }
 }
 
@@ -119,6 +141,8 @@ impl Backend for Cpu {
             conv,
             up,
             grad: OnceLock::new(),
+            bf16: OnceLock::new(),
+            bf16_grad: OnceLock::new(),
         }
     }
 
@@ -127,6 +151,8 @@ impl Backend for Cpu {
         c.conv = conv;
         c.up = up;
         c.grad = OnceLock::new();
+        c.bf16 = OnceLock::new();
+        c.bf16_grad = OnceLock::new();
     }
 
     fn conv_forward(&self, c: &CpuConv, x: &Tensor, precise: bool) -> Tensor {
@@ -171,16 +197,9 @@ impl Backend for Cpu {
     fn conv_input_grad(&self, c: &CpuConv, dy: &Tensor, h: usize, w: usize) -> Tensor {
         timed(
             || {
-                let g = c.spec.geom(h, w);
-                let same = g.stride == 1
-                    && g.upsample == 1
-                    && g.dilate == 1
-                    && g.mode == crate::kernels::PadMode::Zero
-                    && g.pad == [c.spec.k / 2; 4];
-                if same {
-                    // A stride-1 zero-padded "same" layer: its input gradient is the forward
-                    // pass of the flipped, transposed kernel (which runs on Winograd).
-                    let t = c.grad.get_or_init(|| c.conv.transposed_for_grad(c.spec.k));
+                if c.same(h, w) {
+                    // The transposed layer runs on Winograd.
+                    let t = c.transposed();
                     return crate::kernels::conv_grad::same_conv_input_grad(t, c.spec.k, dy);
                 }
                 let x = Tensor::zeros(dy.n, c.spec.c_in, h, w);
@@ -188,6 +207,43 @@ impl Backend for Cpu {
             },
             |x| format!("conv input grad {}x{}x{}", x.c, x.h, x.w),
         )
+    }
+
+    fn bf16_products(&self) -> bool {
+        amx::available()
+    }
+
+    fn conv_forward_bf16(&self, c: &CpuConv, x: &Tensor) -> Tensor {
+        if amx::available() && c.spec.k == 3 && c.same(x.h, x.w) {
+            if let Some(a) = c.bf16.get_or_init(|| Bf16Conv::new(&c.conv)) {
+                if a.fits(x) {
+                    return timed(
+                        || a.forward(x),
+                        |y| {
+                            format!(
+                                "conv bf16 {}x{}x{} -> {}x{}x{}",
+                                x.c, x.h, x.w, y.c, y.h, y.w
+                            )
+                        },
+                    );
+                }
+            }
+        }
+        self.conv_forward(c, x, false)
+    }
+
+    fn conv_input_grad_bf16(&self, c: &CpuConv, dy: &Tensor, h: usize, w: usize) -> Tensor {
+        if amx::available() && c.spec.k == 3 && c.same(h, w) && (dy.h, dy.w) == (h, w) {
+            if let Some(a) = c.bf16_grad.get_or_init(|| Bf16Conv::new(c.transposed())) {
+                if a.fits(dy) {
+                    return timed(
+                        || a.forward(dy),
+                        |x| format!("conv input grad bf16 {}x{}x{}", x.c, x.h, x.w),
+                    );
+                }
+            }
+        }
+        self.conv_input_grad(c, dy, h, w)
     }
 
     fn moments(

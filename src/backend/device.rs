@@ -412,6 +412,33 @@ impl Backend for Device {
         )))
     }
 
+    fn bf16_products(&self) -> bool {
+        match self {
+            Device::Cpu(b) => b.bf16_products(),
+            #[cfg(feature = "gpu")]
+            Device::Gpu(b) => b.bf16_products(),
+        }
+    }
+
+    fn conv_forward_bf16(&self, conv: &DeviceConv, x: &DeviceTensor) -> DeviceTensor {
+        dispatch!(self, |b, w, t, tm, c| w(b.conv_forward_bf16(c(conv), t(x))))
+    }
+
+    fn conv_input_grad_bf16(
+        &self,
+        conv: &DeviceConv,
+        dy: &DeviceTensor,
+        h: usize,
+        wd: usize,
+    ) -> DeviceTensor {
+        dispatch!(self, |b, w, t, tm, c| w(b.conv_input_grad_bf16(
+            c(conv),
+            t(dy),
+            h,
+            wd
+        )))
+    }
+
     fn moments(
         &self,
         x: &DeviceTensor,

@@ -282,6 +282,28 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         w: usize,
     ) -> Self::Tensor;
 
+    /// A frozen layer's forward pass where bfloat16 products (summed in f32) are good
+    /// enough: the loss network in fast training. A backend without a bf16 matrix unit runs
+    /// its fast f32 kernels.
+    fn conv_forward_bf16(&self, conv: &Self::Conv, x: &Self::Tensor) -> Self::Tensor {
+        self.conv_forward(conv, x, false)
+    }
+    /// Whether [`Backend::conv_forward_bf16`] rounds its products to bfloat16 here (a CPU
+    /// with AMX), rather than running the f32 kernels.
+    fn bf16_products(&self) -> bool {
+        false
+    }
+    /// [`Backend::conv_input_grad`] in bfloat16 products, as [`Backend::conv_forward_bf16`].
+    fn conv_input_grad_bf16(
+        &self,
+        conv: &Self::Conv,
+        dy: &Self::Tensor,
+        h: usize,
+        w: usize,
+    ) -> Self::Tensor {
+        self.conv_input_grad(conv, dy, h, w)
+    }
+
     // Instance norm.
     /// Per-channel moments of rows `rows` × columns `cols` of one sample.
     fn moments(

@@ -27,6 +27,7 @@ macro_rules! widths {
     };
 }
 
+pub mod amx;
 pub mod conv;
 pub mod conv_grad;
 pub mod direct;

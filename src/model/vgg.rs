@@ -90,6 +90,15 @@ impl Preprocess {
     }
 }
 
+/// How the loss network multiplies. Its weights are frozen and only its gradient flows on,
+/// so fast training lets it round products to bfloat16 where the CPU has a matrix unit for
+/// them (AMX); everywhere else both are the fast f32 kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arith {
+    F32,
+    Bf16,
+}
+
 /// The loss network on a backend: VGG16's convolutions up to conv4_3 (frozen).
 #[derive(Clone, Debug)]
 pub struct Vgg16<B: Backend = Cpu> {
@@ -135,27 +144,40 @@ impl<B: Backend> Vgg16<B> {
 
     /// The four tap activations for an RGB 0..255 batch.
     pub fn forward(&self, x: &B::Tensor) -> Vec<B::Tensor> {
-        self.run(x, TAPS.len() - 1, None)
+        self.run(x, TAPS.len() - 1, Arith::F32, None)
     }
 
     /// The tap activations up to tap `upto` (0..4) and no further: the content target
     /// needs VGG16 only up to relu2_2.
-    pub fn forward_to(&self, x: &B::Tensor, upto: usize) -> Vec<B::Tensor> {
-        self.run(x, upto, None)
+    pub fn forward_to(&self, x: &B::Tensor, upto: usize, arith: Arith) -> Vec<B::Tensor> {
+        self.run(x, upto, arith, None)
+    }
+
+    fn conv(&self, i: usize, x: &B::Tensor, arith: Arith) -> B::Tensor {
+        match arith {
+            Arith::F32 => self.backend.conv_forward(&self.convs[i], x, false),
+            Arith::Bf16 => self.backend.conv_forward_bf16(&self.convs[i], x),
+        }
     }
 
     /// Forward up to tap `upto` (0..4). Without a tape, returns the taps; with one, moves
     /// every ReLU output onto it (no copies: the taps are read from the tape) and returns
     /// nothing.
-    fn run(&self, x: &B::Tensor, upto: usize, mut tape: Option<&mut VggTape<B>>) -> Vec<B::Tensor> {
+    fn run(
+        &self,
+        x: &B::Tensor,
+        upto: usize,
+        arith: Arith,
+        mut tape: Option<&mut VggTape<B>>,
+    ) -> Vec<B::Tensor> {
         let b = &self.backend;
         // The next convolution's input: owned here, or the tape's last ReLU output.
         let mut input = Some(self.pre.apply(b, x));
         let mut taps = Vec::with_capacity(4);
-        for (i, conv) in self.convs.iter().enumerate() {
+        for i in 0..self.convs.len() {
             let mut h = match (&input, tape.as_deref()) {
-                (Some(x), _) => b.conv_forward(conv, x, false),
-                (None, Some(t)) => b.conv_forward(conv, t.relu.last().expect("taped"), false),
+                (Some(x), _) => self.conv(i, x, arith),
+                (None, Some(t)) => self.conv(i, t.relu.last().expect("taped"), arith),
                 (None, None) => unreachable!("an input is owned unless taped"),
             };
             b.relu(&mut h);
@@ -192,6 +214,8 @@ impl<B: Backend> Vgg16<B> {
 pub struct VggTape<B: Backend = Cpu> {
     relu: Vec<B::Tensor>,
     size: Vec<[usize; 4]>,
+    /// The backward pass multiplies as the forward pass did.
+    arith: Arith,
 }
 
 impl<B: Backend> VggTape<B> {
@@ -204,12 +228,13 @@ impl<B: Backend> VggTape<B> {
 impl<B: Backend> Vgg16<B> {
     /// Forward up to the tap `upto` (0..4) recording the ReLU outputs; the taps are the
     /// tape's ([`VggTape::taps`]).
-    pub fn forward_train(&self, x: &B::Tensor, upto: usize) -> VggTape<B> {
+    pub fn forward_train(&self, x: &B::Tensor, upto: usize, arith: Arith) -> VggTape<B> {
         let mut tape = VggTape {
             relu: Vec::new(),
             size: Vec::new(),
+            arith,
         };
-        self.run(x, upto, Some(&mut tape));
+        self.run(x, upto, arith, Some(&mut tape));
         tape
     }
 
@@ -238,7 +263,10 @@ impl<B: Backend> Vgg16<B> {
             // ReLU mask, then the conv's input gradient.
             b.relu_mask(&mut g, &tape.relu[i]);
             let [_, _, h, w] = tape.size[i];
-            d = Some(b.conv_input_grad(&self.convs[i], &g, h, w));
+            d = Some(match tape.arith {
+                Arith::F32 => b.conv_input_grad(&self.convs[i], &g, h, w),
+                Arith::Bf16 => b.conv_input_grad_bf16(&self.convs[i], &g, h, w),
+            });
         }
         let d = d.expect("at least one tap gradient");
         // Preprocessing: net[i] = scale[i]·rgb[src[i]] + shift[i].
@@ -353,4 +381,83 @@ pub fn fetch(dir: &Path) -> Result<std::path::PathBuf> {
     let dst = dir.join(CACHE_FILES[1]);
     out.write(&dst, false)?;
     Ok(dst)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::backend::Device;
+    use crate::rng::Rng;
+    use crate::tensor::Tensor;
+
+    /// A random VGG16 in impasto's layout (enough to exercise training without the shared
+    /// weights).
+    pub(crate) fn random_file() -> TensorFile {
+        let mut rng = Rng::new(4);
+        let mut f = TensorFile::default();
+        for (name, ci, co) in LAYERS {
+            let b = (2.0 / (ci * 9) as f32).sqrt();
+            let w = (0..co * ci * 9)
+                .map(|_| (rng.f32() * 2.0 - 1.0) * b)
+                .collect();
+            f.tensors
+                .insert(format!("{name}.weight"), (vec![co, ci, 3, 3], w));
+            f.tensors
+                .insert(format!("{name}.bias"), (vec![co], vec![0.0; co]));
+        }
+        f.metadata.insert("channel_order".into(), "bgr".into());
+        f.metadata
+            .insert("mean_bgr".into(), "103.939,116.779,123.68".into());
+        f
+    }
+
+    fn rel_rms(a: &Tensor, b: &Tensor) -> f64 {
+        let (mut d, mut n) = (0.0f64, 0.0f64);
+        for (x, y) in a.data.iter().zip(&b.data) {
+            d += f64::from(x - y).powi(2);
+            n += f64::from(*y).powi(2);
+        }
+        (d / n).sqrt()
+    }
+
+    /// The loss network in bf16 products, through the device seam the trainer uses: its
+    /// taps and its input gradient stay within bf16 rounding of the f32 ones; on a CPU with
+    /// AMX the bf16 kernels did run (the bits differ), elsewhere both are the f32 kernels.
+    #[test]
+    fn bf16_products_stay_within_rounding_of_f32_through_taps_and_gradient() {
+        let vgg = Vgg16::from_file_on(Device::Cpu(Cpu), random_file()).unwrap();
+        let b = vgg.backend();
+        let mut rng = Rng::new(9);
+        // 128 wide: every layer from conv1_2 on has whole 16-pixel tiles (conv4 is 16 wide).
+        let mut x = Tensor::zeros(1, 3, 40, 128);
+        x.data.iter_mut().for_each(|v| *v = rng.f32() * 255.0);
+        let x = b.upload(&x);
+        let run = |arith| {
+            let tape = vgg.forward_train(&x, 3, arith);
+            let taps: Vec<Tensor> = tape.taps().into_iter().map(|t| b.download(t)).collect();
+            let d = taps.iter().map(|t| Some(b.upload(t))).collect::<Vec<_>>();
+            let g = b.download(&vgg.backward(&tape, &d));
+            (taps, g)
+        };
+        let (t32, g32) = run(Arith::F32);
+        let (t16, g16) = run(Arith::Bf16);
+        for (i, (a, e)) in t16.iter().zip(&t32).enumerate() {
+            let r = rel_rms(a, e);
+            assert!(r < 0.015, "tap {i}: relative rms {r}");
+        }
+        let r = rel_rms(&g16, &g32);
+        assert!(r < 0.015, "input gradient: relative rms {r}");
+        let content = vgg.forward_to(&x, 1, Arith::Bf16);
+        assert_eq!(
+            b.download(&content[1]).data,
+            t16[1].data,
+            "one path for taps and content"
+        );
+        let amx = crate::kernels::amx::available();
+        assert_eq!(
+            g16.data != g32.data,
+            amx,
+            "bf16 kernels ran exactly where AMX is"
+        );
+    }
 }

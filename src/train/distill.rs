@@ -19,6 +19,7 @@
 
 use crate::loss::LossConfig;
 use crate::model::transformer::Grads;
+use crate::model::vgg::Arith;
 use crate::model::{Transformer, TransformerConfig, Vgg16};
 use crate::rng::Rng;
 use crate::tensor::Tensor;
@@ -257,8 +258,8 @@ impl Distiller {
         let mut perceptual = 0.0;
         if let (Some(vgg), true) = (&self.vgg, c.perceptual_weight > 0.0) {
             let b = vgg.backend();
-            let ft = vgg.forward_to(&target, 0);
-            let vtape = vgg.forward_train(&yc, 0);
+            let ft = vgg.forward_to(&target, 0, Arith::F32);
+            let vtape = vgg.forward_train(&yc, 0, Arith::F32);
             let (l, d) = crate::loss::content(b, vtape.taps()[0], &ft[0], c.perceptual_weight);
             perceptual = l;
             if grads {
@@ -279,9 +280,15 @@ impl Distiller {
             lc.content_weight *= c.loss_weight;
             lc.style_weight *= c.loss_weight * c.style_scale;
             lc.tv_weight *= c.loss_weight;
-            let fc = vgg.forward_to(x, lc.content_tap);
-            let (l, d) =
-                crate::train::step::image_loss_and_grad(vgg, target, &fc[lc.content_tap], &lc, &yc);
+            let fc = vgg.forward_to(x, lc.content_tap, Arith::F32);
+            let (l, d) = crate::train::step::image_loss_and_grad(
+                vgg,
+                target,
+                &fc[lc.content_tap],
+                &lc,
+                &yc,
+                Arith::F32,
+            );
             johnson = l.get(b);
             if grads {
                 dy[..half]

@@ -2,6 +2,7 @@
 //! perceptual loss the networks are trained with, with Adam. impasto's quality yardstick.
 
 use crate::loss::LossConfig;
+use crate::model::vgg::Arith;
 use crate::model::Vgg16;
 use crate::tensor::Tensor;
 use crate::train::adam::Adam;
@@ -23,13 +24,13 @@ pub fn optimize<B: crate::backend::Backend>(
     // clamped to 0..255 after each step): one picture up and one gradient down per step.
     let b = vgg.backend();
     let target = StyleTarget::new(vgg, &b.upload(style));
-    let mut fc = vgg.forward_to(&b.upload(content), cfg.content_tap);
+    let mut fc = vgg.forward_to(&b.upload(content), cfg.content_tap, Arith::F32);
     let fc = fc.swap_remove(cfg.content_tap);
     let mut y = content.clone();
     let mut adam = Adam::new(lr as f64);
     let mut start = None;
     for it in 1..=iters {
-        let (l, g) = image_loss_and_grad(vgg, &target, &fc, cfg, &b.upload(&y));
+        let (l, g) = image_loss_and_grad(vgg, &target, &fc, cfg, &b.upload(&y), Arith::F32);
         let g = b.download_owned(g).into_data();
         let (l, _) = l.read(b, &[])?;
         start.get_or_insert(l.total);
@@ -37,7 +38,7 @@ pub fn optimize<B: crate::backend::Backend>(
         y.data.iter_mut().for_each(|v| *v = v.clamp(0.0, 255.0));
         each(it, &l);
     }
-    let (fin, _) = image_loss_and_grad(vgg, &target, &fc, cfg, &b.upload(&y));
+    let (fin, _) = image_loss_and_grad(vgg, &target, &fc, cfg, &b.upload(&y), Arith::F32);
     let (fin, _) = fin.read(b, &[])?;
     // An optimisation lowers its loss. One that ends higher than it began (a learning rate
     // far too large saturates the picture) or not finite has diverged: no picture.

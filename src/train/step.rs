@@ -5,6 +5,7 @@
 use crate::backend::{Backend, DeviceError};
 use crate::loss::{self, LossConfig};
 use crate::model::transformer::Grads;
+use crate::model::vgg::Arith;
 use crate::model::{Transformer, Vgg16};
 use crate::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -150,7 +151,7 @@ pub fn losses_of<B: Backend>(
 ) -> Losses {
     let b = vgg.backend();
     let fy = vgg.forward(y);
-    let fc = vgg.forward_to(x, cfg.content_tap);
+    let fc = vgg.forward_to(x, cfg.content_tap, Arith::F32);
     let (content, _) = loss::content(
         b,
         &fy[cfg.content_tap],
@@ -165,7 +166,8 @@ pub fn losses_of<B: Backend>(
 }
 
 /// Losses (on the backend) and d(total)/d(parameter) for one batch; `precise`: the
-/// transformer's forward pass on the exact kernels ([`Transformer::forward_train`]).
+/// transformer's forward pass on the exact kernels ([`Transformer::forward_train`]) and the
+/// loss network in f32; otherwise the loss network may multiply in bfloat16 ([`Arith`]).
 pub fn loss_and_grads<B: Backend>(
     model: &Transformer<B>,
     vgg: &Vgg16<B>,
@@ -175,8 +177,9 @@ pub fn loss_and_grads<B: Backend>(
     precise: bool,
 ) -> (PendingLosses<B>, Grads<B>) {
     let (y, tape) = model.forward_train(x, precise);
-    let fc = vgg.forward_to(x, cfg.content_tap);
-    let (losses, dy) = image_loss_and_grad(vgg, target, &fc[cfg.content_tap], cfg, &y);
+    let arith = if precise { Arith::F32 } else { Arith::Bf16 };
+    let fc = vgg.forward_to(x, cfg.content_tap, arith);
+    let (losses, dy) = image_loss_and_grad(vgg, target, &fc[cfg.content_tap], cfg, &y, arith);
     drop(fc);
     let grads = model.backward(&tape, &dy);
     (losses, grads)
@@ -197,9 +200,10 @@ pub fn image_loss_and_grad<B: Backend>(
     content_feat: &B::Tensor,
     cfg: &LossConfig,
     y: &B::Tensor,
+    arith: Arith,
 ) -> (PendingLosses<B>, B::Tensor) {
     let b = vgg.backend();
-    let vtape = vgg.forward_train(y, 3);
+    let vtape = vgg.forward_train(y, 3, arith);
     let fy = vtape.taps();
     let (content, dc) = loss::content(b, fy[cfg.content_tap], content_feat, cfg.content_weight);
     let mut style = Vec::with_capacity(4);

@@ -994,7 +994,9 @@ mod tests {
         }
         // A device of its own: the other tests' readbacks must not count here.
         let gpu = crate::backend::Wgpu::best().expect("an adapter");
-        let vgg = crate::model::Vgg16::from_file_on(gpu.clone(), random_vgg_file()).unwrap();
+        let vgg =
+            crate::model::Vgg16::from_file_on(gpu.clone(), crate::model::vgg::tests::random_file())
+                .unwrap();
         let mut rng = Rng::new(6);
         let target = StyleTarget::new(&vgg, &gpu.upload(&image(&mut rng, 1, 32, 32)));
         let cfg = crate::loss::LossConfig::default();
@@ -1029,29 +1031,8 @@ mod tests {
         }
     }
 
-    /// A random VGG16 in impasto's layout (enough to exercise training without the shared
-    /// weights).
     fn random_vgg() -> crate::model::Vgg16 {
-        crate::model::Vgg16::from_file(random_vgg_file()).unwrap()
-    }
-
-    fn random_vgg_file() -> TensorFile {
-        let mut rng = Rng::new(4);
-        let mut f = TensorFile::default();
-        for (name, ci, co) in crate::model::vgg::LAYERS {
-            let b = (2.0 / (ci * 9) as f32).sqrt();
-            let w = (0..co * ci * 9)
-                .map(|_| (rng.f32() * 2.0 - 1.0) * b)
-                .collect();
-            f.tensors
-                .insert(format!("{name}.weight"), (vec![co, ci, 3, 3], w));
-            f.tensors
-                .insert(format!("{name}.bias"), (vec![co], vec![0.0; co]));
-        }
-        f.metadata.insert("channel_order".into(), "bgr".into());
-        f.metadata
-            .insert("mean_bgr".into(), "103.939,116.779,123.68".into());
-        f
+        crate::model::Vgg16::from_file(crate::model::vgg::tests::random_file()).unwrap()
     }
 
     /// The topology lives in the config: other widths and another block count train, save,

@@ -691,20 +691,28 @@ pub fn train(
     }
     let mut model = model;
     model.sync_host();
-    let train = serde_json::from_value(serde_json::to_value(cfg).expect("serialises"))
-        .expect("a training config is a training record");
+    let mut train: crate::model::provenance::TrainRecord =
+        serde_json::from_value(serde_json::to_value(cfg).expect("serialises"))
+            .expect("a training config is a training record");
+    if !cfg.precise && model.backend().bf16_products() {
+        // The fast kernels' loss network multiplied in bfloat16 on the machine that wrote
+        // this model (a CPU with AMX).
+        train
+            .other
+            .insert("loss_network_products".into(), "bf16".into());
+    }
     let command = if cfg.distill.is_some() {
         "distill"
     } else {
         "train"
     };
-    crate::model::provenance::Provenance {
+    let provenance = crate::model::provenance::Provenance {
         made_by: format!("impasto {} {command}", env!("CARGO_PKG_VERSION")),
         steps_done: Some(step),
         train: Some(train),
         ..Default::default()
-    }
-    .to_metadata(&mut model.metadata);
+    };
+    provenance.to_metadata(&mut model.metadata);
     model.metadata.insert(
         crate::model::mix::LOSS_KEY.into(),
         serde_json::to_string(&cfg.loss).expect("serialises"),
