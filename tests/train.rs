@@ -352,7 +352,7 @@ fn optimize_writes_a_stylized_image_and_lowers_the_loss() {
     assert_eq!(img.width().max(img.height()), 48);
 }
 
-/// The default trains on the fast kernels (Winograd, direct, a bf16 loss network on AMX),
+/// The default trains on the fast kernels (Winograd, direct; bf16 products on AMX),
 /// `--exact` on the exact ones
 /// (`--fast`, kept from when the fast ones were a choice, is the default): the runs differ,
 /// each records its choice, and a resumed run keeps its checkpoint's kernels whatever the
@@ -393,11 +393,11 @@ fn a_resumed_run_keeps_the_kernels_of_its_checkpoint() {
         let prov: serde_json::Value =
             serde_json::from_str(&m.metadata["impasto.provenance"]).unwrap();
         assert_eq!(prov["train"]["precise"], precise, "{}", out.display());
-        // The fast kernels' loss network multiplies in bf16 where the CPU has AMX.
+        // The fast kernels multiply in bf16 where the CPU has AMX.
         use impasto::backend::Backend;
         let bf16 = !precise && impasto::backend::Cpu.bf16_products();
-        let products = prov["train"]["loss_network_products"].as_str();
-        assert_eq!(products, bf16.then_some("bf16"), "{}", out.display());
+        let recorded = prov["train"]["bf16_products"].as_bool();
+        assert_eq!(recorded, bf16.then_some(true), "{}", out.display());
     }
     let b = s.root.join("b.safetensors");
     let ckpt = s.root.join("b.ckpt.safetensors");

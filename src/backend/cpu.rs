@@ -5,10 +5,11 @@
 use super::{
     host, vector, AdamStep, Backend, ConvGrads, ConvSpec, DeviceError, OutputFn, Resample,
 };
-use crate::kernels::amx::{self, Bf16Conv};
+use crate::kernels::amx::{self, Bf16Conv, Pad};
 use crate::kernels::conv::{flip_transpose, SubPixel, UpsampleConv};
+use crate::kernels::conv_grad::fold_padding;
 use crate::kernels::norm::{self, Moments, NormStats};
-use crate::kernels::{pool, Conv2d, ConvGeom, Strided};
+use crate::kernels::{pool, Conv2d, ConvGeom, PadMode, Strided};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -75,16 +76,43 @@ impl CpuConv {
         self.spec.geom(x.h, x.w)
     }
 
-    /// A stride-1 zero-padded "same" layer (on an `h × w` input): its input gradient is the
-    /// forward pass of the flipped, transposed kernel.
-    fn same(&self, h: usize, w: usize) -> bool {
+    /// The padding of a stride-1 "same" layer (on an `h × w` input), if it is one. With
+    /// zeros, its input gradient is the forward pass of the flipped, transposed kernel.
+    fn same(&self, h: usize, w: usize) -> Option<PadMode> {
         let g = self.spec.geom(h, w);
-        self.spec.resample == Resample::None
+        (self.spec.resample == Resample::None
             && g.stride == 1
             && g.upsample == 1
             && g.dilate == 1
-            && g.mode == crate::kernels::PadMode::Zero
-            && g.pad == [self.spec.k / 2; 4]
+            && g.pad == [self.spec.k / 2; 4])
+            .then_some(g.mode)
+    }
+
+    /// The padding of a 3×3 stride-1 "same" layer (zeros or reflection) where the CPU has
+    /// AMX for its bf16 products.
+    fn bf16_mode(&self, h: usize, w: usize) -> Option<PadMode> {
+        let mode = self.same(h, w)?;
+        (amx::available() && self.spec.k == 3 && matches!(mode, PadMode::Zero | PadMode::Reflect))
+            .then_some(mode)
+    }
+
+    /// The input gradient in bf16 products, where the layer and CPU allow it.
+    fn bf16_input_grad(&self, dy: &Tensor, h: usize, w: usize) -> Option<Tensor> {
+        let mode = self.bf16_mode(h, w)?;
+        let t = self
+            .bf16_grad
+            .get_or_init(|| Bf16Conv::new(self.transposed()));
+        let a = t
+            .as_ref()
+            .filter(|a| a.fits(dy) && (dy.h, dy.w) == (h, w))?;
+        Some(timed(
+            || match mode {
+                PadMode::Zero => a.forward(dy, Pad::Zero(1)),
+                // The full correlation (the gradient at the padded input), folded back.
+                _ => fold_padding(&a.forward(dy, Pad::Zero(2)), &self.spec.geom(h, w), h, w),
+            },
+            |x| format!("conv input grad bf16 {}x{}x{}", x.c, x.h, x.w),
+        ))
     }
 
     fn transposed(&self) -> &Conv2d {
@@ -197,7 +225,7 @@ impl Backend for Cpu {
     fn conv_input_grad(&self, c: &CpuConv, dy: &Tensor, h: usize, w: usize) -> Tensor {
         timed(
             || {
-                if c.same(h, w) {
+                if c.same(h, w) == Some(PadMode::Zero) {
                     // The transposed layer runs on Winograd.
                     let t = c.transposed();
                     return crate::kernels::conv_grad::same_conv_input_grad(t, c.spec.k, dy);
@@ -214,36 +242,46 @@ impl Backend for Cpu {
     }
 
     fn conv_forward_bf16(&self, c: &CpuConv, x: &Tensor) -> Tensor {
-        if amx::available() && c.spec.k == 3 && c.same(x.h, x.w) {
-            if let Some(a) = c.bf16.get_or_init(|| Bf16Conv::new(&c.conv)) {
-                if a.fits(x) {
-                    return timed(
-                        || a.forward(x),
-                        |y| {
-                            format!(
-                                "conv bf16 {}x{}x{} -> {}x{}x{}",
-                                x.c, x.h, x.w, y.c, y.h, y.w
-                            )
-                        },
-                    );
-                }
+        if let Some(mode) = c.bf16_mode(x.h, x.w) {
+            let a = c.bf16.get_or_init(|| Bf16Conv::new(&c.conv));
+            if let Some(a) = a.as_ref().filter(|a| a.fits(x)) {
+                let pad = match mode {
+                    PadMode::Zero => Pad::Zero(1),
+                    _ => Pad::Reflect,
+                };
+                return timed(
+                    || a.forward(x, pad),
+                    |y| {
+                        format!(
+                            "conv bf16 {}x{}x{} -> {}x{}x{}",
+                            x.c, x.h, x.w, y.c, y.h, y.w
+                        )
+                    },
+                );
             }
         }
         self.conv_forward(c, x, false)
     }
 
     fn conv_input_grad_bf16(&self, c: &CpuConv, dy: &Tensor, h: usize, w: usize) -> Tensor {
-        if amx::available() && c.spec.k == 3 && c.same(h, w) && (dy.h, dy.w) == (h, w) {
-            if let Some(a) = c.bf16_grad.get_or_init(|| Bf16Conv::new(c.transposed())) {
-                if a.fits(dy) {
-                    return timed(
-                        || a.forward(dy),
-                        |x| format!("conv input grad bf16 {}x{}x{}", x.c, x.h, x.w),
-                    );
-                }
+        c.bf16_input_grad(dy, h, w)
+            .unwrap_or_else(|| self.conv_input_grad(c, dy, h, w))
+    }
+
+    fn conv_backward_bf16(
+        &self,
+        c: &CpuConv,
+        x: &Tensor,
+        dy: &Tensor,
+        want_dx: bool,
+    ) -> ConvGrads<Tensor> {
+        if want_dx {
+            if let Some(dx) = c.bf16_input_grad(dy, x.h, x.w) {
+                let g = self.conv_backward(c, x, dy, false);
+                return ConvGrads { dx: Some(dx), ..g };
             }
         }
-        self.conv_input_grad(c, dy, h, w)
+        self.conv_backward(c, x, dy, want_dx)
     }
 
     fn moments(

@@ -424,6 +424,23 @@ impl Backend for Device {
         dispatch!(self, |b, w, t, tm, c| w(b.conv_forward_bf16(c(conv), t(x))))
     }
 
+    fn conv_backward_bf16(
+        &self,
+        conv: &DeviceConv,
+        x: &DeviceTensor,
+        dy: &DeviceTensor,
+        want_dx: bool,
+    ) -> ConvGrads<DeviceTensor> {
+        dispatch!(self, |b, w, t, tm, c| {
+            let g = b.conv_backward_bf16(c(conv), t(x), t(dy), want_dx);
+            ConvGrads {
+                dx: g.dx.map(w),
+                dw: w(g.dw),
+                db: w(g.db),
+            }
+        })
+    }
+
     fn conv_input_grad_bf16(
         &self,
         conv: &DeviceConv,

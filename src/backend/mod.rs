@@ -282,9 +282,9 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
         w: usize,
     ) -> Self::Tensor;
 
-    /// A frozen layer's forward pass where bfloat16 products (summed in f32) are good
-    /// enough: the loss network in fast training. A backend without a bf16 matrix unit runs
-    /// its fast f32 kernels.
+    /// A forward pass where bfloat16 products (summed in f32) are good enough: fast
+    /// training. A backend without a bf16 matrix unit (or a layer it has no bf16 kernel
+    /// for) runs its fast f32 kernels.
     fn conv_forward_bf16(&self, conv: &Self::Conv, x: &Self::Tensor) -> Self::Tensor {
         self.conv_forward(conv, x, false)
     }
@@ -292,6 +292,17 @@ pub trait Backend: Clone + Send + Sync + std::fmt::Debug + 'static {
     /// with AMX), rather than running the f32 kernels.
     fn bf16_products(&self) -> bool {
         false
+    }
+    /// [`Backend::conv_backward`] with the input gradient in bfloat16 products, as
+    /// [`Backend::conv_forward_bf16`] (the weight gradients stay f32).
+    fn conv_backward_bf16(
+        &self,
+        conv: &Self::Conv,
+        x: &Self::Tensor,
+        dy: &Self::Tensor,
+        want_dx: bool,
+    ) -> ConvGrads<Self::Tensor> {
+        self.conv_backward(conv, x, dy, want_dx)
     }
     /// [`Backend::conv_input_grad`] in bfloat16 products, as [`Backend::conv_forward_bf16`].
     fn conv_input_grad_bf16(

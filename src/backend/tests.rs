@@ -63,6 +63,9 @@ fn conv_specs() -> Vec<(ConvSpec, usize, usize)> {
     ]
 }
 
+/// Relative error of bf16 products summed in f32 (a few times 2⁻⁹).
+const BF16: f64 = 1e-2;
+
 /// The CPU backend's tolerances (f64 sums, exact kernels).
 pub const CPU: Tolerances = Tolerances {
     conv: 1e-5,
@@ -113,8 +116,27 @@ pub fn conformance<B: Backend>(b: &B, tol: &Tolerances) {
             &want,
             1e-4,
         );
+        // bf16 products (AMX, where the CPU has it; the f32 kernels elsewhere): within the
+        // rounding of 8-bit mantissas.
+        same(
+            b,
+            &format!("{what} bf16 forward"),
+            &b.conv_forward_bf16(&cb, &xb),
+            &want,
+            BF16,
+        );
         let dy = random(&mut rng, 2, spec.c_out, ho, wo);
         let gr = r.conv_backward(&cr, &x, &dy, true);
+        let gb = b.conv_backward_bf16(&cb, &xb, &b.upload(&dy), true);
+        same(b, &format!("{what} bf16 dw"), &gb.dw, &gr.dw, tol.conv);
+        let dx = gb.dx.expect("dx wanted");
+        same(
+            b,
+            &format!("{what} bf16 dx"),
+            &dx,
+            gr.dx.as_ref().unwrap(),
+            BF16,
+        );
         for want_dx in [true, false] {
             let gb = b.conv_backward(&cb, &xb, &b.upload(&dy), want_dx);
             same(b, &format!("{what} dw"), &gb.dw, &gr.dw, tol.conv);
@@ -145,6 +167,9 @@ pub fn conformance<B: Backend>(b: &B, tol: &Tolerances) {
                 gr.dx.as_ref().unwrap(),
                 1e-4,
             );
+            let d = b.conv_input_grad_bf16(&cb, &b.upload(&dy), h, w);
+            let want = gr.dx.as_ref().unwrap();
+            same(b, &format!("{what} bf16 input grad"), &d, want, BF16);
         }
         let wt2 = vec(&mut rng, n_w);
         let mut cb = cb;

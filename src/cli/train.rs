@@ -48,10 +48,11 @@ pub struct TrainArgs {
     style_weights: Option<StyleWeights>,
     #[arg(long, value_enum, default_value = "johnson")]
     arch: Arch,
-    /// Run the network's forward pass on the exact convolution kernels (im2col + GEMM, the
-    /// ones the PyTorch golden checks) instead of the fast ones inference uses (Winograd,
-    /// direct, sub-pixel): about 10% slower per step at 128², and over four seeds of a
-    /// 400-step recipe no better on held-out photos.
+    /// Run the network on the exact convolution kernels (im2col + GEMM, the ones the
+    /// PyTorch golden checks) and the loss network in float32, instead of the fast kernels
+    /// (Winograd, direct, sub-pixel; bfloat16 products on CPUs with AMX): 5–10% slower per
+    /// step at 128² without AMX, about 30% with it, and over four seeds of a 400-step
+    /// recipe no better on held-out photos.
     #[arg(long)]
     exact: bool,
     /// The fast kernels: the default (kept so that commands written when they were a

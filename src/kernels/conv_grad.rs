@@ -448,6 +448,15 @@ pub fn stride1_input_grad(conv: &Conv2d, g: &ConvGeom, dy: &Tensor, h: usize, w:
         t.forward(dy, &ConvGeom::simple(k, 1, e, PadMode::Zero))
     };
     debug_assert_eq!((dxpad.h, dxpad.w), (hp, wp));
+    fold_padding(&dxpad, g, h, w)
+}
+
+/// The input gradient of a stride-1 layer from the gradient at its padded input
+/// (`dxpad`, `h + pad` × `w + pad`): the interior one to one, each padding pixel's gradient
+/// added onto the pixel it was read from.
+pub fn fold_padding(dxpad: &Tensor, g: &ConvGeom, h: usize, w: usize) -> Tensor {
+    let (hp, wp) = (h + g.pad[0] + g.pad[1], w + g.pad[2] + g.pad[3]);
+    assert_eq!((dxpad.h, dxpad.w), (hp, wp), "the padded input's gradient");
     // Where each padded coordinate came from.
     let src =
         |p: usize, n: usize, before: usize| pad_source(p as isize - before as isize, n, g.mode);
@@ -456,7 +465,7 @@ pub fn stride1_input_grad(conv: &Conv2d, g: &ConvGeom, dy: &Tensor, h: usize, w:
     // The interior maps one to one (copied, so the buffer needs no clearing first); the
     // padding rows and columns are added onto the pixels they were read from.
     let (r0, c0) = (g.pad[0], g.pad[2]);
-    let mut dx = Tensor::for_overwrite(dy.n, conv.c_in, h, w);
+    let mut dx = Tensor::for_overwrite(dxpad.n, dxpad.c, h, w);
     dx.data
         .par_chunks_mut(h * w)
         .zip(dxpad.data.par_chunks(hp * wp))

@@ -183,8 +183,9 @@ def train(
     train one network of several styles (names default to the files' stems). ``base``
     (a model file or built-in name) adds the styles to that model: only their norm rows
     train (at ``lr`` 1e-2 unless given) and the output holds its styles and the new ones.
-    ``exact=True`` (``--exact``) runs the network's forward pass on the exact kernels (the
-    ones the PyTorch golden checks) instead of the fast ones inference uses, the default;
+    ``exact=True`` (``--exact``) runs the network on the exact kernels (the ones the PyTorch
+    golden checks) and the loss network in float32, instead of the fast kernels (those
+    inference uses, and bfloat16 products on CPUs with AMX), the default;
     ``fast`` is the opposite switch kept for scripts written when the fast ones were a
     choice (``fast=False`` means ``exact=True``).
     ``style_weights`` (a dict ``{name: weight}``, ``--style-weights``) gives paintings of a

@@ -11,6 +11,9 @@ pub struct Tape<B: Backend = Cpu> {
     pub(super) inv_std: Vec<B::Tensor>,
     /// The value the output function was applied to.
     pub(super) pre_output: Option<B::Tensor>,
+    /// The forward pass ran on the fast kernels: the backward pass's input gradients may
+    /// multiply in bfloat16 as its convolutions did ([`Backend::conv_forward_bf16`]).
+    pub(super) bf16: bool,
 }
 
 impl<B: Backend> Transformer<B> {
@@ -116,7 +119,12 @@ impl<B: Backend> Transformer<B> {
             centred = self.backend.centre(x);
             x = &centred;
         }
-        let g = self.backend.conv_backward(&self.convs[i], x, dz, want_dx);
+        let g = if tape.bf16 {
+            self.backend
+                .conv_backward_bf16(&self.convs[i], x, dz, want_dx)
+        } else {
+            self.backend.conv_backward(&self.convs[i], x, dz, want_dx)
+        };
         grads.0[layer.weight] = Some(g.dw);
         if let Some(b) = layer.bias {
             grads.0[b] = Some(g.db);

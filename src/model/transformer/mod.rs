@@ -638,6 +638,7 @@ impl<B: Backend> Transformer<B> {
             xhat: Vec::new(),
             inv_std: Vec::new(),
             pre_output: None,
+            bf16: !precise,
         };
         // The gradient of the perceptual loss is sensitive to rounding in the forward pass:
         // on AVX2 machines Winograd's larger rounding error in the residual blocks moved
@@ -655,7 +656,12 @@ impl<B: Backend> Transformer<B> {
     fn pass_train(&self, x: &B::Tensor, t: &mut Tape<B>, precise: bool) -> B::Tensor {
         let b = &self.backend;
         assert_eq!(b.dims(x)[1], 3, "the network takes RGB input");
-        let conv = |i: usize, x: &B::Tensor| b.conv_forward(&self.convs[i], x, precise);
+        // The fast kernels multiply in bfloat16 where the backend has a matrix unit for it
+        // (AMX: the residual blocks); the hold-out loss decided that (docs/performance.md).
+        let conv = |i: usize, x: &B::Tensor| match precise {
+            true => b.conv_forward(&self.convs[i], x, true),
+            false => b.conv_forward_bf16(&self.convs[i], x),
+        };
         t.inputs.push(x.clone());
         for block in &self.plan.blocks {
             // This block's input: the last tensor on the tape.

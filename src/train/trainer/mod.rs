@@ -695,11 +695,9 @@ pub fn train(
         serde_json::from_value(serde_json::to_value(cfg).expect("serialises"))
             .expect("a training config is a training record");
     if !cfg.precise && model.backend().bf16_products() {
-        // The fast kernels' loss network multiplied in bfloat16 on the machine that wrote
-        // this model (a CPU with AMX).
-        train
-            .other
-            .insert("loss_network_products".into(), "bf16".into());
+        // The fast kernels multiplied in bfloat16 (the loss network, the residual blocks) on
+        // the machine that wrote this model (a CPU with AMX).
+        train.other.insert("bf16_products".into(), true.into());
     }
     let command = if cfg.distill.is_some() {
         "distill"
