@@ -27,8 +27,8 @@ pub struct CpuConv {
     up: Option<UpsampleConv>,
     /// The transposed convolution that computes the input gradient (frozen layers).
     grad: OnceLock<Conv2d>,
-    /// The layer, and its input gradient's layer, on AMX tiles (frozen layers in fast
-    /// training, on CPUs that have AMX); `None` where the channels are not whole tiles.
+    /// The layer, and its input gradient's layer, on AMX tiles (fast training on CPUs that
+    /// have AMX); `None` where the channels are not whole tiles.
     bf16: OnceLock<Option<Bf16Conv>>,
     bf16_grad: OnceLock<Option<Bf16Conv>>,
 }
