@@ -51,7 +51,7 @@ pub struct TrainArgs {
     /// Run the network on the exact convolution kernels (im2col + GEMM, the ones the
     /// PyTorch golden checks) and the loss network in float32, instead of the fast kernels
     /// (Winograd, direct, sub-pixel; bfloat16 products on CPUs with AMX): 5–10% slower per
-    /// step at 128² without AMX, about 30% with it, and over four seeds of a 400-step
+    /// step at 128² without AMX, about 40% with it, and over four seeds of a 400-step
     /// recipe no better on held-out photos.
     #[arg(long)]
     exact: bool,
