@@ -617,7 +617,11 @@ pub(crate) mod tests {
                 (9, 13),
                 (33, 40),
                 (130, 141),
-                (130, 141),
+                // Tile rows of 8 and 16 tiles (runs of 8 and 16 lanes), the last tile of a
+                // row half outside.
+                (30, 32),
+                (21, 62),
+                (7, 127),
             ] {
                 let (ci, co) = (16, 20);
                 let g = ConvGeom::simple(3, 1, 1, mode);
@@ -640,6 +644,8 @@ pub(crate) mod tests {
                 (3, 9, 13),
                 (4, 16, 16),
                 (2, 33, 40),
+                (3, 14, 29),
+                (2, 5, 64),
             ] {
                 let (ci, co) = (16, 20);
                 let g = ConvGeom::simple(3, 1, 1, mode);

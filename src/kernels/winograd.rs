@@ -4,11 +4,18 @@
 //!
 //! Work is cut into blocks of `tb` tiles; per block the input transform fills
 //! `U[36][c_in][tb]`, 36 GEMMs (`gemm` crate) give `M[36][c_out][tb]`, and the output
-//! transform writes the 4×4 tiles. Blocks run in parallel with thread-local buffers. Transforms run 16 tiles at a time as plain lane loops that the compiler
-//! vectorises (AVX-512 where present).
+//! transform writes the 4×4 tiles. Blocks run in parallel with thread-local buffers.
+//!
+//! The transforms run on `W` tiles at a time as plain lane loops that the compiler
+//! vectorises (AVX-512 where present). Where tile rows hold a multiple of 16, 8 or 4 tiles,
+//! `W` consecutive tiles of one row share every load: the padded input is stored in phases
+//! (see [`Tiles`]), so one element of `W` neighbouring tiles is `W` consecutive floats, and
+//! an output row of the run is written as whole vectors. Other widths gather 16 tiles' lanes
+//! one by one. Either way each lane sees the same arithmetic, so the results are the same
+//! bits.
 
 use crate::kernels::direct::Isa;
-use crate::kernels::geom::{pad_plane, pad_source, ConvGeom, ConvWeights, PadMode, SendPtr};
+use crate::kernels::geom::{pad_source, ConvGeom, ConvWeights, PadMode, SendPtr};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -175,34 +182,74 @@ fn block_tiles(tiles: usize, weights: usize, threads: usize) -> usize {
     tiles.div_ceil(per).next_multiple_of(L).clamp(L, TB)
 }
 
-/// Where a block's tiles are: tile `t` of the batch is tile `t % per_sample` of sample
-/// `t / per_sample`, in rows of `tw` tiles; padded planes of `hp_wp` floats, `wp` wide.
+/// Where a block's tiles are. Tile `t` of the batch is tile `t % per_sample` of sample
+/// `t / per_sample`, in rows of `tw` tiles. The padded planes are stored in *phases*: padded
+/// row `y` is four runs of `wq` floats, run `p` holding columns `p, p + 4, p + 8, …`, so that
+/// one element of consecutive tiles (4 columns apart) is consecutive in memory.
 #[derive(Clone, Copy)]
 pub(super) struct Tiles {
-    pub(super) wp: usize,
-    pub(super) hp_wp: usize,
+    /// Floats per phase run: tile columns + 1 (a 6-wide tile reaches 2 columns into the next).
+    pub(super) wq: usize,
+    /// Floats per padded plane: `4·th + 2` rows of `4·wq`.
+    pub(super) plane: usize,
     pub(super) tw: usize,
     pub(super) per_sample: usize,
     pub(super) h: usize,
     pub(super) w: usize,
+    /// Lanes whose tiles are always consecutive in one tile row (16, 8 or 4: tile rows hold
+    /// a multiple of it), loaded as one vector; 0 when rows hold no multiple of 4 tiles and
+    /// the lanes are gathered one by one.
+    pub(super) run: usize,
 }
 
 impl Tiles {
+    pub(super) fn new(h: usize, w: usize) -> Self {
+        let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
+        let wq = tw + 1;
+        Tiles {
+            wq,
+            plane: (4 * th + 2) * 4 * wq,
+            tw,
+            per_sample: th * tw,
+            h,
+            w,
+            run: [16, 8, 4].into_iter().find(|r| tw % r == 0).unwrap_or(0),
+        }
+    }
+
     /// Where tile `t` of the batch starts in the padded planes of channel 0 (of `c`).
     #[inline(always)]
     pub(super) fn origin(&self, t: usize, c: usize) -> usize {
         let (s, r) = (t / self.per_sample, t % self.per_sample);
-        s * c * self.hp_wp + (r / self.tw) * 4 * self.wp + (r % self.tw) * 4
+        s * c * self.plane + (r / self.tw) * 16 * self.wq + r % self.tw
+    }
+
+    /// The origins of the `W` lanes' tiles `t..t + gl` (the last repeated into unused lanes).
+    #[inline(always)]
+    pub(super) fn origins<const W: usize>(&self, t: usize, gl: usize, c: usize) -> [usize; W] {
+        if self.run == W {
+            debug_assert_eq!(gl, W, "a run's groups are whole");
+            let o = self.origin(t, c);
+            std::array::from_fn(|l| o + l)
+        } else {
+            std::array::from_fn(|l| self.origin(t + l.min(gl - 1), c))
+        }
+    }
+
+    /// Element (i, j) of a tile, from its origin.
+    #[inline(always)]
+    pub(super) fn at(&self, i: usize, j: usize) -> usize {
+        (4 * i + j % 4) * self.wq + j / 4
     }
 }
 
 /// Every sample's planes, padded for 4×4 tiles: one pixel of border (reflect / zero /
-/// replicate), zeros past the end, so that the batch's tiles are one pool of work. The
-/// buffer comes from the tensor pool; hand it back with `recycle`.
+/// replicate), zeros past the end, so that the batch's tiles are one pool of work; in
+/// phases (see [`Tiles`]). The buffer comes from the tensor pool; hand it back with `recycle`.
 pub(super) fn padded_batch(x: &Tensor, mode: PadMode) -> (Vec<f32>, Tiles) {
     let (h, w) = (x.h, x.w);
-    let (th, tw) = (h.div_ceil(4), w.div_ceil(4));
-    let (hp, wp) = (4 * th + 2, 4 * tw + 2);
+    let geo = Tiles::new(h, w);
+    let rw = 4 * geo.wq;
     let src = |p: usize, n: usize| -> isize {
         let l = p as isize - 1;
         if l > n as isize {
@@ -210,53 +257,90 @@ pub(super) fn padded_batch(x: &Tensor, mode: PadMode) -> (Vec<f32>, Tiles) {
         }
         pad_source(l, n, mode)
     };
-    let rows: Vec<isize> = (0..hp).map(|p| src(p, h)).collect();
-    let cols: Vec<isize> = (0..wp).map(|p| src(p, w)).collect();
-    let mut xp = crate::tensor::take_buffer(x.n * x.c * hp * wp);
-    xp.par_chunks_mut(hp * wp)
+    let rows: Vec<isize> = (0..geo.plane / rw).map(|p| src(p, h)).collect();
+    let cols: Vec<isize> = (0..rw).map(|p| src(p, w)).collect();
+    let mut xp = crate::tensor::take_buffer(x.n * x.c * geo.plane);
+    xp.par_chunks_mut(geo.plane)
         .zip(x.data.par_chunks(h * w))
-        .for_each(|(plane, s)| pad_plane(s, w, &rows, &cols, plane));
-    let geo = Tiles {
-        wp,
-        hp_wp: hp * wp,
-        tw,
-        per_sample: th * tw,
-        h,
-        w,
-    };
+        .for_each_init(
+            || vec![0.0f32; rw],
+            |row, (plane, s)| {
+                for (drow, &sy) in plane.chunks_exact_mut(rw).zip(&rows) {
+                    if sy < 0 {
+                        drow.fill(0.0);
+                        continue;
+                    }
+                    let srow = &s[sy as usize * w..][..w];
+                    // Columns 1..=w read the source in order; the border and the tail
+                    // through the column map.
+                    row[1..=w].copy_from_slice(srow);
+                    for p in std::iter::once(0).chain(w + 1..rw) {
+                        row[p] = if cols[p] < 0 {
+                            0.0
+                        } else {
+                            srow[cols[p] as usize]
+                        };
+                    }
+                    to_phases(row, drow);
+                }
+            },
+        );
     (xp, geo)
 }
 
-/// `L` tiles of `N × N` pixels (`d[i][j][lane]`), lane `l`'s starting at `plane[off[l]]`, in
-/// rows `wp` apart.
-#[inline(always)]
-pub(super) unsafe fn load_tile<const N: usize>(
-    plane: &[f32],
-    off: &[usize; L],
-    wp: usize,
-) -> [[[f32; L]; N]; N] {
-    let mut d = [[[0.0f32; L]; N]; N];
-    for (i, di) in d.iter_mut().enumerate() {
-        for (j, dij) in di.iter_mut().enumerate() {
-            for l in 0..L {
-                // SAFETY: the caller's: every tile lies inside `plane`.
-                dij[l] = unsafe { *plane.get_unchecked(off[l] + i * wp + j) };
-            }
-        }
+/// One padded row (`4·wq` floats) into its four phase runs.
+pub(super) fn to_phases(row: &[f32], dst: &mut [f32]) {
+    let wq = row.len() / 4;
+    let (p0, rest) = dst.split_at_mut(wq);
+    let (p1, rest) = rest.split_at_mut(wq);
+    let (p2, p3) = rest.split_at_mut(wq);
+    for ((((c, a), b), d), e) in row
+        .chunks_exact(4)
+        .zip(p0.iter_mut())
+        .zip(p1.iter_mut())
+        .zip(p2.iter_mut())
+        .zip(p3.iter_mut())
+    {
+        (*a, *b, *d, *e) = (c[0], c[1], c[2], c[3]);
     }
-    d
 }
 
-/// The input transform Bᵀ d B of `L` tiles at once (`d[i][j][lane]`, a 6×6 tile each).
+/// Element (i, j) of `W` tiles, lane `l`'s tile starting at `plane[off[l]]`: one load of `W`
+/// floats when the lanes are a run (see [`Tiles::run`]).
 #[inline(always)]
-pub(super) fn input_transform(d: &[[[f32; L]; 6]; 6]) -> [[[f32; L]; 6]; 6] {
-    // Bᵀ d (columns), then (Bᵀ d) B (rows).
-    let mut t = [[[0.0f32; L]; 6]; 6];
+pub(super) unsafe fn load_elem<const W: usize>(
+    plane: &[f32],
+    off: &[usize; W],
+    geo: &Tiles,
+    i: usize,
+    j: usize,
+) -> [f32; W] {
+    let e = geo.at(i, j);
+    // SAFETY: the caller's: every tile lies inside `plane`.
+    unsafe {
+        if geo.run == W {
+            debug_assert!(off[0] + e + W <= plane.len());
+            (plane.as_ptr().add(off[0] + e) as *const [f32; W]).read_unaligned()
+        } else {
+            std::array::from_fn(|l| *plane.get_unchecked(off[l] + e))
+        }
+    }
+}
+
+/// The input transform Bᵀ d B of `W` 6×6 tiles at once: `d(i, j)` is element (i, j) of
+/// every lane, and `out(i·6 + j, r)` takes element (i, j) of the result. Columns first, then
+/// rows, each row handed on as it is done.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // the transform's indices, as written on paper
+pub(super) fn input_transform<const W: usize>(
+    d: impl Fn(usize, usize) -> [f32; W],
+    mut out: impl FnMut(usize, &[f32; W]),
+) {
+    let mut t = [[[0.0f32; W]; 6]; 6];
     for j in 0..6 {
-        for l in 0..L {
-            let (d0, d1, d2, d3, d4, d5) = (
-                d[0][j][l], d[1][j][l], d[2][j][l], d[3][j][l], d[4][j][l], d[5][j][l],
-            );
+        let (d0, d1, d2, d3, d4, d5) = (d(0, j), d(1, j), d(2, j), d(3, j), d(4, j), d(5, j));
+        for l in 0..W {
+            let (d0, d1, d2, d3, d4, d5) = (d0[l], d1[l], d2[l], d3[l], d4[l], d5[l]);
             t[0][j][l] = 4.0 * d0 - 5.0 * d2 + d4;
             t[1][j][l] = -4.0 * d1 - 4.0 * d2 + d3 + d4;
             t[2][j][l] = 4.0 * d1 - 4.0 * d2 - d3 + d4;
@@ -265,26 +349,50 @@ pub(super) fn input_transform(d: &[[[f32; L]; 6]; 6]) -> [[[f32; L]; 6]; 6] {
             t[5][j][l] = 4.0 * d1 - 5.0 * d3 + d5;
         }
     }
-    let mut r = [[[0.0f32; L]; 6]; 6];
-    for i in 0..6 {
-        for l in 0..L {
-            let (d0, d1, d2, d3, d4, d5) = (
-                t[i][0][l], t[i][1][l], t[i][2][l], t[i][3][l], t[i][4][l], t[i][5][l],
-            );
-            r[i][0][l] = 4.0 * d0 - 5.0 * d2 + d4;
-            r[i][1][l] = -4.0 * d1 - 4.0 * d2 + d3 + d4;
-            r[i][2][l] = 4.0 * d1 - 4.0 * d2 - d3 + d4;
-            r[i][3][l] = -2.0 * d1 - d2 + 2.0 * d3 + d4;
-            r[i][4][l] = 2.0 * d1 - d2 - 2.0 * d3 + d4;
-            r[i][5][l] = 4.0 * d1 - 5.0 * d3 + d5;
+    for (i, ti) in t.iter().enumerate() {
+        let mut r = [[0.0f32; W]; 6];
+        for l in 0..W {
+            let (d0, d1, d2, d3, d4, d5) =
+                (ti[0][l], ti[1][l], ti[2][l], ti[3][l], ti[4][l], ti[5][l]);
+            r[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
+            r[1][l] = -4.0 * d1 - 4.0 * d2 + d3 + d4;
+            r[2][l] = 4.0 * d1 - 4.0 * d2 - d3 + d4;
+            r[3][l] = -2.0 * d1 - d2 + 2.0 * d3 + d4;
+            r[4][l] = 2.0 * d1 - d2 - 2.0 * d3 + d4;
+            r[5][l] = 4.0 * d1 - 5.0 * d3 + d5;
+        }
+        for (j, rj) in r.iter().enumerate() {
+            out(i * 6 + j, rj);
         }
     }
-    r
 }
 
 thread_local! {
     static BUFS: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
+
+/// Calls `$f::<W>` built for the CPU's vector width, `W` the layer's run width (16 lanes,
+/// gathered one by one, when its tile rows hold no run).
+macro_rules! by_width {
+    ($isa:expr, $run:expr, $generic:ident, [$($w:pat => $avx512:ident, $avx2:ident);*], $args:tt) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            match ($isa, $run) {
+                $(
+                    (Some(Isa::Avx512), $w) => return $avx512 $args,
+                    (Some(Isa::Avx2), $w) => return $avx2 $args,
+                )*
+                _ => {}
+            }
+        }
+        match $run {
+            8 => $generic::<8> $args,
+            4 => $generic::<4> $args,
+            _ => $generic::<16> $args,
+        }
+    }};
+}
+pub(super) use by_width;
 
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
@@ -299,35 +407,38 @@ unsafe fn block(
     m: &mut [f32],
     out: *mut f32,
 ) {
-    // SAFETY: the caller upholds this function's contract (`out` valid for the tiles `t0..t0+nt`, written by no one else); the AVX-512 path is taken only when the CPU has it.
+    // SAFETY: the caller upholds this function's contract (`out` valid for the tiles
+    // `t0..t0+nt`, written by no one else); a vector build is taken only when the CPU has it.
     unsafe {
-        #[cfg(target_arch = "x86_64")]
-        {
-            match isa {
-                Some(Isa::Avx512) => return block_avx512(wg, xp, geo, t0, nt, tb, u, m, out),
-                Some(Isa::Avx2) => return block_avx2(wg, xp, geo, t0, nt, tb, u, m, out),
-                None => {}
-            }
-        }
-        block_generic(wg, xp, geo, t0, nt, tb, u, m, out)
+        by_width!(
+            isa,
+            geo.run,
+            block_generic,
+            [8 => block8_avx512, block8_avx2; 4 => block4_avx512, block4_avx2;
+             _ => block16_avx512, block16_avx2],
+            (wg, xp, geo, t0, nt, tb, u, m, out)
+        )
     }
 }
 
-widths!(block_generic => block_avx512, block_avx2(
-    wg: &Winograd,
-    xp: &[f32],
-    geo: &Tiles,
-    t0: usize,
-    nt: usize,
-    tb: usize,
-    u: &mut [f32],
-    m: &mut [f32],
-    out: *mut f32,
+widths!(block_generic::<16> => block16_avx512, block16_avx2(
+    wg: &Winograd, xp: &[f32], geo: &Tiles, t0: usize, nt: usize, tb: usize,
+    u: &mut [f32], m: &mut [f32], out: *mut f32,
+));
+widths!(block_generic::<8> => block8_avx512, block8_avx2(
+    wg: &Winograd, xp: &[f32], geo: &Tiles, t0: usize, nt: usize, tb: usize,
+    u: &mut [f32], m: &mut [f32], out: *mut f32,
+));
+widths!(block_generic::<4> => block4_avx512, block4_avx2(
+    wg: &Winograd, xp: &[f32], geo: &Tiles, t0: usize, nt: usize, tb: usize,
+    u: &mut [f32], m: &mut [f32], out: *mut f32,
 ));
 
+/// One block's tiles `t0..t0 + nt`, `W` at a time: input transform into `u`, the 36 GEMMs
+/// into `m`, output transform into `out`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn block_generic(
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+unsafe fn block_generic<const W: usize>(
     wg: &Winograd,
     xp: &[f32],
     geo: &Tiles,
@@ -338,32 +449,28 @@ unsafe fn block_generic(
     m: &mut [f32],
     out: *mut f32,
 ) {
-    // SAFETY: `xp` holds every sample's `c_in` padded planes of `wp` columns covering every tile read (`get_unchecked`); `u`/`m` hold 36·c·tb floats for the GEMMs (nt ≤ tb); `out` is valid for the batch's `c_out·h·w` floats per sample and only this block's tiles are written.
+    // SAFETY: `xp` holds every sample's `c_in` padded planes covering every tile read
+    // (`get_unchecked`); `u`/`m` hold 36·c·tb floats for the GEMMs (nt ≤ tb); `out` is valid
+    // for the batch's `c_out·h·w` floats per sample and only this block's tiles are written.
     unsafe {
         let (ci, co) = (wg.c_in, wg.c_out);
         let Tiles {
-            wp,
-            hp_wp,
             tw,
             per_sample,
             h,
             w,
+            ..
         } = *geo;
-        // Input transform, L tiles at a time.
-        for g0 in (0..nt).step_by(L) {
-            let gl = L.min(nt - g0);
-            let mut off = [0usize; L];
-            for (l, o) in off.iter_mut().enumerate() {
-                *o = geo.origin(t0 + g0 + l.min(gl - 1), ci);
-            }
+        // Input transform, W tiles at a time.
+        for g0 in (0..nt).step_by(W) {
+            let gl = W.min(nt - g0);
+            let off = geo.origins::<W>(t0 + g0, gl, ci);
             for c in 0..ci {
-                let plane = &xp[c * hp_wp..];
-                let r = input_transform(&load_tile(plane, &off, wp));
-                for (i, ri) in r.iter().enumerate() {
-                    for (j, rij) in ri.iter().enumerate() {
-                        store_lanes(&mut u[((i * 6 + j) * ci + c) * tb + g0..], rij, gl);
-                    }
-                }
+                let plane = &xp[c * geo.plane..];
+                input_transform(
+                    |i, j| load_elem(plane, &off, geo, i, j),
+                    |e, r| store_lanes(&mut u[(e * ci + c) * tb + g0..], r),
+                );
             }
         }
         // 36 GEMMs: M[e] (co × nt) = V[e] (co × ci) · U[e] (ci × nt).
@@ -390,16 +497,32 @@ unsafe fn block_generic(
         }
         // Output transform: Aᵀ M A, plus bias.
         let plane = h * w;
-        for g0 in (0..nt).step_by(L) {
-            let gl = L.min(nt - g0);
+        let run = geo.run == W;
+        for g0 in (0..nt).step_by(W) {
+            let gl = W.min(nt - g0);
+            // Each lane's first output pixel (of channel 0) and how many of its tile's rows
+            // and columns lie inside the image.
+            let mut dst = [0usize; W];
+            let mut rows = [0usize; W];
+            let mut cols = [0usize; W];
+            for l in 0..gl {
+                let t = t0 + g0 + l;
+                let (s, r) = (t / per_sample, t % per_sample);
+                let (oy, ox) = ((r / tw) * 4, (r % tw) * 4);
+                dst[l] = s * co * plane + oy * w + ox;
+                rows[l] = 4.min(h - oy);
+                cols[l] = 4.min(w - ox);
+            }
+            // A run's pixels in a row, up to the image's edge.
+            let run_cols = (4 * W).min(w - (t0 + g0) % per_sample % tw * 4);
             for o in 0..co {
-                let mut t = [[[0.0f32; L]; 6]; 4];
+                let mut t = [[[0.0f32; W]; 6]; 4];
                 for j in 0..6 {
                     // Column j of the 6×6 tiles, loaded as it is used (a whole 6×6 array
                     // built by `array::from_fn` compiled to a call and 2 KB copies).
-                    let at = |i: usize| load_lanes(&m[((i * 6 + j) * co + o) * tb + g0..], gl);
+                    let at = |i: usize| load_lanes::<W>(&m[((i * 6 + j) * co + o) * tb + g0..]);
                     let col = [at(0), at(1), at(2), at(3), at(4), at(5)];
-                    for l in 0..L {
+                    for l in 0..W {
                         let (m0, m1, m2, m3, m4, m5) = (
                             col[0][l], col[1][l], col[2][l], col[3][l], col[4][l], col[5][l],
                         );
@@ -410,9 +533,10 @@ unsafe fn block_generic(
                     }
                 }
                 let bias = wg.bias[o];
+                let base = out.add(o * plane);
                 for i in 0..4 {
-                    let mut y = [[0.0f32; L]; 4];
-                    for l in 0..L {
+                    let mut y = [[0.0f32; W]; 4];
+                    for l in 0..W {
                         let (m0, m1, m2, m3, m4, m5) = (
                             t[i][0][l], t[i][1][l], t[i][2][l], t[i][3][l], t[i][4][l], t[i][5][l],
                         );
@@ -421,17 +545,21 @@ unsafe fn block_generic(
                         y[2][l] = m1 + m2 + 4.0 * m3 + 4.0 * m4 + bias;
                         y[3][l] = m1 - m2 + 8.0 * m3 - 8.0 * m4 + m5 + bias;
                     }
-                    for l in 0..gl {
-                        let t = t0 + g0 + l;
-                        let (s, r) = (t / per_sample, t % per_sample);
-                        let (oy, ox) = ((r / tw) * 4 + i, (r % tw) * 4);
-                        if oy >= h {
+                    if run {
+                        // The run's 4·W pixels of this row, interleaved, in one copy.
+                        if i >= rows[0] {
                             continue;
                         }
-                        let dst = out.add((s * co + o) * plane + oy * w + ox);
-                        let n = 4.min(w - ox);
-                        for (j, yj) in y.iter().enumerate().take(n) {
-                            *dst.add(j) = yj[l];
+                        store_interleaved(&y, base.add(dst[0] + i * w), run_cols);
+                    } else {
+                        for l in 0..gl {
+                            if i >= rows[l] {
+                                continue;
+                            }
+                            let d = base.add(dst[l] + i * w);
+                            for (j, yj) in y.iter().enumerate().take(cols[l]) {
+                                *d.add(j) = yj[l];
+                            }
                         }
                     }
                 }
@@ -440,27 +568,53 @@ unsafe fn block_generic(
     }
 }
 
-/// The first `gl` of `L` lanes from `src` (the rest zero). A whole group (`gl == L`) is one
-/// fixed-size copy the compiler keeps in registers, not a call to `memcpy`.
+/// One output row of a run of `W` tiles: column `j` of tile `l` (`y[j][l]`) to `dst[4l + j]`,
+/// the first `n` of the `4·W` pixels. On x86-64, 4×4 transposes in SSE registers (which
+/// every x86-64 CPU has): the compiler's own interleave of `y` read it back from the stack
+/// in pieces narrower than it had been stored, and stalled on every load.
 #[inline(always)]
-pub(super) fn load_lanes(src: &[f32], gl: usize) -> [f32; L] {
-    let mut a = [0.0f32; L];
-    if gl == L {
-        a.copy_from_slice(&src[..L]);
-    } else {
-        a[..gl].copy_from_slice(&src[..gl]);
+unsafe fn store_interleaved<const W: usize>(y: &[[f32; W]; 4], dst: *mut f32, n: usize) {
+    // SAFETY: the caller's: `dst` is valid for `n` floats.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if n == 4 * W && W.is_multiple_of(4) {
+            use std::arch::x86_64::*;
+            for l in (0..W).step_by(4) {
+                let a = _mm_loadu_ps(y[0].as_ptr().add(l));
+                let b = _mm_loadu_ps(y[1].as_ptr().add(l));
+                let c = _mm_loadu_ps(y[2].as_ptr().add(l));
+                let d = _mm_loadu_ps(y[3].as_ptr().add(l));
+                let (ab01, cd01) = (_mm_unpacklo_ps(a, b), _mm_unpacklo_ps(c, d));
+                let (ab23, cd23) = (_mm_unpackhi_ps(a, b), _mm_unpackhi_ps(c, d));
+                let o = dst.add(4 * l);
+                _mm_storeu_ps(o, _mm_movelh_ps(ab01, cd01));
+                _mm_storeu_ps(o.add(4), _mm_movehl_ps(cd01, ab01));
+                _mm_storeu_ps(o.add(8), _mm_movelh_ps(ab23, cd23));
+                _mm_storeu_ps(o.add(12), _mm_movehl_ps(cd23, ab23));
+            }
+            return;
+        }
+        for p in 0..n {
+            *dst.add(p) = y[p % 4][p / 4];
+        }
     }
-    a
 }
 
-/// The first `gl` lanes of `a` into `dst` (see [`load_lanes`]).
+/// `W` lanes from `src`: one fixed-size load. A block's rows of `u` and `m` are `tb` wide, a
+/// multiple of 16, so a last group of fewer tiles reads and writes whole lanes too (the
+/// lanes past the block's tiles are never used): the hot loops hold no copies of variable
+/// length, which the compiler turns into calls to `memcpy`.
 #[inline(always)]
-pub(super) fn store_lanes(dst: &mut [f32], a: &[f32; L], gl: usize) {
-    if gl == L {
-        dst[..L].copy_from_slice(a);
-    } else {
-        dst[..gl].copy_from_slice(&a[..gl]);
-    }
+pub(super) fn load_lanes<const W: usize>(src: &[f32]) -> [f32; W] {
+    let s: &[f32; W] = src[..W].try_into().expect("lanes");
+    *s
+}
+
+/// `W` lanes into `dst` (see [`load_lanes`]).
+#[inline(always)]
+pub(super) fn store_lanes<const W: usize>(dst: &mut [f32], a: &[f32; W]) {
+    let d: &mut [f32; W] = (&mut dst[..W]).try_into().expect("lanes");
+    *d = *a;
 }
 
 #[cfg(test)]
@@ -469,12 +623,19 @@ mod tests {
 
     /// The transforms compiled for AVX-512, AVX2 and the baseline give the same bits (no
     /// fused multiply-add is enabled in any of them), so Winograd's results do not depend on
-    /// the machine's vector width (the GEMMs in between are the `gemm` crate's).
+    /// the machine's vector width (the GEMMs in between are the `gemm` crate's); with lanes
+    /// gathered one by one (22 wide) and loaded as runs of 4, 8 and 16 tiles.
     #[test]
     fn every_vector_width_transforms_to_the_same_bits() {
+        for w in [22, 15, 30, 63] {
+            same_bits_at(w);
+        }
+    }
+
+    fn same_bits_at(w: usize) {
         let mut r = crate::rng::Rng::new(5);
         let mut v = |n: usize| (0..n).map(|_| r.f32() - 0.5).collect::<Vec<f32>>();
-        let (ci, co, h, w) = (16usize, 20usize, 13usize, 22usize);
+        let (ci, co, h) = (16usize, 20usize, 13usize);
         let conv = ConvWeights {
             c_in: ci,
             c_out: co,

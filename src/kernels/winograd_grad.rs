@@ -14,7 +14,9 @@
 
 use crate::kernels::direct::Isa;
 use crate::kernels::geom::{ConvGeom, SendPtr};
-use crate::kernels::winograd::{input_transform, load_tile, padded_batch, store_lanes, Tiles, L};
+use crate::kernels::winograd::{
+    by_width, input_transform, load_elem, padded_batch, store_lanes, to_phases, Tiles,
+};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -51,36 +53,40 @@ fn weight_grad_on(g: &ConvGeom, x: &Tensor, dy: &Tensor, isa: Option<Isa>) -> (V
     let tiles = n * geo.per_sample;
     // Pooled buffers: each chunk overwrites what it reads, and the first GEMM of each
     // position does not read `m`.
-    let mut u = crate::tensor::take_buffer(36 * co * CHUNK.min(tiles));
-    let mut v = crate::tensor::take_buffer(36 * ci * CHUNK.min(tiles));
+    // Rows of `u` and `v` hold whole groups of 16 lanes (`ntp` floats for a chunk of `nt`
+    // tiles): the transforms store whole lanes (see `winograd::load_lanes`).
+    let rows = CHUNK.min(tiles).next_multiple_of(16);
+    let mut u = crate::tensor::take_buffer(36 * co * rows);
+    let mut v = crate::tensor::take_buffer(36 * ci * rows);
     let mut m = crate::tensor::take_buffer(36 * co * ci);
     for (k, t0) in (0..tiles).step_by(CHUNK).enumerate() {
         let nt = CHUNK.min(tiles - t0);
+        let ntp = nt.next_multiple_of(16);
         // Transforms, one channel per task: channel c owns rows (e, c) of every position e.
         let (vp, up) = (SendPtr::new(v.as_mut_ptr()), SendPtr::new(u.as_mut_ptr()));
         (0..ci + co).into_par_iter().for_each(|c| {
             // SAFETY: `xp`/`dyp` cover every tile of the batch in every channel; the task of
-            // channel c writes only rows (e, c), `nt` floats each, of `v` (c < ci) or `u`,
-            // which hold 36 · channels · nt floats; no two tasks share a row.
+            // channel c writes only rows (e, c), `ntp` floats each, of `v` (c < ci) or `u`,
+            // which hold 36 · channels · ntp floats; no two tasks share a row.
             unsafe {
                 if c < ci {
-                    let dst = vp.get().add(c * nt);
+                    let dst = vp.get().add(c * ntp);
                     channel(
                         isa,
                         Side::Input,
-                        &xp[c * geo.hp_wp..],
+                        &xp[c * geo.plane..],
                         &geo,
                         ci,
                         t0,
                         nt,
                         dst,
-                        ci * nt,
+                        ci * ntp,
                     );
                 } else {
                     let c = c - ci;
-                    let dst = up.get().add(c * nt);
-                    let plane = &dyp.data[c * geo.hp_wp..];
-                    channel(isa, Side::Grad, plane, &geo, co, t0, nt, dst, co * nt);
+                    let dst = up.get().add(c * ntp);
+                    let plane = &dyp.data[c * geo.plane..];
+                    channel(isa, Side::Grad, plane, &geo, co, t0, nt, dst, co * ntp);
                 }
             }
         });
@@ -94,14 +100,14 @@ fn weight_grad_on(g: &ConvGeom, x: &Tensor, dy: &Tensor, isa: Option<Isa>) -> (V
                 ci,
                 k > 0,
                 super::Strided {
-                    data: &u[e * co * nt..],
-                    rs: nt,
+                    data: &u[e * co * ntp..],
+                    rs: ntp,
                     cs: 1,
                 },
                 super::Strided {
-                    data: &v[e * ci * nt..],
+                    data: &v[e * ci * ntp..],
                     rs: 1,
-                    cs: nt,
+                    cs: ntp,
                 },
                 gemm::Parallelism::None,
             );
@@ -136,21 +142,24 @@ fn weight_grad_on(g: &ConvGeom, x: &Tensor, dy: &Tensor, isa: Option<Isa>) -> (V
     (dw, db)
 }
 
-/// `dy`'s planes laid out like the padded input (`hp × wp`, tile origins shared), the
+/// `dy`'s planes laid out like the padded input (in phases, tile origins shared), the
 /// gradient at rows and columns `0..h × 0..w` and zeros elsewhere: tiles past the edge see
 /// a zero gradient.
 fn tiled_grad(dy: &Tensor, geo: &Tiles) -> Tensor {
-    let (h, w, wp) = (dy.h, dy.w, geo.wp);
-    let hp = geo.hp_wp / wp;
-    let mut out = Tensor::zeros(dy.n, dy.c, hp, wp);
+    let (h, w, rw) = (dy.h, dy.w, 4 * geo.wq);
+    let mut out = Tensor::zeros(dy.n, dy.c, geo.plane / rw, rw);
     out.data
-        .par_chunks_mut(geo.hp_wp)
+        .par_chunks_mut(geo.plane)
         .zip(dy.data.par_chunks(h * w))
-        .for_each(|(plane, s)| {
-            for (drow, srow) in plane.chunks_mut(wp).zip(s.chunks(w)) {
-                drow[..w].copy_from_slice(srow);
-            }
-        });
+        .for_each_init(
+            || vec![0.0f32; rw],
+            |row, (plane, s)| {
+                for (drow, srow) in plane.chunks_exact_mut(rw).zip(s.chunks(w)) {
+                    row[..w].copy_from_slice(srow);
+                    to_phases(row, drow);
+                }
+            },
+        );
     out
 }
 
@@ -178,36 +187,36 @@ unsafe fn channel(
     // SAFETY: the caller upholds this function's contract; a vector build is taken only
     // when the CPU has it.
     unsafe {
-        #[cfg(target_arch = "x86_64")]
-        {
-            match isa {
-                Some(Isa::Avx512) => {
-                    return channel_avx512(side, plane, geo, c, t0, nt, dst, e_stride)
-                }
-                Some(Isa::Avx2) => return channel_avx2(side, plane, geo, c, t0, nt, dst, e_stride),
-                None => {}
-            }
-        }
-        channel_generic(side, plane, geo, c, t0, nt, dst, e_stride)
+        by_width!(
+            isa,
+            geo.run,
+            channel_generic,
+            [8 => channel8_avx512, channel8_avx2; 4 => channel4_avx512, channel4_avx2;
+             _ => channel16_avx512, channel16_avx2],
+            (side, plane, geo, c, t0, nt, dst, e_stride)
+        )
     }
 }
 
-widths!(channel_generic => channel_avx512, channel_avx2(
-    side: Side,
-    plane: &[f32],
-    geo: &Tiles,
-    c: usize,
-    t0: usize,
-    nt: usize,
-    dst: *mut f32,
+widths!(channel_generic::<16> => channel16_avx512, channel16_avx2(
+    side: Side, plane: &[f32], geo: &Tiles, c: usize, t0: usize, nt: usize, dst: *mut f32,
+    e_stride: usize,
+));
+widths!(channel_generic::<8> => channel8_avx512, channel8_avx2(
+    side: Side, plane: &[f32], geo: &Tiles, c: usize, t0: usize, nt: usize, dst: *mut f32,
+    e_stride: usize,
+));
+widths!(channel_generic::<4> => channel4_avx512, channel4_avx2(
+    side: Side, plane: &[f32], geo: &Tiles, c: usize, t0: usize, nt: usize, dst: *mut f32,
     e_stride: usize,
 ));
 
 /// The transformed tiles `t0..t0+nt` of one channel (`plane`: its padded plane of sample 0,
-/// of `c` channels per sample): position `e`'s `nt` values at `dst + e·e_stride`.
+/// of `c` channels per sample): position `e`'s `nt` values at `dst + e·e_stride`, in rows
+/// with room for whole groups of 16 lanes.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn channel_generic(
+unsafe fn channel_generic<const W: usize>(
     side: Side,
     plane: &[f32],
     geo: &Tiles,
@@ -218,31 +227,33 @@ unsafe fn channel_generic(
     e_stride: usize,
 ) {
     // SAFETY: `plane` reaches every tile of every sample (`get_unchecked`); `dst` is valid
-    // for 36 rows of `nt` floats `e_stride` apart that no one else touches meanwhile.
+    // for 36 rows of `nt` floats (rounded up to 16) `e_stride` apart that no one else
+    // touches meanwhile.
     unsafe {
-        let wp = geo.wp;
-        for g0 in (0..nt).step_by(L) {
-            let gl = L.min(nt - g0);
-            let mut off = [0usize; L];
-            for (l, o) in off.iter_mut().enumerate() {
-                *o = geo.origin(t0 + g0 + l.min(gl - 1), c);
-            }
-            let r = match side {
-                Side::Input => input_transform(&load_tile::<6>(plane, &off, wp)),
-                Side::Grad => grad_transform(&load_tile::<4>(plane, &off, wp)),
+        for g0 in (0..nt).step_by(W) {
+            let gl = W.min(nt - g0);
+            let off = geo.origins::<W>(t0 + g0, gl, c);
+            let load = |i, j| load_elem::<W>(plane, &off, geo, i, j);
+            let store = |e: usize, r: &[f32; W]| {
+                let row = std::slice::from_raw_parts_mut(dst.add(e * e_stride + g0), W);
+                store_lanes(row, r);
             };
-            for (e, re) in r.iter().flatten().enumerate() {
-                let row = std::slice::from_raw_parts_mut(dst.add(e * e_stride + g0), gl);
-                store_lanes(row, re, gl);
+            match side {
+                Side::Input => input_transform(load, store),
+                Side::Grad => grad_transform(load, store),
             }
         }
     }
 }
 
-/// `G' d G'ᵀ` of `L` 4×4 gradient tiles, `G' = 24 G` with `G` F(3, 4)'s filter transform:
+/// `G' d G'ᵀ` of `W` 4×4 gradient tiles, `G' = 24 G` with `G` F(3, 4)'s filter transform:
 /// rows `[1, p, p², p³] / Πⱼ(p − pⱼ)` at p = 0, 1, −1, 2, −2 and `[0, 0, 0, 1]` at ∞.
 #[inline(always)]
-fn grad_transform(d: &[[[f32; L]; 4]; 4]) -> [[[f32; L]; 6]; 6] {
+#[allow(clippy::needless_range_loop)] // the transform's indices, as written on paper
+fn grad_transform<const W: usize>(
+    d: impl Fn(usize, usize) -> [f32; W],
+    mut out: impl FnMut(usize, &[f32; W]),
+) {
     #[inline(always)]
     fn g(d0: f32, d1: f32, d2: f32, d3: f32) -> [f32; 6] {
         let (e, o) = (d0 + d2, d1 + d3);
@@ -256,25 +267,28 @@ fn grad_transform(d: &[[[f32; L]; 4]; 4]) -> [[[f32; L]; 6]; 6] {
             24.0 * d3,
         ]
     }
-    let mut t = [[[0.0f32; L]; 4]; 6];
+    let mut t = [[[0.0f32; W]; 4]; 6];
     for j in 0..4 {
-        for l in 0..L {
-            let c = g(d[0][j][l], d[1][j][l], d[2][j][l], d[3][j][l]);
+        let (d0, d1, d2, d3) = (d(0, j), d(1, j), d(2, j), d(3, j));
+        for l in 0..W {
+            let c = g(d0[l], d1[l], d2[l], d3[l]);
             for i in 0..6 {
                 t[i][j][l] = c[i];
             }
         }
     }
-    let mut r = [[[0.0f32; L]; 6]; 6];
-    for i in 0..6 {
-        for l in 0..L {
-            let c = g(t[i][0][l], t[i][1][l], t[i][2][l], t[i][3][l]);
+    for (i, ti) in t.iter().enumerate() {
+        let mut r = [[0.0f32; W]; 6];
+        for l in 0..W {
+            let c = g(ti[0][l], ti[1][l], ti[2][l], ti[3][l]);
             for j in 0..6 {
-                r[i][j][l] = c[j];
+                r[j][l] = c[j];
             }
         }
+        for (j, rj) in r.iter().enumerate() {
+            out(i * 6 + j, rj);
+        }
     }
-    r
 }
 
 /// `dW[o][c] = Aᵀ M[·][o][c] A / 24²` in float64, `Aᵀ` F(3, 4)'s output transform (powers
@@ -378,6 +392,7 @@ mod tests {
             (1, 24, 16, 8, 8, PadMode::Zero),
             (3, 16, 20, 33, 29, PadMode::Replicate),
             (4, 16, 16, 48, 48, PadMode::Reflect),
+            (2, 16, 16, 9, 62, PadMode::Zero),
         ] {
             let g = ConvGeom::simple(3, 1, 1, mode);
             let x = Tensor::from_vec(n, ci, h, w, pseudo(n * ci * h * w, 1));
@@ -408,10 +423,17 @@ mod tests {
         }
     }
 
-    /// The transforms compiled for AVX-512, AVX2 and the baseline give the same bits.
+    /// The transforms compiled for AVX-512, AVX2 and the baseline give the same bits, with
+    /// lanes gathered one by one (14 wide) and loaded as runs of 4, 8 and 16 tiles.
     #[test]
     fn every_vector_width_gives_the_same_bits() {
-        let (n, ci, co, h, w) = (2, 16, 16, 19, 14);
+        for w in [14, 16, 32, 64] {
+            every_vector_width_gives_the_same_bits_at(w);
+        }
+    }
+
+    fn every_vector_width_gives_the_same_bits_at(w: usize) {
+        let (n, ci, co, h) = (2, 16, 16, 19);
         let g = ConvGeom::simple(3, 1, 1, PadMode::Reflect);
         let x = Tensor::from_vec(n, ci, h, w, pseudo(n * ci * h * w, 3));
         let dy = Tensor::from_vec(n, co, h, w, pseudo(n * co * h * w, 4));
