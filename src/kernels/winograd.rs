@@ -328,15 +328,16 @@ pub(super) unsafe fn load_elem<const W: usize>(
 }
 
 /// The input transform Bᵀ d B of `W` 6×6 tiles at once: `d(i, j)` is element (i, j) of
-/// every lane, and `out(i·6 + j, r)` takes element (i, j) of the result. Columns first, then
-/// rows, each row handed on as it is done.
+/// every lane, and `out(i·6 + j, r)` takes element (i, j) of the result. Columns first (into
+/// `t`, the caller's scratch, so that it is not cleared for every tile group), then rows,
+/// each row handed on as it is done.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // the transform's indices, as written on paper
 pub(super) fn input_transform<const W: usize>(
+    t: &mut [[[f32; W]; 6]; 6],
     d: impl Fn(usize, usize) -> [f32; W],
     mut out: impl FnMut(usize, &[f32; W]),
 ) {
-    let mut t = [[[0.0f32; W]; 6]; 6];
     for j in 0..6 {
         let (d0, d1, d2, d3, d4, d5) = (d(0, j), d(1, j), d(2, j), d(3, j), d(4, j), d(5, j));
         for l in 0..W {
@@ -462,12 +463,14 @@ unsafe fn block_generic<const W: usize>(
             ..
         } = *geo;
         // Input transform, W tiles at a time.
+        let mut scratch = [[[0.0f32; W]; 6]; 6];
         for g0 in (0..nt).step_by(W) {
             let gl = W.min(nt - g0);
             let off = geo.origins::<W>(t0 + g0, gl, ci);
             for c in 0..ci {
                 let plane = &xp[c * geo.plane..];
                 input_transform(
+                    &mut scratch,
                     |i, j| load_elem(plane, &off, geo, i, j),
                     |e, r| store_lanes(&mut u[(e * ci + c) * tb + g0..], r),
                 );
@@ -498,6 +501,9 @@ unsafe fn block_generic<const W: usize>(
         // Output transform: Aᵀ M A, plus bias.
         let plane = h * w;
         let run = geo.run == W;
+        // Aᵀ M of a group's column j, for every j: overwritten for each output channel
+        // before it is read (declared once: clearing it per channel cost a `memset` each).
+        let mut t = [[[0.0f32; W]; 6]; 4];
         for g0 in (0..nt).step_by(W) {
             let gl = W.min(nt - g0);
             // Each lane's first output pixel (of channel 0) and how many of its tile's rows
@@ -516,7 +522,6 @@ unsafe fn block_generic<const W: usize>(
             // A run's pixels in a row, up to the image's edge.
             let run_cols = (4 * W).min(w - (t0 + g0) % per_sample % tw * 4);
             for o in 0..co {
-                let mut t = [[[0.0f32; W]; 6]; 4];
                 for j in 0..6 {
                     // Column j of the 6×6 tiles, loaded as it is used (a whole 6×6 array
                     // built by `array::from_fn` compiled to a call and 2 KB copies).

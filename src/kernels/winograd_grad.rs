@@ -230,6 +230,8 @@ unsafe fn channel_generic<const W: usize>(
     // for 36 rows of `nt` floats (rounded up to 16) `e_stride` apart that no one else
     // touches meanwhile.
     unsafe {
+        // The transforms' scratch, cleared once rather than for every group.
+        let mut scratch = [[[0.0f32; W]; 6]; 6];
         for g0 in (0..nt).step_by(W) {
             let gl = W.min(nt - g0);
             let off = geo.origins::<W>(t0 + g0, gl, c);
@@ -239,18 +241,20 @@ unsafe fn channel_generic<const W: usize>(
                 store_lanes(row, r);
             };
             match side {
-                Side::Input => input_transform(load, store),
-                Side::Grad => grad_transform(load, store),
+                Side::Input => input_transform(&mut scratch, load, store),
+                Side::Grad => grad_transform(&mut scratch, load, store),
             }
         }
     }
 }
 
-/// `G' d G'ᵀ` of `W` 4×4 gradient tiles, `G' = 24 G` with `G` F(3, 4)'s filter transform:
+/// `G' d G'ᵀ` of `W` 4×4 gradient tiles (columns first, into the first four columns of the
+/// scratch `t`), `G' = 24 G` with `G` F(3, 4)'s filter transform:
 /// rows `[1, p, p², p³] / Πⱼ(p − pⱼ)` at p = 0, 1, −1, 2, −2 and `[0, 0, 0, 1]` at ∞.
 #[inline(always)]
 #[allow(clippy::needless_range_loop)] // the transform's indices, as written on paper
 fn grad_transform<const W: usize>(
+    t: &mut [[[f32; W]; 6]; 6],
     d: impl Fn(usize, usize) -> [f32; W],
     mut out: impl FnMut(usize, &[f32; W]),
 ) {
@@ -267,7 +271,6 @@ fn grad_transform<const W: usize>(
             24.0 * d3,
         ]
     }
-    let mut t = [[[0.0f32; W]; 4]; 6];
     for j in 0..4 {
         let (d0, d1, d2, d3) = (d(0, j), d(1, j), d(2, j), d(3, j));
         for l in 0..W {
