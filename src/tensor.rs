@@ -30,7 +30,10 @@ pub fn take_buffer(n: usize) -> Vec<f32> {
 
 /// A pooled buffer of `n` floats (stale contents), if the pool has one that fits.
 fn take_pooled(n: usize) -> Option<Vec<f32>> {
-    if n >= POOL_MIN {
+    if n < POOL_MIN {
+        return None;
+    }
+    let mut b = {
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
         // The smallest pooled buffer that fits without wasting more than half of it.
         let best = pool
@@ -38,21 +41,49 @@ fn take_pooled(n: usize) -> Option<Vec<f32>> {
             .enumerate()
             .filter(|(_, b)| b.capacity() >= n && b.capacity() <= 2 * n)
             .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i);
-        if let Some(i) = best {
-            let mut b = pool.swap_remove(i);
-            // Only the elements the buffer held are initialised (stale, which is fine): cut it
-            // to `n`, or fill the rest. (`set_len` up to the capacity exposed memory never
-            // written, which is undefined behaviour.)
-            if b.len() >= n {
-                b.truncate(n);
-            } else {
-                b.resize(n, 0.0);
-            }
-            return Some(b);
-        }
+            .map(|(i, _)| i)?;
+        pool.swap_remove(best)
+    };
+    // Only the elements the buffer held are initialised (stale, which is fine): cut it to
+    // `n`, or fill the rest. (`set_len` up to the capacity exposed memory never written,
+    // which is undefined behaviour.)
+    if b.len() >= n {
+        b.truncate(n);
+    } else {
+        let have = b.len();
+        let rest = &mut b.spare_capacity_mut()[..n - have];
+        par_for_each_chunk(rest, |c| c.fill(std::mem::MaybeUninit::new(0.0)));
+        // SAFETY: elements `have..n` were written just above; the capacity is at least `n`.
+        unsafe { b.set_len(n) };
     }
-    None
+    Some(b)
+}
+
+/// Floats from which a fill or copy is split across the threads: a step's large buffers
+/// were cleared and copied by the thread that asked for them while the others waited.
+const PAR_FLOATS: usize = 1 << 19;
+
+/// `f` on `dst` in chunks, across the threads when `dst` is large.
+fn par_for_each_chunk<T: Send>(dst: &mut [T], f: impl Fn(&mut [T]) + Sync + Send) {
+    use rayon::prelude::*;
+    if dst.len() < PAR_FLOATS {
+        f(dst);
+    } else {
+        dst.par_chunks_mut(1 << 16).for_each(&f);
+    }
+}
+
+/// `dst.copy_from_slice(src)`, across the threads when large.
+pub fn par_copy(dst: &mut [f32], src: &[f32]) {
+    use rayon::prelude::*;
+    assert_eq!(dst.len(), src.len(), "copy between different lengths");
+    if dst.len() < PAR_FLOATS {
+        dst.copy_from_slice(src);
+    } else {
+        dst.par_chunks_mut(1 << 16)
+            .zip(src.par_chunks(1 << 16))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+    }
 }
 
 /// Hand a buffer back for reuse.
@@ -99,7 +130,7 @@ pub struct Tensor {
 impl Clone for Tensor {
     fn clone(&self) -> Self {
         let mut data = take_buffer(self.data.len());
-        data.copy_from_slice(&self.data);
+        par_copy(&mut data, &self.data);
         Tensor { data, ..*self }
     }
 }
@@ -109,7 +140,7 @@ impl Tensor {
         // A recycled buffer is cleared; a fresh one comes zeroed from the allocator.
         let data = match take_pooled(n * c * h * w) {
             Some(mut b) => {
-                b.fill(0.0);
+                par_for_each_chunk(&mut b, |c| c.fill(0.0));
                 b
             }
             None => vec![0.0; n * c * h * w],

@@ -487,12 +487,26 @@ pub mod host {
     use super::AdamStep;
     use crate::tensor::Tensor;
 
-    /// [`super::Backend::adam`] on host slices; float64 arithmetic, float32 state.
+    /// [`super::Backend::adam`] on host slices; float64 arithmetic, float32 state. Each
+    /// element on its own, so large tensors are split across the threads (same bits).
     pub fn adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamStep) {
+        use rayon::prelude::*;
         assert!(
             g.len() == p.len() && m.len() == p.len() && v.len() == p.len(),
             "adam: sizes differ"
         );
+        const CHUNK: usize = 1 << 14;
+        if p.len() <= CHUNK {
+            return adam_run(p, g, m, v, s);
+        }
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| adam_run(p, g, m, v, s));
+    }
+
+    fn adam_run(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &AdamStep) {
         for j in 0..p.len() {
             let gj = g[j] as f64;
             let mj = s.beta1 * m[j] as f64 + (1.0 - s.beta1) * gj;

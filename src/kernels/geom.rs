@@ -140,16 +140,26 @@ impl ConvGeom {
 /// `[a][b][k][k]` → `[b][a][k][k]` with each kernel rotated 180°: between a convolution and
 /// its transposed convolution, in either direction (and between their weight gradients).
 pub fn flip_transpose(w: &[f32], a: usize, b: usize, k: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    assert_eq!(w.len(), a * b * k * k, "kernel size");
     let mut t = vec![0.0f32; w.len()];
-    for i in 0..a {
-        for j in 0..b {
+    // Row j of the result: a pure permutation, so the threads may share it out.
+    let row = |(j, tj): (usize, &mut [f32])| {
+        for i in 0..a {
             for y in 0..k {
                 for x in 0..k {
-                    t[((j * a + i) * k + (k - 1 - y)) * k + (k - 1 - x)] =
-                        w[((i * b + j) * k + y) * k + x];
+                    tj[(i * k + (k - 1 - y)) * k + (k - 1 - x)] = w[((i * b + j) * k + y) * k + x];
                 }
             }
         }
+    };
+    if t.is_empty() {
+        return t;
+    }
+    if t.len() < 1 << 16 {
+        t.chunks_mut(a * k * k).enumerate().for_each(row);
+    } else {
+        t.par_chunks_mut(a * k * k).enumerate().for_each(row);
     }
     t
 }

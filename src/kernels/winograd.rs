@@ -35,6 +35,12 @@ pub struct Winograd {
     bias: Vec<f32>,
 }
 
+impl Drop for Winograd {
+    fn drop(&mut self) {
+        crate::tensor::recycle(std::mem::take(&mut self.v));
+    }
+}
+
 /// Does this geometry fit F(4×4,3×3)?
 pub fn applicable(conv: &ConvWeights, g: &ConvGeom) -> bool {
     g.k == 3
@@ -68,7 +74,10 @@ impl Winograd {
         // residual blocks' kernels anew every step), written straight into the
         // [36][co][ci] layout. The input channels run in lanes (f64, which vectorises),
         // each element's products summed in the order `k = 0, 1, 2`.
-        let mut v = vec![0.0f32; 36 * co * ci];
+        // From the buffer pool (the training pass makes and drops these every step; fresh
+        // pages each time cost page faults, and unmapping them a sequential stretch). Every
+        // element is written below, each task its output channel's 36 rows.
+        let mut v = crate::tensor::take_buffer(36 * co * ci);
         let vp = SendPtr::new(v.as_mut_ptr());
         (0..co).into_par_iter().for_each_init(
             || vec![0.0f64; 27 * ci],
@@ -121,17 +130,23 @@ impl Winograd {
     }
 
     pub fn forward(&self, x: &Tensor, mode: PadMode) -> Tensor {
-        self.forward_on(x, mode, super::direct::isa())
+        self.forward_on(x, mode, 0, super::direct::isa())
     }
 
-    /// [`Self::forward`] on the transforms compiled for `isa` (`None`: the baseline build),
-    /// which must be one this CPU has.
-    fn forward_on(&self, x: &Tensor, mode: PadMode, isa: Option<Isa>) -> Tensor {
+    /// The full correlation: `(h + 2) × (w + 2)` outputs, as [`Self::forward`] of `x` with
+    /// a margin of zeros one pixel wide around it, without making that copy.
+    pub fn forward_full(&self, x: &Tensor) -> Tensor {
+        self.forward_on(x, PadMode::Zero, 1, super::direct::isa())
+    }
+
+    /// [`Self::forward`] of `x` inside a zero margin `margin` pixels wide, on the transforms
+    /// compiled for `isa` (`None`: the baseline build), which must be one this CPU has.
+    fn forward_on(&self, x: &Tensor, mode: PadMode, margin: usize, isa: Option<Isa>) -> Tensor {
         assert_eq!(x.c, self.c_in);
-        let (n, h, w) = (x.n, x.h, x.w);
+        let (xp, geo) = padded_batch(x, mode, margin);
+        let (n, h, w) = (x.n, geo.h, geo.w);
         let mut out = Tensor::for_overwrite(n, self.c_out, h, w);
         let (ci, co) = (self.c_in, self.c_out);
-        let (xp, geo) = padded_batch(x, mode);
         let tiles = n * geo.per_sample;
         let tb = block_tiles(tiles, ci * co, rayon::current_num_threads());
         let blocks = tiles.div_ceil(tb);
@@ -245,17 +260,30 @@ impl Tiles {
 
 /// Every sample's planes, padded for 4×4 tiles: one pixel of border (reflect / zero /
 /// replicate), zeros past the end, so that the batch's tiles are one pool of work; in
-/// phases (see [`Tiles`]). The buffer comes from the tensor pool; hand it back with `recycle`.
-pub(super) fn padded_batch(x: &Tensor, mode: PadMode) -> (Vec<f32>, Tiles) {
-    let (h, w) = (x.h, x.w);
-    let geo = Tiles::new(h, w);
+/// phases (see [`Tiles`]). With a `margin` (zero padding only), the planes are first
+/// framed by that many zeros each way: the tiles then cover `h + 2·margin` rows. The buffer
+/// comes from the tensor pool; hand it back with `recycle`.
+pub(super) fn padded_batch(x: &Tensor, mode: PadMode, margin: usize) -> (Vec<f32>, Tiles) {
+    assert!(margin == 0 || mode == PadMode::Zero, "a margin is zeros");
+    let (h, w, m) = (x.h, x.w, margin);
+    let geo = Tiles::new(h + 2 * m, w + 2 * m);
     let rw = 4 * geo.wq;
+    // The source of padded row / column `p`, in the framed plane (`n + 2m` long), then in
+    // `x`: the same values as padding a framed copy.
     let src = |p: usize, n: usize| -> isize {
         let l = p as isize - 1;
-        if l > n as isize {
+        if l > (n + 2 * m) as isize {
             return -1; // beyond the border pixel: only feeds discarded outputs
         }
-        pad_source(l, n, mode)
+        if m == 0 {
+            return pad_source(l, n, mode);
+        }
+        let l = l - m as isize;
+        if l < 0 || l >= n as isize {
+            -1
+        } else {
+            l
+        }
     };
     let rows: Vec<isize> = (0..geo.plane / rw).map(|p| src(p, h)).collect();
     let cols: Vec<isize> = (0..rw).map(|p| src(p, w)).collect();
@@ -271,10 +299,10 @@ pub(super) fn padded_batch(x: &Tensor, mode: PadMode) -> (Vec<f32>, Tiles) {
                         continue;
                     }
                     let srow = &s[sy as usize * w..][..w];
-                    // Columns 1..=w read the source in order; the border and the tail
+                    // Columns m+1..=m+w read the source in order; the border and the tail
                     // through the column map.
-                    row[1..=w].copy_from_slice(srow);
-                    for p in std::iter::once(0).chain(w + 1..rw) {
+                    row[m + 1..=m + w].copy_from_slice(srow);
+                    for p in (0..=m).chain(m + w + 1..rw) {
                         row[p] = if cols[p] < 0 {
                             0.0
                         } else {
@@ -637,6 +665,55 @@ mod tests {
         }
     }
 
+    /// The full correlation without a padded copy gives the bits of the copy's forward
+    /// pass, for every tile layout (gathers, and runs of 4, 8 and 16 tiles), and its
+    /// outputs are the naive full correlation.
+    #[test]
+    fn full_correlation_is_the_framed_copys_forward_pass() {
+        let mut r = crate::rng::Rng::new(9);
+        let mut v = |n: usize| (0..n).map(|_| r.f32() - 0.5).collect::<Vec<f32>>();
+        let (ci, co) = (16usize, 24usize);
+        let conv = ConvWeights {
+            c_in: ci,
+            c_out: co,
+            weight: v(co * ci * 9),
+            bias: v(co),
+        };
+        let wg = Winograd::new(&conv);
+        for (h, w) in [(5, 20), (14, 14), (6, 30), (9, 62), (3, 7)] {
+            let x = Tensor::from_vec(2, ci, h, w, v(2 * ci * h * w));
+            let full = wg.forward_full(&x);
+            let framed = crate::kernels::conv_grad::zero_pad(&x, 1);
+            let copy = wg.forward(&framed, PadMode::Zero);
+            assert_eq!((full.h, full.w), (h + 2, w + 2));
+            let bits = |t: &Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+            assert_eq!(bits(&full), bits(&copy), "{h}x{w}");
+            // Output (s, o, y, x) of the full correlation reads input rows y-2..=y.
+            let (hp, wp) = (h + 2, w + 2);
+            for (s, o, y, xo) in [(0, 0, 0, 0), (1, 5, hp - 1, wp - 1), (0, 23, 1, wp / 2)] {
+                let mut want = conv.bias[o] as f64;
+                for c in 0..ci {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (iy, ix) =
+                                (y as isize + ky as isize - 2, xo as isize + kx as isize - 2);
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            want += conv.weight[(o * ci + c) * 9 + ky * 3 + kx] as f64
+                                * x.data[((s * ci + c) * h + iy as usize) * w + ix as usize] as f64;
+                        }
+                    }
+                }
+                let got = full.data[((s * co + o) * hp + y) * wp + xo] as f64;
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "{h}x{w} ({s},{o},{y},{xo}): {got} vs {want}"
+                );
+            }
+        }
+    }
+
     fn same_bits_at(w: usize) {
         let mut r = crate::rng::Rng::new(5);
         let mut v = |n: usize| (0..n).map(|_| r.f32() - 0.5).collect::<Vec<f32>>();
@@ -650,18 +727,18 @@ mod tests {
         let wg = Winograd::new(&conv);
         let x = Tensor::from_vec(2, ci, h, w, v(2 * ci * h * w));
         let bits = |t: Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
-        let base = bits(wg.forward_on(&x, PadMode::Reflect, None));
+        let base = bits(wg.forward_on(&x, PadMode::Reflect, 0, None));
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") {
                 assert_eq!(
-                    bits(wg.forward_on(&x, PadMode::Reflect, Some(Isa::Avx2))),
+                    bits(wg.forward_on(&x, PadMode::Reflect, 0, Some(Isa::Avx2))),
                     base
                 );
             }
             if std::is_x86_feature_detected!("avx512f") {
                 assert_eq!(
-                    bits(wg.forward_on(&x, PadMode::Reflect, Some(Isa::Avx512))),
+                    bits(wg.forward_on(&x, PadMode::Reflect, 0, Some(Isa::Avx512))),
                     base
                 );
             }

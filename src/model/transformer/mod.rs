@@ -111,6 +111,16 @@ impl<B: Backend> Grads<B> {
 
     /// `Σ g²` over every gradient, on the backend (finite exactly when every gradient is).
     pub fn sum_squares(&self, b: &B) -> Vec<B::Scalar> {
+        use rayon::prelude::*;
+        // On the host, one gradient per task (each summed in its own order, as before).
+        if self.0.iter().flatten().all(|g| b.as_host(g).is_some()) {
+            return self
+                .0
+                .par_iter()
+                .flatten()
+                .map(|g| b.sum_squares(g))
+                .collect();
+        }
         self.0.iter().flatten().map(|g| b.sum_squares(g)).collect()
     }
 }
