@@ -436,6 +436,9 @@ mod tests {
 pub fn stride1_input_grad(conv: &Conv2d, g: &ConvGeom, dy: &Tensor, h: usize, w: usize) -> Tensor {
     assert!(g.stride == 1 && g.upsample == 1 && g.dilate == 1);
     let k = g.k;
+    if k == 3 && g.pad == [1; 4] && h >= 2 && w >= 2 {
+        return same3_input_grad(conv, g, dy);
+    }
     let t = conv.transposed_for_grad(k);
     // The full correlation (k-1 on each side): for 3×3 the Winograd kernel over dy framed
     // by one pixel of zeros (no copy made), for 9×9 the direct kernel with padding k-1.
@@ -448,6 +451,112 @@ pub fn stride1_input_grad(conv: &Conv2d, g: &ConvGeom, dy: &Tensor, h: usize, w:
     };
     debug_assert_eq!((dxpad.h, dxpad.w), (hp, wp));
     fold_padding(&dxpad, g, h, w)
+}
+
+/// The input gradient of a 3×3 stride-1 layer padded by one pixel (zeros, reflection or
+/// replication; the residual blocks). Inside, the padded input's gradient is the
+/// zero-padded same-size convolution of `dy` with the flipped, transposed kernel (Winograd
+/// on the image's own tiles); only its one-pixel frame, which zero padding drops and the
+/// others fold back inward, is left: each side is a three-tap correlation along one row or
+/// column of `dy`, three small GEMMs (one per tap, over the output channels). Cheaper than
+/// Winograd over the full `(h + 2) × (w + 2)` correlation, whose last row and column of
+/// tiles are half outside it (a fifth more tiles at 32×32), and no padded copies.
+fn same3_input_grad(conv: &Conv2d, g: &ConvGeom, dy: &Tensor) -> Tensor {
+    use crate::kernels::{matmul, Strided};
+    let (h, w) = (dy.h, dy.w);
+    let mut dx = same_conv_input_grad(&conv.transposed_for_grad(3), 3, dy);
+    if g.mode == PadMode::Zero {
+        return dx;
+    }
+    let (ci, co) = (conv.c_in, conv.c_out);
+    // Where padded row / column p (0 and h + 1 / w + 1: the frame) was read from.
+    let src = |p: isize, n: usize| pad_source(p - 1, n, g.mode) as usize;
+    let (top_row, bottom_row) = (src(0, h), src(h as isize + 1, h));
+    let (left_col, right_col) = (src(0, w), src(w as isize + 1, w));
+    // Tap (ky, kx) as a ci × co matrix: element (c, o) is weight[o][c][ky][kx].
+    let tap = |ky: usize, kx: usize| Strided {
+        data: &conv.weight[ky * 3 + kx..],
+        rs: 9,
+        cs: ci * 9,
+    };
+    dx.data
+        .par_chunks_mut(ci * h * w)
+        .zip(dy.data.par_chunks(co * h * w))
+        .for_each_init(
+            || vec![0.0f32; ci * (2 * (w + 2) + 2 * h)],
+            |buf, (dxs, dys)| {
+                buf.fill(0.0);
+                let (rows, cols) = buf.split_at_mut(2 * ci * (w + 2));
+                let (top, bottom) = rows.split_at_mut(ci * (w + 2));
+                let (left, right) = cols.split_at_mut(ci * h);
+                // Padded row 0 takes tap row 0 over dy's first row, padded row h + 1 tap
+                // row 2 over its last; padded column q of them reads dy column q − kx.
+                for (strip, ky, y) in [(&mut *top, 0, 0), (&mut *bottom, 2, h - 1)] {
+                    for kx in 0..3 {
+                        let rhs = Strided {
+                            data: &dys[y * w..],
+                            rs: h * w,
+                            cs: 1,
+                        };
+                        let dst = &mut strip[kx..];
+                        matmul(
+                            ci,
+                            w,
+                            co,
+                            dst,
+                            w + 2,
+                            true,
+                            tap(ky, kx),
+                            rhs,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+                // Padded column 0 takes tap column 0 over dy's first column, column w + 1
+                // tap column 2 over its last; padded row y + 1 reads dy row y + 1 − ky.
+                for (strip, kx, x) in [(&mut *left, 0, 0), (&mut *right, 2, w - 1)] {
+                    for ky in 0..3 {
+                        let (i0, i1) = (1usize.saturating_sub(ky), (h + 1 - ky).min(h));
+                        let rhs = Strided {
+                            data: &dys[i0 * w + x..],
+                            rs: h * w,
+                            cs: w,
+                        };
+                        let dst = &mut strip[i0 + ky - 1..];
+                        matmul(
+                            ci,
+                            i1 - i0,
+                            co,
+                            dst,
+                            h,
+                            true,
+                            tap(ky, kx),
+                            rhs,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                }
+                // Folded onto the pixels the frame was read from.
+                for c in 0..ci {
+                    let p = &mut dxs[c * h * w..][..h * w];
+                    let (t, b) = (
+                        &top[c * (w + 2)..][..w + 2],
+                        &bottom[c * (w + 2)..][..w + 2],
+                    );
+                    for q in 0..w + 2 {
+                        let x = src(q as isize, w);
+                        p[top_row * w + x] += t[q];
+                        p[bottom_row * w + x] += b[q];
+                    }
+                    let (l, r) = (&left[c * h..][..h], &right[c * h..][..h]);
+                    for y in 0..h {
+                        p[y * w + left_col] += l[y];
+                        p[y * w + right_col] += r[y];
+                    }
+                }
+            },
+        );
+    dx
 }
 
 /// The input gradient of a stride-1 layer from the gradient at its padded input
@@ -519,7 +628,7 @@ mod stride1_tests {
         let mut v = |n: usize| (0..n).map(|_| r.f32() - 0.5).collect::<Vec<f32>>();
         for (k, ci, co) in [(3usize, 16usize, 20usize), (9, 4, 3), (9, 32, 3)] {
             for mode in [PadMode::Reflect, PadMode::Zero, PadMode::Replicate] {
-                for (h, w) in [(5usize, 6usize), (12, 17)] {
+                for (h, w) in [(5usize, 6usize), (12, 17), (2, 3), (24, 32)] {
                     let g = ConvGeom::simple(k, 1, k / 2, mode);
                     let x = Tensor::from_vec(2, ci, h, w, v(2 * ci * h * w));
                     let conv = Conv2d::new(co, ci, k, v(co * ci * k * k), None);
