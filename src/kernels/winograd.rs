@@ -671,17 +671,11 @@ mod tests {
     #[test]
     fn full_correlation_is_the_framed_copys_forward_pass() {
         let mut r = crate::rng::Rng::new(9);
-        let mut v = |n: usize| (0..n).map(|_| r.f32() - 0.5).collect::<Vec<f32>>();
         let (ci, co) = (16usize, 24usize);
-        let conv = ConvWeights {
-            c_in: ci,
-            c_out: co,
-            weight: v(co * ci * 9),
-            bias: v(co),
-        };
+        let conv = random_layer(&mut r, ci, co);
         let wg = Winograd::new(&conv);
         for (h, w) in [(5, 20), (14, 14), (6, 30), (9, 62), (3, 7)] {
-            let x = Tensor::from_vec(2, ci, h, w, v(2 * ci * h * w));
+            let x = Tensor::from_vec(2, ci, h, w, values(&mut r, 2 * ci * h * w));
             let full = wg.forward_full(&x);
             let framed = crate::kernels::conv_grad::zero_pad(&x, 1);
             let copy = wg.forward(&framed, PadMode::Zero);
@@ -714,18 +708,25 @@ mod tests {
         }
     }
 
-    fn same_bits_at(w: usize) {
-        let mut r = crate::rng::Rng::new(5);
-        let mut v = |n: usize| (0..n).map(|_| r.f32() - 0.5).collect::<Vec<f32>>();
-        let (ci, co, h) = (16usize, 20usize, 13usize);
-        let conv = ConvWeights {
+    /// `n` values in [−0.5, 0.5).
+    fn values(r: &mut crate::rng::Rng, n: usize) -> Vec<f32> {
+        (0..n).map(|_| r.f32() - 0.5).collect()
+    }
+
+    fn random_layer(r: &mut crate::rng::Rng, ci: usize, co: usize) -> ConvWeights {
+        ConvWeights {
             c_in: ci,
             c_out: co,
-            weight: v(co * ci * 9),
-            bias: v(co),
-        };
-        let wg = Winograd::new(&conv);
-        let x = Tensor::from_vec(2, ci, h, w, v(2 * ci * h * w));
+            weight: values(r, co * ci * 9),
+            bias: values(r, co),
+        }
+    }
+
+    fn same_bits_at(w: usize) {
+        let mut r = crate::rng::Rng::new(5);
+        let (ci, co, h) = (16usize, 20usize, 13usize);
+        let wg = Winograd::new(&random_layer(&mut r, ci, co));
+        let x = Tensor::from_vec(2, ci, h, w, values(&mut r, 2 * ci * h * w));
         let bits = |t: Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
         let base = bits(wg.forward_on(&x, PadMode::Reflect, 0, None));
         #[cfg(target_arch = "x86_64")]
