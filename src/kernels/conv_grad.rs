@@ -432,7 +432,8 @@ mod tests {
 /// convolution: the full correlation of `dy` with the flipped, transposed kernel gives the
 /// gradient at the *padded* input, which is then folded back onto the pixels the padding
 /// read (reflection and replication send border gradients inward; zeros drop them).
-/// 3×3 layers run on Winograd, 9×9 on the direct kernel.
+/// 3×3 layers padded by one pixel take [`same3_input_grad`] (Winograd on the image's
+/// tiles, the frame apart); other 3×3 layers run on Winograd, 9×9 on the direct kernel.
 pub fn stride1_input_grad(conv: &Conv2d, g: &ConvGeom, dy: &Tensor, h: usize, w: usize) -> Tensor {
     assert!(g.stride == 1 && g.upsample == 1 && g.dilate == 1);
     let k = g.k;

@@ -135,8 +135,6 @@ impl ConvGeom {
     }
 }
 
-/// Mirror `l` into `[0, len)` without repeating the edge (PyTorch's reflection pad), folding
-/// as often as needed so that any pad works on any size.
 /// `[a][b][k][k]` → `[b][a][k][k]` with each kernel rotated 180°: between a convolution and
 /// its transposed convolution, in either direction (and between their weight gradients).
 pub fn flip_transpose(w: &[f32], a: usize, b: usize, k: usize) -> Vec<f32> {
