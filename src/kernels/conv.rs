@@ -78,22 +78,6 @@ impl Conv2d {
         self.forward_in(x, g, false)
     }
 
-    /// The full correlation of this 3×3 layer with `x` (zero padding 2: `(h + 2) × (w + 2)`
-    /// outputs), on Winograd where the same-size layer would run there, without a padded
-    /// copy of `x`; the same values as `forward` of that copy.
-    pub fn full_correlation3(&self, x: &Tensor) -> Tensor {
-        let g = ConvGeom::simple(3, 1, 1, PadMode::Zero);
-        if x.n * (x.h + 2) * (x.w + 2) >= WINOGRAD_MIN_PIXELS
-            && super::winograd::applicable(self, &g)
-        {
-            return self
-                .winograd
-                .get_or_init(|| super::winograd::Winograd::new(self))
-                .forward_full(x);
-        }
-        self.forward(&super::conv_grad::zero_pad(x, 1), &g)
-    }
-
     fn forward_in(&self, x: &Tensor, g: &ConvGeom, winograd: bool) -> Tensor {
         assert_eq!(
             x.c, self.c_in,

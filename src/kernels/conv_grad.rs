@@ -441,12 +441,13 @@ pub fn stride1_input_grad(conv: &Conv2d, g: &ConvGeom, dy: &Tensor, h: usize, w:
         return same3_input_grad(conv, g, dy);
     }
     let t = conv.transposed_for_grad(k);
-    // The full correlation (k-1 on each side): for 3×3 the Winograd kernel over dy framed
-    // by one pixel of zeros (no copy made), for 9×9 the direct kernel with padding k-1.
+    // Zero-pad dy by k-2 so that a pad-1 convolution yields the full correlation
+    // (k-1 on each side) while staying in the Winograd / direct kernels' geometry.
     let (hp, wp) = (h + g.pad[0] + g.pad[1], w + g.pad[2] + g.pad[3]);
     let e = k - 1;
     let dxpad = if k == 3 {
-        t.full_correlation3(dy)
+        let padded = zero_pad(dy, 1);
+        t.forward(&padded, &ConvGeom::simple(3, 1, 1, PadMode::Zero))
     } else {
         t.forward(dy, &ConvGeom::simple(k, 1, e, PadMode::Zero))
     };
@@ -604,7 +605,7 @@ pub fn fold_padding(dxpad: &Tensor, g: &ConvGeom, h: usize, w: usize) -> Tensor 
     dx
 }
 
-pub(super) fn zero_pad(x: &Tensor, p: usize) -> Tensor {
+fn zero_pad(x: &Tensor, p: usize) -> Tensor {
     let (h, w) = (x.h + 2 * p, x.w + 2 * p);
     let mut out = Tensor::zeros(x.n, x.c, h, w);
     out.data

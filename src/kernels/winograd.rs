@@ -130,23 +130,17 @@ impl Winograd {
     }
 
     pub fn forward(&self, x: &Tensor, mode: PadMode) -> Tensor {
-        self.forward_on(x, mode, 0, super::direct::isa())
+        self.forward_on(x, mode, super::direct::isa())
     }
 
-    /// The full correlation: `(h + 2) × (w + 2)` outputs, as [`Self::forward`] of `x` with
-    /// a margin of zeros one pixel wide around it, without making that copy.
-    pub fn forward_full(&self, x: &Tensor) -> Tensor {
-        self.forward_on(x, PadMode::Zero, 1, super::direct::isa())
-    }
-
-    /// [`Self::forward`] of `x` inside a zero margin `margin` pixels wide, on the transforms
-    /// compiled for `isa` (`None`: the baseline build), which must be one this CPU has.
-    fn forward_on(&self, x: &Tensor, mode: PadMode, margin: usize, isa: Option<Isa>) -> Tensor {
+    /// [`Self::forward`] on the transforms compiled for `isa` (`None`: the baseline build),
+    /// which must be one this CPU has.
+    fn forward_on(&self, x: &Tensor, mode: PadMode, isa: Option<Isa>) -> Tensor {
         assert_eq!(x.c, self.c_in);
-        let (xp, geo) = padded_batch(x, mode, margin);
-        let (n, h, w) = (x.n, geo.h, geo.w);
+        let (n, h, w) = (x.n, x.h, x.w);
         let mut out = Tensor::for_overwrite(n, self.c_out, h, w);
         let (ci, co) = (self.c_in, self.c_out);
+        let (xp, geo) = padded_batch(x, mode);
         let tiles = n * geo.per_sample;
         let tb = block_tiles(tiles, ci * co, rayon::current_num_threads());
         let blocks = tiles.div_ceil(tb);
@@ -260,30 +254,17 @@ impl Tiles {
 
 /// Every sample's planes, padded for 4×4 tiles: one pixel of border (reflect / zero /
 /// replicate), zeros past the end, so that the batch's tiles are one pool of work; in
-/// phases (see [`Tiles`]). With a `margin` (zero padding only), the planes are first
-/// framed by that many zeros each way: the tiles then cover `h + 2·margin` rows. The buffer
-/// comes from the tensor pool; hand it back with `recycle`.
-pub(super) fn padded_batch(x: &Tensor, mode: PadMode, margin: usize) -> (Vec<f32>, Tiles) {
-    assert!(margin == 0 || mode == PadMode::Zero, "a margin is zeros");
-    let (h, w, m) = (x.h, x.w, margin);
-    let geo = Tiles::new(h + 2 * m, w + 2 * m);
+/// phases (see [`Tiles`]). The buffer comes from the tensor pool; hand it back with `recycle`.
+pub(super) fn padded_batch(x: &Tensor, mode: PadMode) -> (Vec<f32>, Tiles) {
+    let (h, w) = (x.h, x.w);
+    let geo = Tiles::new(h, w);
     let rw = 4 * geo.wq;
-    // The source of padded row / column `p`, in the framed plane (`n + 2m` long), then in
-    // `x`: the same values as padding a framed copy.
     let src = |p: usize, n: usize| -> isize {
         let l = p as isize - 1;
-        if l > (n + 2 * m) as isize {
+        if l > n as isize {
             return -1; // beyond the border pixel: only feeds discarded outputs
         }
-        if m == 0 {
-            return pad_source(l, n, mode);
-        }
-        let l = l - m as isize;
-        if l < 0 || l >= n as isize {
-            -1
-        } else {
-            l
-        }
+        pad_source(l, n, mode)
     };
     let rows: Vec<isize> = (0..geo.plane / rw).map(|p| src(p, h)).collect();
     let cols: Vec<isize> = (0..rw).map(|p| src(p, w)).collect();
@@ -299,10 +280,10 @@ pub(super) fn padded_batch(x: &Tensor, mode: PadMode, margin: usize) -> (Vec<f32
                         continue;
                     }
                     let srow = &s[sy as usize * w..][..w];
-                    // Columns m+1..=m+w read the source in order; the border and the tail
+                    // Columns 1..=w read the source in order; the border and the tail
                     // through the column map.
-                    row[m + 1..=m + w].copy_from_slice(srow);
-                    for p in (0..=m).chain(m + w + 1..rw) {
+                    row[1..=w].copy_from_slice(srow);
+                    for p in std::iter::once(0).chain(w + 1..rw) {
                         row[p] = if cols[p] < 0 {
                             0.0
                         } else {
@@ -665,49 +646,6 @@ mod tests {
         }
     }
 
-    /// The full correlation without a padded copy gives the bits of the copy's forward
-    /// pass, for every tile layout (gathers, and runs of 4, 8 and 16 tiles), and its
-    /// outputs are the naive full correlation.
-    #[test]
-    fn full_correlation_is_the_framed_copys_forward_pass() {
-        let mut r = crate::rng::Rng::new(9);
-        let (ci, co) = (16usize, 24usize);
-        let conv = random_layer(&mut r, ci, co);
-        let wg = Winograd::new(&conv);
-        for (h, w) in [(5, 20), (14, 14), (6, 30), (9, 62), (3, 7)] {
-            let x = Tensor::from_vec(2, ci, h, w, values(&mut r, 2 * ci * h * w));
-            let full = wg.forward_full(&x);
-            let framed = crate::kernels::conv_grad::zero_pad(&x, 1);
-            let copy = wg.forward(&framed, PadMode::Zero);
-            assert_eq!((full.h, full.w), (h + 2, w + 2));
-            let bits = |t: &Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
-            assert_eq!(bits(&full), bits(&copy), "{h}x{w}");
-            // Output (s, o, y, x) of the full correlation reads input rows y-2..=y.
-            let (hp, wp) = (h + 2, w + 2);
-            for (s, o, y, xo) in [(0, 0, 0, 0), (1, 5, hp - 1, wp - 1), (0, 23, 1, wp / 2)] {
-                let mut want = conv.bias[o] as f64;
-                for c in 0..ci {
-                    for ky in 0..3 {
-                        for kx in 0..3 {
-                            let (iy, ix) =
-                                (y as isize + ky as isize - 2, xo as isize + kx as isize - 2);
-                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                continue;
-                            }
-                            want += conv.weight[(o * ci + c) * 9 + ky * 3 + kx] as f64
-                                * x.data[((s * ci + c) * h + iy as usize) * w + ix as usize] as f64;
-                        }
-                    }
-                }
-                let got = full.data[((s * co + o) * hp + y) * wp + xo] as f64;
-                assert!(
-                    (got - want).abs() < 1e-4,
-                    "{h}x{w} ({s},{o},{y},{xo}): {got} vs {want}"
-                );
-            }
-        }
-    }
-
     /// `n` values in [−0.5, 0.5).
     fn values(r: &mut crate::rng::Rng, n: usize) -> Vec<f32> {
         (0..n).map(|_| r.f32() - 0.5).collect()
@@ -728,18 +666,18 @@ mod tests {
         let wg = Winograd::new(&random_layer(&mut r, ci, co));
         let x = Tensor::from_vec(2, ci, h, w, values(&mut r, 2 * ci * h * w));
         let bits = |t: Tensor| t.data.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
-        let base = bits(wg.forward_on(&x, PadMode::Reflect, 0, None));
+        let base = bits(wg.forward_on(&x, PadMode::Reflect, None));
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx2") {
                 assert_eq!(
-                    bits(wg.forward_on(&x, PadMode::Reflect, 0, Some(Isa::Avx2))),
+                    bits(wg.forward_on(&x, PadMode::Reflect, Some(Isa::Avx2))),
                     base
                 );
             }
             if std::is_x86_feature_detected!("avx512f") {
                 assert_eq!(
-                    bits(wg.forward_on(&x, PadMode::Reflect, 0, Some(Isa::Avx512))),
+                    bits(wg.forward_on(&x, PadMode::Reflect, Some(Isa::Avx512))),
                     base
                 );
             }

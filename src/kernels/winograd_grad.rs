@@ -48,7 +48,7 @@ pub fn weight_grad(g: &ConvGeom, x: &Tensor, dy: &Tensor) -> (Vec<f32>, Vec<f32>
 fn weight_grad_on(g: &ConvGeom, x: &Tensor, dy: &Tensor, isa: Option<Isa>) -> (Vec<f32>, Vec<f32>) {
     let (n, ci, co) = (x.n, x.c, dy.c);
     assert_eq!((dy.n, dy.h, dy.w), (n, x.h, x.w), "gradient shape");
-    let (xp, geo) = padded_batch(x, g.mode, 0);
+    let (xp, geo) = padded_batch(x, g.mode);
     let dyp = tiled_grad(dy, &geo);
     let tiles = n * geo.per_sample;
     // Pooled buffers: each chunk overwrites what it reads, and the first GEMM of each
