@@ -27,10 +27,28 @@ const ROWS: usize = 4;
 /// The most taps of one kernel row held in registers at once.
 const GROUP: usize = 9;
 
+/// Proof that the CPU has AVX2: only [`Avx2::detect`] makes one, so a function that is
+/// handed one may run AVX2 instructions (and the flag costs nothing in the hot loop).
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Avx2(());
+
+impl Avx2 {
+    /// `Some` where the CPU has AVX2 and `IMPASTO_NO_AVX2` (through `direct::isa()`) does
+    /// not turn vectors off.
+    fn detect() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if super::direct::isa().is_some() && std::is_x86_feature_detected!("avx2") {
+            return Some(Avx2(()));
+        }
+        None
+    }
+}
+
 /// `acc[t][l] += Σ_j d[j + l] · x[j + t + l]` over one row's full vectors `j = 0, 16, …`
 /// (`d`: a multiple of 16 floats, `x`: `T - 1` more), each lane's products added in the
-/// order of `j`: in AVX2 registers where the CPU has them (AVX-512 CPUs included), else as
-/// plain lane loops. Written out with intrinsics because the compiler's own vectorisation
+/// order of `j`: in AVX2 registers given `avx2` (AVX-512 CPUs included), else as plain
+/// lane loops. Written out with intrinsics because the compiler's own vectorisation
 /// of the lane loops kept every accumulator on the stack: the bounds checks' unwinding
 /// exits stopped it keeping them in registers, and without the checks it vectorised across
 /// taps, with gathers. Eight lanes rather than sixteen on AVX-512 CPUs too: nine of every
@@ -38,15 +56,15 @@ const GROUP: usize = 9;
 /// Zen 4, the final conv's weight gradient at 128², batch 4: 20–23 ms in AVX-512
 /// registers, 11–12 ms in AVX2 ones, 27 ms before).
 #[inline(always)]
-fn row<const T: usize>(d: &[f32], x: &[f32], acc: &mut [[f32; LANES]; T], avx2: bool) {
+fn row<const T: usize>(d: &[f32], x: &[f32], acc: &mut [[f32; LANES]; T], avx2: Option<Avx2>) {
     assert!(
         d.len().is_multiple_of(LANES) && x.len() >= d.len() + T - 1,
         "row lengths"
     );
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: `avx2` only where the CPU has AVX2 (see [`plane_avx2`]); the lengths are
-        // checked above.
+    if avx2.is_some() {
+        // SAFETY: an `Avx2` exists only where the CPU has AVX2; the lengths are checked
+        // above.
         return unsafe { simd::row_avx2(d, x, acc) };
     }
     let _ = avx2;
@@ -118,7 +136,7 @@ fn taps<const T: usize>(
     ky: usize,
     kx0: usize,
     acc64: &mut [[f64; LANES]],
-    avx2: bool,
+    avx2: Option<Avx2>,
 ) {
     let full = wo / LANES * LANES;
     for y0 in (0..ho).step_by(ROWS) {
@@ -156,7 +174,7 @@ fn plane(
     wo: usize,
     k: usize,
     acc64: &mut [[f64; LANES]],
-    avx2: bool,
+    avx2: Option<Avx2>,
 ) {
     for ky in 0..k {
         let mut kx0 = 0;
@@ -186,12 +204,10 @@ fn plane(
 }
 
 /// [`plane`] compiled for AVX2 (the hot loop in its registers, see [`row`]).
-///
-/// # Safety
-/// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn plane_avx2(
+#[allow(clippy::too_many_arguments)]
+fn plane_avx2(
     dyo: &[f32],
     xp: &[f32],
     wp: usize,
@@ -199,8 +215,9 @@ unsafe fn plane_avx2(
     wo: usize,
     k: usize,
     acc64: &mut [[f64; LANES]],
+    avx2: Avx2,
 ) {
-    plane(dyo, xp, wp, ho, wo, k, acc64, true)
+    plane(dyo, xp, wp, ho, wo, k, acc64, Some(avx2))
 }
 
 /// [`plane`] in AVX2 where the CPU has it (AVX-512 CPUs too: see [`row`]), as plain lane
@@ -216,18 +233,11 @@ fn plane_dispatch(
     acc64: &mut [[f64; LANES]],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU has AVX2.
-        return unsafe { plane_avx2(dyo, xp, wp, ho, wo, k, acc64) };
+    if let Some(avx2) = Avx2::detect() {
+        // SAFETY: `avx2` proves the CPU has AVX2, which `plane_avx2` is compiled for.
+        return unsafe { plane_avx2(dyo, xp, wp, ho, wo, k, acc64, avx2) };
     }
-    plane(dyo, xp, wp, ho, wo, k, acc64, false)
-}
-
-/// Whether [`plane_dispatch`] runs the AVX2 body: the CPU has AVX2 and `IMPASTO_NO_AVX2`
-/// (through `direct::isa()`) does not turn vectors off.
-#[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
-    super::direct::isa().is_some() && std::is_x86_feature_detected!("avx2")
+    plane(dyo, xp, wp, ho, wo, k, acc64, None)
 }
 
 /// d/dW (`[c_out][c_in·k·k]`) and d/db of a stride-1 convolution of `x` (`c_in` channels)
@@ -343,14 +353,14 @@ mod tests {
                 .map(|v| v.to_bits())
                 .collect::<Vec<u64>>()
         };
-        let base = run(&|a| plane(&dyo, &xp, wp, ho, wo, k, a, false));
+        let base = run(&|a| plane(&dyo, &xp, wp, ho, wo, k, a, None));
         assert_eq!(run(&|a| plane_dispatch(&dyo, &xp, wp, ho, wo, k, a)), base);
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2.
+            if let Some(avx2) = Avx2::detect() {
+                // SAFETY: `avx2` proves the CPU has AVX2.
                 assert_eq!(
-                    run(&|a| unsafe { plane_avx2(&dyo, &xp, wp, ho, wo, k, a) }),
+                    run(&|a| unsafe { plane_avx2(&dyo, &xp, wp, ho, wo, k, a, avx2) }),
                     base
                 );
             }
