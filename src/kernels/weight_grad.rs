@@ -341,27 +341,29 @@ mod tests {
     #[test]
     fn every_vector_width_sums_to_the_same_bits() {
         let mut r = crate::rng::Rng::new(7);
-        let (ho, wo, k) = (13usize, 45usize, 9usize);
-        let wp = wo + k - 1;
-        let dyo: Vec<f32> = (0..ho * wo).map(|_| r.f32() - 0.5).collect();
-        let xp: Vec<f32> = (0..(ho + k - 1) * wp).map(|_| r.f32() - 0.5).collect();
-        let run = |f: &dyn Fn(&mut [[f64; LANES]])| {
-            let mut acc = vec![[0.0f64; LANES]; k * k];
-            f(&mut acc);
-            acc.iter()
-                .flatten()
-                .map(|v| v.to_bits())
-                .collect::<Vec<u64>>()
-        };
-        let base = run(&|a| plane(&dyo, &xp, wp, ho, wo, k, a, None));
-        assert_eq!(run(&|a| plane_dispatch(&dyo, &xp, wp, ho, wo, k, a)), base);
-        #[cfg(target_arch = "x86_64")]
-        {
+        // Kernel widths 9, 8 and 11 take every group of taps (9; 5 and 3; 9, 1 and 1).
+        for k in [9usize, 8, 11] {
+            let (ho, wo) = (13usize, 45usize);
+            let wp = wo + k - 1;
+            let dyo: Vec<f32> = (0..ho * wo).map(|_| r.f32() - 0.5).collect();
+            let xp: Vec<f32> = (0..(ho + k - 1) * wp).map(|_| r.f32() - 0.5).collect();
+            let run = |f: &dyn Fn(&mut [[f64; LANES]])| {
+                let mut acc = vec![[0.0f64; LANES]; k * k];
+                f(&mut acc);
+                acc.iter()
+                    .flatten()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<u64>>()
+            };
+            let base = run(&|a| plane(&dyo, &xp, wp, ho, wo, k, a, None));
+            assert_eq!(run(&|a| plane_dispatch(&dyo, &xp, wp, ho, wo, k, a)), base);
+            #[cfg(target_arch = "x86_64")]
             if let Some(avx2) = Avx2::detect() {
                 // SAFETY: `avx2` proves the CPU has AVX2.
                 assert_eq!(
                     run(&|a| unsafe { plane_avx2(&dyo, &xp, wp, ho, wo, k, a, avx2) }),
-                    base
+                    base,
+                    "k {k}"
                 );
             }
         }
