@@ -150,7 +150,7 @@ pub struct UpsampleConv {
 
 /// Taps (of 3) of the original kernel that land on source offset `r` (of 2: offsets a−1 and
 /// a) for output parity `a`.
-fn sub_pixel_taps(kind: SubPixel, a: usize, r: usize) -> &'static [usize] {
+pub(super) fn sub_pixel_taps(kind: SubPixel, a: usize, r: usize) -> &'static [usize] {
     match (kind, a, r) {
         (SubPixel::Upsample, 0, 0) => &[0],
         (SubPixel::Upsample, 0, _) => &[1, 2],
@@ -204,102 +204,15 @@ impl UpsampleConv {
         }
     }
 
-    /// Backward in the sub-pixel form: each parity's gradients as a 2×2 stride-1 layer, the
-    /// 2×2 weight gradients summed back onto the 3×3 taps they were built from. `dw` comes
-    /// back in the original conv's `[c_out][c_in][3][3]` layout.
+    /// Backward in the sub-pixel form ([`super::sub_pixel_grad`]). `dw` comes back in the
+    /// original conv's `[c_out][c_in][3][3]` layout.
     pub fn backward(&self, x: &Tensor, dy: &Tensor, want_dx: bool) -> ConvGrad {
-        let (h, w) = (x.h, x.w);
-        let (ci, co) = (self.parity[0].c_in, self.parity[0].c_out);
         let kind = if self.zero_pad {
             SubPixel::Transposed
         } else {
             SubPixel::Upsample
         };
-        let mode = if self.zero_pad {
-            PadMode::Zero
-        } else {
-            PadMode::Replicate
-        };
-        let mut dw = vec![0.0f32; co * ci * 9];
-        let mut db = vec![0.0f32; co];
-        // Each parity's pixels of dy as planes of their own, all four in one parallel pass
-        // over dy.
-        let mut dyp: [Tensor; 4] = std::array::from_fn(|_| Tensor::for_overwrite(dy.n, co, h, w));
-        {
-            let [d0, d1, d2, d3] = &mut dyp;
-            dy.data
-                .par_chunks(4 * h * w)
-                .zip(d0.data.par_chunks_mut(h * w))
-                .zip(d1.data.par_chunks_mut(h * w))
-                .zip(d2.data.par_chunks_mut(h * w))
-                .zip(d3.data.par_chunks_mut(h * w))
-                .for_each(|((((src, p0), p1), p2), p3)| {
-                    for i in 0..h {
-                        let (r0, r1) = (
-                            &src[2 * i * 2 * w..][..2 * w],
-                            &src[(2 * i + 1) * 2 * w..][..2 * w],
-                        );
-                        for (rows, (even, odd)) in
-                            [(r0, (&mut *p0, &mut *p1)), (r1, (&mut *p2, &mut *p3))]
-                        {
-                            let (e, o) =
-                                (&mut even[i * w..(i + 1) * w], &mut odd[i * w..(i + 1) * w]);
-                            for (j, pair) in rows.chunks_exact(2).enumerate() {
-                                e[j] = pair[0];
-                                o[j] = pair[1];
-                            }
-                        }
-                    }
-                });
-        }
-        let mut dxs = Vec::with_capacity(4);
-        for (p, conv) in self.parity.iter().enumerate() {
-            let (a, b) = (p / 2, p % 2);
-            let g = ConvGeom {
-                k: 2,
-                stride: 1,
-                pad: [1 - a, a, 1 - b, b],
-                mode,
-                upsample: 1,
-                dilate: 1,
-            };
-            let r = conv.backward(&g, x, &dyp[p], want_dx);
-            for o in 0..co {
-                for c in 0..ci {
-                    for rr in 0..2 {
-                        for ss in 0..2 {
-                            let v = r.dw[((o * ci + c) * 2 + rr) * 2 + ss];
-                            for &ky in sub_pixel_taps(kind, a, rr) {
-                                for &kx in sub_pixel_taps(kind, b, ss) {
-                                    dw[((o * ci + c) * 3 + ky) * 3 + kx] += v;
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            db.iter_mut().zip(&r.db).for_each(|(s, v)| *s += v);
-            dxs.extend(r.dx);
-        }
-        // The parities' input gradients summed in parity order.
-        let dx = (!dxs.is_empty()).then(|| {
-            let mut it = dxs.into_iter();
-            let mut acc = it.next().expect("one parity");
-            let rest: Vec<Tensor> = it.collect();
-            acc.data
-                .par_chunks_mut(1 << 14)
-                .enumerate()
-                .for_each(|(i, chunk)| {
-                    for d in &rest {
-                        chunk
-                            .iter_mut()
-                            .zip(&d.data[i << 14..])
-                            .for_each(|(s, v)| *s += v);
-                    }
-                });
-            acc
-        });
-        ConvGrad { dx, dw, db }
+        super::sub_pixel_grad::backward(&self.parity, kind, x, dy, want_dx)
     }
 
     /// Inference: the direct AVX2 kernel where the CPU has it ([`forward`] otherwise, and

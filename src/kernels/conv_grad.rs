@@ -647,39 +647,3 @@ mod stride1_tests {
         }
     }
 }
-
-#[cfg(test)]
-mod subpixel_grad_tests {
-    use super::*;
-    use crate::kernels::conv::tests::{dilated, upsample2};
-    use crate::kernels::conv::{SubPixel, UpsampleConv};
-
-    #[test]
-    fn sub_pixel_backward_matches_the_generic_one() {
-        let mut r = crate::rng::Rng::new(12);
-        let mut v = |n: usize| (0..n).map(|_| r.f32() - 0.5).collect::<Vec<f32>>();
-        let (ci, co, h, w) = (5, 4, 7, 9);
-        let x = Tensor::from_vec(2, ci, h, w, v(2 * ci * h * w));
-        for (kind, g) in [
-            (SubPixel::Upsample, upsample2()),
-            (SubPixel::Transposed, dilated(3, [2, 1, 2, 1])),
-        ] {
-            let conv = Conv2d::new(co, ci, 3, v(co * ci * 9), Some(v(co)));
-            let dy = Tensor::from_vec(2, co, 2 * h, 2 * w, v(2 * co * 4 * h * w));
-            let want = conv.backward_col2im(&g, &x, &dy, true);
-            let got = UpsampleConv::new(&conv, 3, kind).backward(&x, &dy, true);
-            assert!(
-                crate::tensor::rel_error(&got.dw, &want.dw) < 1e-5,
-                "{kind:?} dw"
-            );
-            assert!(
-                crate::tensor::rel_error(&got.db, &want.db) < 1e-5,
-                "{kind:?} db"
-            );
-            assert!(
-                got.dx.unwrap().rel_error(&want.dx.unwrap()) < 1e-5,
-                "{kind:?} dx"
-            );
-        }
-    }
-}

@@ -35,6 +35,7 @@ pub mod geom;
 pub mod narrow;
 pub mod norm;
 pub mod pool;
+pub mod sub_pixel_grad;
 pub mod weight_grad;
 pub mod winograd;
 pub mod winograd_grad;
