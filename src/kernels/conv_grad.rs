@@ -1,10 +1,10 @@
-//! Backward passes of the convolution: weight and bias gradients by GEMM against the same
-//! patch matrix the forward pass gathers (3×3 stride-1 layers by Winograd,
-//! [`super::winograd_grad`]; wide layers with few outputs directly, [`super::weight_grad`]),
-//! and the input gradient either as
-//! GEMM + col2im through the same index maps (any geometry: reflection, stride,
-//! upsampling, zero insertion), or — for frozen stride-1 zero-padded 3×3 layers (VGG) — as a
-//! forward convolution with the flipped, transposed kernel, which runs on Winograd.
+//! Backward passes of the convolution. Weight and bias gradients: 3×3 stride-1 layers by
+//! Winograd ([`super::winograd_grad`]), other plain layers by GEMMs over the padded input
+//! in place ([`super::shifted_grad`]), upsampled or zero-inserted ones by GEMM against the
+//! patch matrix the forward pass gathers. The input gradient: for stride-1 layers as a
+//! (Winograd / direct) convolution with the flipped, transposed kernel, otherwise by GEMM +
+//! col2im through the forward pass's index maps (any geometry: reflection, stride,
+//! upsampling, zero insertion).
 
 use crate::kernels::conv::Conv2d;
 pub use crate::kernels::geom::ConvGrad;
@@ -28,24 +28,25 @@ struct Acc {
 
 impl Conv2d {
     /// Backward of `self.forward(x, g)` given `dy`. Stride-1 layers get their input gradient
-    /// as a (Winograd / direct) convolution, the others through col2im; wide layers with few
-    /// output channels their weight gradient directly ([`super::weight_grad`]), 3×3 stride-1
-    /// layers by Winograd ([`super::winograd_grad`]).
+    /// as a (Winograd / direct) convolution, the others through col2im; 3×3 stride-1 layers
+    /// their weight gradient by Winograd ([`super::winograd_grad`]), other plain ones by
+    /// shifted GEMMs ([`super::shifted_grad`]).
     pub fn backward(&self, g: &ConvGeom, x: &Tensor, dy: &Tensor, want_dx: bool) -> ConvGrad {
-        if super::weight_grad::applicable(self.c_out, g) {
-            let (dw, db) = super::weight_grad::weight_grad(g, x, dy);
-            let dx = want_dx.then(|| stride1_input_grad(self, g, dy, x.h, x.w));
-            return ConvGrad { dx, dw, db };
-        }
         if super::winograd_grad::applicable(self.c_in, self.c_out, g) {
             let (dw, db) = super::winograd_grad::weight_grad(g, x, dy);
             let dx = want_dx.then(|| stride1_input_grad(self, g, dy, x.h, x.w));
             return ConvGrad { dx, dw, db };
         }
-        if want_dx && g.stride == 1 && g.upsample == 1 && g.dilate == 1 {
-            let mut r = self.backward_col2im(g, x, dy, false);
-            r.dx = Some(stride1_input_grad(self, g, dy, x.h, x.w));
-            return r;
+        if super::shifted_grad::applicable(g) {
+            let (dw, db) = super::shifted_grad::weight_grad(g, self.c_out, x, dy);
+            let dx = want_dx.then(|| {
+                if g.stride == 1 {
+                    stride1_input_grad(self, g, dy, x.h, x.w)
+                } else {
+                    self.col2im_grads(g, x, dy, false, true).dx.expect("dx")
+                }
+            });
+            return ConvGrad { dx, dw, db };
         }
         self.backward_col2im(g, x, dy, want_dx)
     }
@@ -57,6 +58,19 @@ impl Conv2d {
         g: &ConvGeom,
         x: &Tensor,
         dy: &Tensor,
+        want_dx: bool,
+    ) -> ConvGrad {
+        self.col2im_grads(g, x, dy, true, want_dx)
+    }
+
+    /// [`Conv2d::backward_col2im`], its weight and bias gradients only if `want_dw` (zeros
+    /// otherwise).
+    fn col2im_grads(
+        &self,
+        g: &ConvGeom,
+        x: &Tensor,
+        dy: &Tensor,
+        want_dw: bool,
         want_dx: bool,
     ) -> ConvGrad {
         let (ho, wo) = g.out_size(x.h, x.w);
@@ -86,8 +100,9 @@ impl Conv2d {
             for bi in blocks {
                 let p0 = bi * block;
                 let p1 = (p0 + block).min(np);
+                let acc = want_dw.then_some(&mut acc);
                 block_grad(
-                    self, g, xs, x.h, x.w, dys, &ymap, &xmap, wo, np, p0, p1, &mut acc, dxs,
+                    self, g, xs, x.h, x.w, dys, &ymap, &xmap, wo, np, p0, p1, acc, dxs,
                 );
             }
             acc
@@ -153,7 +168,8 @@ pub fn same_conv_input_grad(transposed: &Conv2d, k: usize, dy: &Tensor) -> Tenso
     transposed.forward(dy, &ConvGeom::simple(k, 1, k / 2, PadMode::Zero))
 }
 
-/// The gradients of one block of output pixels `p0..p1`, added into `acc`.
+/// The gradients of one block of output pixels `p0..p1`: weight and bias ones added into
+/// `acc` (if given), the input gradient into `dx` (unless empty).
 #[allow(clippy::too_many_arguments)]
 fn block_grad(
     conv: &Conv2d,
@@ -168,45 +184,47 @@ fn block_grad(
     np: usize,
     p0: usize,
     p1: usize,
-    acc: &mut Acc,
+    acc: Option<&mut Acc>,
     dx: &mut [f32],
 ) {
     let (ci, co, k) = (conv.c_in, conv.c_out, g.k);
     let kk = ci * k * k;
     let n = p1 - p0;
-    COL.with(|c| {
-        let mut col = c.borrow_mut();
-        if col.len() < kk * n {
-            col.resize(kk * n, 0.0);
+    if let Some(acc) = acc {
+        COL.with(|c| {
+            let mut col = c.borrow_mut();
+            if col.len() < kk * n {
+                col.resize(kk * n, 0.0);
+            }
+            let col = &mut col[..kk * n];
+            gather(g, xs, ci, h, w, ymap, xmap, wo, p0, p1, col);
+            // dW (co × kk) += dY[:, p0..p1] (co × n) · colᵀ (n × kk)
+            super::matmul(
+                co,
+                kk,
+                n,
+                &mut acc.dw,
+                kk,
+                true,
+                super::Strided {
+                    data: &dys[p0..],
+                    rs: np,
+                    cs: 1,
+                },
+                super::Strided {
+                    data: col,
+                    rs: 1,
+                    cs: n,
+                },
+                gemm::Parallelism::None,
+            );
+        });
+        for o in 0..co {
+            acc.db[o] += dys[o * np + p0..o * np + p1]
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>();
         }
-        let col = &mut col[..kk * n];
-        gather(g, xs, ci, h, w, ymap, xmap, wo, p0, p1, col);
-        // dW (co × kk) += dY[:, p0..p1] (co × n) · colᵀ (n × kk)
-        super::matmul(
-            co,
-            kk,
-            n,
-            &mut acc.dw,
-            kk,
-            true,
-            super::Strided {
-                data: &dys[p0..],
-                rs: np,
-                cs: 1,
-            },
-            super::Strided {
-                data: col,
-                rs: 1,
-                cs: n,
-            },
-            gemm::Parallelism::None,
-        );
-    });
-    for o in 0..co {
-        acc.db[o] += dys[o * np + p0..o * np + p1]
-            .iter()
-            .map(|&v| v as f64)
-            .sum::<f64>();
     }
     if !dx.is_empty() {
         DCOL.with(|d| {

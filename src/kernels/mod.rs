@@ -35,8 +35,8 @@ pub mod geom;
 pub mod narrow;
 pub mod norm;
 pub mod pool;
+pub mod shifted_grad;
 pub mod sub_pixel_grad;
-pub mod weight_grad;
 pub mod winograd;
 pub mod winograd_grad;
 
