@@ -42,6 +42,13 @@ pub mod winograd_grad;
 
 pub use conv::{Conv2d, ConvGeom, PadMode};
 
+/// Test data: `n` values in [−0.5, 0.5) from `seed`.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = crate::rng::Rng::new(seed);
+    (0..n).map(|_| r.f32() - 0.5).collect()
+}
+
 /// In-place ReLU, parallel.
 pub fn relu(x: &mut [f32]) {
     use rayon::prelude::*;

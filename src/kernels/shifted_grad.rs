@@ -158,11 +158,7 @@ mod tests {
     use super::*;
     use crate::kernels::conv::Conv2d;
     use crate::kernels::geom::PadMode;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut r = crate::rng::Rng::new(seed);
-        (0..n).map(|_| r.f32() - 0.5).collect()
-    }
+    use crate::kernels::test_values as values;
 
     /// Against im2col + GEMM, for strides 1 to 3, every padding mode, uneven padding,
     /// widths that do and do not divide by the stride, and the networks' 9×9 layers.

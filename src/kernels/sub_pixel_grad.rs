@@ -344,11 +344,7 @@ mod tests {
     use super::*;
     use crate::kernels::conv::tests::{dilated, upsample2};
     use crate::kernels::conv::UpsampleConv;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut r = crate::rng::Rng::new(seed);
-        (0..n).map(|_| r.f32() - 0.5).collect()
-    }
+    use crate::kernels::test_values as values;
 
     /// Against the generic backward pass over the upsampled (or zero-inserted) input, for
     /// both layers, at sizes down to one pixel and widths whose rows wrap into the next.
