@@ -8,7 +8,7 @@
 
 use crate::kernels::conv::Conv2d;
 pub use crate::kernels::geom::ConvGrad;
-use crate::kernels::geom::{flip_transpose, gather, pad_source, ConvGeom, PadMode};
+use crate::kernels::geom::{flip_transpose, fold_plane, gather, pad_source, ConvGeom, PadMode};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -585,41 +585,12 @@ fn same3_input_grad(conv: &Conv2d, g: &ConvGeom, dy: &Tensor) -> Tensor {
 pub fn fold_padding(dxpad: &Tensor, g: &ConvGeom, h: usize, w: usize) -> Tensor {
     let (hp, wp) = (h + g.pad[0] + g.pad[1], w + g.pad[2] + g.pad[3]);
     assert_eq!((dxpad.h, dxpad.w), (hp, wp), "the padded input's gradient");
-    // Where each padded coordinate came from.
-    let src =
-        |p: usize, n: usize, before: usize| pad_source(p as isize - before as isize, n, g.mode);
-    let rows: Vec<isize> = (0..hp).map(|p| src(p, h, g.pad[0])).collect();
-    let cols: Vec<isize> = (0..wp).map(|p| src(p, w, g.pad[2])).collect();
-    // The interior maps one to one (copied, so the buffer needs no clearing first); the
-    // padding rows and columns are added onto the pixels they were read from.
-    let (r0, c0) = (g.pad[0], g.pad[2]);
+    let (rows, cols) = g.padded_sources(h, w, hp, wp);
     let mut dx = Tensor::for_overwrite(dxpad.n, dxpad.c, h, w);
     dx.data
         .par_chunks_mut(h * w)
         .zip(dxpad.data.par_chunks(hp * wp))
-        .for_each(|(d, s)| {
-            for y in 0..h {
-                d[y * w..(y + 1) * w].copy_from_slice(&s[(r0 + y) * wp + c0..][..w]);
-            }
-            for (py, &sy) in rows.iter().enumerate() {
-                if sy < 0 {
-                    continue;
-                }
-                let drow = &mut d[sy as usize * w..(sy as usize + 1) * w];
-                let srow = &s[py * wp..(py + 1) * wp];
-                if !(r0..r0 + h).contains(&py) {
-                    drow.iter_mut()
-                        .zip(&srow[c0..c0 + w])
-                        .for_each(|(a, b)| *a += b);
-                }
-                for px in (0..c0).chain(c0 + w..wp) {
-                    let sx = cols[px];
-                    if sx >= 0 {
-                        drow[sx as usize] += srow[px];
-                    }
-                }
-            }
-        });
+        .for_each(|(d, s)| fold_plane(s, w, &rows, &cols, (g.pad[0], g.pad[2]), d));
     dx
 }
 

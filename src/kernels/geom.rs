@@ -195,6 +195,44 @@ pub fn pad_plane(src: &[f32], w: usize, rows: &[isize], cols: &[isize], dst: &mu
     }
 }
 
+/// The inverse of [`pad_plane`] for gradients: `dst` (`h × w`, `w` wide) gets the padded
+/// plane `src`'s interior (rows from `at.0`, columns from `at.1`), and every padding pixel
+/// added onto the source pixel (`rows[r]`, `cols[c]`) it was read from (nothing where
+/// either is negative).
+pub fn fold_plane(
+    src: &[f32],
+    w: usize,
+    rows: &[isize],
+    cols: &[isize],
+    at: (usize, usize),
+    dst: &mut [f32],
+) {
+    let (wp, h) = (cols.len(), dst.len() / w);
+    let (r0, c0) = at;
+    // The interior maps one to one (copied, so `dst` needs no clearing first).
+    for y in 0..h {
+        dst[y * w..(y + 1) * w].copy_from_slice(&src[(r0 + y) * wp + c0..][..w]);
+    }
+    for (py, &sy) in rows.iter().enumerate() {
+        if sy < 0 {
+            continue;
+        }
+        let drow = &mut dst[sy as usize * w..(sy as usize + 1) * w];
+        let srow = &src[py * wp..(py + 1) * wp];
+        if !(r0..r0 + h).contains(&py) {
+            drow.iter_mut()
+                .zip(&srow[c0..c0 + w])
+                .for_each(|(a, b)| *a += b);
+        }
+        for px in (0..c0).chain(c0 + w..wp) {
+            let sx = cols[px];
+            if sx >= 0 {
+                drow[sx as usize] += srow[px];
+            }
+        }
+    }
+}
+
 /// The source index that padded coordinate `l` (relative to the first real pixel) reads
 /// in a line of `n` pixels, or -1 for a zero.
 pub fn pad_source(l: isize, n: usize, mode: PadMode) -> isize {

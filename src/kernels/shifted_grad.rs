@@ -13,7 +13,7 @@
 //! nothing). Im2col wrote `k²·c_in` floats per output pixel before the GEMM could start
 //! (81 per input value in the 9×9 layers); this writes the input once.
 
-use super::geom::{pad_source, ConvGeom};
+use super::geom::ConvGeom;
 use super::{matmul, Strided};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -121,13 +121,11 @@ fn pad_channels_last(
 ) -> Vec<f32> {
     let s = g.stride;
     let (hp, wpad) = (h + g.pad[0] + g.pad[1], w + g.pad[2] + g.pad[3]);
-    let cols: Vec<isize> = (0..wpad)
-        .map(|q| pad_source(q as isize - g.pad[2] as isize, w, g.mode))
-        .collect();
+    let (rows_from, cols) = g.padded_sources(h, w, hp, wpad);
     let plane = rows * wp * ci;
     let mut out = vec![0.0f32; s * plane];
     for r in 0..hp.min(s * rows) {
-        let sr = pad_source(r as isize - g.pad[0] as isize, h, g.mode);
+        let sr = rows_from[r];
         if sr < 0 {
             continue;
         }

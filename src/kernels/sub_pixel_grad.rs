@@ -21,7 +21,7 @@
 //! [`UpsampleConv`]: super::conv::UpsampleConv
 
 use super::conv::{sub_pixel_taps, Conv2d, SubPixel};
-use super::geom::{pad_source, ConvGrad, PadMode};
+use super::geom::{fold_plane, pad_plane, pad_source, ConvGrad, PadMode};
 use super::{matmul, Strided};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -124,9 +124,11 @@ pub(super) fn backward(
     // rows reach that far past it.
     let stride = (h + 2) * wp + 2;
     let shifts: Vec<Shift> = Shift::all().collect();
-    // Per shift, the input-gradient GEMM's left operand `ci × rows`, stored row by row.
+    // Per shift, the input-gradient GEMM's left operand `ci × rows`, stored row by row
+    // (none without an input gradient).
     let wt: Vec<Vec<f32>> = shifts
         .iter()
+        .filter(|_| want_dx)
         .map(|s| {
             let rows = s.rows(co);
             let mut m = vec![0.0f32; rows * ci];
@@ -172,7 +174,7 @@ pub(super) fn backward(
             } else {
                 vec![0.0f32; ci * stride]
             };
-            for (s, wt) in shifts.iter().zip(&wt) {
+            for (i, s) in shifts.iter().enumerate() {
                 let rows = s.rows(co);
                 let off = ((1 + s.e) as usize) * wp + (1 + s.f) as usize;
                 // g (rows × ci) = dy rows (rows × plane) · shifted xᵀ (plane × ci)
@@ -211,7 +213,7 @@ pub(super) fn backward(
                         stride,
                         true,
                         Strided {
-                            data: wt,
+                            data: &wt[i],
                             rs: 1,
                             cs: ci,
                         },
@@ -221,7 +223,7 @@ pub(super) fn backward(
                 }
             }
             if !dxs.is_empty() {
-                fold_frame(&dxpad, dxs, ci, h, w, stride, mode);
+                fold_frame(&dxpad, dxs, h, w, stride, mode);
             }
             let db = dys
                 .chunks_exact(4 * h * w)
@@ -244,28 +246,23 @@ pub(super) fn backward(
     }
 }
 
+/// Where each row and column of a plane padded by one pixel (`mode`) reads from.
+fn frame_sources(h: usize, w: usize, mode: PadMode) -> (Vec<isize>, Vec<isize>) {
+    let map = |n: usize| {
+        (0..n + 2)
+            .map(|p| pad_source(p as isize - 1, n, mode))
+            .collect()
+    };
+    (map(h), map(w))
+}
+
 /// One sample padded by a pixel on every side (`mode`), each channel plane `stride` long
 /// (the padded plane, then zeros).
 fn pad_input(xs: &[f32], ci: usize, h: usize, w: usize, stride: usize, mode: PadMode) -> Vec<f32> {
-    let wp = w + 2;
+    let (rows, cols) = frame_sources(h, w, mode);
     let mut out = vec![0.0f32; ci * stride];
-    let (left, right) = (pad_source(-1, w, mode), pad_source(w as isize, w, mode));
     for (src, dst) in xs.chunks_exact(h * w).zip(out.chunks_exact_mut(stride)) {
-        for pr in 0..h + 2 {
-            let sr = pad_source(pr as isize - 1, h, mode);
-            if sr < 0 {
-                continue;
-            }
-            let row = &src[sr as usize * w..][..w];
-            let d = &mut dst[pr * wp..][..wp];
-            d[1..=w].copy_from_slice(row);
-            if left >= 0 {
-                d[0] = row[left as usize];
-            }
-            if right >= 0 {
-                d[w + 1] = row[right as usize];
-            }
-        }
+        pad_plane(src, w, &rows, &cols, &mut dst[..(h + 2) * (w + 2)]);
     }
     out
 }
@@ -294,48 +291,10 @@ fn split_parities(dys: &[f32], co: usize, h: usize, w: usize) -> Vec<f32> {
 
 /// The padded input gradient's interior, with its frame added onto the pixels the padding
 /// read (nothing, for zero padding).
-fn fold_frame(
-    dxpad: &[f32],
-    dx: &mut [f32],
-    ci: usize,
-    h: usize,
-    w: usize,
-    stride: usize,
-    mode: PadMode,
-) {
-    let wp = w + 2;
-    let col = |q: usize| pad_source(q as isize - 1, w, mode);
-    for (src, dst) in dxpad
-        .chunks_exact(stride)
-        .zip(dx.chunks_exact_mut(h * w))
-        .take(ci)
-    {
-        for i in 0..h {
-            dst[i * w..][..w].copy_from_slice(&src[(i + 1) * wp + 1..][..w]);
-        }
-        for pr in 0..h + 2 {
-            let sr = pad_source(pr as isize - 1, h, mode);
-            if sr < 0 {
-                continue;
-            }
-            let d = &mut dst[sr as usize * w..][..w];
-            let s = &src[pr * wp..][..wp];
-            if pr == 0 || pr == h + 1 {
-                for (q, &v) in s.iter().enumerate() {
-                    let sc = col(q);
-                    if sc >= 0 {
-                        d[sc as usize] += v;
-                    }
-                }
-            } else {
-                for q in [0, w + 1] {
-                    let sc = col(q);
-                    if sc >= 0 {
-                        d[sc as usize] += s[q];
-                    }
-                }
-            }
-        }
+fn fold_frame(dxpad: &[f32], dx: &mut [f32], h: usize, w: usize, stride: usize, mode: PadMode) {
+    let (rows, cols) = frame_sources(h, w, mode);
+    for (src, dst) in dxpad.chunks_exact(stride).zip(dx.chunks_exact_mut(h * w)) {
+        fold_plane(&src[..(h + 2) * (w + 2)], w, &rows, &cols, (1, 1), dst);
     }
 }
 
